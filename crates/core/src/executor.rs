@@ -1,0 +1,293 @@
+//! The executor seam: how a step reaches a target. One implementation per
+//! connection kind (local, SSH, WinRM, Docker) in `opsconductor-executors`,
+//! all held to one behaviour suite.
+//!
+//! Rules every executor MUST follow (the suite checks each):
+//! - stream output as it arrives, stdout and stderr separately; never buffer a
+//!   whole command's output;
+//! - report the exit code, or the signal that killed the process;
+//! - on `deadline` return [`ExecError::TimedOut`], on `cancel` return
+//!   [`ExecError::Cancelled`], and in both cases stop the remote work (the whole
+//!   process group, channel or container), not just the local wait;
+//! - pass `env` without putting values on a command line;
+//! - `copy` writes atomically (temporary name, then rename) with the mode asked.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{RunId, Stream, Target};
+
+/// The decrypted credential of a target. Its `Debug` never prints the value.
+#[derive(Clone)]
+pub struct Credential {
+    /// Secret kind (`password`, `ssh_key`, …).
+    pub kind: String,
+    /// The plaintext.
+    pub value: Vec<u8>,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("kind", &self.kind)
+            .field("value", &"***")
+            .finish()
+    }
+}
+
+/// Everything an executor needs to run one step on one target.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    /// The run.
+    pub run_id: RunId,
+    /// Step index.
+    pub step: u32,
+    /// Where to run.
+    pub target: Target,
+    /// Environment variables for the process (secrets included).
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub workdir: Option<String>,
+    /// When to give up and kill.
+    pub deadline: Option<Instant>,
+    /// Fired when the run is cancelled.
+    pub cancel: CancellationToken,
+}
+
+impl StepContext {
+    /// A context for running something ad hoc on a target (tests, checks).
+    pub fn new(target: Target) -> Self {
+        Self {
+            run_id: RunId::new(),
+            step: 0,
+            target,
+            env: BTreeMap::new(),
+            workdir: None,
+            deadline: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// A command line for the target's shell (`sh -c` on Unix).
+    Shell(String),
+    /// A script body for an interpreter (`bash`, `python3`, …).
+    Script {
+        /// Interpreter command, may include arguments (`python3 -u`).
+        interpreter: String,
+        /// The script.
+        body: String,
+    },
+}
+
+/// A file to write on a target.
+#[derive(Clone, PartialEq)]
+pub struct FileSpec {
+    /// Absolute destination path.
+    pub dest: String,
+    /// Content.
+    pub content: Vec<u8>,
+    /// Unix permission bits.
+    pub mode: u32,
+}
+
+impl fmt::Debug for FileSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileSpec")
+            .field("dest", &self.dest)
+            .field("content", &format_args!("<{} bytes>", self.content.len()))
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish()
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ExitStatus {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal number, if a signal killed it.
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    /// Exited with `code`.
+    pub fn code(code: i32) -> Self {
+        Self {
+            code: Some(code),
+            signal: None,
+        }
+    }
+    /// True for exit code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "exit code {c}"),
+            (None, Some(s)) => write!(f, "killed by signal {s}"),
+            (None, None) => f.write_str("unknown exit status"),
+        }
+    }
+}
+
+/// Why an executor could not give an exit status.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecError {
+    /// The deadline passed; the work was killed.
+    #[error("timed out; the process was killed")]
+    TimedOut,
+    /// The run was cancelled; the work was killed.
+    #[error("cancelled; the process was killed")]
+    Cancelled,
+    /// The target could not be reached.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The target refused the credential.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The command could not be started (missing interpreter, bad workdir, …).
+    #[error("cannot start: {0}")]
+    Spawn(String),
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(String),
+    /// The executor cannot do this (e.g. no such connection kind).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+/// A remote OS probe, for `targets check`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Probe {
+    /// Operating system / kernel, as reported by the target.
+    pub os: String,
+    /// Extra details (engine version, shell, …).
+    pub details: BTreeMap<String, String>,
+}
+
+/// What an executor supports, for the engine and the tests to ask.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Can write files.
+    pub copy: bool,
+    /// Can run scripts through an interpreter.
+    pub script: bool,
+    /// Reports the killing signal.
+    pub signals: bool,
+    /// Has process groups (kills descendants too).
+    pub process_groups: bool,
+}
+
+/// A piece of output from an executor.
+#[derive(Debug, Clone)]
+pub struct OutputEvent {
+    /// Step index.
+    pub step: u32,
+    /// Target name.
+    pub target: Arc<str>,
+    /// Stream.
+    pub stream: Stream,
+    /// Bytes as they came.
+    pub data: Bytes,
+}
+
+/// Where executors write output. Bounded: a slow consumer slows the reader
+/// instead of growing memory.
+#[derive(Debug, Clone)]
+pub struct OutputSink {
+    tx: mpsc::Sender<OutputEvent>,
+    step: u32,
+    target: Arc<str>,
+}
+
+impl OutputSink {
+    /// A sink and the receiving end, with room for `capacity` chunks.
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<OutputEvent>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            Self {
+                tx,
+                step: 0,
+                target: Arc::from(""),
+            },
+            rx,
+        )
+    }
+
+    /// The same channel, labelled for one step on one target.
+    pub fn for_step(&self, step: u32, target: &str) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            step,
+            target: Arc::from(target),
+        }
+    }
+
+    /// Sends a chunk; waits when the consumer is behind. Empty chunks are dropped.
+    pub async fn write(&self, stream: Stream, data: impl Into<Bytes>) {
+        let data = data.into();
+        if data.is_empty() {
+            return;
+        }
+        // A closed receiver means nobody listens any more; output is dropped.
+        let _ = self
+            .tx
+            .send(OutputEvent {
+                step: self.step,
+                target: self.target.clone(),
+                stream,
+                data,
+            })
+            .await;
+    }
+}
+
+/// An open connection to one target, reused across the steps of a run.
+#[async_trait]
+pub trait Session: Send + Sync {
+    /// Runs a command or script, streaming output into `out`.
+    async fn exec(
+        &self,
+        ctx: &StepContext,
+        cmd: &Command,
+        out: &OutputSink,
+    ) -> Result<ExitStatus, ExecError>;
+    /// Writes a file atomically.
+    async fn copy(&self, ctx: &StepContext, file: &FileSpec) -> Result<(), ExecError>;
+    /// Closes the connection.
+    async fn close(self: Box<Self>) {}
+}
+
+/// A kind of target connection.
+#[async_trait]
+pub trait Executor: Send + Sync {
+    /// The connection kind served (`local`, `ssh`, …), as in [`crate::model::Connection::kind`].
+    fn kind(&self) -> &'static str;
+    /// What it supports.
+    fn capabilities(&self) -> Capabilities;
+    /// Opens a session to a target.
+    async fn connect(
+        &self,
+        target: &Target,
+        cred: Option<&Credential>,
+    ) -> Result<Box<dyn Session>, ExecError>;
+    /// Connects, authenticates and runs a trivial probe.
+    async fn check(&self, target: &Target, cred: Option<&Credential>) -> Result<Probe, ExecError>;
+}

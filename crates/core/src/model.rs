@@ -1,0 +1,639 @@
+//! The domain model: targets, jobs and their steps, runs, per step × target
+//! results and log chunks. Plain data with serde; no I/O lives here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::Error;
+
+/// The identifier of a run: a UUIDv7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub Uuid);
+
+impl RunId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for RunId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Uuid::parse_str(s).map(RunId).map_err(|_| {
+            Error::validation("run id", format!("'{s}' is not a run id (expected a UUID)"))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Targets
+// ---------------------------------------------------------------------------
+
+/// Where work runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Unique name, used in selectors and output prefixes.
+    pub name: String,
+    /// Free text for people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Tags, selected with `tag:NAME`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Variables available to templates as `target.vars`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// How to reach the target.
+    #[serde(default)]
+    pub connection: Connection,
+    /// Name of the secret holding the credential, if the connection needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+impl Target {
+    /// The implicit `local` target: the host the worker runs on.
+    pub fn local() -> Self {
+        Self {
+            name: "local".into(),
+            description: "The host the worker runs on".into(),
+            tags: vec![],
+            vars: BTreeMap::new(),
+            connection: Connection::Local,
+            credential: None,
+        }
+    }
+}
+
+/// The protocol and address of a target.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum Connection {
+    /// The host the worker runs on.
+    #[default]
+    Local,
+    /// An SSH host.
+    Ssh {
+        /// Host name or address.
+        host: String,
+        /// TCP port.
+        #[serde(default = "default_ssh_port")]
+        port: u16,
+        /// Remote user.
+        user: String,
+        /// Pinned host key fingerprint (`SHA256:…`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host_key: Option<String>,
+    },
+    /// A Windows host over WinRM.
+    Winrm {
+        /// Host name or address.
+        host: String,
+        /// TCP port.
+        #[serde(default = "default_winrm_port")]
+        port: u16,
+        /// Use HTTPS.
+        #[serde(default = "default_true")]
+        tls: bool,
+        /// `basic` or `ntlm`.
+        #[serde(default = "default_winrm_auth")]
+        auth: String,
+    },
+    /// A fresh container per step on the local Docker engine.
+    Docker {
+        /// Image reference.
+        image: String,
+        /// Resource limits (memory, cpus, pids, network).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        limits: BTreeMap<String, serde_json::Value>,
+    },
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_winrm_port() -> u16 {
+    5986
+}
+fn default_true() -> bool {
+    true
+}
+fn default_winrm_auth() -> String {
+    "ntlm".into()
+}
+
+impl Connection {
+    /// The executor kind that serves this connection (`local`, `ssh`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Connection::Local => "local",
+            Connection::Ssh { .. } => "ssh",
+            Connection::Winrm { .. } => "winrm",
+            Connection::Docker { .. } => "docker",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Jobs
+// ---------------------------------------------------------------------------
+
+/// Lifecycle of a job version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Being written; can be run by operators for testing.
+    Draft,
+    /// In use.
+    #[default]
+    Active,
+    /// Kept for history; new runs are refused.
+    Deprecated,
+}
+
+impl JobStatus {
+    /// The lower-case name used in files, the store and the CLI.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobStatus::Draft => "draft",
+            JobStatus::Active => "active",
+            JobStatus::Deprecated => "deprecated",
+        }
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "draft" => Ok(Self::Draft),
+            "active" => Ok(Self::Active),
+            "deprecated" => Ok(Self::Deprecated),
+            _ => Err(Error::validation(
+                "status",
+                format!("unknown job status '{s}' (expected draft, active or deprecated)"),
+            )),
+        }
+    }
+}
+
+/// What a job does: the part a user writes. Stored as one version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Unique name.
+    pub name: String,
+    /// Free text for people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Tags for searching jobs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Lifecycle status.
+    #[serde(default)]
+    pub status: JobStatus,
+    /// JSON Schema of the parameters (an object schema), or `null` for none.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub params: serde_json::Value,
+    /// Default target selector (see [`crate::selector`]).
+    #[serde(default = "default_targets")]
+    pub targets: Vec<String>,
+    /// How many targets run a step at the same time.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Time limit of the whole run.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Names of the secrets the job may use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// The steps, run in order.
+    pub steps: Vec<Step>,
+}
+
+fn default_targets() -> Vec<String> {
+    vec!["local".into()]
+}
+/// The default number of targets a step runs on at once.
+pub const DEFAULT_CONCURRENCY: usize = 50;
+fn default_concurrency() -> usize {
+    DEFAULT_CONCURRENCY
+}
+
+/// One action performed on each selected target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// Name shown in output; defaults to `step-N`.
+    pub name: String,
+    /// What to do.
+    pub action: Action,
+    /// Time limit of the step on one target.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Keep going with the next step when this one fails.
+    #[serde(default)]
+    pub continue_on_error: bool,
+    /// Safe to run twice: a rescued run may repeat it when it was interrupted.
+    #[serde(default)]
+    pub idempotent: bool,
+    /// Extra environment variables (values are templates, not quoted).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (a template, not quoted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
+/// The kinds of step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Action {
+    /// A command line run by the target's shell.
+    Exec {
+        /// The command template; substituted values are shell-quoted.
+        command: String,
+    },
+    /// A script body run by an interpreter.
+    Script {
+        /// Interpreter command (`sh`, `bash`, `python3`, …).
+        interpreter: String,
+        /// The body template; substituted values are quoted for the interpreter.
+        body: String,
+    },
+    /// A file written on the target.
+    Copy {
+        /// Destination path (a template).
+        dest: String,
+        /// Inline content (a template, inserted verbatim), or …
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<String>,
+        /// … a file on the worker's host to read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        src: Option<String>,
+        /// Unix permission bits.
+        #[serde(default = "default_mode")]
+        mode: u32,
+    },
+}
+
+fn default_mode() -> u32 {
+    0o644
+}
+
+impl Action {
+    /// The step kind's name as written in job files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Exec { .. } => "exec",
+            Action::Script { .. } => "script",
+            Action::Copy { .. } => "copy",
+        }
+    }
+}
+
+/// A stored version of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Version number, from 1; each change of the spec adds one.
+    pub version: u32,
+    /// What the job does.
+    pub spec: JobSpec,
+    /// When this version was stored.
+    pub created_at: DateTime<Utc>,
+    /// Who stored it.
+    pub created_by: String,
+}
+
+// ---------------------------------------------------------------------------
+// Runs
+// ---------------------------------------------------------------------------
+
+/// The state machine of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Waiting for a worker.
+    Queued,
+    /// Claimed by a worker.
+    Running,
+    /// Every step succeeded on every target.
+    Succeeded,
+    /// A step failed on some target.
+    Failed,
+    /// Stopped on request.
+    Cancelled,
+    /// A time limit was reached.
+    TimedOut,
+}
+
+impl RunStatus {
+    /// All statuses, for validation and help texts.
+    pub const ALL: [RunStatus; 6] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::TimedOut,
+    ];
+
+    /// The lower-case name used everywhere.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::TimedOut => "timed_out",
+        }
+    }
+
+    /// True once the run can no longer change.
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        RunStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                Error::validation(
+                    "status",
+                    format!(
+                        "unknown run status '{s}' (expected one of: {})",
+                        RunStatus::ALL.map(|s| s.as_str()).join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+/// One execution of a job version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// Identifier.
+    pub id: RunId,
+    /// Job name (`exec` for ad-hoc commands).
+    pub job: String,
+    /// Job version run, `None` for ad-hoc commands.
+    pub job_version: Option<u32>,
+    /// The job spec as it was when submitted: a run never changes under edits.
+    pub spec: JobSpec,
+    /// Validated parameters.
+    pub params: serde_json::Value,
+    /// The target names resolved at submission, in order.
+    pub targets: Vec<String>,
+    /// Current state.
+    pub status: RunStatus,
+    /// Who asked for it.
+    pub requested_by: String,
+    /// How many times a worker claimed it (1 normally; more after rescue).
+    pub attempt: u32,
+    /// Worker that holds (or last held) it.
+    pub worker: Option<String>,
+    /// Until when the worker's claim is valid.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// Set when someone asked to stop it.
+    pub cancel_requested: bool,
+    /// Why it ended badly, for people.
+    pub error: Option<String>,
+    /// When submitted.
+    pub created_at: DateTime<Utc>,
+    /// When first claimed.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The state of one step on one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Started, not finished (or its worker died: see rescue).
+    Running,
+    /// Exit code 0.
+    Succeeded,
+    /// Non-zero exit or an error.
+    Failed,
+    /// Time limit reached; the process was killed.
+    TimedOut,
+    /// Stopped on request.
+    Cancelled,
+    /// Not run, because an earlier step failed on this target.
+    Skipped,
+    /// Its worker died while it ran and it is not idempotent: not repeated.
+    Interrupted,
+}
+
+impl StepStatus {
+    /// The lower-case name used everywhere.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StepStatus::Running => "running",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::TimedOut => "timed_out",
+            StepStatus::Cancelled => "cancelled",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for StepStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        [
+            StepStatus::Running,
+            StepStatus::Succeeded,
+            StepStatus::Failed,
+            StepStatus::TimedOut,
+            StepStatus::Cancelled,
+            StepStatus::Skipped,
+            StepStatus::Interrupted,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .ok_or_else(|| Error::validation("status", format!("unknown step status '{s}'")))
+    }
+}
+
+/// The outcome of one step on one target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    /// The run.
+    pub run_id: RunId,
+    /// Index of the step in the run's spec.
+    pub step: u32,
+    /// Target name.
+    pub target: String,
+    /// State.
+    pub status: StepStatus,
+    /// Exit code when the process exited.
+    pub exit_code: Option<i32>,
+    /// Signal number when the process was killed by one.
+    pub signal: Option<i32>,
+    /// Why it failed, for people.
+    pub error: Option<String>,
+    /// Run attempt that produced this result.
+    pub attempt: u32,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// Messages from OpsConductor itself (step started, errors).
+    System,
+}
+
+impl Stream {
+    /// The lower-case name used everywhere.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::System => "system",
+        }
+    }
+}
+
+impl FromStr for Stream {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "stdout" => Ok(Stream::Stdout),
+            "stderr" => Ok(Stream::Stderr),
+            "system" => Ok(Stream::System),
+            _ => Err(Error::validation("stream", format!("unknown stream '{s}'"))),
+        }
+    }
+}
+
+/// A piece of output, in order within its run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// The run.
+    pub run_id: RunId,
+    /// Position in the run's log, from 1, without gaps.
+    pub seq: u64,
+    /// Step index, `None` for run-level messages.
+    pub step: Option<u32>,
+    /// Target name, `None` for run-level messages.
+    pub target: Option<String>,
+    /// Stream.
+    pub stream: Stream,
+    /// The bytes (secrets already masked).
+    pub data: Vec<u8>,
+    /// When it was produced.
+    pub time: DateTime<Utc>,
+}
+
+/// Who does something: recorded on runs and (later) in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// User or service name.
+    pub name: String,
+}
+
+impl Actor {
+    /// An actor with a name.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+
+    /// The local user running the process (`$USER`), for the CLI and embedders.
+    pub fn local_user() -> Self {
+        let name = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "local".into());
+        Self { name }
+    }
+}
+
+/// Serde for `Option<Duration>` as human strings (`"90s"`, `"5m"`, `"1h30m"`) or seconds.
+pub mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes as a human string.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&crate::duration::format(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Accepts a human string or a number of seconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Secs(u64),
+            Text(String),
+        }
+        match Option::<Repr>::deserialize(d)? {
+            None => Ok(None),
+            Some(Repr::Secs(s)) => Ok(Some(Duration::from_secs(s))),
+            Some(Repr::Text(t)) => crate::duration::parse(&t)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Persistence traits, grouped by aggregate. Every backend implements all of
+//! them and passes the one behaviour suite (`opsconductor_store::behaviour`).
+//!
+//! Rules every backend MUST follow (the suite checks each):
+//! - `apply` is atomic: either every target and job of the batch is stored or none.
+//! - A job version is immutable; storing a spec equal to the latest version
+//!   stores nothing and reports `Unchanged`.
+//! - `claim_queued` hands each queued run to exactly one caller, oldest first,
+//!   and never more than `limit` runs.
+//! - `claim_expired` takes over only runs still `running` whose lease ended,
+//!   in one guarded statement: a run that finished meanwhile is never touched.
+//! - `heartbeat` and `finish_run` succeed only for the current owner
+//!   (worker and attempt), so a worker that lost its lease cannot overwrite.
+//! - Log chunks of a run are read back in `seq` order; appending an existing
+//!   `(run, seq)` is an error-free no-op (a retried batch never duplicates).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::model::{Job, JobSpec, LogChunk, Run, RunId, RunStatus, StepResult, Target};
+
+/// Targets and jobs stored together by one `apply`.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyBatch {
+    /// Targets to create or replace.
+    pub targets: Vec<Target>,
+    /// Jobs to create or add a version to.
+    pub jobs: Vec<JobSpec>,
+}
+
+/// What `apply` did to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyAction {
+    /// Did not exist before.
+    Created,
+    /// Existed and changed (jobs: a new version).
+    Updated,
+    /// Existed and was identical.
+    Unchanged,
+}
+
+/// One line of an apply report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApplyItem {
+    /// `job` or `target`.
+    pub kind: &'static str,
+    /// Object name.
+    pub name: String,
+    /// What happened.
+    pub action: ApplyAction,
+    /// The job version now current (jobs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+/// Filters for listing runs; newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only runs of this job.
+    pub job: Option<String>,
+    /// Only runs in one of these states (empty: all).
+    pub statuses: Vec<RunStatus>,
+    /// Only runs created strictly before this id (keyset pagination).
+    pub before: Option<RunId>,
+    /// At most this many (0 means the backend default of 50).
+    pub limit: usize,
+}
+
+/// A worker's request for work.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The worker's identity (recorded on the run).
+    pub worker: String,
+    /// Lease length from now.
+    pub lease: Duration,
+    /// At most this many runs.
+    pub limit: usize,
+    /// Only this run (the CLI runs just what it submitted).
+    pub only: Option<RunId>,
+}
+
+/// Targets.
+#[async_trait]
+pub trait TargetStore: Send + Sync {
+    /// One target by name.
+    async fn get_target(&self, name: &str) -> Result<Option<Target>>;
+    /// All targets, by name.
+    async fn list_targets(&self) -> Result<Vec<Target>>;
+    /// Removes a target; false if there was none.
+    async fn delete_target(&self, name: &str) -> Result<bool>;
+}
+
+/// Jobs and their versions.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// A version of a job (`None`: the latest).
+    async fn get_job(&self, name: &str, version: Option<u32>) -> Result<Option<Job>>;
+    /// The latest version of every job, by name.
+    async fn list_jobs(&self) -> Result<Vec<Job>>;
+    /// Every version of a job, oldest first.
+    async fn job_versions(&self, name: &str) -> Result<Vec<Job>>;
+}
+
+/// Runs, the queue, and per step × target results.
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Records a new run (normally `queued`).
+    async fn insert_run(&self, run: &Run) -> Result<()>;
+    /// One run.
+    async fn get_run(&self, id: RunId) -> Result<Option<Run>>;
+    /// Runs whose id starts with `prefix` (for short ids typed by people), at most 2.
+    async fn find_runs_by_prefix(&self, prefix: &str) -> Result<Vec<RunId>>;
+    /// Runs matching a filter, newest first.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
+    /// Moves up to `limit` queued runs, oldest first, to `running` for `worker`.
+    async fn claim_queued(&self, claim: &Claim) -> Result<Vec<Run>>;
+    /// Takes over up to `limit` running runs whose lease ended before `now`.
+    async fn claim_expired(&self, claim: &Claim, now: DateTime<Utc>) -> Result<Vec<Run>>;
+    /// Extends the lease; `Ok(false)` if the caller no longer owns the run.
+    async fn heartbeat(
+        &self,
+        id: RunId,
+        worker: &str,
+        attempt: u32,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Ends a run owned by the caller; `Ok(false)` if it no longer owns it.
+    async fn finish_run(
+        &self,
+        id: RunId,
+        worker: &str,
+        attempt: u32,
+        status: RunStatus,
+        error: Option<&str>,
+    ) -> Result<bool>;
+    /// Asks a run to stop: a queued run becomes `cancelled` at once, a running
+    /// one gets `cancel_requested`. Returns the run after the change.
+    async fn request_cancel(&self, id: RunId) -> Result<Option<Run>>;
+    /// Inserts or replaces the result of one step on one target.
+    async fn put_step_result(&self, result: &StepResult) -> Result<()>;
+    /// All results of a run, by step then target.
+    async fn step_results(&self, id: RunId) -> Result<Vec<StepResult>>;
+}
+
+/// The ordered output of runs.
+#[async_trait]
+pub trait LogStore: Send + Sync {
+    /// Appends chunks (already numbered by the run's owner).
+    async fn append_logs(&self, chunks: &[LogChunk]) -> Result<()>;
+    /// Chunks with `seq > after`, in order, at most `limit`.
+    async fn read_logs(&self, id: RunId, after: u64, limit: usize) -> Result<Vec<LogChunk>>;
+    /// The highest `seq` stored for a run (0 if none).
+    async fn last_log_seq(&self, id: RunId) -> Result<u64>;
+}
+
+/// What a backend can do, for the engine and the tests to ask.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct StoreCapabilities {
+    /// Several processes may share the store (PostgreSQL: yes; SQLite: one host).
+    pub multi_host: bool,
+    /// The store pushes wake-ups across processes (LISTEN/NOTIFY).
+    pub notifications: bool,
+}
+
+/// A complete backend.
+#[async_trait]
+pub trait Store: TargetStore + JobStore + RunStore + LogStore {
+    /// `sqlite`, `postgres`, …
+    fn backend(&self) -> &'static str;
+    /// What this backend supports.
+    fn capabilities(&self) -> StoreCapabilities;
+    /// Stores a batch of targets and jobs atomically. `by` is recorded on new job versions.
+    async fn apply(&self, batch: &ApplyBatch, by: &str) -> Result<Vec<ApplyItem>>;
+}
