@@ -9,3 +9,14 @@ pub mod model;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result};
+pub mod bus;
+pub mod engine;
+pub mod params;
+pub mod selector;
+pub mod spec;
+pub mod template;
+
+pub use engine::{
+    Conductor, ConductorBuilder, Config, ExecRequest, LogStream, RunDetail, SubmitRequest,
+};
+pub use model::*;

@@ -271,6 +271,10 @@ pub struct Step {
     /// Working directory (a template, not quoted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// Do not treat the command or body as a template (for text full of `{{`,
+    /// like `docker ps --format '{{.Names}}'`). Ad-hoc commands are raw.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raw: bool,
 }
 
 /// The kinds of step.

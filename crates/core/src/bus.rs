@@ -1,0 +1,64 @@
+//! In-process wake-ups: a run was queued, changed state, logged output or was
+//! asked to stop. Followers and workers treat an event as a hint and re-read
+//! the store, which stays the source of truth; a missed event only costs a
+//! poll interval. (Cross-process delivery comes with the PostgreSQL backend.)
+
+use tokio::sync::broadcast;
+
+use crate::model::RunId;
+
+/// Something happened to a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A run was queued and waits for a worker.
+    Queued(RunId),
+    /// A run changed state.
+    Updated(RunId),
+    /// A run has new log chunks, up to this `seq`.
+    Log(RunId, u64),
+    /// Someone asked a run to stop.
+    CancelRequested(RunId),
+}
+
+impl Event {
+    /// The run concerned.
+    pub fn run_id(&self) -> RunId {
+        match self {
+            Event::Queued(id)
+            | Event::Updated(id)
+            | Event::Log(id, _)
+            | Event::CancelRequested(id) => *id,
+        }
+    }
+}
+
+/// A broadcast channel of [`Event`]s.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Bus {
+    /// A bus that buffers 4096 events per slow subscriber before it lags.
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(4096);
+        Self { tx }
+    }
+
+    /// Sends an event to every subscriber (none is fine).
+    pub fn publish(&self, event: Event) {
+        let _ = self.tx.send(event);
+    }
+
+    /// A new subscription; events published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,696 @@
+//! The [`Conductor`]: the only thing front ends talk to. It validates and
+//! stores definitions, submits runs, runs workers that claim them under a
+//! lease, and streams their logs.
+
+mod worker;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Bus, Event};
+use crate::error::{Error, Result};
+use crate::executor::Executor;
+use crate::model::{
+    Action, Actor, Job, JobSpec, JobStatus, LogChunk, Run, RunId, RunStatus, Step, StepResult,
+    Target,
+};
+use crate::store::{ApplyBatch, ApplyItem, RunFilter, Store};
+use crate::template::Templates;
+use crate::{params, selector, spec};
+
+/// Tunables of the engine. The defaults suit one machine; see each field.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long a claim is valid without a heartbeat. A dead worker's runs are
+    /// rescued after this.
+    pub lease: Duration,
+    /// How often a worker renews its leases (must be well under `lease`).
+    pub heartbeat: Duration,
+    /// Safety-net poll for queued runs when no wake-up arrives.
+    pub poll: Duration,
+    /// How often followers and waiters re-read the store without a wake-up
+    /// (another process may be writing).
+    pub follow_poll: Duration,
+    /// How often a running run checks whether someone asked to cancel it.
+    pub cancel_poll: Duration,
+    /// This worker's identity, recorded on each run it claims.
+    pub worker_name: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            poll: Duration::from_secs(1),
+            follow_poll: Duration::from_millis(250),
+            cancel_poll: Duration::from_millis(500),
+            worker_name: default_worker_name(),
+        }
+    }
+}
+
+fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Builds a [`Conductor`].
+#[must_use]
+pub struct ConductorBuilder {
+    store: Option<Arc<dyn Store>>,
+    executors: Vec<Arc<dyn Executor>>,
+    config: Config,
+    workers: usize,
+}
+
+impl ConductorBuilder {
+    /// The persistence backend (required).
+    pub fn store(mut self, store: impl Store + 'static) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The persistence backend, already shared.
+    pub fn store_arc(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Adds an executor; it serves targets whose connection kind equals its `kind()`.
+    pub fn executor(mut self, executor: impl Executor + 'static) -> Self {
+        self.executors.push(Arc::new(executor));
+        self
+    }
+
+    /// Adds a shared executor.
+    pub fn executor_arc(mut self, executor: Arc<dyn Executor>) -> Self {
+        self.executors.push(executor);
+        self
+    }
+
+    /// Starts `n` worker tasks on build (default 0: submit only, or call
+    /// [`Conductor::execute`] / [`Conductor::start_workers`]).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Lease length; the heartbeat becomes a third of it.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease;
+        self.config.heartbeat = lease / 3;
+        self
+    }
+
+    /// Builds the engine and starts its workers. Must run inside a tokio runtime.
+    pub async fn build(self) -> Result<Conductor> {
+        let store = self.store.ok_or_else(|| {
+            Error::invalid("Conductor::builder() needs a store (e.g. SqliteStore)")
+        })?;
+        if self.config.heartbeat >= self.config.lease {
+            return Err(Error::validation(
+                "heartbeat",
+                "must be shorter than the lease",
+            ));
+        }
+        let mut executors = HashMap::new();
+        for e in self.executors {
+            executors.insert(e.kind(), e);
+        }
+        let oc = Conductor {
+            inner: Arc::new(Inner {
+                store,
+                executors,
+                bus: Bus::new(),
+                templates: Templates::new(),
+                config: self.config,
+                shutdown: CancellationToken::new(),
+                active: Mutex::new(HashMap::new()),
+                workers: Mutex::new(Vec::new()),
+            }),
+        };
+        oc.start_workers(self.workers);
+        Ok(oc)
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) executors: HashMap<&'static str, Arc<dyn Executor>>,
+    pub(crate) bus: Bus,
+    pub(crate) templates: Templates,
+    pub(crate) config: Config,
+    pub(crate) shutdown: CancellationToken,
+    /// Cancellation handles of the runs this process executes right now.
+    pub(crate) active: Mutex<HashMap<RunId, CancellationToken>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The engine. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Conductor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Conductor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conductor")
+            .field("store", &self.inner.store.backend())
+            .field(
+                "executors",
+                &self.inner.executors.keys().collect::<Vec<_>>(),
+            )
+            .field("worker", &self.inner.config.worker_name)
+            .finish()
+    }
+}
+
+/// A request to run a stored job.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitRequest {
+    /// Job name.
+    pub job: String,
+    /// A specific version (default: the latest).
+    pub version: Option<u32>,
+    /// Parameters (an object); validated against the job's schema.
+    pub params: Value,
+    /// Overrides the job's target selector.
+    pub targets: Option<Vec<String>>,
+}
+
+impl SubmitRequest {
+    /// Runs the latest version of `job` with no parameters.
+    pub fn new(job: impl Into<String>) -> Self {
+        Self {
+            job: job.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Sets the parameters.
+    pub fn params(mut self, params: Value) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Overrides the targets.
+    pub fn targets(mut self, selector: impl Into<String>) -> Self {
+        self.targets = Some(vec![selector.into()]);
+        self
+    }
+}
+
+/// An ad-hoc command on some targets (`opsconductor exec`).
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    /// The command line, run by each target's shell. Not a template.
+    pub command: String,
+    /// Target selector (default `local`).
+    pub targets: Vec<String>,
+    /// Time limit per target.
+    pub timeout: Option<Duration>,
+    /// How many targets at once.
+    pub concurrency: usize,
+}
+
+impl ExecRequest {
+    /// A command on the local host.
+    pub fn new(command: impl Into<String>) -> Self {
+        Self {
+            command: command.into(),
+            targets: vec!["local".into()],
+            timeout: None,
+            concurrency: crate::model::DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+/// A run with its per step × target results.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunDetail {
+    /// The run.
+    #[serde(flatten)]
+    pub run: Run,
+    /// Results, by step then target.
+    pub results: Vec<StepResult>,
+}
+
+/// A live stream of log chunks; ends when the run has ended and all output was delivered.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk>> + Send>>;
+
+/// The name ad-hoc runs are listed under.
+pub const ADHOC_JOB: &str = "exec";
+
+impl Conductor {
+    /// Starts building an engine.
+    pub fn builder() -> ConductorBuilder {
+        ConductorBuilder {
+            store: None,
+            executors: Vec::new(),
+            config: Config::default(),
+            workers: 0,
+        }
+    }
+
+    /// The store, for front ends that list definitions.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Wake-ups for front ends that want to react to runs (e.g. progress displays).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.bus.subscribe()
+    }
+
+    // -- definitions --------------------------------------------------------
+
+    /// Validates every target and job of `batch`, then stores all of them in
+    /// one transaction — or nothing, if any is invalid.
+    pub async fn apply(&self, batch: &ApplyBatch, actor: &Actor) -> Result<Vec<ApplyItem>> {
+        let mut seen = std::collections::HashSet::new();
+        for t in &batch.targets {
+            spec::validate_target(t).map_err(|e| e.within(&format!("target '{}'", t.name)))?;
+            if !seen.insert(("target", t.name.as_str())) {
+                return Err(Error::validation(
+                    format!("target '{}'", t.name),
+                    "defined twice in this batch",
+                ));
+            }
+        }
+        for j in &batch.jobs {
+            spec::validate_job(j, &self.inner.templates)
+                .map_err(|e| e.within(&format!("job '{}'", j.name)))?;
+            if !seen.insert(("job", j.name.as_str())) {
+                return Err(Error::validation(
+                    format!("job '{}'", j.name),
+                    "defined twice in this batch",
+                ));
+            }
+        }
+        self.inner.store.apply(batch, &actor.name).await
+    }
+
+    /// Every target, including the implicit `local` unless one is defined.
+    pub async fn targets(&self) -> Result<Vec<Target>> {
+        let mut all = self.inner.store.list_targets().await?;
+        if !all.iter().any(|t| t.name == "local") {
+            all.insert(0, Target::local());
+        }
+        Ok(all)
+    }
+
+    /// One target (the implicit `local` included).
+    pub async fn target(&self, name: &str) -> Result<Target> {
+        match self.inner.store.get_target(name).await? {
+            Some(t) => Ok(t),
+            None if name == "local" => Ok(Target::local()),
+            None => Err(self.not_found_target(name).await),
+        }
+    }
+
+    async fn not_found_target(&self, name: &str) -> Error {
+        let names = self
+            .targets()
+            .await
+            .map(|ts| ts.into_iter().map(|t| t.name).collect::<Vec<_>>());
+        Error::NotFound {
+            what: "target",
+            name: name.into(),
+            hint: names
+                .ok()
+                .map(|n| format!("known targets: {}", n.join(", "))),
+        }
+    }
+
+    /// The latest version of every job.
+    pub async fn jobs(&self) -> Result<Vec<Job>> {
+        self.inner.store.list_jobs().await
+    }
+
+    /// One job version (latest if `version` is `None`).
+    pub async fn job(&self, name: &str, version: Option<u32>) -> Result<Job> {
+        if let Some(j) = self.inner.store.get_job(name, version).await? {
+            return Ok(j);
+        }
+        if let (Some(v), Some(_)) = (version, self.inner.store.get_job(name, None).await?) {
+            return Err(Error::NotFound {
+                what: "job version",
+                name: format!("{name}@{v}"),
+                hint: None,
+            });
+        }
+        let jobs = self.inner.store.list_jobs().await?;
+        let hint = if jobs.is_empty() {
+            "no jobs defined yet; add some with `opsconductor apply -f FILE`".to_string()
+        } else {
+            format!(
+                "known jobs: {}",
+                jobs.iter()
+                    .map(|j| j.spec.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        Err(Error::NotFound {
+            what: "job",
+            name: name.into(),
+            hint: Some(hint),
+        })
+    }
+
+    // -- runs ---------------------------------------------------------------
+
+    /// Validates and queues a run of a stored job: the parameters against the
+    /// schema, the targets against the selector, every template against each
+    /// target. Nothing is queued if anything is wrong.
+    pub async fn submit(&self, req: SubmitRequest, actor: &Actor) -> Result<Run> {
+        let job = self.job(&req.job, req.version).await?;
+        if job.spec.status == JobStatus::Deprecated {
+            return Err(Error::Conflict(format!(
+                "job '{}' version {} is deprecated; new runs are refused",
+                job.spec.name, job.version
+            )));
+        }
+        let params = params::validate(&job.spec.params, &req.params)?;
+        let selector = req
+            .targets
+            .clone()
+            .unwrap_or_else(|| job.spec.targets.clone());
+        self.enqueue(job.spec, Some(job.version), params, &selector, actor)
+            .await
+    }
+
+    /// Queues an ad-hoc command (listed under the job name `exec`).
+    pub async fn submit_exec(&self, req: ExecRequest, actor: &Actor) -> Result<Run> {
+        if req.command.trim().is_empty() {
+            return Err(Error::validation("command", "empty command"));
+        }
+        if req.concurrency == 0 {
+            return Err(Error::validation("concurrency", "must be at least 1"));
+        }
+        let spec = JobSpec {
+            name: ADHOC_JOB.into(),
+            description: String::new(),
+            tags: vec![],
+            status: JobStatus::Active,
+            params: Value::Null,
+            targets: req.targets.clone(),
+            concurrency: req.concurrency,
+            timeout: None,
+            secrets: vec![],
+            steps: vec![Step {
+                name: "exec".into(),
+                action: Action::Exec {
+                    command: req.command,
+                },
+                timeout: req.timeout,
+                continue_on_error: false,
+                idempotent: false,
+                env: Default::default(),
+                workdir: None,
+                raw: true,
+            }],
+        };
+        self.enqueue(
+            spec,
+            None,
+            Value::Object(Default::default()),
+            &req.targets,
+            actor,
+        )
+        .await
+    }
+
+    async fn enqueue(
+        &self,
+        spec: JobSpec,
+        version: Option<u32>,
+        params: Value,
+        selector: &[String],
+        actor: &Actor,
+    ) -> Result<Run> {
+        let targets = selector::resolve(selector, &self.targets().await?)?;
+        // Render every template for every target now, so a template error is
+        // the submitter's error, not a failed run later.
+        let id = RunId::new();
+        for t in &targets {
+            for (i, step) in spec.steps.iter().enumerate() {
+                worker::render_step(
+                    &self.inner.templates,
+                    step,
+                    &worker::template_context(id, &spec, version, 1, &params, t),
+                )
+                .map_err(|m| {
+                    Error::validation(
+                        format!("steps[{i}] ({}) on target '{}'", step.name, t.name),
+                        m,
+                    )
+                })?;
+            }
+        }
+        let run = Run {
+            id,
+            job: spec.name.clone(),
+            job_version: version,
+            spec,
+            params,
+            targets: targets.into_iter().map(|t| t.name).collect(),
+            status: RunStatus::Queued,
+            requested_by: actor.name.clone(),
+            attempt: 0,
+            worker: None,
+            lease_until: None,
+            cancel_requested: false,
+            error: None,
+            created_at: chrono::Utc::now(),
+            started_at: None,
+            finished_at: None,
+        };
+        self.inner.store.insert_run(&run).await?;
+        self.inner.bus.publish(Event::Queued(run.id));
+        Ok(run)
+    }
+
+    /// Finds a run by full id or by a unique prefix of it (as people type).
+    pub async fn resolve_run_id(&self, text: &str) -> Result<RunId> {
+        if let Ok(id) = text.parse::<RunId>() {
+            return Ok(id);
+        }
+        if text.len() < 4 || !text.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(Error::validation(
+                "run id",
+                format!(
+                    "'{text}' is not a run id (give the id or at least 4 of its first characters)"
+                ),
+            ));
+        }
+        let found = self
+            .inner
+            .store
+            .find_runs_by_prefix(&text.to_ascii_lowercase())
+            .await?;
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(Error::not_found("run", text)),
+            _ => Err(Error::validation(
+                "run id",
+                format!("'{text}' matches several runs; give more characters"),
+            )),
+        }
+    }
+
+    /// One run with its results.
+    pub async fn get(&self, id: RunId) -> Result<RunDetail> {
+        let run = self.get_run(id).await?;
+        let results = self.inner.store.step_results(id).await?;
+        Ok(RunDetail { run, results })
+    }
+
+    async fn get_run(&self, id: RunId) -> Result<Run> {
+        self.inner
+            .store
+            .get_run(id)
+            .await?
+            .ok_or_else(|| Error::not_found("run", id.to_string()))
+    }
+
+    /// Runs matching a filter, newest first.
+    pub async fn list(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+        self.inner.store.list_runs(filter).await
+    }
+
+    /// Asks a run to stop. A queued run is cancelled at once; a running one is
+    /// stopped by its worker (processes killed) within moments.
+    pub async fn cancel(&self, id: RunId, _actor: &Actor) -> Result<Run> {
+        let run = self
+            .inner
+            .store
+            .request_cancel(id)
+            .await?
+            .ok_or_else(|| Error::not_found("run", id.to_string()))?;
+        if let Ok(active) = self.inner.active.lock() {
+            if let Some(token) = active.get(&id) {
+                token.cancel();
+            }
+        }
+        self.inner.bus.publish(Event::CancelRequested(id));
+        self.inner.bus.publish(Event::Updated(id));
+        Ok(run)
+    }
+
+    /// Waits until the run has ended and returns it.
+    pub async fn wait(&self, id: RunId) -> Result<Run> {
+        let mut rx = self.inner.bus.subscribe();
+        loop {
+            let run = self.get_run(id).await?;
+            if run.status.is_terminal() {
+                return Ok(run);
+            }
+            self.wait_event(&mut rx, id, self.inner.config.follow_poll)
+                .await;
+        }
+    }
+
+    /// Waits for an event about `id` or the poll interval, whichever first.
+    async fn wait_event(&self, rx: &mut broadcast::Receiver<Event>, id: RunId, poll: Duration) {
+        let deadline = tokio::time::sleep(poll);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                ev = rx.recv() => match ev {
+                    Ok(e) if e.run_id() == id => return,
+                    Ok(_) => continue,
+                    // Lagged: we may have missed ours. Closed: cannot happen while we hold the bus.
+                    Err(_) => return,
+                },
+            }
+        }
+    }
+
+    /// Streams the run's output from `after` (a `seq`, 0 for the beginning),
+    /// live, until the run has ended and everything was delivered. In order,
+    /// without gaps or duplicates, also when it starts late.
+    pub async fn follow(&self, id: RunId, after: u64) -> Result<LogStream> {
+        self.get_run(id).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<LogChunk>>(256);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut bus = this.inner.bus.subscribe();
+            let mut last = after;
+            loop {
+                // Read the status before the logs: a run that had ended before
+                // this read has all its logs stored, so the read below gets them.
+                let ended = match this.get_run(id).await {
+                    Ok(r) => r.status.is_terminal(),
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                loop {
+                    let chunks = match this.inner.store.read_logs(id, last, 500).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
+                    let n = chunks.len();
+                    for c in chunks {
+                        last = c.seq;
+                        if tx.send(Ok(c)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if n < 500 {
+                        break;
+                    }
+                }
+                if ended {
+                    return;
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = this.wait_event(&mut bus, id, this.inner.config.follow_poll) => {}
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    /// Claims this one queued run and executes it in the calling task (the CLI
+    /// runs what it submitted this way). If another worker already took it,
+    /// waits for it instead.
+    pub async fn execute(&self, id: RunId) -> Result<Run> {
+        let claim = crate::store::Claim {
+            worker: self.inner.config.worker_name.clone(),
+            lease: self.inner.config.lease,
+            limit: 1,
+            only: Some(id),
+        };
+        let claimed = self.inner.store.claim_queued(&claim).await?;
+        match claimed.into_iter().next() {
+            Some(run) => {
+                self.inner.bus.publish(Event::Updated(id));
+                worker::execute_run(self.inner.clone(), run).await;
+                self.get_run(id).await
+            }
+            None => self.wait(id).await,
+        }
+    }
+
+    /// Starts `n` more worker tasks that claim and execute queued runs (and
+    /// rescue runs whose worker died).
+    pub fn start_workers(&self, n: usize) {
+        let mut handles = match self.inner.workers.lock() {
+            Ok(h) => h,
+            Err(p) => p.into_inner(),
+        };
+        for i in 0..n {
+            let inner = self.inner.clone();
+            let idx = handles.len() + i;
+            handles.push(tokio::spawn(async move {
+                worker::worker_loop(inner, idx).await
+            }));
+        }
+    }
+
+    /// Stops claiming new runs and waits for the runs in progress to end.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let handles: Vec<JoinHandle<()>> = match self.inner.workers.lock() {
+            Ok(mut h) => h.drain(..).collect(),
+            Err(p) => p.into_inner().drain(..).collect(),
+        };
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+}

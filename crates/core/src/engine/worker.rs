@@ -1,0 +1,788 @@
+//! Executing runs: the worker loop (claim, heartbeat, rescue), each step on
+//! each target with bounded concurrency, results and ordered logs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Inner;
+use crate::bus::Event;
+use crate::executor::{
+    Command, ExecError, FileSpec, OutputEvent, OutputSink, Session, StepContext,
+};
+use crate::model::{
+    Action, JobSpec, LogChunk, Run, RunId, RunStatus, Step, StepResult, StepStatus, Stream, Target,
+};
+use crate::store::Claim;
+use crate::template::{Quoting, Templates};
+
+/// What a step becomes once its templates are rendered for one target.
+pub(crate) enum Rendered {
+    Run {
+        cmd: Command,
+        env: Vec<(String, String)>,
+        workdir: Option<String>,
+    },
+    Copy {
+        dest: String,
+        content: Option<String>,
+        src: Option<String>,
+        mode: u32,
+    },
+}
+
+/// The variables templates see.
+pub(crate) fn template_context(
+    id: RunId,
+    spec: &JobSpec,
+    version: Option<u32>,
+    attempt: u32,
+    params: &Value,
+    target: &Target,
+) -> Value {
+    json!({
+        "params": params,
+        "target": {
+            "name": target.name,
+            "tags": target.tags,
+            "vars": target.vars,
+            "kind": target.connection.kind(),
+        },
+        "run": { "id": id.to_string(), "attempt": attempt },
+        "job": { "name": spec.name, "version": version },
+    })
+}
+
+/// Renders a step's templates for one target.
+pub(crate) fn render_step(t: &Templates, step: &Step, ctx: &Value) -> Result<Rendered, String> {
+    let r = |src: &str, q: Quoting| {
+        if step.raw {
+            Ok(src.to_string())
+        } else {
+            t.render(src, q, ctx)
+        }
+    };
+    let plain = |src: &str| t.render(src, Quoting::None, ctx);
+    let mut env = Vec::with_capacity(step.env.len());
+    for (k, v) in &step.env {
+        env.push((k.clone(), plain(v).map_err(|m| format!("env.{k}: {m}"))?));
+    }
+    let workdir = step
+        .workdir
+        .as_deref()
+        .map(plain)
+        .transpose()
+        .map_err(|m| format!("workdir: {m}"))?;
+    Ok(match &step.action {
+        Action::Exec { command } => Rendered::Run {
+            cmd: Command::Shell(r(command, Quoting::Shell)?),
+            env,
+            workdir,
+        },
+        Action::Script { interpreter, body } => Rendered::Run {
+            cmd: Command::Script {
+                interpreter: interpreter.clone(),
+                body: r(body, Quoting::for_interpreter(interpreter))?,
+            },
+            env,
+            workdir,
+        },
+        Action::Copy {
+            dest,
+            content,
+            src,
+            mode,
+        } => Rendered::Copy {
+            dest: plain(dest).map_err(|m| format!("copy.dest: {m}"))?,
+            content: content
+                .as_deref()
+                .map(|c| r(c, Quoting::None))
+                .transpose()?,
+            src: src.clone(),
+            mode: *mode,
+        },
+    })
+}
+
+/// Claims queued runs (and rescues expired ones) until shutdown.
+pub(crate) async fn worker_loop(inner: Arc<Inner>, idx: usize) {
+    let worker = format!("{}#{idx}", inner.config.worker_name);
+    let mut rx = inner.bus.subscribe();
+    let claim = Claim {
+        worker: worker.clone(),
+        lease: inner.config.lease,
+        limit: 1,
+        only: None,
+    };
+    loop {
+        if inner.shutdown.is_cancelled() {
+            return;
+        }
+        let mut got = match inner.store.claim_queued(&claim).await {
+            Ok(runs) => runs,
+            Err(e) => {
+                tracing::warn!(worker = %worker, error = %e, "claiming runs failed; retrying");
+                Vec::new()
+            }
+        };
+        if got.is_empty() {
+            match inner.store.claim_expired(&claim, Utc::now()).await {
+                Ok(runs) => {
+                    for r in &runs {
+                        tracing::warn!(run = %r.id, attempt = r.attempt, "rescuing a run whose worker stopped heartbeating");
+                    }
+                    got = runs;
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %worker, error = %e, "rescuing runs failed; retrying")
+                }
+            }
+        }
+        if got.is_empty() {
+            let sleep = tokio::time::sleep(inner.config.poll);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = inner.shutdown.cancelled() => return,
+                    _ = &mut sleep => break,
+                    ev = rx.recv() => match ev {
+                        Ok(Event::Queued(_)) | Err(_) => break,
+                        Ok(_) => continue,
+                    },
+                }
+            }
+            continue;
+        }
+        for mut run in got {
+            run.worker = Some(worker.clone());
+            inner.bus.publish(Event::Updated(run.id));
+            execute_run(inner.clone(), run).await;
+        }
+    }
+}
+
+/// Per-run state shared by the step tasks.
+struct RunState {
+    inner: Arc<Inner>,
+    run: Run,
+    worker: String,
+    cancel: CancellationToken,
+    run_deadline: Option<Instant>,
+    sink: OutputSink,
+    targets: Vec<Option<Target>>,
+    sessions: Vec<Mutex<Option<Box<dyn Session>>>>,
+    previous: HashMap<(u32, String), StepResult>,
+}
+
+/// How one step ended on one target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+/// Executes a claimed run to its end, unless its lease is lost.
+pub(crate) async fn execute_run(inner: Arc<Inner>, run: Run) {
+    let id = run.id;
+    let worker = run
+        .worker
+        .clone()
+        .unwrap_or_else(|| inner.config.worker_name.clone());
+    let cancel = CancellationToken::new();
+    if run.cancel_requested {
+        cancel.cancel();
+    }
+    if let Ok(mut a) = inner.active.lock() {
+        a.insert(id, cancel.clone());
+    }
+    let lost = Arc::new(AtomicBool::new(false));
+    let done = CancellationToken::new();
+    let watcher = tokio::spawn(watch_run(
+        inner.clone(),
+        run.clone(),
+        worker.clone(),
+        cancel.clone(),
+        lost.clone(),
+        done.clone(),
+    ));
+
+    let start_seq = inner.store.last_log_seq(id).await.unwrap_or(0);
+    let (sink, rx) = OutputSink::channel(1024);
+    let writer = tokio::spawn(write_logs(inner.clone(), id, start_seq, rx));
+
+    let outcome = run_steps(inner.clone(), run, worker.clone(), cancel.clone(), sink).await;
+    // `run_steps` dropped every sink clone; the writer ends once it stored all output.
+    let _ = writer.await;
+    done.cancel();
+    let _ = watcher.await;
+    if let Ok(mut a) = inner.active.lock() {
+        a.remove(&id);
+    }
+    let Some((status, error, attempt)) = outcome else {
+        return;
+    };
+    if lost.load(Ordering::SeqCst) {
+        tracing::warn!(run = %id, "lost the lease; another worker owns this run now");
+        return;
+    }
+    match inner
+        .store
+        .finish_run(id, &worker, attempt, status, error.as_deref())
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(run = %id, "run was taken over before it finished; result not recorded")
+        }
+        Err(e) => tracing::error!(run = %id, error = %e, "recording the end of the run failed"),
+    }
+    inner.bus.publish(Event::Updated(id));
+}
+
+/// Heartbeats the lease and watches for cancellation until `done`.
+async fn watch_run(
+    inner: Arc<Inner>,
+    run: Run,
+    worker: String,
+    cancel: CancellationToken,
+    lost: Arc<AtomicBool>,
+    done: CancellationToken,
+) {
+    let mut rx = inner.bus.subscribe();
+    let mut last_beat = Instant::now();
+    loop {
+        let tick = tokio::time::sleep(inner.config.cancel_poll);
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tick => {}
+            ev = rx.recv() => {
+                if let Ok(Event::CancelRequested(id)) = ev {
+                    if id == run.id { cancel.cancel(); }
+                }
+                continue;
+            }
+        }
+        if !cancel.is_cancelled() {
+            if let Ok(Some(r)) = inner.store.get_run(run.id).await {
+                if r.cancel_requested {
+                    cancel.cancel();
+                }
+            }
+        }
+        if last_beat.elapsed() >= inner.config.heartbeat {
+            last_beat = Instant::now();
+            let until = Utc::now()
+                + chrono::Duration::from_std(inner.config.lease)
+                    .unwrap_or(chrono::Duration::seconds(30));
+            match inner
+                .store
+                .heartbeat(run.id, &worker, run.attempt, until)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    lost.store(true, Ordering::SeqCst);
+                    cancel.cancel();
+                    return;
+                }
+                Err(e) => tracing::warn!(run = %run.id, error = %e, "heartbeat failed; will retry"),
+            }
+        }
+    }
+}
+
+/// Numbers output chunks and stores them in batches as they come.
+async fn write_logs(inner: Arc<Inner>, id: RunId, start: u64, mut rx: mpsc::Receiver<OutputEvent>) {
+    let mut seq = start;
+    let mut batch: Vec<LogChunk> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(ev) = next {
+            seq += 1;
+            batch.push(LogChunk {
+                run_id: id,
+                seq,
+                step: if ev.target.is_empty() {
+                    None
+                } else {
+                    Some(ev.step)
+                },
+                target: if ev.target.is_empty() {
+                    None
+                } else {
+                    Some(ev.target.to_string())
+                },
+                stream: ev.stream,
+                data: ev.data.to_vec(),
+                time: Utc::now(),
+            });
+            next = if batch.len() < 256 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        let mut tries = 0;
+        loop {
+            match inner.store.append_logs(&batch).await {
+                Ok(()) => break,
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    tracing::warn!(run = %id, error = %e, "storing output failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                }
+                Err(e) => {
+                    tracing::error!(run = %id, error = %e, "output lost: the store keeps failing");
+                    break;
+                }
+            }
+        }
+        batch.clear();
+        inner.bus.publish(Event::Log(id, seq));
+    }
+}
+
+/// Runs every step on every target; returns the run's end state, or `None`
+/// when nothing should be recorded.
+async fn run_steps(
+    inner: Arc<Inner>,
+    run: Run,
+    worker: String,
+    cancel: CancellationToken,
+    sink: OutputSink,
+) -> Option<(RunStatus, Option<String>, u32)> {
+    let attempt = run.attempt;
+    let previous: HashMap<(u32, String), StepResult> = match inner.store.step_results(run.id).await
+    {
+        Ok(rs) => rs
+            .into_iter()
+            .map(|r| ((r.step, r.target.clone()), r))
+            .collect(),
+        Err(e) => {
+            tracing::error!(run = %run.id, error = %e, "cannot read earlier results; leaving the run for rescue");
+            return None;
+        }
+    };
+    let mut targets = Vec::with_capacity(run.targets.len());
+    for name in &run.targets {
+        let t = match inner.store.get_target(name).await {
+            Ok(Some(t)) => Some(t),
+            Ok(None) if name == "local" => Some(Target::local()),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(run = %run.id, error = %e, "cannot read targets; leaving the run for rescue");
+                return None;
+            }
+        };
+        targets.push(t);
+    }
+    let run_deadline = run.spec.timeout.map(|limit| {
+        let started = run.started_at.unwrap_or_else(Utc::now);
+        let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
+        Instant::now() + limit.saturating_sub(elapsed)
+    });
+    let n = run.targets.len();
+    let state = Arc::new(RunState {
+        inner: inner.clone(),
+        sessions: (0..n).map(|_| Mutex::new(None)).collect(),
+        targets,
+        run,
+        worker,
+        cancel: cancel.clone(),
+        run_deadline,
+        sink,
+        previous,
+    });
+
+    let mut alive = vec![true; n];
+    let mut first_failure: Option<String> = None;
+    let mut only_timeouts = true;
+    let steps = state.run.spec.steps.clone();
+    for (si, step) in steps.iter().enumerate() {
+        if cancel.is_cancelled() || deadline_passed(state.run_deadline) {
+            break;
+        }
+        let concurrency = state.run.spec.concurrency.max(1);
+        let outcomes: Vec<(usize, Outcome, Option<String>)> =
+            futures::stream::iter((0..n).filter(|ti| alive[*ti]).map(|ti| {
+                let st = state.clone();
+                async move {
+                    let (o, why) = step_on_target(&st, si as u32, ti).await;
+                    (ti, o, why)
+                }
+            }))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        for (ti, outcome, why) in outcomes {
+            if outcome == Outcome::Ok || step.continue_on_error {
+                continue;
+            }
+            alive[ti] = false;
+            if outcome != Outcome::TimedOut {
+                only_timeouts = false;
+            }
+            if first_failure.is_none() && outcome != Outcome::Cancelled {
+                let target = &state.run.targets[ti];
+                let why = why.unwrap_or_else(|| "failed".into());
+                first_failure = Some(format!("step '{}' on {target}: {why}", step.name));
+            }
+        }
+        if !alive.iter().any(|a| *a) {
+            break;
+        }
+    }
+    // Later steps of targets that stopped are recorded as skipped, for a complete picture.
+    if !cancel.is_cancelled() && alive.iter().any(|a| !*a) {
+        let recorded: std::collections::HashSet<(u32, String)> =
+            match state.inner.store.step_results(state.run.id).await {
+                Ok(rs) => rs.into_iter().map(|r| (r.step, r.target)).collect(),
+                Err(_) => Default::default(),
+            };
+        for (ti, a) in alive.iter().enumerate() {
+            if *a {
+                continue;
+            }
+            for si in 0..steps.len() as u32 {
+                let key = (si, state.run.targets[ti].clone());
+                if recorded.contains(&key) {
+                    continue;
+                }
+                let now = Utc::now();
+                let skipped = StepResult {
+                    run_id: state.run.id,
+                    step: si,
+                    target: key.1,
+                    status: StepStatus::Skipped,
+                    exit_code: None,
+                    signal: None,
+                    error: None,
+                    attempt,
+                    started_at: now,
+                    finished_at: Some(now),
+                };
+                if let Err(e) = state.inner.store.put_step_result(&skipped).await {
+                    tracing::warn!(run = %state.run.id, error = %e, "recording a skipped step failed");
+                }
+            }
+        }
+    }
+    for s in &state.sessions {
+        if let Some(session) = s.lock().await.take() {
+            session.close().await;
+        }
+    }
+    let status = if cancel.is_cancelled() {
+        // Cancelled because the lease was lost is not recorded (see `execute_run`).
+        return Some((
+            RunStatus::Cancelled,
+            Some("cancelled on request".into()),
+            attempt,
+        ));
+    } else if deadline_passed(state.run_deadline) {
+        let limit = state
+            .run
+            .spec
+            .timeout
+            .map(crate::duration::format)
+            .unwrap_or_default();
+        return Some((
+            RunStatus::TimedOut,
+            Some(format!("the run's time limit ({limit}) was reached")),
+            attempt,
+        ));
+    } else if first_failure.is_some() && only_timeouts {
+        RunStatus::TimedOut
+    } else if first_failure.is_some() {
+        RunStatus::Failed
+    } else {
+        RunStatus::Succeeded
+    };
+    Some((status, first_failure, attempt))
+}
+
+fn deadline_passed(d: Option<Instant>) -> bool {
+    d.is_some_and(|d| Instant::now() >= d)
+}
+
+/// One step on one target: resume logic, rendering, execution, result.
+async fn step_on_target(st: &RunState, si: u32, ti: usize) -> (Outcome, Option<String>) {
+    let step = &st.run.spec.steps[si as usize];
+    let name = &st.run.targets[ti];
+    let out = st.sink.for_step(si, name);
+    if let Some(prev) = st.previous.get(&(si, name.clone())) {
+        match prev.status {
+            StepStatus::Succeeded | StepStatus::Skipped => return (Outcome::Ok, None),
+            StepStatus::Failed | StepStatus::Interrupted => {
+                return (Outcome::Failed, prev.error.clone());
+            }
+            StepStatus::TimedOut => return (Outcome::TimedOut, prev.error.clone()),
+            StepStatus::Cancelled => return (Outcome::Cancelled, None),
+            StepStatus::Running if !step.idempotent => {
+                let why = "interrupted: its worker stopped while it ran, and the step is not marked idempotent, so it is not run again".to_string();
+                out.write(Stream::System, format!("{why}\n")).await;
+                record(
+                    st,
+                    si,
+                    name,
+                    StepStatus::Interrupted,
+                    None,
+                    Some(why.clone()),
+                    Utc::now(),
+                )
+                .await;
+                return (Outcome::Failed, Some(why));
+            }
+            StepStatus::Running => {
+                out.write(
+                    Stream::System,
+                    "re-running: its worker stopped while it ran, and the step is idempotent\n",
+                )
+                .await;
+            }
+        }
+    }
+    let started = Utc::now();
+    let fail = |why: String| {
+        let out = out.clone();
+        async move {
+            out.write(Stream::System, format!("error: {why}\n")).await;
+            record(
+                st,
+                si,
+                name,
+                StepStatus::Failed,
+                None,
+                Some(why.clone()),
+                started,
+            )
+            .await;
+            (Outcome::Failed, Some(why))
+        }
+    };
+    let Some(target) = st.targets[ti].clone() else {
+        return fail(format!("target '{name}' no longer exists")).await;
+    };
+    let ctx_json = template_context(
+        st.run.id,
+        &st.run.spec,
+        st.run.job_version,
+        st.run.attempt,
+        &st.run.params,
+        &target,
+    );
+    let rendered = match render_step(&st.inner.templates, step, &ctx_json) {
+        Ok(r) => r,
+        Err(m) => return fail(format!("template error: {m}")).await,
+    };
+    record(st, si, name, StepStatus::Running, None, None, started).await;
+
+    // One session per target per run, opened on first use.
+    let mut slot = st.sessions[ti].lock().await;
+    if slot.is_none() {
+        let kind = target.connection.kind();
+        let Some(exec) = st.inner.executors.get(kind) else {
+            let have: Vec<&str> = st.inner.executors.keys().copied().collect();
+            drop(slot);
+            return fail(format!(
+                "no executor for '{kind}' targets in this build (available: {})",
+                have.join(", ")
+            ))
+            .await;
+        };
+        match exec.connect(&target, None).await {
+            Ok(s) => *slot = Some(s),
+            Err(e) => {
+                drop(slot);
+                return fail(e.to_string()).await;
+            }
+        }
+    }
+    let Some(session) = slot.as_ref() else {
+        drop(slot);
+        return fail("no session".into()).await;
+    };
+    let step_deadline = step.timeout.map(|t| Instant::now() + t);
+    let deadline = match (step_deadline, st.run_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let mut env: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    env.insert("OPSC_RUN_ID".into(), st.run.id.to_string());
+    env.insert("OPSC_JOB".into(), st.run.job.clone());
+    env.insert("OPSC_TARGET".into(), name.clone());
+    env.insert("OPSC_STEP".into(), step.name.clone());
+    let ctx = |extra: Vec<(String, String)>, workdir: Option<String>| {
+        let mut env = env.clone();
+        env.extend(extra);
+        StepContext {
+            run_id: st.run.id,
+            step: si,
+            target: target.clone(),
+            env,
+            workdir,
+            deadline,
+            cancel: st.cancel.clone(),
+        }
+    };
+    let result = match rendered {
+        Rendered::Run {
+            cmd,
+            env: extra,
+            workdir,
+        } => session.exec(&ctx(extra, workdir), &cmd, &out).await,
+        Rendered::Copy {
+            dest,
+            content,
+            src,
+            mode,
+        } => {
+            let bytes = match (content, src) {
+                (Some(c), _) => Ok(c.into_bytes()),
+                (None, Some(path)) => tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| ExecError::Io(format!("cannot read copy source {path}: {e}"))),
+                (None, None) => Ok(Vec::new()),
+            };
+            match bytes {
+                Ok(content) => {
+                    let len = content.len();
+                    let file = FileSpec {
+                        dest: dest.clone(),
+                        content,
+                        mode,
+                    };
+                    let r = session.copy(&ctx(Vec::new(), None), &file).await;
+                    if r.is_ok() {
+                        out.write(
+                            Stream::System,
+                            format!("copied {len} bytes to {dest} (mode {mode:04o})\n"),
+                        )
+                        .await;
+                    }
+                    r.map(|()| crate::executor::ExitStatus::code(0))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    drop(slot);
+    match result {
+        Ok(status) if status.success() => {
+            record(
+                st,
+                si,
+                name,
+                StepStatus::Succeeded,
+                Some(status),
+                None,
+                started,
+            )
+            .await;
+            (Outcome::Ok, None)
+        }
+        Ok(status) => {
+            let why = status.to_string();
+            record(
+                st,
+                si,
+                name,
+                StepStatus::Failed,
+                Some(status),
+                Some(why.clone()),
+                started,
+            )
+            .await;
+            (Outcome::Failed, Some(why))
+        }
+        Err(ExecError::TimedOut) => {
+            let which = match (step.timeout, st.run.spec.timeout) {
+                (Some(t), _) if step_deadline == deadline => {
+                    format!("the step's time limit ({})", crate::duration::format(t))
+                }
+                (_, Some(t)) => format!("the run's time limit ({})", crate::duration::format(t)),
+                _ => "the time limit".into(),
+            };
+            let why = format!("timed out: {which} was reached; the process was killed");
+            out.write(Stream::System, format!("{why}\n")).await;
+            record(
+                st,
+                si,
+                name,
+                StepStatus::TimedOut,
+                None,
+                Some(why.clone()),
+                started,
+            )
+            .await;
+            (Outcome::TimedOut, Some(why))
+        }
+        Err(ExecError::Cancelled) => {
+            out.write(Stream::System, "cancelled; the process was killed\n")
+                .await;
+            record(
+                st,
+                si,
+                name,
+                StepStatus::Cancelled,
+                None,
+                Some("cancelled".into()),
+                started,
+            )
+            .await;
+            (Outcome::Cancelled, None)
+        }
+        Err(e) => {
+            let why = e.to_string();
+            out.write(Stream::System, format!("error: {why}\n")).await;
+            record(
+                st,
+                si,
+                name,
+                StepStatus::Failed,
+                None,
+                Some(why.clone()),
+                started,
+            )
+            .await;
+            (Outcome::Failed, Some(why))
+        }
+    }
+}
+
+async fn record(
+    st: &RunState,
+    si: u32,
+    target: &str,
+    status: StepStatus,
+    exit: Option<crate::executor::ExitStatus>,
+    error: Option<String>,
+    started: chrono::DateTime<Utc>,
+) {
+    let r = StepResult {
+        run_id: st.run.id,
+        step: si,
+        target: target.to_string(),
+        status,
+        exit_code: exit.and_then(|e| e.code),
+        signal: exit.and_then(|e| e.signal),
+        error,
+        attempt: st.run.attempt,
+        started_at: started,
+        finished_at: (status != StepStatus::Running).then(Utc::now),
+    };
+    if let Err(e) = st.inner.store.put_step_result(&r).await {
+        tracing::error!(run = %st.run.id, worker = %st.worker, error = %e, "recording a step result failed");
+    }
+    st.inner.bus.publish(Event::Updated(st.run.id));
+}
