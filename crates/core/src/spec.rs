@@ -79,6 +79,11 @@ pub fn parse_str(text: &str, source: &str, base: Option<&Path>) -> Result<ApplyB
     Ok(batch)
 }
 
+/// Parses one YAML (or JSON) document into JSON, e.g. a parameters file.
+pub fn parse_value(text: &str) -> std::result::Result<serde_json::Value, String> {
+    serde_yaml_ng::from_str::<serde_json::Value>(text).map_err(|e| e.to_string())
+}
+
 /// Loads a file, or every `*.yaml` / `*.yml` / `*.json` file under a directory (sorted).
 pub fn load_path(path: &Path) -> Result<ApplyBatch> {
     let mut files = Vec::new();

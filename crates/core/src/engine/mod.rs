@@ -293,6 +293,12 @@ impl Conductor {
     /// Validates every target and job of `batch`, then stores all of them in
     /// one transaction — or nothing, if any is invalid.
     pub async fn apply(&self, batch: &ApplyBatch, actor: &Actor) -> Result<Vec<ApplyItem>> {
+        self.validate(batch)?;
+        self.inner.store.apply(batch, &actor.name).await
+    }
+
+    /// Checks a batch the way [`Conductor::apply`] does, without storing anything.
+    pub fn validate(&self, batch: &ApplyBatch) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
         for t in &batch.targets {
             spec::validate_target(t).map_err(|e| e.within(&format!("target '{}'", t.name)))?;
@@ -313,7 +319,7 @@ impl Conductor {
                 ));
             }
         }
-        self.inner.store.apply(batch, &actor.name).await
+        Ok(())
     }
 
     /// Every target, including the implicit `local` unless one is defined.
