@@ -64,6 +64,16 @@ impl Templates {
     pub fn new() -> Self {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Scripts and file contents end with a newline: keep it. Block tags
+        // (`{% if %}`) should not leave blank lines in scripts.
+        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+        {
+            env.set_syntax(syntax);
+        }
         env.set_auto_escape_callback(|name| match name.rsplit('.').next() {
             Some("sh") => AutoEscape::Custom("sh".into()),
             Some("ps1") => AutoEscape::Custom("ps1".into()),
