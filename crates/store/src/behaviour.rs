@@ -1,0 +1,1625 @@
+//! The store behaviour suite: one `pub async fn` per rule, run against every
+//! backend by [`store_behaviour_suite!`](crate::store_behaviour_suite). A new
+//! backend is done when it passes all of them.
+//!
+//! The rules come from the module docs of `opsconductor_core::store`, plus
+//! what those docs leave open and every backend must still agree on:
+//!
+//! - timestamps round-trip with at least millisecond precision (the fixtures
+//!   use whole milliseconds);
+//! - `apply` rejects, as a validation error, an object without a name and a
+//!   name given twice in one batch — and, being atomic, stores nothing of it;
+//! - inserting a run whose id exists is a conflict;
+//! - `finish_run` needs a final state;
+//! - a step result or log chunk for a run that does not exist is an error;
+//! - `request_cancel` marks a queued run `cancelled` *and* `cancel_requested`.
+//!
+//! Each function takes a fresh, empty store and returns `Err` or panics
+//! (with a message saying which rule broke) when the backend misbehaves.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use opsconductor_core::model::{
+    Action, Connection, DEFAULT_CONCURRENCY, JobSpec, JobStatus, LogChunk, Run, RunId, RunStatus,
+    Step, StepResult, StepStatus, Stream, Target,
+};
+use opsconductor_core::store::{ApplyAction, ApplyBatch, ApplyItem, Claim, RunFilter};
+use opsconductor_core::{ErrorKind, Result};
+use serde_json::json;
+use uuid::Uuid;
+
+#[doc(hidden)]
+pub use opsconductor_core::Error;
+#[doc(hidden)]
+pub use opsconductor_core::store::Store;
+
+/// Expands to one `#[tokio::test]` per rule of the [`behaviour`](crate::behaviour)
+/// suite, each given a fresh store by `$factory`: an async closure or the
+/// path of an async fn returning `Arc<dyn Store>`.
+///
+/// The calling crate needs `tokio` (with the `macros` and multi-threaded
+/// runtime features) among its dev-dependencies, and this crate with the
+/// `testing` feature:
+///
+/// ```ignore
+/// // tests/postgres.rs
+/// use std::sync::Arc;
+/// use opsconductor_core::store::Store;
+///
+/// async fn fresh_store() -> Arc<dyn Store> {
+///     Arc::new(PgStore::open_fresh_schema().await.expect("PostgreSQL for the tests"))
+/// }
+///
+/// opsconductor_store::store_behaviour_suite!(fresh_store);
+/// // or: store_behaviour_suite!(async || -> Arc<dyn Store> { … });
+/// ```
+#[macro_export]
+macro_rules! store_behaviour_suite {
+    ($factory:expr $(,)?) => {
+        $crate::__store_behaviour_tests! {
+            $factory;
+            apply_creates_updates_and_reports_unchanged,
+            apply_is_atomic,
+            apply_rejects_unnamed_and_repeated_objects,
+            job_versions_are_immutable_and_listed_oldest_first,
+            list_jobs_returns_the_latest_version_of_each,
+            targets_crud,
+            target_round_trips_every_field,
+            job_spec_round_trips_every_field,
+            run_round_trips_every_field,
+            insert_run_refuses_an_existing_id,
+            find_runs_by_prefix,
+            list_runs_newest_first_with_filters,
+            list_runs_pages_with_before,
+            claim_takes_the_oldest_first,
+            claim_honours_limit_and_only,
+            concurrent_claims_hand_each_run_to_one_caller,
+            claim_expired_takes_only_expired_running_runs,
+            claim_expired_never_touches_a_run_finished_meanwhile,
+            heartbeat_only_for_the_owner,
+            finish_run_only_for_the_owner,
+            request_cancel_in_each_state,
+            step_results_upsert_and_order,
+            logs_read_back_in_seq_order,
+            log_append_of_an_existing_seq_is_a_no_op,
+            last_log_seq,
+            logs_and_step_results_need_an_existing_run,
+        }
+    };
+}
+
+/// The expansion of [`store_behaviour_suite!`]; not for direct use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __store_behaviour_tests {
+    ($factory:expr; $($rule:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $rule() -> ::std::result::Result<(), $crate::behaviour::Error> {
+                let store: ::std::sync::Arc<dyn $crate::behaviour::Store> = ($factory)().await;
+                $crate::behaviour::$rule(store).await
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------
+
+/// A fixed instant plus `ms` milliseconds (whole milliseconds, see the module docs).
+pub fn at(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(1_735_689_600_000 + ms).unwrap_or_default()
+}
+
+/// The current time, truncated to whole milliseconds.
+pub fn now_ms() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_default()
+}
+
+/// A one-step job.
+pub fn job_spec(name: &str) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        description: String::new(),
+        tags: vec![],
+        status: JobStatus::Active,
+        params: serde_json::Value::Null,
+        targets: vec!["local".into()],
+        concurrency: DEFAULT_CONCURRENCY,
+        timeout: None,
+        secrets: vec![],
+        steps: vec![step(
+            "hello",
+            Action::Exec {
+                command: "echo hello".into(),
+            },
+        )],
+    }
+}
+
+/// A step with defaults (built through serde, so fields added to the model
+/// with a default need no change here).
+pub fn step(name: &str, action: Action) -> Step {
+    serde_json::from_value(json!({ "name": name, "action": action }))
+        .unwrap_or_else(|e| panic!("behaviour suite: building step '{name}': {e}"))
+}
+
+/// An SSH target.
+pub fn ssh_target(name: &str) -> Target {
+    Target {
+        name: name.into(),
+        description: format!("{name} over SSH"),
+        tags: vec!["web".into()],
+        vars: BTreeMap::new(),
+        connection: Connection::Ssh {
+            host: format!("{name}.example.internal"),
+            port: 22,
+            user: "deploy".into(),
+            host_key: None,
+        },
+        credential: None,
+    }
+}
+
+/// A queued run of `job`, created at `created_at`.
+pub fn queued_run(job: &str, created_at: DateTime<Utc>) -> Run {
+    Run {
+        id: RunId::new(),
+        job: job.into(),
+        job_version: Some(1),
+        spec: job_spec(job),
+        params: json!({ "version": "1.2.3" }),
+        targets: vec!["local".into()],
+        status: RunStatus::Queued,
+        requested_by: "alice".into(),
+        attempt: 0,
+        worker: None,
+        lease_until: None,
+        cancel_requested: false,
+        error: None,
+        created_at,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+/// A run some worker holds, with its lease ending at `lease_until`.
+pub fn running_run(job: &str, worker: &str, lease_until: DateTime<Utc>) -> Run {
+    let mut run = queued_run(job, lease_until - TimeDelta::minutes(10));
+    run.status = RunStatus::Running;
+    run.worker = Some(worker.into());
+    run.attempt = 1;
+    run.lease_until = Some(lease_until);
+    run.started_at = Some(run.created_at);
+    run
+}
+
+/// A claim by `worker` for at most `limit` runs, with a one-minute lease.
+pub fn claim(worker: &str, limit: usize) -> Claim {
+    Claim {
+        worker: worker.into(),
+        lease: Duration::from_secs(60),
+        limit,
+        only: None,
+    }
+}
+
+/// A log chunk of `run`.
+pub fn chunk(run: RunId, seq: u64, data: &str) -> LogChunk {
+    LogChunk {
+        run_id: run,
+        seq,
+        step: Some(0),
+        target: Some("local".into()),
+        stream: Stream::Stdout,
+        data: data.as_bytes().to_vec(),
+        time: at(i64::try_from(seq).unwrap_or(0)),
+    }
+}
+
+/// A run id with a chosen text (to test prefixes).
+fn fixed_id(text: &str) -> Result<RunId> {
+    Uuid::parse_str(text)
+        .map(RunId)
+        .map_err(|e| Error::Internal(format!("suite fixture id '{text}': {e}")))
+}
+
+/// The value of an `Option` the rule says must be there.
+fn found<T>(value: Option<T>, what: &str) -> Result<T> {
+    value.ok_or_else(|| Error::Internal(format!("behaviour suite: {what} is missing")))
+}
+
+/// Inserts runs, returning them.
+async fn insert_all(store: &dyn Store, runs: Vec<Run>) -> Result<Vec<Run>> {
+    for run in &runs {
+        store.insert_run(run).await?;
+    }
+    Ok(runs)
+}
+
+fn item(kind: &'static str, name: &str, action: ApplyAction, version: Option<u32>) -> ApplyItem {
+    ApplyItem {
+        kind,
+        name: name.into(),
+        action,
+        version,
+    }
+}
+
+fn ids(runs: &[Run]) -> Vec<RunId> {
+    runs.iter().map(|r| r.id).collect()
+}
+
+// ---------------------------------------------------------------------------
+// apply, targets, jobs
+// ---------------------------------------------------------------------------
+
+/// `apply` reports Created, then Updated (a new job version) on a change,
+/// then Unchanged (no new version) for an equal spec; items come back in
+/// batch order, targets first.
+pub async fn apply_creates_updates_and_reports_unchanged(store: Arc<dyn Store>) -> Result<()> {
+    let batch = ApplyBatch {
+        targets: vec![ssh_target("web-2"), ssh_target("web-1")],
+        jobs: vec![job_spec("deploy"), job_spec("backup")],
+    };
+    let items = store.apply(&batch, "alice").await?;
+    assert_eq!(
+        items,
+        vec![
+            item("target", "web-2", ApplyAction::Created, None),
+            item("target", "web-1", ApplyAction::Created, None),
+            item("job", "deploy", ApplyAction::Created, Some(1)),
+            item("job", "backup", ApplyAction::Created, Some(1)),
+        ],
+        "first apply creates everything, in batch order"
+    );
+
+    let items = store.apply(&batch, "bob").await?;
+    assert_eq!(
+        items,
+        vec![
+            item("target", "web-2", ApplyAction::Unchanged, None),
+            item("target", "web-1", ApplyAction::Unchanged, None),
+            item("job", "deploy", ApplyAction::Unchanged, Some(1)),
+            item("job", "backup", ApplyAction::Unchanged, Some(1)),
+        ],
+        "applying the same batch again changes nothing"
+    );
+    assert_eq!(
+        store.job_versions("deploy").await?.len(),
+        1,
+        "no new version"
+    );
+
+    let mut web1 = ssh_target("web-1");
+    web1.tags.push("canary".into());
+    let mut deploy = job_spec("deploy");
+    deploy.description = "Ships the app".into();
+    let items = store
+        .apply(
+            &ApplyBatch {
+                targets: vec![web1.clone(), ssh_target("web-2")],
+                jobs: vec![job_spec("backup"), deploy.clone()],
+            },
+            "carol",
+        )
+        .await?;
+    assert_eq!(
+        items,
+        vec![
+            item("target", "web-1", ApplyAction::Updated, None),
+            item("target", "web-2", ApplyAction::Unchanged, None),
+            item("job", "backup", ApplyAction::Unchanged, Some(1)),
+            item("job", "deploy", ApplyAction::Updated, Some(2)),
+        ],
+        "a changed target is updated, a changed job gets version 2"
+    );
+    assert_eq!(store.get_target("web-1").await?, Some(web1));
+    let latest = found(store.get_job("deploy", None).await?, "job deploy")?;
+    assert_eq!((latest.version, &latest.spec), (2, &deploy));
+    assert_eq!(
+        latest.created_by, "carol",
+        "`by` is recorded on the new version"
+    );
+    Ok(())
+}
+
+/// `apply` is atomic: when an item fails, nothing of the batch is stored,
+/// including the items before it, and existing objects keep their state.
+pub async fn apply_is_atomic(store: Arc<dyn Store>) -> Result<()> {
+    store
+        .apply(
+            &ApplyBatch {
+                targets: vec![ssh_target("existing")],
+                jobs: vec![job_spec("existing-job")],
+            },
+            "alice",
+        )
+        .await?;
+
+    let mut changed = ssh_target("existing");
+    changed.description = "changed by the failing batch".into();
+    let mut changed_job = job_spec("existing-job");
+    changed_job.description = "changed by the failing batch".into();
+    // The last item is invalid (a repeated name), so it fails after every
+    // other item of the batch was already written.
+    let failing = ApplyBatch {
+        targets: vec![changed, ssh_target("new-target")],
+        jobs: vec![changed_job, job_spec("new-job"), job_spec("new-job")],
+    };
+    let err = store.apply(&failing, "mallory").await;
+    assert!(err.is_err(), "a batch with a repeated job name must fail");
+
+    assert_eq!(store.get_target("new-target").await?, None, "no new target");
+    assert_eq!(store.get_job("new-job", None).await?, None, "no new job");
+    assert_eq!(
+        store.get_target("existing").await?,
+        Some(ssh_target("existing")),
+        "an existing target keeps its state"
+    );
+    let versions = store.job_versions("existing-job").await?;
+    assert_eq!(versions.len(), 1, "an existing job gets no version");
+    assert_eq!(versions[0].spec, job_spec("existing-job"));
+
+    // And a good batch is visible as a whole.
+    let items = store
+        .apply(
+            &ApplyBatch {
+                targets: (0..20).map(|i| ssh_target(&format!("t{i:02}"))).collect(),
+                jobs: (0..20).map(|i| job_spec(&format!("j{i:02}"))).collect(),
+            },
+            "alice",
+        )
+        .await?;
+    assert_eq!(items.len(), 40);
+    assert_eq!(store.list_targets().await?.len(), 21);
+    assert_eq!(store.list_jobs().await?.len(), 21);
+    Ok(())
+}
+
+/// `apply` refuses, as validation errors, a target or job without a name
+/// and a name given twice in one batch.
+pub async fn apply_rejects_unnamed_and_repeated_objects(store: Arc<dyn Store>) -> Result<()> {
+    let batches = [
+        ApplyBatch {
+            targets: vec![ssh_target("")],
+            jobs: vec![],
+        },
+        ApplyBatch {
+            targets: vec![],
+            jobs: vec![job_spec("ok"), job_spec("")],
+        },
+        ApplyBatch {
+            targets: vec![ssh_target("twice"), ssh_target("twice")],
+            jobs: vec![],
+        },
+        ApplyBatch {
+            targets: vec![],
+            jobs: vec![job_spec("twice"), job_spec("twice")],
+        },
+    ];
+    for (i, batch) in batches.iter().enumerate() {
+        match store.apply(batch, "alice").await {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Validation, "batch {i}: {e}"),
+            Ok(items) => panic!("batch {i} should be rejected, got {items:?}"),
+        }
+    }
+    assert!(store.list_targets().await?.is_empty());
+    assert!(store.list_jobs().await?.is_empty());
+    Ok(())
+}
+
+/// Each change adds a version; old versions stay as they were; going back
+/// to an older spec is a change too (a new version with the old content).
+pub async fn job_versions_are_immutable_and_listed_oldest_first(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let v1 = job_spec("deploy");
+    let mut v2 = v1.clone();
+    v2.steps.push(step(
+        "restart",
+        Action::Exec {
+            command: "systemctl restart app".into(),
+        },
+    ));
+    for (spec, by) in [(&v1, "alice"), (&v2, "bob"), (&v1, "carol")] {
+        store
+            .apply(
+                &ApplyBatch {
+                    targets: vec![],
+                    jobs: vec![spec.clone()],
+                },
+                by,
+            )
+            .await?;
+    }
+    let versions = store.job_versions("deploy").await?;
+    let summary: Vec<_> = versions
+        .iter()
+        .map(|j| (j.version, &j.spec, j.created_by.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![(1, &v1, "alice"), (2, &v2, "bob"), (3, &v1, "carol")],
+        "versions oldest first, each as stored"
+    );
+    assert!(versions[0].created_at <= versions[2].created_at);
+    assert_eq!(
+        store.get_job("deploy", Some(2)).await?.map(|j| j.spec),
+        Some(v2),
+        "a version is read back by number"
+    );
+    assert_eq!(
+        store.get_job("deploy", None).await?.map(|j| j.version),
+        Some(3),
+        "no version given: the latest"
+    );
+    assert_eq!(store.get_job("deploy", Some(4)).await?, None);
+    assert_eq!(store.get_job("missing", None).await?, None);
+    assert!(store.job_versions("missing").await?.is_empty());
+    Ok(())
+}
+
+/// `list_jobs` gives the latest version of every job, by name.
+pub async fn list_jobs_returns_the_latest_version_of_each(store: Arc<dyn Store>) -> Result<()> {
+    let mut b2 = job_spec("b");
+    b2.description = "second".into();
+    for jobs in [
+        vec![job_spec("c"), job_spec("b")],
+        vec![b2.clone(), job_spec("a")],
+    ] {
+        store
+            .apply(
+                &ApplyBatch {
+                    targets: vec![],
+                    jobs,
+                },
+                "alice",
+            )
+            .await?;
+    }
+    let listed: Vec<_> = store
+        .list_jobs()
+        .await?
+        .into_iter()
+        .map(|j| (j.spec.name.clone(), j.version, j.spec))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("a".into(), 1, job_spec("a")),
+            ("b".into(), 2, b2),
+            ("c".into(), 1, job_spec("c")),
+        ]
+    );
+    Ok(())
+}
+
+/// Targets are created, read, listed by name and deleted.
+pub async fn targets_crud(store: Arc<dyn Store>) -> Result<()> {
+    assert!(store.list_targets().await?.is_empty());
+    assert_eq!(store.get_target("db").await?, None);
+    store
+        .apply(
+            &ApplyBatch {
+                targets: vec![ssh_target("web"), ssh_target("db"), Target::local()],
+                jobs: vec![],
+            },
+            "alice",
+        )
+        .await?;
+    let names: Vec<_> = store
+        .list_targets()
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["db", "local", "web"], "listed by name");
+    assert_eq!(store.get_target("db").await?, Some(ssh_target("db")));
+
+    assert!(
+        store.delete_target("db").await?,
+        "deleting an existing target"
+    );
+    assert!(!store.delete_target("db").await?, "deleting it again");
+    assert!(!store.delete_target("never").await?);
+    assert_eq!(store.get_target("db").await?, None);
+    assert_eq!(store.list_targets().await?.len(), 2);
+    Ok(())
+}
+
+/// Every field of a target survives the store, for each kind of connection.
+pub async fn target_round_trips_every_field(store: Arc<dyn Store>) -> Result<()> {
+    let ssh = Target {
+        name: "web-1".into(),
+        description: "Front end — «prod»".into(),
+        tags: vec!["web".into(), "prod".into()],
+        vars: BTreeMap::from([
+            ("role".into(), json!("frontend")),
+            ("weights".into(), json!({ "a": [1, 2.5, null, true] })),
+        ]),
+        connection: Connection::Ssh {
+            host: "10.0.0.5".into(),
+            port: 2222,
+            user: "deploy".into(),
+            host_key: Some("SHA256:abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG".into()),
+        },
+        credential: Some("deploy-key".into()),
+    };
+    let winrm = Target {
+        name: "win-1".into(),
+        connection: Connection::Winrm {
+            host: "win.example.internal".into(),
+            port: 5985,
+            tls: false,
+            auth: "basic".into(),
+        },
+        credential: Some("win-admin".into()),
+        ..ssh_target("win-1")
+    };
+    let docker = Target {
+        name: "box".into(),
+        connection: Connection::Docker {
+            image: "alpine:3.20".into(),
+            limits: BTreeMap::from([
+                ("memory".into(), json!("256m")),
+                ("cpus".into(), json!(1.5)),
+            ]),
+        },
+        ..ssh_target("box")
+    };
+    let all = vec![ssh, winrm, docker, Target::local()];
+    store
+        .apply(
+            &ApplyBatch {
+                targets: all.clone(),
+                jobs: vec![],
+            },
+            "alice",
+        )
+        .await?;
+    for target in &all {
+        assert_eq!(
+            store.get_target(&target.name).await?.as_ref(),
+            Some(target),
+            "target {} round-trips",
+            target.name
+        );
+    }
+    Ok(())
+}
+
+/// Every field of a job spec survives the store, with a step of each kind.
+pub async fn job_spec_round_trips_every_field(store: Arc<dyn Store>) -> Result<()> {
+    let mut exec = step(
+        "build",
+        Action::Exec {
+            command: "make release VERSION={{ params.version }}".into(),
+        },
+    );
+    exec.timeout = Some(Duration::from_secs(30));
+    exec.continue_on_error = true;
+    exec.idempotent = true;
+    exec.env = BTreeMap::from([("RUST_LOG".into(), "debug".into())]);
+    exec.workdir = Some("/srv/app".into());
+    exec.raw = true;
+    let script = step(
+        "migrate",
+        Action::Script {
+            interpreter: "python3".into(),
+            body: "import sys\nprint('héllo', sys.argv)\n".into(),
+        },
+    );
+    let inline = step(
+        "config",
+        Action::Copy {
+            dest: "/etc/app.conf".into(),
+            content: Some("port = {{ params.port }}\n".into()),
+            src: None,
+            mode: 0o600,
+        },
+    );
+    let from_file = step(
+        "binary",
+        Action::Copy {
+            dest: "/usr/local/bin/app".into(),
+            content: None,
+            src: Some("target/release/app".into()),
+            mode: 0o755,
+        },
+    );
+    let spec = JobSpec {
+        name: "deploy".into(),
+        description: "Builds and ships".into(),
+        tags: vec!["prod".into(), "app".into()],
+        status: JobStatus::Draft,
+        params: json!({
+            "type": "object",
+            "properties": { "version": { "type": "string" }, "port": { "type": "integer" } },
+            "required": ["version"]
+        }),
+        targets: vec!["tag:web".into(), "db-1".into()],
+        concurrency: 3,
+        timeout: Some(Duration::from_secs(5400)),
+        secrets: vec!["deploy-key".into(), "api-token".into()],
+        steps: vec![exec, script, inline, from_file],
+    };
+    store
+        .apply(
+            &ApplyBatch {
+                targets: vec![],
+                jobs: vec![spec.clone()],
+            },
+            "alice",
+        )
+        .await?;
+    let stored = found(store.get_job("deploy", None).await?, "job deploy")?;
+    assert_eq!(stored.spec, spec, "the job spec round-trips");
+    assert_eq!(stored.version, 1);
+    assert_eq!(stored.created_by, "alice");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// runs
+// ---------------------------------------------------------------------------
+
+/// Every field of a run survives the store, with every option set and with
+/// none set.
+pub async fn run_round_trips_every_field(store: Arc<dyn Store>) -> Result<()> {
+    let mut spec = job_spec("deploy");
+    spec.timeout = Some(Duration::from_secs(600));
+    spec.steps.push(step(
+        "script",
+        Action::Script {
+            interpreter: "bash".into(),
+            body: "echo ok".into(),
+        },
+    ));
+    let full = Run {
+        id: RunId::new(),
+        job: "deploy".into(),
+        job_version: Some(7),
+        spec,
+        params: json!({ "version": "2.0", "flags": ["a", "ü"], "n": 3, "deep": { "x": null } }),
+        targets: vec!["web-2".into(), "web-1".into(), "db".into()],
+        status: RunStatus::Failed,
+        requested_by: "alice@example.com".into(),
+        attempt: 3,
+        worker: Some("host-a:1234".into()),
+        lease_until: Some(at(90_000)),
+        cancel_requested: true,
+        error: Some("step 'build' failed on web-1: exit code 2".into()),
+        created_at: at(1),
+        started_at: Some(at(2_500)),
+        finished_at: Some(at(80_123)),
+    };
+    let mut bare = queued_run("exec", at(5));
+    bare.job_version = None;
+    bare.params = serde_json::Value::Null;
+    bare.targets = vec![];
+    for run in [&full, &bare] {
+        store.insert_run(run).await?;
+        assert_eq!(
+            store.get_run(run.id).await?.as_ref(),
+            Some(run),
+            "run {} round-trips",
+            run.job
+        );
+    }
+    assert_eq!(store.get_run(RunId::new()).await?, None, "an unknown run");
+    Ok(())
+}
+
+/// Inserting a run whose id already exists is a conflict and changes nothing.
+pub async fn insert_run_refuses_an_existing_id(store: Arc<dyn Store>) -> Result<()> {
+    let run = queued_run("deploy", at(0));
+    store.insert_run(&run).await?;
+    let mut again = run.clone();
+    again.job = "other".into();
+    match store.insert_run(&again).await {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e}"),
+        Ok(()) => panic!("a second run with the same id was accepted"),
+    }
+    assert_eq!(store.get_run(run.id).await?, Some(run));
+    Ok(())
+}
+
+/// Runs are found by an id prefix (any case), at most 2, and wildcard
+/// characters in the prefix match nothing but themselves.
+pub async fn find_runs_by_prefix(store: Arc<dyn Store>) -> Result<()> {
+    let a = fixed_id("0190aaaa-0000-7000-8000-000000000001")?;
+    let b = fixed_id("0190aaaa-0000-7000-8000-000000000002")?;
+    let c = fixed_id("0190aaab-0000-7000-8000-000000000003")?;
+    let d = fixed_id("0190aaaa-1111-7000-8000-000000000004")?;
+    for (i, id) in [a, b, c, d].into_iter().enumerate() {
+        let mut run = queued_run("deploy", at(i64::try_from(i).unwrap_or(0)));
+        run.id = id;
+        store.insert_run(&run).await?;
+    }
+    let find = |prefix: String| {
+        let store = store.clone();
+        async move {
+            let mut ids = store.find_runs_by_prefix(&prefix).await?;
+            ids.sort();
+            Ok::<_, Error>(ids)
+        }
+    };
+    assert_eq!(find("0190aaab".into()).await?, vec![c], "a unique prefix");
+    assert_eq!(find("0190AAAB".into()).await?, vec![c], "upper case");
+    assert_eq!(find(a.to_string()).await?, vec![a], "a whole id");
+    assert_eq!(find("0190aaaa-1".into()).await?, vec![d]);
+    assert_eq!(
+        find("0190aaaa".into()).await?.len(),
+        2,
+        "an ambiguous prefix gives at most 2"
+    );
+    assert_eq!(
+        find("0190aaaa-0000-7000-8000-00000000000".into()).await?,
+        vec![a, b]
+    );
+    assert!(find("0191".into()).await?.is_empty(), "no match");
+    assert!(find("%".into()).await?.is_empty(), "`%` is not a wildcard");
+    assert!(
+        find("0190aaa_".into()).await?.is_empty(),
+        "`_` is not a wildcard"
+    );
+    Ok(())
+}
+
+/// `list_runs` is newest first (ties by id, descending) and filters by job,
+/// by statuses and with a limit (0: 50).
+pub async fn list_runs_newest_first_with_filters(store: Arc<dyn Store>) -> Result<()> {
+    let statuses = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::TimedOut,
+    ];
+    let mut runs = Vec::new();
+    for i in 0..60_i64 {
+        let job = if i % 3 == 0 { "backup" } else { "deploy" };
+        // Pairs share a creation time, so ties are broken by id.
+        let mut run = queued_run(job, at(i / 2));
+        run.status = statuses[usize::try_from(i).unwrap_or(0) % statuses.len()];
+        runs.push(run);
+    }
+    let runs = insert_all(&*store, runs).await?;
+    let mut newest_first = runs.clone();
+    newest_first.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.id)));
+
+    let list = |filter: RunFilter| {
+        let store = store.clone();
+        async move { store.list_runs(&filter).await }
+    };
+    let expect = |keep: &dyn Fn(&Run) -> bool, limit: usize| -> Vec<RunId> {
+        newest_first
+            .iter()
+            .filter(|r| keep(r))
+            .take(limit)
+            .map(|r| r.id)
+            .collect()
+    };
+
+    let all = list(RunFilter::default()).await?;
+    assert_eq!(ids(&all), expect(&|_| true, 50), "no limit: the newest 50");
+    assert_eq!(all[0], newest_first[0], "listed runs are complete");
+
+    let got = list(RunFilter {
+        limit: 7,
+        ..RunFilter::default()
+    })
+    .await?;
+    assert_eq!(ids(&got), expect(&|_| true, 7), "limit");
+
+    let got = list(RunFilter {
+        job: Some("backup".into()),
+        limit: 100,
+        ..RunFilter::default()
+    })
+    .await?;
+    assert_eq!(ids(&got), expect(&|r| r.job == "backup", 100), "by job");
+    assert_eq!(got.len(), 20);
+
+    let wanted = [RunStatus::Failed, RunStatus::Queued];
+    let got = list(RunFilter {
+        statuses: wanted.to_vec(),
+        limit: 100,
+        ..RunFilter::default()
+    })
+    .await?;
+    assert_eq!(
+        ids(&got),
+        expect(&|r| wanted.contains(&r.status), 100),
+        "by statuses"
+    );
+
+    let got = list(RunFilter {
+        job: Some("deploy".into()),
+        statuses: vec![RunStatus::Running],
+        limit: 3,
+        ..RunFilter::default()
+    })
+    .await?;
+    assert_eq!(
+        ids(&got),
+        expect(&|r| r.job == "deploy" && r.status == RunStatus::Running, 3),
+        "job, status and limit together"
+    );
+
+    assert!(
+        list(RunFilter {
+            job: Some("nothing".into()),
+            ..RunFilter::default()
+        })
+        .await?
+        .is_empty()
+    );
+    Ok(())
+}
+
+/// `before` pages through every run exactly once, newest first, also
+/// across runs created at the same instant, and combines with filters.
+pub async fn list_runs_pages_with_before(store: Arc<dyn Store>) -> Result<()> {
+    let runs: Vec<Run> = (0..25_i64)
+        .map(|i| queued_run(if i % 2 == 0 { "even" } else { "odd" }, at(i / 3)))
+        .collect();
+    let runs = insert_all(&*store, runs).await?;
+    let mut expected = runs.clone();
+    expected.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.id)));
+
+    for job in [None, Some("even")] {
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store
+                .list_runs(&RunFilter {
+                    job: job.map(str::to_string),
+                    before,
+                    limit: 4,
+                    ..RunFilter::default()
+                })
+                .await?;
+            assert!(page.len() <= 4);
+            let Some(last) = page.last() else { break };
+            before = Some(last.id);
+            seen.extend(ids(&page));
+        }
+        let want: Vec<RunId> = expected
+            .iter()
+            .filter(|r| job.is_none_or(|j| r.job == j))
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(seen, want, "paging with before (job {job:?})");
+    }
+    Ok(())
+}
+
+/// `claim_queued` takes the oldest queued runs first and makes them
+/// `running` for the caller: worker, attempt + 1, lease, start time.
+pub async fn claim_takes_the_oldest_first(store: Arc<dyn Store>) -> Result<()> {
+    let base = now_ms() - TimeDelta::hours(1);
+    let offsets = [5, 1, 4, 2, 3];
+    let mut runs = Vec::new();
+    for o in offsets {
+        runs.push(queued_run("deploy", base + TimeDelta::seconds(o)));
+    }
+    let mut not_queued = running_run("deploy", "other", now_ms() + TimeDelta::hours(1));
+    not_queued.created_at = base - TimeDelta::hours(1);
+    runs.push(not_queued.clone());
+    let runs = insert_all(&*store, runs).await?;
+    let by_offset = |o: i64| {
+        runs.iter()
+            .find(|r| r.created_at == base + TimeDelta::seconds(o))
+            .map(|r| r.id)
+    };
+
+    let before = Utc::now();
+    let lease = Duration::from_secs(90);
+    let got = store
+        .claim_queued(&Claim {
+            worker: "w1".into(),
+            lease,
+            limit: 2,
+            only: None,
+        })
+        .await?;
+    let after = Utc::now();
+    assert_eq!(
+        got.iter().map(|r| Some(r.id)).collect::<Vec<_>>(),
+        vec![by_offset(1), by_offset(2)],
+        "the two oldest queued runs, oldest first"
+    );
+    for run in &got {
+        assert_eq!(run.status, RunStatus::Running);
+        assert_eq!(run.worker.as_deref(), Some("w1"));
+        assert_eq!(run.attempt, 1);
+        let until = found(run.lease_until, "lease_until")?;
+        let lease = TimeDelta::from_std(lease).unwrap_or_default();
+        let slack = TimeDelta::seconds(1);
+        assert!(
+            until >= before + lease - slack && until <= after + lease + slack,
+            "lease ends `lease` from now"
+        );
+        let started = found(run.started_at, "started_at")?;
+        assert!(started >= before - slack && started <= after + slack);
+        assert_eq!(
+            store.get_run(run.id).await?.as_ref(),
+            Some(run),
+            "stored as returned"
+        );
+    }
+
+    let next = store.claim_queued(&claim("w2", 10)).await?;
+    assert_eq!(
+        next.iter().map(|r| Some(r.id)).collect::<Vec<_>>(),
+        vec![by_offset(3), by_offset(4), by_offset(5)],
+        "the rest, oldest first; never a run that is not queued"
+    );
+    assert!(store.claim_queued(&claim("w3", 10)).await?.is_empty());
+    assert_eq!(store.get_run(not_queued.id).await?, Some(not_queued));
+    Ok(())
+}
+
+/// `claim_queued` never returns more than `limit` runs, and with `only`
+/// takes just that run, if it is queued.
+pub async fn claim_honours_limit_and_only(store: Arc<dyn Store>) -> Result<()> {
+    let base = now_ms() - TimeDelta::minutes(5);
+    let runs: Vec<Run> = (0..6)
+        .map(|i| queued_run("deploy", base + TimeDelta::seconds(i)))
+        .collect();
+    let runs = insert_all(&*store, runs).await?;
+
+    assert!(
+        store.claim_queued(&claim("w", 0)).await?.is_empty(),
+        "limit 0 claims nothing"
+    );
+    let got = store.claim_queued(&claim("w", 2)).await?;
+    assert_eq!(ids(&got), ids(&runs[..2]), "at most `limit`");
+
+    let newest = runs[5].id;
+    let got = store
+        .claim_queued(&Claim {
+            only: Some(newest),
+            ..claim("w", 10)
+        })
+        .await?;
+    assert_eq!(ids(&got), vec![newest], "`only` takes just that run");
+    let again = store
+        .claim_queued(&Claim {
+            only: Some(newest),
+            ..claim("w", 10)
+        })
+        .await?;
+    assert!(again.is_empty(), "`only` on a run no longer queued");
+    let missing = store
+        .claim_queued(&Claim {
+            only: Some(RunId::new()),
+            ..claim("w", 10)
+        })
+        .await?;
+    assert!(missing.is_empty(), "`only` on an unknown run");
+
+    let rest = store.claim_queued(&claim("w", 10)).await?;
+    assert_eq!(ids(&rest), ids(&runs[2..5]));
+    for run in &runs[2..5] {
+        assert_eq!(
+            store.get_run(run.id).await?.map(|r| r.status),
+            Some(RunStatus::Running)
+        );
+    }
+    Ok(())
+}
+
+/// 16 callers claiming 3 at a time from 200 queued runs: every run is
+/// claimed exactly once, by the caller the store says holds it.
+pub async fn concurrent_claims_hand_each_run_to_one_caller(store: Arc<dyn Store>) -> Result<()> {
+    let base = now_ms() - TimeDelta::hours(1);
+    let mut all = HashSet::new();
+    for i in 0..200 {
+        let run = queued_run("load", base + TimeDelta::milliseconds(i));
+        all.insert(run.id);
+        store.insert_run(&run).await?;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let worker = format!("worker-{w}");
+            let mut mine = Vec::new();
+            loop {
+                let got = store.claim_queued(&claim(&worker, 3)).await?;
+                assert!(
+                    got.len() <= 3,
+                    "{worker} got {} runs with limit 3",
+                    got.len()
+                );
+                if got.is_empty() {
+                    break;
+                }
+                for run in got {
+                    assert_eq!(run.worker.as_deref(), Some(worker.as_str()));
+                    mine.push(run.id);
+                }
+            }
+            Ok::<_, Error>((worker, mine))
+        });
+    }
+    let mut owner: HashMap<RunId, String> = HashMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (worker, mine) =
+            joined.map_err(|e| Error::Internal(format!("a claiming task failed: {e}")))??;
+        for id in mine {
+            if let Some(first) = owner.insert(id, worker.clone()) {
+                panic!("run {id} was claimed twice: by {first} and by {worker}");
+            }
+        }
+    }
+    assert_eq!(owner.len(), 200, "every run was claimed");
+    assert_eq!(owner.keys().copied().collect::<HashSet<_>>(), all);
+    for (id, worker) in &owner {
+        let run = found(store.get_run(*id).await?, "claimed run")?;
+        assert_eq!(run.status, RunStatus::Running);
+        assert_eq!(
+            run.worker.as_ref(),
+            Some(worker),
+            "the store agrees on the owner"
+        );
+        assert_eq!(run.attempt, 1, "claimed once");
+    }
+    Ok(())
+}
+
+/// `claim_expired` takes over only `running` runs whose lease ended before
+/// `now`: not live leases, not queued runs, not finished runs.
+pub async fn claim_expired_takes_only_expired_running_runs(store: Arc<dyn Store>) -> Result<()> {
+    let now = now_ms();
+    let expired = running_run("deploy", "dead", now - TimeDelta::seconds(30));
+    let older_expired = running_run("deploy", "dead", now - TimeDelta::minutes(5));
+    let live = running_run("deploy", "alive", now + TimeDelta::minutes(5));
+    let queued = queued_run("deploy", now - TimeDelta::hours(1));
+    let mut finished = running_run("deploy", "dead", now - TimeDelta::minutes(1));
+    finished.status = RunStatus::Succeeded;
+    finished.finished_at = Some(now - TimeDelta::minutes(2));
+    let untouched = [live.clone(), queued.clone(), finished.clone()];
+    insert_all(
+        &*store,
+        vec![
+            expired.clone(),
+            older_expired.clone(),
+            live,
+            queued,
+            finished,
+        ],
+    )
+    .await?;
+
+    let lease = Duration::from_secs(120);
+    let got = store
+        .claim_expired(
+            &Claim {
+                worker: "rescuer".into(),
+                lease,
+                limit: 10,
+                only: None,
+            },
+            now,
+        )
+        .await?;
+    let mut got_ids = ids(&got);
+    got_ids.sort();
+    let mut want = vec![expired.id, older_expired.id];
+    want.sort();
+    assert_eq!(got_ids, want, "exactly the expired running runs");
+    for run in &got {
+        assert_eq!(run.status, RunStatus::Running);
+        assert_eq!(run.worker.as_deref(), Some("rescuer"));
+        assert_eq!(run.attempt, 2, "a takeover is a new attempt");
+        assert_eq!(
+            run.lease_until,
+            Some(now + TimeDelta::from_std(lease).unwrap_or_default()),
+            "the new lease runs from `now`"
+        );
+        assert!(run.started_at.is_some(), "start time kept");
+        assert_eq!(store.get_run(run.id).await?.as_ref(), Some(run));
+    }
+    for run in &untouched {
+        assert_eq!(
+            store.get_run(run.id).await?.as_ref(),
+            Some(run),
+            "{:?} untouched",
+            run.status
+        );
+    }
+    assert!(
+        store
+            .claim_expired(&claim("again", 10), now)
+            .await?
+            .is_empty(),
+        "the new leases have not ended"
+    );
+
+    // The limit holds here too.
+    let more: Vec<Run> = (0..3)
+        .map(|i| running_run("deploy", "dead", now - TimeDelta::seconds(10 + i)))
+        .collect();
+    insert_all(&*store, more).await?;
+    assert_eq!(store.claim_expired(&claim("r", 2), now).await?.len(), 2);
+    assert_eq!(store.claim_expired(&claim("r", 0), now).await?.len(), 0);
+    assert_eq!(store.claim_expired(&claim("r", 5), now).await?.len(), 1);
+    Ok(())
+}
+
+/// A run whose owner finished it after its lease ended is never taken over,
+/// and after a takeover the old owner can no longer finish it.
+pub async fn claim_expired_never_touches_a_run_finished_meanwhile(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let slow = queued_run("deploy", now_ms() - TimeDelta::minutes(1));
+    let late = queued_run("deploy", now_ms() - TimeDelta::seconds(30));
+    insert_all(&*store, vec![slow.clone(), late.clone()]).await?;
+    let claimed = store.claim_queued(&claim("w1", 2)).await?;
+    assert_eq!(claimed.len(), 2);
+    let later = Utc::now() + TimeDelta::hours(1);
+
+    // Both leases have ended by `later`; `slow`'s worker finishes anyway.
+    assert!(
+        store
+            .finish_run(slow.id, "w1", 1, RunStatus::Succeeded, None)
+            .await?
+    );
+    let finished = found(store.get_run(slow.id).await?, "run")?;
+
+    let taken = store.claim_expired(&claim("w2", 10), later).await?;
+    assert_eq!(ids(&taken), vec![late.id], "only the run still running");
+    assert_eq!(
+        store.get_run(slow.id).await?,
+        Some(finished),
+        "the finished run is untouched"
+    );
+    assert!(
+        !store
+            .finish_run(late.id, "w1", 1, RunStatus::Failed, Some("too late"))
+            .await?,
+        "the old owner cannot finish a run taken over"
+    );
+    let run = found(store.get_run(late.id).await?, "run")?;
+    assert_eq!(
+        (run.status, run.worker.as_deref(), run.attempt),
+        (RunStatus::Running, Some("w2"), 2)
+    );
+    Ok(())
+}
+
+/// `heartbeat` extends the lease only for the current owner (worker and
+/// attempt) of a running run; anyone else gets `false` and changes nothing.
+pub async fn heartbeat_only_for_the_owner(store: Arc<dyn Store>) -> Result<()> {
+    let queued = queued_run("deploy", now_ms() - TimeDelta::minutes(1));
+    store.insert_run(&queued).await?;
+    let later = now_ms() + TimeDelta::hours(2);
+    assert!(
+        !store.heartbeat(queued.id, "w1", 0, later).await?,
+        "a queued run has no owner"
+    );
+
+    let run = store
+        .claim_queued(&claim("w1", 1))
+        .await?
+        .pop()
+        .ok_or_else(|| Error::Internal("nothing claimed".into()))?;
+    for (worker, attempt, why) in [
+        ("w2", 1, "another worker"),
+        ("w1", 2, "another attempt"),
+        ("w1", 0, "a stale attempt"),
+    ] {
+        assert!(
+            !store.heartbeat(run.id, worker, attempt, later).await?,
+            "heartbeat by {why}"
+        );
+        assert_eq!(
+            store.get_run(run.id).await?.as_ref(),
+            Some(&run),
+            "unchanged after {why}"
+        );
+    }
+    assert!(
+        !store.heartbeat(RunId::new(), "w1", 1, later).await?,
+        "an unknown run"
+    );
+
+    assert!(store.heartbeat(run.id, "w1", 1, later).await?, "the owner");
+    let after = found(store.get_run(run.id).await?, "run")?;
+    assert_eq!(after.lease_until, Some(later), "lease extended");
+    assert_eq!(after.status, RunStatus::Running);
+
+    // A takeover by the same worker name is a new attempt: the old one is stale.
+    let taken = store
+        .claim_expired(&claim("w1", 1), later + TimeDelta::seconds(1))
+        .await?;
+    assert_eq!(taken.len(), 1);
+    assert!(
+        !store.heartbeat(run.id, "w1", 1, later).await?,
+        "attempt 1 lost the run"
+    );
+    assert!(
+        store
+            .heartbeat(run.id, "w1", 2, later + TimeDelta::hours(1))
+            .await?
+    );
+    Ok(())
+}
+
+/// `finish_run` ends a run only for its current owner: final state, error,
+/// finish time, no lease. Anyone else, or a second finish, gets `false`.
+pub async fn finish_run_only_for_the_owner(store: Arc<dyn Store>) -> Result<()> {
+    let runs: Vec<Run> = (0..2)
+        .map(|i| queued_run("deploy", now_ms() - TimeDelta::minutes(5 - i)))
+        .collect();
+    insert_all(&*store, runs.clone()).await?;
+    assert!(
+        !store
+            .finish_run(runs[0].id, "w1", 0, RunStatus::Succeeded, None)
+            .await?,
+        "a queued run has no owner"
+    );
+    let claimed = store.claim_queued(&claim("w1", 2)).await?;
+    let (run, other) = (&claimed[0], &claimed[1]);
+
+    for (worker, attempt, why) in [("w2", 1, "another worker"), ("w1", 2, "another attempt")] {
+        assert!(
+            !store
+                .finish_run(run.id, worker, attempt, RunStatus::Failed, Some("x"))
+                .await?,
+            "finish by {why}"
+        );
+        assert_eq!(
+            store.get_run(run.id).await?.as_ref(),
+            Some(run),
+            "unchanged after {why}"
+        );
+    }
+    assert!(
+        store
+            .finish_run(run.id, "w1", 1, RunStatus::Running, None)
+            .await
+            .is_err(),
+        "finishing needs a final state"
+    );
+    assert!(
+        !store
+            .finish_run(RunId::new(), "w1", 1, RunStatus::Failed, None)
+            .await?,
+        "an unknown run"
+    );
+
+    let before = Utc::now() - TimeDelta::seconds(1);
+    assert!(
+        store
+            .finish_run(run.id, "w1", 1, RunStatus::Failed, Some("exit code 3"))
+            .await?
+    );
+    let done = found(store.get_run(run.id).await?, "run")?;
+    assert_eq!(done.status, RunStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("exit code 3"));
+    assert_eq!(done.lease_until, None, "lease cleared");
+    assert!(
+        done.finished_at.is_some_and(|t| t >= before),
+        "finish time set"
+    );
+    assert_eq!((done.worker.as_deref(), done.attempt), (Some("w1"), 1));
+    assert!(
+        !store
+            .finish_run(run.id, "w1", 1, RunStatus::Succeeded, None)
+            .await?,
+        "a finished run cannot be finished again"
+    );
+    assert_eq!(store.get_run(run.id).await?, Some(done));
+
+    assert!(
+        store
+            .finish_run(other.id, "w1", 1, RunStatus::TimedOut, None)
+            .await?
+    );
+    let timed_out = found(store.get_run(other.id).await?, "run")?;
+    assert_eq!(
+        (timed_out.status, timed_out.error),
+        (RunStatus::TimedOut, None)
+    );
+    Ok(())
+}
+
+/// `request_cancel`: queued → `cancelled` at once; running → flagged
+/// `cancel_requested`; finished → unchanged; unknown → `None`.
+pub async fn request_cancel_in_each_state(store: Arc<dyn Store>) -> Result<()> {
+    let now = now_ms();
+    let running_src = queued_run("deploy", now - TimeDelta::minutes(10));
+    let queued = queued_run("deploy", now - TimeDelta::minutes(1));
+    insert_all(&*store, vec![running_src.clone(), queued.clone()]).await?;
+    let running = store
+        .claim_queued(&Claim {
+            only: Some(running_src.id),
+            ..claim("w1", 1)
+        })
+        .await?
+        .pop()
+        .ok_or_else(|| Error::Internal("nothing claimed".into()))?;
+    let mut finished = queued_run("deploy", now - TimeDelta::minutes(20));
+    finished.status = RunStatus::Succeeded;
+    finished.finished_at = Some(now - TimeDelta::minutes(15));
+    store.insert_run(&finished).await?;
+
+    let before = Utc::now() - TimeDelta::seconds(1);
+    let c = found(store.request_cancel(queued.id).await?, "cancelled run")?;
+    assert_eq!(
+        c.status,
+        RunStatus::Cancelled,
+        "a queued run is cancelled at once"
+    );
+    assert!(c.cancel_requested);
+    assert!(c.finished_at.is_some_and(|t| t >= before), "and finished");
+    assert_eq!(
+        store.get_run(queued.id).await?.as_ref(),
+        Some(&c),
+        "returned as stored"
+    );
+    assert!(
+        store
+            .claim_queued(&Claim {
+                only: Some(queued.id),
+                ..claim("w2", 1)
+            })
+            .await?
+            .is_empty(),
+        "a cancelled run is not claimed"
+    );
+
+    let r = found(store.request_cancel(running.id).await?, "running run")?;
+    let mut want = running.clone();
+    want.cancel_requested = true;
+    assert_eq!(r, want, "a running run is only flagged");
+    assert!(
+        store
+            .heartbeat(running.id, "w1", 1, now + TimeDelta::minutes(5))
+            .await?,
+        "its owner still owns it"
+    );
+
+    let f = found(store.request_cancel(finished.id).await?, "finished run")?;
+    assert_eq!(f, finished, "a finished run is unchanged");
+
+    let again = found(store.request_cancel(queued.id).await?, "cancelled run")?;
+    assert_eq!(again, c, "cancelling twice changes nothing");
+
+    assert_eq!(
+        store.request_cancel(RunId::new()).await?,
+        None,
+        "unknown run"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// step results and logs
+// ---------------------------------------------------------------------------
+
+/// Step results are upserted by (run, step, target) and read back by step,
+/// then target, with every field intact.
+pub async fn step_results_upsert_and_order(store: Arc<dyn Store>) -> Result<()> {
+    let run = queued_run("deploy", at(0));
+    let other = queued_run("deploy", at(1));
+    insert_all(&*store, vec![run.clone(), other.clone()]).await?;
+    let result = |step: u32, target: &str| StepResult {
+        run_id: run.id,
+        step,
+        target: target.into(),
+        status: StepStatus::Running,
+        exit_code: None,
+        signal: None,
+        error: None,
+        attempt: 1,
+        started_at: at(1_000 + i64::from(step)),
+        finished_at: None,
+    };
+    for (step, target) in [
+        (1, "web-2"),
+        (0, "web-2"),
+        (1, "db"),
+        (0, "web-1"),
+        (10, "a"),
+        (2, "a"),
+    ] {
+        store.put_step_result(&result(step, target)).await?;
+    }
+    store
+        .put_step_result(&StepResult {
+            run_id: other.id,
+            ..result(0, "web-1")
+        })
+        .await?;
+    let order: Vec<_> = store
+        .step_results(run.id)
+        .await?
+        .into_iter()
+        .map(|r| (r.step, r.target))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            (0, "web-1".to_string()),
+            (0, "web-2".into()),
+            (1, "db".into()),
+            (1, "web-2".into()),
+            (2, "a".into()),
+            (10, "a".into()),
+        ],
+        "by step (numerically), then target; only this run's"
+    );
+
+    let done = StepResult {
+        status: StepStatus::Failed,
+        exit_code: Some(-1),
+        signal: Some(9),
+        error: Some("killed by signal 9 — out of memory?".into()),
+        attempt: 2,
+        started_at: at(5_000),
+        finished_at: Some(at(6_789)),
+        ..result(1, "db")
+    };
+    store.put_step_result(&done).await?;
+    let results = store.step_results(run.id).await?;
+    assert_eq!(results.len(), 6, "an upsert adds no row");
+    assert_eq!(results[2], done, "replaced, every field intact");
+    assert_eq!(results[0], result(0, "web-1"));
+    assert!(store.step_results(RunId::new()).await?.is_empty());
+    Ok(())
+}
+
+/// Log chunks come back in `seq` order whatever the order of appends,
+/// after `after`, at most `limit`, every field intact (any bytes).
+pub async fn logs_read_back_in_seq_order(store: Arc<dyn Store>) -> Result<()> {
+    let run = queued_run("deploy", at(0));
+    let other = queued_run("deploy", at(1));
+    insert_all(&*store, vec![run.clone(), other.clone()]).await?;
+    let all: Vec<LogChunk> = (1..=10)
+        .map(|s| chunk(run.id, s, &format!("line {s}\n")))
+        .collect();
+    store.append_logs(&[all[4].clone(), all[2].clone()]).await?;
+    store.append_logs(&all[5..]).await?;
+    store
+        .append_logs(&[all[1].clone(), all[0].clone(), all[3].clone()])
+        .await?;
+    store
+        .append_logs(&[chunk(other.id, 1, "other run\n")])
+        .await?;
+    store.append_logs(&[]).await?;
+
+    assert_eq!(store.read_logs(run.id, 0, 100).await?, all, "in seq order");
+    assert_eq!(store.read_logs(run.id, 4, 100).await?, all[4..], "after 4");
+    assert_eq!(
+        store.read_logs(run.id, 4, 3).await?,
+        all[4..7],
+        "after 4, at most 3"
+    );
+    assert!(
+        store.read_logs(run.id, 10, 100).await?.is_empty(),
+        "after the last"
+    );
+    assert!(store.read_logs(RunId::new(), 0, 100).await?.is_empty());
+    assert_eq!(store.read_logs(other.id, 0, 100).await?.len(), 1);
+
+    let odd = LogChunk {
+        run_id: run.id,
+        seq: 11,
+        step: None,
+        target: None,
+        stream: Stream::System,
+        data: vec![0, 159, 146, 150, 255, b'\n', 0],
+        time: at(123_456),
+    };
+    let err = LogChunk {
+        seq: 12,
+        step: Some(7),
+        target: Some("db".into()),
+        stream: Stream::Stderr,
+        data: vec![],
+        ..odd.clone()
+    };
+    store.append_logs(&[odd.clone(), err.clone()]).await?;
+    assert_eq!(
+        store.read_logs(run.id, 10, 100).await?,
+        vec![odd, err],
+        "every field intact, bytes as given"
+    );
+    Ok(())
+}
+
+/// Appending an existing `(run, seq)` is an error-free no-op: a retried
+/// batch never duplicates and never overwrites.
+pub async fn log_append_of_an_existing_seq_is_a_no_op(store: Arc<dyn Store>) -> Result<()> {
+    let run = queued_run("deploy", at(0));
+    store.insert_run(&run).await?;
+    let first: Vec<LogChunk> = (1..=3).map(|s| chunk(run.id, s, "original\n")).collect();
+    store.append_logs(&first).await?;
+    store.append_logs(&first).await?;
+    assert_eq!(
+        store.read_logs(run.id, 0, 100).await?,
+        first,
+        "a retried batch"
+    );
+
+    let overlapping: Vec<LogChunk> = (2..=5).map(|s| chunk(run.id, s, "retry\n")).collect();
+    store.append_logs(&overlapping).await?;
+    let got = store.read_logs(run.id, 0, 100).await?;
+    let mut want = first.clone();
+    want.extend_from_slice(&overlapping[2..]);
+    assert_eq!(got, want, "existing chunks kept, new ones added");
+
+    // Many chunks in one call, half of them already there.
+    let big: Vec<LogChunk> = (1..=1500).map(|s| chunk(run.id, s, "bulk\n")).collect();
+    store.append_logs(&big).await?;
+    let got = store.read_logs(run.id, 0, 5000).await?;
+    assert_eq!(got.len(), 1500);
+    assert_eq!(got[..5], want[..], "the first chunks are the originals");
+    assert!(got.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+    assert_eq!(store.last_log_seq(run.id).await?, 1500);
+    Ok(())
+}
+
+/// `last_log_seq` is the highest stored `seq` of the run, 0 without logs.
+pub async fn last_log_seq(store: Arc<dyn Store>) -> Result<()> {
+    let run = queued_run("deploy", at(0));
+    let other = queued_run("deploy", at(1));
+    insert_all(&*store, vec![run.clone(), other.clone()]).await?;
+    assert_eq!(store.last_log_seq(run.id).await?, 0);
+    assert_eq!(store.last_log_seq(RunId::new()).await?, 0, "unknown run");
+    store
+        .append_logs(&[
+            chunk(run.id, 2, "b"),
+            chunk(run.id, 7, "c"),
+            chunk(run.id, 1, "a"),
+        ])
+        .await?;
+    store.append_logs(&[chunk(other.id, 40, "x")]).await?;
+    assert_eq!(store.last_log_seq(run.id).await?, 7);
+    assert_eq!(store.last_log_seq(other.id).await?, 40);
+    Ok(())
+}
+
+/// Step results and log chunks of a run that does not exist are refused
+/// (and nothing of such a log batch is stored).
+pub async fn logs_and_step_results_need_an_existing_run(store: Arc<dyn Store>) -> Result<()> {
+    let ghost = RunId::new();
+    let result = StepResult {
+        run_id: ghost,
+        step: 0,
+        target: "local".into(),
+        status: StepStatus::Succeeded,
+        exit_code: Some(0),
+        signal: None,
+        error: None,
+        attempt: 1,
+        started_at: at(0),
+        finished_at: Some(at(1)),
+    };
+    assert!(
+        store.put_step_result(&result).await.is_err(),
+        "a step result"
+    );
+    assert!(store.step_results(ghost).await?.is_empty());
+
+    let run = queued_run("deploy", at(0));
+    store.insert_run(&run).await?;
+    let mixed = [chunk(run.id, 1, "ok"), chunk(ghost, 1, "ghost")];
+    assert!(store.append_logs(&mixed).await.is_err(), "a log chunk");
+    assert!(
+        store.read_logs(run.id, 0, 10).await?.is_empty(),
+        "nothing of the refused batch is stored"
+    );
+    Ok(())
+}
