@@ -10,6 +10,7 @@
 //! - `apply` rejects, as a validation error, an object without a name and a
 //!   name given twice in one batch — and, being atomic, stores nothing of it;
 //! - inserting a run whose id exists is a conflict;
+//! - listing runs `before` an unknown run is `NotFound`;
 //! - `finish_run` needs a final state;
 //! - a step result or log chunk for a run that does not exist is an error;
 //! - `request_cancel` marks a queued run `cancelled` *and* `cancel_requested`.
@@ -865,7 +866,8 @@ pub async fn list_runs_newest_first_with_filters(store: Arc<dyn Store>) -> Resul
 }
 
 /// `before` pages through every run exactly once, newest first, also
-/// across runs created at the same instant, and combines with filters.
+/// across runs created at the same instant, and combines with filters;
+/// `before` an unknown run is `NotFound`.
 pub async fn list_runs_pages_with_before(store: Arc<dyn Store>) -> Result<()> {
     let runs: Vec<Run> = (0..25_i64)
         .map(|i| queued_run(if i % 2 == 0 { "even" } else { "odd" }, at(i / 3)))
@@ -897,6 +899,16 @@ pub async fn list_runs_pages_with_before(store: Arc<dyn Store>) -> Result<()> {
             .map(|r| r.id)
             .collect();
         assert_eq!(seen, want, "paging with before (job {job:?})");
+    }
+    let unknown = store
+        .list_runs(&RunFilter {
+            before: Some(RunId::new()),
+            ..RunFilter::default()
+        })
+        .await;
+    match unknown {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::NotFound, "{e}"),
+        Ok(runs) => panic!("`before` an unknown run listed {} runs", runs.len()),
     }
     Ok(())
 }

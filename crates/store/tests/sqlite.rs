@@ -101,6 +101,29 @@ async fn two_stores_on_one_file_share_the_queue() -> TestResult {
     Ok(())
 }
 
+/// Many stores opening one new file at the same moment all succeed: the
+/// switch to WAL and the migrations are settled between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn simultaneous_opens_of_a_new_file() -> TestResult {
+    let dir = temp_dir();
+    let path = dir.path().join("raced.db");
+    let mut opens = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let path = path.clone();
+        opens.spawn(async move { SqliteStore::open_path(&path).await });
+    }
+    let mut stores = Vec::new();
+    while let Some(opened) = opens.join_next().await {
+        stores.push(opened.map_err(|e| Error::Internal(e.to_string()))??);
+    }
+    let run = queued_run("raced", now_ms());
+    stores[0].insert_run(&run).await?;
+    for store in &stores {
+        assert_eq!(store.get_run(run.id).await?.map(|r| r.id), Some(run.id));
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn open_names_a_missing_directory() {
     let dir = temp_dir();

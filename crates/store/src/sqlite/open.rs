@@ -11,7 +11,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-/// The schema, embedded at build time and applied on open.
+/// The schema, embedded at build time and applied on open. A released
+/// migration is never edited (its checksum is recorded in each database);
+/// schema changes are new files, `0002_….sql` and on.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How long a connection waits for another writer before giving up.
