@@ -1,1 +1,21 @@
-//! placeholder
+//! OpsConductor's executors: the implementations of
+//! [`opsconductor_core::executor::Executor`] that reach a target and run a step
+//! there, and the behaviour suite every one of them must pass.
+//!
+//! - [`LocalExecutor`] (feature `local`, on by default) runs processes on the
+//!   host the worker runs on, each in its own process group.
+//! - [`behaviour`] (feature `testing`) holds the executor behaviour suite: one
+//!   `pub async fn` per rule of the executor seam, and the
+//!   [`executor_behaviour_suite!`] macro that turns them into `#[tokio::test]`s
+//!   for a given executor.
+//!
+//! SSH, WinRM and Docker executors are to come; each will live in its own
+//! module behind its own feature and run the same suite.
+
+#[cfg(feature = "testing")]
+pub mod behaviour;
+#[cfg(feature = "local")]
+pub mod local;
+
+#[cfg(feature = "local")]
+pub use local::{LocalExecutor, LocalSession};
