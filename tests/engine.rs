@@ -1,6 +1,8 @@
 //! End-to-end tests of the engine through the public API: the real SQLite
 //! store, the real local executor, real processes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is the failure report.
+
 use std::time::Duration;
 
 use futures::StreamExt;

@@ -17,13 +17,13 @@ pub fn check_schema(schema: &Value) -> Result<()> {
             "must be a JSON Schema object (e.g. {type: object, properties: …})",
         ));
     }
-    if let Some(t) = schema.get("type") {
-        if t != "object" {
-            return Err(Error::validation(
-                "params",
-                format!("the parameter schema must have type: object, not {t}"),
-            ));
-        }
+    if let Some(t) = schema.get("type")
+        && t != "object"
+    {
+        return Err(Error::validation(
+            "params",
+            format!("the parameter schema must have type: object, not {t}"),
+        ));
     }
     jsonschema::validator_for(schema)
         .map(|_| ())
@@ -81,12 +81,11 @@ pub fn validate(schema: &Value, params: &Value) -> Result<Value> {
         }
         // `required` and `additionalProperties` errors point at the parent; name the property.
         let msg = err.to_string();
-        if field == "params" {
-            if let Some(name) = msg.split('"').nth(1) {
-                if msg.contains("is a required property") || msg.contains("Additional properties") {
-                    field = format!("params.{name}");
-                }
-            }
+        if field == "params"
+            && let Some(name) = msg.split('"').nth(1)
+            && (msg.contains("is a required property") || msg.contains("Additional properties"))
+        {
+            field = format!("params.{name}");
         }
         return Err(Error::Validation {
             field: Some(field),

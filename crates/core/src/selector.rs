@@ -39,7 +39,8 @@ pub fn resolve(selector: &[String], known: &[Target]) -> Result<Vec<Target>> {
     let out: Vec<Target> = known
         .iter()
         .zip(chosen)
-        .filter_map(|(t, c)| c.then(|| t.clone()))
+        .filter(|(_, c)| *c)
+        .map(|(t, _)| t.clone())
         .collect();
     if out.is_empty() {
         return Err(Error::validation(

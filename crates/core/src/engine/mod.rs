@@ -560,10 +560,10 @@ impl Conductor {
             .request_cancel(id)
             .await?
             .ok_or_else(|| Error::not_found("run", id.to_string()))?;
-        if let Ok(active) = self.inner.active.lock() {
-            if let Some(token) = active.get(&id) {
-                token.cancel();
-            }
+        if let Ok(active) = self.inner.active.lock()
+            && let Some(token) = active.get(&id)
+        {
+            token.cancel();
         }
         self.inner.bus.publish(Event::CancelRequested(id));
         self.inner.bus.publish(Event::Updated(id));

@@ -266,18 +266,19 @@ async fn watch_run(
             _ = done.cancelled() => return,
             _ = tick => {}
             ev = rx.recv() => {
-                if let Ok(Event::CancelRequested(id)) = ev {
-                    if id == run.id { cancel.cancel(); }
+                if let Ok(Event::CancelRequested(id)) = ev
+                    && id == run.id
+                {
+                    cancel.cancel();
                 }
                 continue;
             }
         }
-        if !cancel.is_cancelled() {
-            if let Ok(Some(r)) = inner.store.get_run(run.id).await {
-                if r.cancel_requested {
-                    cancel.cancel();
-                }
-            }
+        if !cancel.is_cancelled()
+            && let Ok(Some(r)) = inner.store.get_run(run.id).await
+            && r.cancel_requested
+        {
+            cancel.cancel();
         }
         if last_beat.elapsed() >= inner.config.heartbeat {
             last_beat = Instant::now();
