@@ -33,6 +33,32 @@ impl Event {
     }
 }
 
+impl Event {
+    /// The wire form used by cross-process channels: `q:ID`, `u:ID`, `l:ID:SEQ`, `c:ID`.
+    pub fn encode(&self) -> String {
+        match self {
+            Event::Queued(id) => format!("q:{id}"),
+            Event::Updated(id) => format!("u:{id}"),
+            Event::Log(id, seq) => format!("l:{id}:{seq}"),
+            Event::CancelRequested(id) => format!("c:{id}"),
+        }
+    }
+
+    /// Parses [`Event::encode`]'s output; `None` for anything else.
+    pub fn decode(s: &str) -> Option<Event> {
+        let mut parts = s.splitn(3, ':');
+        let kind = parts.next()?;
+        let id: RunId = parts.next()?.parse().ok()?;
+        match (kind, parts.next()) {
+            ("q", None) => Some(Event::Queued(id)),
+            ("u", None) => Some(Event::Updated(id)),
+            ("c", None) => Some(Event::CancelRequested(id)),
+            ("l", Some(seq)) => seq.parse().ok().map(|seq| Event::Log(id, seq)),
+            _ => None,
+        }
+    }
+}
+
 /// A broadcast channel of [`Event`]s.
 #[derive(Debug, Clone)]
 pub struct Bus {
@@ -60,5 +86,25 @@ impl Bus {
     /// A new subscription; events published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_round_trips() {
+        let id = RunId::new();
+        for e in [
+            Event::Queued(id),
+            Event::Updated(id),
+            Event::Log(id, 42),
+            Event::CancelRequested(id),
+        ] {
+            assert_eq!(Event::decode(&e.encode()), Some(e));
+        }
+        assert_eq!(Event::decode("x:y"), None);
+        assert_eq!(Event::decode(&format!("l:{id}")), None);
     }
 }

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::bus::Event;
 use crate::error::Result;
 use crate::model::{Job, JobSpec, LogChunk, Run, RunId, RunStatus, StepResult, Target};
 
@@ -177,4 +178,21 @@ pub trait Store: TargetStore + JobStore + RunStore + LogStore {
     fn capabilities(&self) -> StoreCapabilities;
     /// Stores a batch of targets and jobs atomically. `by` is recorded on new job versions.
     async fn apply(&self, batch: &ApplyBatch, by: &str) -> Result<Vec<ApplyItem>>;
+
+    /// Sends a wake-up to every process sharing this store (PostgreSQL:
+    /// `NOTIFY`, payload [`Event::encode`]). Backends without cross-process
+    /// notifications do nothing. A lost notification costs latency only.
+    async fn notify(&self, _event: Event) -> Result<()> {
+        Ok(())
+    }
+
+    /// Wake-ups sent by every process sharing this store (this one included),
+    /// or `None` if the backend has no such channel. The stream MUST survive a
+    /// database restart (reconnect by itself) and ends only when the store closes.
+    async fn listen(&self) -> Result<Option<EventStream>> {
+        Ok(None)
+    }
 }
+
+/// A stream of wake-ups from other processes.
+pub type EventStream = std::pin::Pin<Box<dyn futures::Stream<Item = Event> + Send>>;

@@ -138,11 +138,30 @@ impl ConductorBuilder {
         for e in self.executors {
             executors.insert(e.kind(), e);
         }
+        let bus = Bus::new();
+        // Cross-process wake-ups: forward what other processes announce into
+        // our bus, and announce ours through the store.
+        if let Some(mut remote) = store.listen().await? {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = futures::StreamExt::next(&mut remote).await {
+                    bus.publish(ev);
+                }
+            });
+        }
+        let notify_tx = if store.capabilities().notifications {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(notifier(store.clone(), rx));
+            Some(tx)
+        } else {
+            None
+        };
         let oc = Conductor {
             inner: Arc::new(Inner {
                 store,
                 executors,
-                bus: Bus::new(),
+                notify_tx,
+                bus,
                 templates: Templates::new(),
                 config: self.config,
                 shutdown: CancellationToken::new(),
@@ -155,8 +174,43 @@ impl ConductorBuilder {
     }
 }
 
+/// Sends our events to other processes, coalescing bursts (many log events
+/// of one run become one with the highest `seq`).
+async fn notifier(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) {
+    let mut batch: Vec<Event> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+            if batch.len() >= 1024 {
+                break;
+            }
+        }
+        let mut out: Vec<Event> = Vec::with_capacity(batch.len());
+        for ev in batch.drain(..) {
+            if let Event::Log(id, seq) = ev
+                && let Some(Event::Log(_, s)) = out
+                    .iter_mut()
+                    .find(|e| matches!(e, Event::Log(i, _) if *i == id))
+            {
+                *s = (*s).max(seq);
+                continue;
+            }
+            if !out.contains(&ev) {
+                out.push(ev);
+            }
+        }
+        for ev in out {
+            if let Err(e) = store.notify(ev).await {
+                tracing::debug!(error = %e, "cross-process notification failed (followers fall back to polling)");
+            }
+        }
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
+    notify_tx: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
     pub(crate) executors: HashMap<&'static str, Arc<dyn Executor>>,
     pub(crate) bus: Bus,
     pub(crate) templates: Templates,
@@ -165,6 +219,16 @@ pub(crate) struct Inner {
     /// Cancellation handles of the runs this process executes right now.
     pub(crate) active: Mutex<HashMap<RunId, CancellationToken>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Inner {
+    /// Announces an event in this process and, if the store can, to the others.
+    pub(crate) fn publish(&self, ev: Event) {
+        self.bus.publish(ev);
+        if let Some(tx) = &self.notify_tx {
+            let _ = tx.send(ev);
+        }
+    }
 }
 
 /// The engine. Cheap to clone; clones share everything.
@@ -499,7 +563,7 @@ impl Conductor {
             finished_at: None,
         };
         self.inner.store.insert_run(&run).await?;
-        self.inner.bus.publish(Event::Queued(run.id));
+        self.inner.publish(Event::Queued(run.id));
         Ok(run)
     }
 
@@ -565,8 +629,8 @@ impl Conductor {
         {
             token.cancel();
         }
-        self.inner.bus.publish(Event::CancelRequested(id));
-        self.inner.bus.publish(Event::Updated(id));
+        self.inner.publish(Event::CancelRequested(id));
+        self.inner.publish(Event::Updated(id));
         Ok(run)
     }
 
@@ -664,7 +728,7 @@ impl Conductor {
         let claimed = self.inner.store.claim_queued(&claim).await?;
         match claimed.into_iter().next() {
             Some(run) => {
-                self.inner.bus.publish(Event::Updated(id));
+                self.inner.publish(Event::Updated(id));
                 worker::execute_run(self.inner.clone(), run).await;
                 self.get_run(id).await
             }

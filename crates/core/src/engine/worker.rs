@@ -163,7 +163,7 @@ pub(crate) async fn worker_loop(inner: Arc<Inner>, idx: usize) {
         }
         for mut run in got {
             run.worker = Some(worker.clone());
-            inner.bus.publish(Event::Updated(run.id));
+            inner.publish(Event::Updated(run.id));
             execute_run(inner.clone(), run).await;
         }
     }
@@ -246,7 +246,7 @@ pub(crate) async fn execute_run(inner: Arc<Inner>, run: Run) {
         }
         Err(e) => tracing::error!(run = %id, error = %e, "recording the end of the run failed"),
     }
-    inner.bus.publish(Event::Updated(id));
+    inner.publish(Event::Updated(id));
 }
 
 /// Heartbeats the lease and watches for cancellation until `done`.
@@ -349,7 +349,7 @@ async fn write_logs(inner: Arc<Inner>, id: RunId, start: u64, mut rx: mpsc::Rece
             }
         }
         batch.clear();
-        inner.bus.publish(Event::Log(id, seq));
+        inner.publish(Event::Log(id, seq));
     }
 }
 
@@ -785,5 +785,5 @@ async fn record(
     if let Err(e) = st.inner.store.put_step_result(&r).await {
         tracing::error!(run = %st.run.id, worker = %st.worker, error = %e, "recording a step result failed");
     }
-    st.inner.bus.publish(Event::Updated(st.run.id));
+    st.inner.publish(Event::Updated(st.run.id));
 }
