@@ -206,6 +206,9 @@ pub struct OutputEvent {
     pub stream: Stream,
     /// Bytes as they came.
     pub data: Bytes,
+    /// The step on this target is over (no data): consumers flush what they
+    /// held back, e.g. a possible start of a secret value.
+    pub eof: bool,
 }
 
 /// Where executors write output. Bounded: a slow consumer slows the reader
@@ -254,8 +257,26 @@ impl OutputSink {
                 target: self.target.clone(),
                 stream,
                 data,
+                eof: false,
             })
             .await;
+    }
+
+    /// Marks the end of this step's output on this target. The engine calls
+    /// it after the executor returns; executors need not.
+    pub async fn finish(&self) {
+        for stream in [Stream::Stdout, Stream::Stderr, Stream::System] {
+            let _ = self
+                .tx
+                .send(OutputEvent {
+                    step: self.step,
+                    target: self.target.clone(),
+                    stream,
+                    data: Bytes::new(),
+                    eof: true,
+                })
+                .await;
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod store;
 pub use error::{Error, ErrorKind, Result};
 pub mod bus;
 pub mod engine;
+pub mod mask;
 pub mod params;
 pub mod selector;
 pub mod spec;

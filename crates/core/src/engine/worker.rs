@@ -18,6 +18,7 @@ use crate::bus::Event;
 use crate::executor::{
     Command, ExecError, FileSpec, OutputEvent, OutputSink, Session, StepContext,
 };
+use crate::mask::{MaskStream, Masker};
 use crate::model::{
     Action, JobSpec, LogChunk, Run, RunId, RunStatus, Step, StepResult, StepStatus, Stream, Target,
 };
@@ -217,8 +218,9 @@ pub(crate) async fn execute_run(inner: Arc<Inner>, run: Run) {
     ));
 
     let start_seq = inner.store.last_log_seq(id).await.unwrap_or(0);
+    let masker = Masker::none();
     let (sink, rx) = OutputSink::channel(1024);
-    let writer = tokio::spawn(write_logs(inner.clone(), id, start_seq, rx));
+    let writer = tokio::spawn(write_logs(inner.clone(), id, start_seq, masker, rx));
 
     let outcome = run_steps(inner.clone(), run, worker.clone(), cancel.clone(), sink).await;
     // `run_steps` dropped every sink clone; the writer ends once it stored all output.
@@ -303,35 +305,54 @@ async fn watch_run(
 }
 
 /// Numbers output chunks and stores them in batches as they come.
-async fn write_logs(inner: Arc<Inner>, id: RunId, start: u64, mut rx: mpsc::Receiver<OutputEvent>) {
+async fn write_logs(
+    inner: Arc<Inner>,
+    id: RunId,
+    start: u64,
+    masker: Masker,
+    mut rx: mpsc::Receiver<OutputEvent>,
+) {
     let mut seq = start;
     let mut batch: Vec<LogChunk> = Vec::new();
+    // One masking state per step × target × stream: a secret split across
+    // chunks of one stream is still caught, and streams never mix.
+    let mut streams: HashMap<(u32, Arc<str>, Stream), MaskStream> = HashMap::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(ev) = next {
-            seq += 1;
-            batch.push(LogChunk {
-                run_id: id,
-                seq,
-                step: if ev.target.is_empty() {
-                    None
-                } else {
-                    Some(ev.step)
-                },
-                target: if ev.target.is_empty() {
-                    None
-                } else {
-                    Some(ev.target.to_string())
-                },
-                stream: ev.stream,
-                data: ev.data.to_vec(),
-                time: Utc::now(),
-            });
+            let key = (ev.step, ev.target.clone(), ev.stream);
+            let data = if ev.eof {
+                streams
+                    .remove(&key)
+                    .map(|mut s| s.finish())
+                    .unwrap_or_default()
+            } else {
+                streams
+                    .entry(key)
+                    .or_insert_with(|| masker.stream())
+                    .push(&ev.data)
+            };
+            if !data.is_empty() {
+                seq += 1;
+                let run_level = ev.target.is_empty();
+                batch.push(LogChunk {
+                    run_id: id,
+                    seq,
+                    step: (!run_level).then_some(ev.step),
+                    target: (!run_level).then(|| ev.target.to_string()),
+                    stream: ev.stream,
+                    data,
+                    time: Utc::now(),
+                });
+            }
             next = if batch.len() < 256 {
                 rx.try_recv().ok()
             } else {
                 None
             };
+        }
+        if batch.is_empty() {
+            continue;
         }
         let mut tries = 0;
         loop {
@@ -678,6 +699,7 @@ async fn step_on_target(st: &RunState, si: u32, ti: usize) -> (Outcome, Option<S
         }
     };
     drop(slot);
+    out.finish().await;
     match result {
         Ok(status) if status.success() => {
             record(
