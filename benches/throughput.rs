@@ -18,7 +18,9 @@ fn bare_spawns(n: usize, threads: usize) -> Duration {
             let share = n / threads + usize::from(t < n % threads);
             s.spawn(move || {
                 for _ in 0..share {
-                    let st = std::process::Command::new("sh").args(["-c", "true"]).status();
+                    let st = std::process::Command::new("sh")
+                        .args(["-c", "true"])
+                        .status();
                     assert!(st.is_ok_and(|s| s.success()), "sh -c true failed");
                 }
             });
@@ -27,11 +29,18 @@ fn bare_spawns(n: usize, threads: usize) -> Duration {
     start.elapsed()
 }
 
-async fn engine(n: usize, workers: usize) -> Result<(Duration, Duration), Box<dyn std::error::Error>> {
+async fn engine(
+    n: usize,
+    workers: usize,
+) -> Result<(Duration, Duration), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let oc = opsconductor::open(&url).await?;
-    let batch = opsconductor::spec::parse_str("kind: Job\nname: noop\nsteps:\n  - exec: \"true\"\n", "bench", None)?;
+    let batch = opsconductor::spec::parse_str(
+        "kind: Job\nname: noop\nsteps:\n  - exec: \"true\"\n",
+        "bench",
+        None,
+    )?;
     let me = Actor::new("bench");
     oc.apply(&batch, &me).await?;
 
@@ -55,9 +64,15 @@ async fn engine(n: usize, workers: usize) -> Result<(Duration, Duration), Box<dy
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: usize = std::env::var("OPSC_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    let n: usize = std::env::var("OPSC_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
     println!("OpsConductor throughput: {n} runs of `true` (SQLite store, local executor)\n");
-    println!("{:<34} {:>9} {:>9} {:>8} {:>12}", "", "runs/s", "ms/run", "ratio", "overhead");
+    println!(
+        "{:<34} {:>9} {:>9} {:>8} {:>12}",
+        "", "runs/s", "ms/run", "ratio", "overhead"
+    );
     // Warm up the page cache and the process spawner.
     bare_spawns(20, 1);
     for workers in [1, 2] {
@@ -87,6 +102,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         println!();
     }
-    println!("ratio = engine runs/s ÷ bare runs/s; overhead = engine ms/run − bare ms/run (same parallelism).");
+    println!(
+        "ratio = engine runs/s ÷ bare runs/s; overhead = engine ms/run − bare ms/run (same parallelism)."
+    );
     Ok(())
 }
