@@ -1,8 +1,9 @@
 //! One function per command: parse what the user typed into engine calls and
 //! print the answers.
 
+use std::collections::HashMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -10,7 +11,7 @@ use futures::StreamExt;
 use opsconductor::store::{ApplyBatch, RunFilter};
 use opsconductor::{
     Action, Actor, Conductor, Connection, Error, ExecRequest, Run, RunDetail, RunId, RunStatus,
-    StepStatus, SubmitRequest,
+    StepResult, StepStatus, SubmitRequest,
 };
 
 use crate::exit;
@@ -80,23 +81,30 @@ pub async fn apply(
     dry_run: bool,
 ) -> Result<u8, Error> {
     let mut batch = ApplyBatch::default();
+    // Which file defined each object, to name both files of a duplicate.
+    let mut origin: HashMap<(&'static str, String), String> = HashMap::new();
     for f in files {
-        let b = if f.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin()
-                .take(opsconductor::spec::MAX_FILE_BYTES + 1)
-                .read_to_string(&mut text)
-                .map_err(|e| Error::validation("<stdin>", format!("cannot read: {e}")))?;
-            opsconductor::spec::parse_str(
-                &text,
-                "<stdin>",
-                std::env::current_dir().ok().as_deref(),
-            )?
-        } else {
-            opsconductor::spec::load_path(f)?
-        };
-        batch.targets.extend(b.targets);
-        batch.jobs.extend(b.jobs);
+        for (source, b) in load_files(f)? {
+            // Check each file on its own first, so a semantic error (a bad
+            // schema, a template error) names the file it is in.
+            oc.validate(&b).map_err(|e| in_file(e, &source))?;
+            let names = b
+                .targets
+                .iter()
+                .map(|t| ("target", t.name.clone()))
+                .chain(b.jobs.iter().map(|j| ("job", j.name.clone())));
+            for key in names {
+                if let Some(first) = origin.get(&key) {
+                    return Err(Error::validation(
+                        format!("{} '{}'", key.0, key.1),
+                        format!("defined twice in this batch: in {first} and in {source}"),
+                    ));
+                }
+                origin.insert(key, source.clone());
+            }
+            batch.targets.extend(b.targets);
+            batch.jobs.extend(b.jobs);
+        }
     }
     if batch.targets.is_empty() && batch.jobs.is_empty() {
         return Err(Error::invalid(
@@ -136,6 +144,87 @@ pub async fn apply(
     Ok(exit::OK)
 }
 
+/// Loads what one `-f` argument names, one batch per file: `-` (stdin), a
+/// file, or every job file under a directory (the files `spec::load_path`
+/// reads, in the same order).
+fn load_files(arg: &Path) -> Result<Vec<(String, ApplyBatch)>, Error> {
+    if arg.as_os_str() == "-" {
+        let limit = opsconductor::spec::MAX_FILE_BYTES;
+        let mut text = String::new();
+        std::io::stdin()
+            .take(limit + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| Error::validation("<stdin>", format!("cannot read: {e}")))?;
+        if text.len() as u64 > limit {
+            return Err(Error::validation(
+                "<stdin>",
+                format!("more than {limit} bytes; the limit is {limit}"),
+            ));
+        }
+        let b = opsconductor::spec::parse_str(
+            &text,
+            "<stdin>",
+            std::env::current_dir().ok().as_deref(),
+        )?;
+        return Ok(vec![("<stdin>".into(), b)]);
+    }
+    let mut files = Vec::new();
+    if std::fs::metadata(arg).is_ok_and(|m| m.is_dir()) {
+        spec_files(arg, &mut files);
+    }
+    if files.is_empty() {
+        // A plain file, or a directory without job files: the core's
+        // loader reads it or says what is wrong.
+        return Ok(vec![(
+            arg.display().to_string(),
+            opsconductor::spec::load_path(arg)?,
+        )]);
+    }
+    files
+        .into_iter()
+        .map(|f| Ok((f.display().to_string(), opsconductor::spec::load_path(&f)?)))
+        .collect()
+}
+
+/// The `.yaml`, `.yml` and `.json` files under `dir`, sorted, recursively,
+/// skipping hidden names — as `spec::load_path` picks them.
+fn spec_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for e in entries {
+        let name = e.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') {
+            continue;
+        }
+        if e.is_dir() {
+            spec_files(&e, out);
+        } else if matches!(
+            e.extension().and_then(|x| x.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            out.push(e);
+        }
+    }
+}
+
+/// Puts the file name in front of a validation error's field.
+fn in_file(e: Error, source: &str) -> Error {
+    match e {
+        Error::Validation { field, message } => Error::Validation {
+            field: Some(match field {
+                Some(f) if f.starts_with(source) => f,
+                Some(f) => format!("{source}: {f}"),
+                None => source.to_string(),
+            }),
+            message,
+        },
+        other => other,
+    }
+}
+
 pub async fn run(oc: &Conductor, out: &Out, args: RunArgs) -> Result<u8, Error> {
     let job = oc.job(&args.job, args.version).await?;
     let mut params = serde_json::Map::new();
@@ -167,8 +256,12 @@ pub async fn run(oc: &Conductor, out: &Out, args: RunArgs) -> Result<u8, Error> 
         params: serde_json::Value::Object(params),
         targets: args.targets.map(|t| vec![t]),
     };
+    // Listen before the run is queued, so that an interrupt at any moment
+    // cancels it (and kills its processes) instead of killing only us and
+    // leaving the run behind.
+    let signals = Interrupts::listen()?;
     let run = oc.submit(req, &Actor::local_user()).await?;
-    drive(oc, out, run, args.follow, !args.no_prefix).await
+    drive(oc, out, run, signals, args.follow, !args.no_prefix).await
 }
 
 /// Job files are YAML; parameter files may be YAML or JSON (JSON is YAML).
@@ -183,8 +276,9 @@ pub async fn exec(oc: &Conductor, out: &Out, args: ExecArgs) -> Result<u8, Error
         timeout: args.timeout,
         concurrency: args.concurrency,
     };
+    let signals = Interrupts::listen()?;
     let run = oc.submit_exec(req, &Actor::local_user()).await?;
-    drive(oc, out, run, true, !args.no_prefix).await
+    drive(oc, out, run, signals, true, !args.no_prefix).await
 }
 
 /// Executes a submitted run in this process, showing output or progress,
@@ -193,6 +287,7 @@ async fn drive(
     oc: &Conductor,
     out: &Out,
     run: Run,
+    mut signals: Interrupts,
     follow: bool,
     prefix: bool,
 ) -> Result<u8, Error> {
@@ -215,7 +310,7 @@ async fn drive(
         let oc = oc.clone();
         let color = out.color_err;
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if signals.next().await {
                 let msg = "cancelling the run… (Ctrl-C again to quit without waiting)";
                 if color {
                     eprintln!("\x1b[33m{msg}\x1b[0m")
@@ -223,7 +318,7 @@ async fn drive(
                     eprintln!("{msg}")
                 }
                 let _ = oc.cancel(id, &Actor::local_user()).await;
-                if tokio::signal::ctrl_c().await.is_ok() {
+                if signals.next().await {
                     std::process::exit(i32::from(exit::CANCELLED));
                 }
             }
@@ -245,12 +340,60 @@ async fn drive(
     };
     interrupt.abort();
     let detail = oc.get(done.id).await?;
-    if out.json {
+    if out.json && follow {
+        // The output went out as JSON lines; the run is one more line.
+        match serde_json::to_string(&detail) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return Err(Error::Internal(format!("cannot encode JSON: {e}"))),
+        }
+    } else if out.json {
         out.json(&detail);
     } else {
         summary(out, &detail, follow);
     }
     Ok(exit_code(&detail))
+}
+
+/// Ctrl-C, and the signals that end a command when its terminal or its
+/// supervisor goes away (SIGTERM, SIGHUP): each of them cancels the run, so
+/// its processes are killed rather than left behind.
+struct Interrupts {
+    #[cfg(unix)]
+    signals: Vec<tokio::signal::unix::Signal>,
+}
+
+impl Interrupts {
+    #[cfg(unix)]
+    fn listen() -> Result<Self, Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let on = |kind: SignalKind| {
+            signal(kind).map_err(|e| Error::Internal(format!("cannot listen for signals: {e}")))
+        };
+        Ok(Self {
+            signals: vec![
+                on(SignalKind::interrupt())?,
+                on(SignalKind::terminate())?,
+                on(SignalKind::hangup())?,
+            ],
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn listen() -> Result<Self, Error> {
+        Ok(Self {})
+    }
+
+    /// Waits for the next signal; `false` if no more can come.
+    #[cfg(unix)]
+    async fn next(&mut self) -> bool {
+        let waits = self.signals.iter_mut().map(|s| Box::pin(s.recv()));
+        futures::future::select_all(waits).await.0.is_some()
+    }
+
+    #[cfg(not(unix))]
+    async fn next(&mut self) -> bool {
+        tokio::signal::ctrl_c().await.is_ok()
+    }
 }
 
 /// Prints a line per target as each one finishes (plus a live counter on a terminal).
@@ -380,6 +523,8 @@ fn run_duration(r: &Run) -> String {
 fn summary(out: &Out, d: &RunDetail, followed: bool) {
     let r = &d.run;
     let multi = r.targets.len() > 1;
+    // The summary goes to stderr: stdout carries the commands' output.
+    let eout = out.for_stderr();
     let failed = r.status != RunStatus::Succeeded;
     if multi && (followed || failed) {
         let rows = r
@@ -387,20 +532,26 @@ fn summary(out: &Out, d: &RunDetail, followed: bool) {
             .iter()
             .map(|t| {
                 let st = target_status(d, t, true).unwrap_or(StepStatus::Skipped);
-                let last = d
-                    .results
-                    .iter()
-                    .filter(|x| &x.target == t && x.exit_code.is_some())
-                    .max_by_key(|x| x.step);
-                let err = d
-                    .results
-                    .iter()
-                    .filter(|x| &x.target == t)
-                    .find_map(|x| x.error.clone())
+                // The step that failed the target, else its last one.
+                let failing = failing_result(d, t);
+                let last = failing.filter(|x| x.exit_code.is_some()).or_else(|| {
+                    d.results
+                        .iter()
+                        .filter(|x| &x.target == t && x.exit_code.is_some())
+                        .max_by_key(|x| x.step)
+                });
+                let err = failing
+                    .and_then(|x| x.error.clone())
+                    .or_else(|| {
+                        d.results
+                            .iter()
+                            .filter(|x| &x.target == t)
+                            .find_map(|x| x.error.clone())
+                    })
                     .unwrap_or_default();
                 vec![
                     t.clone(),
-                    out.step_status(st),
+                    eout.step_status(st),
                     last.and_then(|x| x.exit_code)
                         .map(|c| c.to_string())
                         .unwrap_or_default(),
@@ -412,18 +563,18 @@ fn summary(out: &Out, d: &RunDetail, followed: bool) {
             })
             .collect();
         eprintln!();
-        out.table(&["TARGET", "STATUS", "EXIT", "TOOK", "ERROR"], rows);
+        out.table_err(&["TARGET", "STATUS", "EXIT", "TOOK", "ERROR"], rows);
     }
     let mut line = format!(
         "run {} {} in {}",
-        out.bold(&r.id.to_string()),
-        out.run_status(r.status),
+        eout.bold(&r.id.to_string()),
+        eout.run_status(r.status),
         run_duration(r)
     );
-    if let Some(e) = &r.error {
-        if r.status != RunStatus::Succeeded {
-            line.push_str(&format!(": {e}"));
-        }
+    if let Some(e) = &r.error
+        && r.status != RunStatus::Succeeded
+    {
+        line.push_str(&format!(": {e}"));
     }
     out.note(&line);
     if !followed && failed {
@@ -441,16 +592,31 @@ fn exit_code(d: &RunDetail) -> u8 {
         RunStatus::Succeeded => exit::OK,
         RunStatus::TimedOut => exit::TIMED_OUT,
         RunStatus::Cancelled => exit::CANCELLED,
-        RunStatus::Failed if d.run.targets.len() == 1 => d
-            .results
-            .iter()
+        RunStatus::Failed if d.run.targets.len() == 1 => failing_result(d, &d.run.targets[0])
             .filter(|r| r.status == StepStatus::Failed)
-            .find_map(|r| r.exit_code)
+            .and_then(|r| r.exit_code)
             .and_then(|c| u8::try_from(c).ok())
             .filter(|c| *c != 0)
             .unwrap_or(exit::FAILED),
         _ => exit::FAILED,
     }
+}
+
+/// The result that failed `target`: the first one, by step, that neither
+/// succeeded nor was allowed to fail (`continue_on_error`).
+fn failing_result<'a>(d: &'a RunDetail, target: &str) -> Option<&'a StepResult> {
+    d.results
+        .iter()
+        .filter(|r| r.target == target)
+        .filter(|r| !matches!(r.status, StepStatus::Succeeded | StepStatus::Skipped))
+        .filter(|r| {
+            !d.run
+                .spec
+                .steps
+                .get(r.step as usize)
+                .is_some_and(|s| s.continue_on_error)
+        })
+        .min_by_key(|r| r.step)
 }
 
 pub async fn runs_list(
@@ -541,16 +707,16 @@ pub async fn runs_show(oc: &Conductor, out: &Out, id: &str) -> Result<u8, Error>
     if let Some(e) = &r.error {
         kv("Error:", e.clone());
     }
-    if r.status == RunStatus::Running {
-        if let Some(l) = r.lease_until.filter(|l| *l < chrono::Utc::now()) {
-            kv(
-                "Warning:",
-                format!(
-                    "its worker stopped heartbeating at {} — the run will be rescued by the next worker",
-                    local_time(l)
-                ),
-            );
-        }
+    if r.status == RunStatus::Running
+        && let Some(l) = r.lease_until.filter(|l| *l < chrono::Utc::now())
+    {
+        kv(
+            "Warning:",
+            format!(
+                "its worker stopped heartbeating at {} — the run will be rescued by the next worker",
+                local_time(l)
+            ),
+        );
     }
     kv(
         "Params:",
@@ -630,6 +796,17 @@ pub async fn runs_logs(oc: &Conductor, out: &Out, id: &str, follow: bool) -> Res
 
 pub async fn runs_cancel(oc: &Conductor, out: &Out, id: &str) -> Result<u8, Error> {
     let id = resolve(oc, id).await?;
+    let before = oc.get(id).await?.run;
+    if before.status.is_terminal() {
+        // Nothing to stop; say so rather than "cancelled" for a run that
+        // had been cancelled (or had ended) before.
+        if out.json {
+            out.json(&before);
+        } else {
+            println!("run {id} had already ended ({})", before.status);
+        }
+        return Ok(exit::OK);
+    }
     let r = oc.cancel(id, &Actor::local_user()).await?;
     if out.json {
         out.json(&r);
@@ -829,7 +1006,12 @@ pub async fn targets_show(oc: &Conductor, out: &Out, name: &str) -> Result<u8, E
         kv("Description:", t.description.clone());
     }
     for (k, v) in &t.vars {
-        kv(&format!("var {k}:"), v.to_string());
+        // A string as it is; anything else as JSON.
+        let v = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        kv(&format!("var {k}:"), v);
     }
     if let Some(c) = &t.credential {
         kv("Credential:", format!("secret '{c}'"));

@@ -122,8 +122,32 @@ impl Out {
         }
     }
 
+    /// The same settings for text written to stderr (its own colour choice).
+    pub fn for_stderr(&self) -> Out {
+        Out {
+            color: self.color_err && !self.json,
+            color_err: self.color_err,
+            json: self.json,
+            tty: false,
+        }
+    }
+
     /// Prints an aligned table with a header.
     pub fn table(&self, header: &[&str], rows: Vec<Vec<String>>) {
+        for line in self.table_lines(header, rows) {
+            println!("{line}");
+        }
+    }
+
+    /// Prints an aligned table to stderr: a summary, not data. Cells should
+    /// be painted by [`Out::for_stderr`].
+    pub fn table_err(&self, header: &[&str], rows: Vec<Vec<String>>) {
+        for line in self.for_stderr().table_lines(header, rows) {
+            eprintln!("{line}");
+        }
+    }
+
+    fn table_lines(&self, header: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
         let mut t = Table::new();
         t.load_preset(presets::NOTHING);
         t.set_header(header.iter().map(|h| Cell::new(self.bold(h))));
@@ -131,9 +155,15 @@ impl Out {
             t.add_row(r);
         }
         // comfy-table pads with a leading space; trim it for a kubectl-like look.
-        for line in t.to_string().lines() {
-            println!("{}", line.strip_prefix(' ').unwrap_or(line).trim_end());
-        }
+        t.to_string()
+            .lines()
+            .map(|line| {
+                line.strip_prefix(' ')
+                    .unwrap_or(line)
+                    .trim_end()
+                    .to_string()
+            })
+            .collect()
     }
 
     /// A per-target colour, stable within one process.
@@ -198,12 +228,11 @@ impl<'a> LogPrinter<'a> {
     pub fn flush(&mut self) {
         let keys: Vec<_> = self.partial.keys().cloned().collect();
         for k in keys {
-            if let Some(buf) = self.partial.remove(&k) {
-                if !buf.is_empty() {
-                    let mut b = buf;
-                    b.push(b'\n');
-                    self.emit(&k, &b);
-                }
+            if let Some(mut b) = self.partial.remove(&k)
+                && !b.is_empty()
+            {
+                b.push(b'\n');
+                self.emit(&k, &b);
             }
         }
     }

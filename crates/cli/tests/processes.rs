@@ -1,0 +1,149 @@
+//! The CLI and real processes: killing whole process groups on timeout,
+//! cancel and Ctrl-C, and streaming output while the command still runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+
+use common::{Env, PATIENCE, assert_no_process_with, children_with, finish, marker, wait_until};
+use predicates::prelude::*;
+
+#[test]
+fn timeout_kills_the_whole_process_group() {
+    let env = Env::new();
+    let m = marker();
+    let a = env
+        .cmd(["exec", "--timeout", "1s", "--"])
+        .arg(format!("sleep 30.{m} & sleep 30.{m}"))
+        .assert()
+        .code(124);
+    let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(err.contains("timed_out"), "{err}");
+    // Neither the background sleep nor the foreground one survives.
+    assert_no_process_with(&m);
+}
+
+#[test]
+fn output_is_streamed_while_the_command_runs() {
+    let env = Env::new();
+    let mut child = env
+        .std_cmd(["exec", "--", "echo first; sleep 3; echo second"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first, "local | first\n");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first line only arrived after the command had finished"
+    );
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "local | second\n");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn runs_cancel_from_another_process() {
+    let env = Env::new();
+    let m = marker();
+    let child = env.spawn(["exec", "--", &format!("sleep 30.{m}")]);
+    let id = env.wait_for_running_run();
+    assert!(
+        wait_until(PATIENCE, || !children_with(&m).is_empty()),
+        "the sleep never started"
+    );
+
+    env.cmd(["runs", "cancel", &id])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("run {id}")));
+
+    let (code, _out, err) = finish(child);
+    assert_eq!(code, Some(130), "stderr: {err}");
+    assert!(err.contains("cancelled"), "{err}");
+    assert_no_process_with(&m);
+    assert_eq!(env.runs()[0]["status"], "cancelled");
+
+    // Cancelling it again says it had already ended.
+    env.cmd(["runs", "cancel", &id])
+        .assert()
+        .success()
+        .stdout(format!("run {id} had already ended (cancelled)\n"));
+    // Its log says what happened.
+    env.cmd(["runs", "logs", &id])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("cancelled"));
+}
+
+/// Sends `signal` to a running `opsconductor exec -- sleep …` and expects
+/// exit 130 with the sleep gone.
+fn signal_cancels(signal: &str) {
+    let env = Env::new();
+    let m = marker();
+    let child = env.spawn(["exec", "--", &format!("sleep 30.{m}")]);
+    env.wait_for_running_run();
+    assert!(
+        wait_until(PATIENCE, || !children_with(&m).is_empty()),
+        "the sleep never started"
+    );
+    let status = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (code, _out, err) = finish(child);
+    assert_eq!(code, Some(130), "stderr: {err}");
+    assert!(err.contains("cancelling the run"), "{err}");
+    assert_no_process_with(&m);
+    assert_eq!(env.runs()[0]["status"], "cancelled");
+}
+
+#[test]
+fn ctrl_c_cancels_the_run() {
+    signal_cancels("-INT");
+}
+
+#[test]
+fn sigterm_cancels_the_run_too() {
+    signal_cancels("-TERM");
+}
+
+#[test]
+fn ctrl_c_during_a_job_run_without_follow() {
+    let env = Env::new();
+    let m = marker();
+    env.apply_yaml(
+        "slow.yaml",
+        &format!("kind: Job\nname: slow\nsteps:\n  - exec: sleep 30.{m}\n  - exec: echo never\n"),
+    );
+    let child = env.spawn(["run", "slow"]);
+    env.wait_for_running_run();
+    assert!(wait_until(PATIENCE, || !children_with(&m).is_empty()));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let (code, _out, err) = finish(child);
+    assert_eq!(code, Some(130), "stderr: {err}");
+    assert_no_process_with(&m);
+    let id = env.runs()[0]["id"].as_str().unwrap().to_string();
+    let v = env.json(["runs", "show", &id]);
+    assert_eq!(v["status"], "cancelled");
+    // The second step never ran.
+    assert!(
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["step"] == 0 || r["status"] != "succeeded"),
+        "{v}"
+    );
+}
