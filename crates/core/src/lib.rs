@@ -13,6 +13,7 @@ pub mod bus;
 pub mod engine;
 pub mod mask;
 pub mod params;
+pub mod secrets;
 pub mod selector;
 pub mod spec;
 pub mod template;
