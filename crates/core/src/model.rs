@@ -614,7 +614,7 @@ impl Actor {
 pub mod opt_duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     /// Serializes as a human string.
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -624,20 +624,89 @@ pub mod opt_duration {
         }
     }
 
-    /// Accepts a human string or a number of seconds.
+    /// Accepts a human string or a number of seconds. Errors are raised
+    /// while the value is read, so parsers report the value's own position.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Secs(u64),
-            Text(String),
+        d.deserialize_option(OptVisitor)
+    }
+
+    struct OptVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for OptVisitor {
+        type Value = Option<Duration>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration such as 30s, 5m or 1h30m, or a number of seconds")
         }
-        match Option::<Repr>::deserialize(d)? {
-            None => Ok(None),
-            Some(Repr::Secs(s)) => Ok(Some(Duration::from_secs(s))),
-            Some(Repr::Text(t)) => crate::duration::parse(&t)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(DurVisitor).map(Some)
+        }
+    }
+
+    struct DurVisitor;
+
+    impl serde::de::Visitor<'_> for DurVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration such as 30s, 5m or 1h30m, or a number of seconds")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom("a duration cannot be negative"))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            crate::duration::parse(v).map_err(E::custom)
+        }
+    }
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// When (UTC).
+    pub time: DateTime<Utc>,
+    /// Who.
+    pub actor: String,
+    /// What, as `object.verb`: `secret.create`, `secret.use`, `key.rotate`, …
+    pub action: String,
+    /// Which object (`secret:db-password`, `run:ID`).
+    pub object: String,
+    /// Details (run, step, target, …). Never a secret value.
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+impl AuditEvent {
+    /// An event happening now.
+    pub fn now(
+        actor: &str,
+        action: &str,
+        object: impl Into<String>,
+        detail: serde_json::Value,
+    ) -> Self {
+        Self {
+            time: Utc::now(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            object: object.into(),
+            detail,
         }
     }
 }

@@ -81,11 +81,19 @@ pub fn validate(schema: &Value, params: &Value) -> Result<Value> {
         }
         // `required` and `additionalProperties` errors point at the parent; name the property.
         let msg = err.to_string();
-        if field == "params"
-            && let Some(name) = msg.split('"').nth(1)
-            && (msg.contains("is a required property") || msg.contains("Additional properties"))
-        {
-            field = format!("params.{name}");
+        // `"x" is a required property` / `Additional properties are not allowed ('x' was unexpected)`.
+        let quoted = |q: char| msg.split(q).nth(1).map(str::to_string);
+        if field == "params" {
+            let name = if msg.contains("is a required property") {
+                quoted('"')
+            } else if msg.contains("Additional properties") {
+                quoted('\'').or_else(|| quoted('"'))
+            } else {
+                None
+            };
+            if let Some(name) = name {
+                field = format!("params.{name}");
+            }
         }
         return Err(Error::Validation {
             field: Some(field),

@@ -61,9 +61,9 @@ impl KeyBytes {
             .decode(t)
             .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(t))
             .map_err(|_| Error::validation(what, "is not valid base64 (expected 32 random bytes, base64-encoded: `openssl rand -base64 32`)"))?;
-        let arr: [u8; 32] = raw
-            .try_into()
-            .map_err(|v: Vec<u8>| Error::validation(what, format!("must decode to 32 bytes, not {}", v.len())))?;
+        let arr: [u8; 32] = raw.try_into().map_err(|v: Vec<u8>| {
+            Error::validation(what, format!("must decode to 32 bytes, not {}", v.len()))
+        })?;
         Ok(Self(arr))
     }
 
@@ -74,11 +74,17 @@ impl KeyBytes {
 
     /// Derives a key from a passphrase with Argon2id (OWASP parameters).
     pub fn from_passphrase(passphrase: &[u8], salt: &[u8]) -> Result<Self> {
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon2::Params::DEFAULT);
+        let argon = argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            argon2::Params::DEFAULT,
+        );
         let mut k = [0u8; 32];
         argon
             .hash_password_into(passphrase, salt, &mut k)
-            .map_err(|e| Error::validation("master passphrase", format!("cannot derive a key: {e}")))?;
+            .map_err(|e| {
+                Error::validation("master passphrase", format!("cannot derive a key: {e}"))
+            })?;
         Ok(Self(k))
     }
 }
@@ -116,26 +122,45 @@ pub struct Keyring {
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keyring").field("versions", &self.keys.keys().collect::<Vec<_>>()).field("source", &self.source).finish()
+        f.debug_struct("Keyring")
+            .field("versions", &self.keys.keys().collect::<Vec<_>>())
+            .field("source", &self.source)
+            .finish()
     }
 }
 
 impl Keyring {
     /// A keyring from explicit keys (tests, embedders).
-    pub fn from_keys(keys: impl IntoIterator<Item = (u32, KeyBytes)>, source: KeySource) -> Result<Self> {
+    pub fn from_keys(
+        keys: impl IntoIterator<Item = (u32, KeyBytes)>,
+        source: KeySource,
+    ) -> Result<Self> {
         let keys: BTreeMap<u32, KeyBytes> = keys.into_iter().collect();
         if keys.is_empty() || keys.contains_key(&0) {
-            return Err(Error::invalid("a keyring needs at least one key, with versions from 1"));
+            return Err(Error::invalid(
+                "a keyring needs at least one key, with versions from 1",
+            ));
         }
-        Ok(Self { keys, source, passphrase: None })
+        Ok(Self {
+            keys,
+            source,
+            passphrase: None,
+        })
     }
 
     /// A passphrase keyring; keys are derived once salts are known ([`Keyring::derive`]).
     pub fn from_passphrase(passphrase: &[u8]) -> Result<Self> {
         if passphrase.len() < 12 {
-            return Err(Error::validation("OPSC_MASTER_PASSPHRASE", "use at least 12 characters"));
+            return Err(Error::validation(
+                "OPSC_MASTER_PASSPHRASE",
+                "use at least 12 characters",
+            ));
         }
-        Ok(Self { keys: BTreeMap::new(), source: KeySource::Passphrase, passphrase: Some(passphrase.to_vec()) })
+        Ok(Self {
+            keys: BTreeMap::new(),
+            source: KeySource::Passphrase,
+            passphrase: Some(passphrase.to_vec()),
+        })
     }
 
     /// Parses `OPSC_MASTER_KEY`: a single key or `1:KEY,2:KEY`.
@@ -143,10 +168,15 @@ impl Keyring {
         let mut keys = Vec::new();
         if value.contains(':') {
             for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let (v, k) = part
-                    .split_once(':')
-                    .ok_or_else(|| Error::validation("OPSC_MASTER_KEY", "expected VERSION:BASE64 entries separated by commas"))?;
-                let v: u32 = v.trim().parse().map_err(|_| Error::validation("OPSC_MASTER_KEY", format!("'{v}' is not a key version")))?;
+                let (v, k) = part.split_once(':').ok_or_else(|| {
+                    Error::validation(
+                        "OPSC_MASTER_KEY",
+                        "expected VERSION:BASE64 entries separated by commas",
+                    )
+                })?;
+                let v: u32 = v.trim().parse().map_err(|_| {
+                    Error::validation("OPSC_MASTER_KEY", format!("'{v}' is not a key version"))
+                })?;
                 keys.push((v, KeyBytes::from_base64(k, "OPSC_MASTER_KEY")?));
             }
         } else {
@@ -158,7 +188,12 @@ impl Keyring {
     /// Reads a key file; refuses one that group or others can read.
     pub fn from_file(path: &Path) -> Result<Self> {
         let place = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|e| Error::validation(place.clone(), format!("cannot read the master key file: {e}")))?;
+        let meta = std::fs::metadata(path).map_err(|e| {
+            Error::validation(
+                place.clone(),
+                format!("cannot read the master key file: {e}"),
+            )
+        })?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -166,11 +201,19 @@ impl Keyring {
             if mode & 0o077 != 0 {
                 return Err(Error::validation(
                     place,
-                    format!("the master key file is readable by group or others (mode {mode:04o}); run `chmod 600 {}`", path.display()),
+                    format!(
+                        "the master key file is readable by group or others (mode {mode:04o}); run `chmod 600 {}`",
+                        path.display()
+                    ),
                 ));
             }
         }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::validation(place.clone(), format!("cannot read the master key file: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::validation(
+                place.clone(),
+                format!("cannot read the master key file: {e}"),
+            )
+        })?;
         let mut keys = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -178,8 +221,12 @@ impl Keyring {
                 continue;
             }
             let at = format!("{place}:{}", n + 1);
-            let (v, k) = line.split_once(char::is_whitespace).ok_or_else(|| Error::validation(at.clone(), "expected `VERSION BASE64KEY`"))?;
-            let v: u32 = v.parse().map_err(|_| Error::validation(at.clone(), format!("'{v}' is not a key version")))?;
+            let (v, k) = line
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| Error::validation(at.clone(), "expected `VERSION BASE64KEY`"))?;
+            let v: u32 = v.parse().map_err(|_| {
+                Error::validation(at.clone(), format!("'{v}' is not a key version"))
+            })?;
             keys.push((v, KeyBytes::from_base64(k, &at)?));
         }
         Self::from_keys(keys, KeySource::File(path.to_path_buf()))
@@ -208,7 +255,9 @@ impl Keyring {
     /// Removes a version from a file keyring (after no secret uses it).
     pub fn remove_version_from_file(&mut self, version: u32) -> Result<()> {
         let KeySource::File(path) = self.source.clone() else {
-            return Err(Error::invalid("remove the key from OPSC_MASTER_KEY yourself"));
+            return Err(Error::invalid(
+                "remove the key from OPSC_MASTER_KEY yourself",
+            ));
         };
         if self.keys.len() == 1 {
             return Err(Error::invalid("cannot remove the only key"));
@@ -255,7 +304,8 @@ impl Keyring {
                 self.versions()
             ))
         })?;
-        Aes256Gcm::new_from_slice(&key.0).map_err(|e| Error::Internal(format!("bad key length: {e}")))
+        Aes256Gcm::new_from_slice(&key.0)
+            .map_err(|e| Error::Internal(format!("bad key length: {e}")))
     }
 
     /// Encrypts with the current key for `record`/`field`.
@@ -264,13 +314,25 @@ impl Keyring {
     }
 
     /// Encrypts with a given key version.
-    pub fn encrypt_with(&self, version: u32, record: &str, field: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
+    pub fn encrypt_with(
+        &self,
+        version: u32,
+        record: &str,
+        field: &str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>> {
         let cipher = self.cipher(version)?;
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
         let aad = aad(record, field, version);
         let ct = cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: aad.as_bytes() })
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| Error::Internal("encryption failed".into()))?;
         let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + ct.len());
         out.extend_from_slice(MAGIC);
@@ -284,10 +346,15 @@ impl Keyring {
     /// The key version in a stored value's header.
     pub fn version_of(stored: &[u8]) -> Result<u32> {
         if stored.len() < HEADER_LEN + NONCE_LEN + 16 || &stored[..2] != MAGIC {
-            return Err(Error::Store("a stored secret is not in OpsConductor's format (corrupt or foreign data)".into()));
+            return Err(Error::Store(
+                "a stored secret is not in OpsConductor's format (corrupt or foreign data)".into(),
+            ));
         }
         if stored[2] != ALG_AES256GCM {
-            return Err(Error::Store(format!("a stored secret uses unknown algorithm {}", stored[2])));
+            return Err(Error::Store(format!(
+                "a stored secret uses unknown algorithm {}",
+                stored[2]
+            )));
         }
         let mut v = [0u8; 4];
         v.copy_from_slice(&stored[3..7]);
@@ -313,7 +380,12 @@ impl Keyring {
 
     /// A value proving a key version is the right one (stored in the database).
     pub fn key_check(&self, version: u32) -> Result<Vec<u8>> {
-        self.encrypt_with(version, "keyring", &format!("check-{version}"), CHECK_PLAINTEXT)
+        self.encrypt_with(
+            version,
+            "keyring",
+            &format!("check-{version}"),
+            CHECK_PLAINTEXT,
+        )
     }
 
     /// Verifies a stored key check; a clear error if the key is wrong.
@@ -335,7 +407,9 @@ fn aad(record: &str, field: &str, version: u32) -> String {
 fn write_key_file(path: &Path, keys: &[(u32, KeyBytes)], create_new: bool) -> Result<()> {
     use std::io::Write;
     let place = path.display().to_string();
-    let mut text = String::from("# OpsConductor master keys: VERSION BASE64. Keep this file secret and backed up;\n# without it the secrets in the database cannot be read.\n");
+    let mut text = String::from(
+        "# OpsConductor master keys: VERSION BASE64. Keep this file secret and backed up;\n# without it the secrets in the database cannot be read.\n",
+    );
     for (v, k) in keys {
         text.push_str(&format!("{v} {}\n", k.to_base64()));
     }
@@ -348,14 +422,28 @@ fn write_key_file(path: &Path, keys: &[(u32, KeyBytes)], create_new: bool) -> Re
         opts.mode(0o600);
     }
     if create_new && path.exists() {
-        return Err(Error::validation(place, "a master key file already exists; refusing to overwrite it"));
+        return Err(Error::validation(
+            place,
+            "a master key file already exists; refusing to overwrite it",
+        ));
     }
     let _ = std::fs::remove_file(&tmp);
-    let mut f = opts.open(&tmp).map_err(|e| Error::validation(place.clone(), format!("cannot write the master key file: {e}")))?;
+    let mut f = opts.open(&tmp).map_err(|e| {
+        Error::validation(
+            place.clone(),
+            format!("cannot write the master key file: {e}"),
+        )
+    })?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
-        .map_err(|e| Error::validation(place.clone(), format!("cannot write the master key file: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::validation(place, format!("cannot write the master key file: {e}")))
+        .map_err(|e| {
+            Error::validation(
+                place.clone(),
+                format!("cannot write the master key file: {e}"),
+            )
+        })?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::validation(place, format!("cannot write the master key file: {e}")))
 }
 
 /// Kinds of secret.
@@ -397,7 +485,11 @@ pub struct SecretRecord {
 
 impl fmt::Debug for SecretRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretRecord").field("id", &self.id).field("meta", &self.meta).field("ciphertext", &"<encrypted>").finish()
+        f.debug_struct("SecretRecord")
+            .field("id", &self.id)
+            .field("meta", &self.meta)
+            .field("ciphertext", &"<encrypted>")
+            .finish()
     }
 }
 
@@ -434,7 +526,16 @@ pub struct KeyRecord {
 /// The environment variable a declared secret reaches a command as:
 /// `db-password` → `DB_PASSWORD`.
 pub fn env_name(secret: &str) -> String {
-    secret.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+    secret
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -442,7 +543,14 @@ mod tests {
     use super::*;
 
     fn ring() -> Keyring {
-        Keyring::from_keys([(1, KeyBytes::generate().unwrap()), (2, KeyBytes::generate().unwrap())], KeySource::Env).unwrap()
+        Keyring::from_keys(
+            [
+                (1, KeyBytes::generate().unwrap()),
+                (2, KeyBytes::generate().unwrap()),
+            ],
+            KeySource::Env,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -477,7 +585,10 @@ mod tests {
         k.verify_check(2, &check).unwrap();
         let other = ring();
         let e = other.verify_check(2, &check).unwrap_err().to_string();
-        assert!(e.contains("wrong master key") && e.contains("OPSC_MASTER_KEY"), "{e}");
+        assert!(
+            e.contains("wrong master key") && e.contains("OPSC_MASTER_KEY"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -485,7 +596,8 @@ mod tests {
         let k = KeyBytes::generate().unwrap();
         let r = Keyring::from_env_value(&k.to_base64()).unwrap();
         assert_eq!(r.versions(), vec![1]);
-        let r = Keyring::from_env_value(&format!("1:{},3:{}", k.to_base64(), k.to_base64())).unwrap();
+        let r =
+            Keyring::from_env_value(&format!("1:{},3:{}", k.to_base64(), k.to_base64())).unwrap();
         assert_eq!(r.current(), 3);
         assert!(Keyring::from_env_value("short").is_err());
         let dir = tempfile::tempdir().unwrap();
@@ -493,7 +605,10 @@ mod tests {
         let mut made = Keyring::create_file(&p).unwrap();
         assert!(Keyring::create_file(&p).is_err(), "never overwrites");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(made.add_version_to_file().unwrap(), 2);
         let loaded = Keyring::from_file(&p).unwrap();
         assert_eq!(loaded.versions(), vec![1, 2]);

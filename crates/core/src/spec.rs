@@ -84,6 +84,15 @@ pub fn parse_value(text: &str) -> std::result::Result<serde_json::Value, String>
     serde_yaml_ng::from_str::<serde_json::Value>(text).map_err(|e| e.to_string())
 }
 
+/// The files [`load_path`] reads for `path`: the file itself, or every
+/// `*.yaml` / `*.yml` / `*.json` under a directory, recursively, sorted,
+/// hidden names skipped. Front ends use it to check and report per file.
+pub fn files(path: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    collect(path, &mut out)?;
+    Ok(out)
+}
+
 /// Loads a file, or every `*.yaml` / `*.yml` / `*.json` file under a directory (sorted).
 pub fn load_path(path: &Path) -> Result<ApplyBatch> {
     let mut files = Vec::new();

@@ -22,7 +22,8 @@ use serde::Serialize;
 
 use crate::bus::Event;
 use crate::error::Result;
-use crate::model::{Job, JobSpec, LogChunk, Run, RunId, RunStatus, StepResult, Target};
+use crate::model::{AuditEvent, Job, JobSpec, LogChunk, Run, RunId, RunStatus, StepResult, Target};
+use crate::secrets::{KeyRecord, SecretChange, SecretRecord};
 
 /// Targets and jobs stored together by one `apply`.
 #[derive(Debug, Clone, Default)]
@@ -192,6 +193,62 @@ pub trait Store: TargetStore + JobStore + RunStore + LogStore {
     async fn listen(&self) -> Result<Option<EventStream>> {
         Ok(None)
     }
+
+    /// The backend's secret storage, if it has one.
+    fn secret_store(&self) -> Option<&dyn SecretStore> {
+        None
+    }
+
+    /// The backend's audit log, if it has one.
+    fn audit_store(&self) -> Option<&dyn AuditStore> {
+        None
+    }
+}
+
+/// Encrypted secrets, their change history (never old values) and the master
+/// key versions. The store only ever sees ciphertexts.
+///
+/// Rules: `create_secret` fails with `Conflict` if the name exists;
+/// `update_secret` and `rewrap_secret` are guarded (value version / key
+/// version) so concurrent writers and an interrupted rotation never lose a
+/// write; every create, update, rewrap and delete adds a history entry.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// One secret.
+    async fn get_secret(&self, name: &str) -> Result<Option<SecretRecord>>;
+    /// All secrets, by name.
+    async fn list_secrets(&self) -> Result<Vec<SecretRecord>>;
+    /// Stores a new secret (its `meta.version` is 1).
+    async fn create_secret(&self, rec: &SecretRecord) -> Result<()>;
+    /// Replaces the value of a secret still at `rec.meta.version - 1`; `Ok(false)` if it changed meanwhile.
+    async fn update_secret(&self, rec: &SecretRecord) -> Result<bool>;
+    /// Replaces the ciphertext if the secret is still at `from_key` (rotation).
+    async fn rewrap_secret(
+        &self,
+        name: &str,
+        from_key: u32,
+        to_key: u32,
+        ciphertext: &[u8],
+    ) -> Result<bool>;
+    /// Deletes a secret; false if there was none.
+    async fn delete_secret(&self, name: &str, by: &str) -> Result<bool>;
+    /// The change history of a secret, oldest first (also after deletion).
+    async fn secret_history(&self, name: &str) -> Result<Vec<SecretChange>>;
+    /// The master key versions known to the database.
+    async fn key_records(&self) -> Result<Vec<KeyRecord>>;
+    /// Registers a key version (no-op if it exists).
+    async fn put_key_record(&self, rec: &KeyRecord) -> Result<()>;
+    /// Marks a key version retired.
+    async fn retire_key(&self, version: u32) -> Result<bool>;
+}
+
+/// The audit log: who did what to which object, when.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends an event.
+    async fn append_audit(&self, event: &AuditEvent) -> Result<()>;
+    /// Events, newest first, optionally only for one object, at most `limit` (0: 100).
+    async fn list_audit(&self, object: Option<&str>, limit: usize) -> Result<Vec<AuditEvent>>;
 }
 
 /// A stream of wake-ups from other processes.

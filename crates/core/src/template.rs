@@ -84,9 +84,14 @@ impl Templates {
             let text = match state.auto_escape() {
                 _ if value.is_safe() => value.to_string(),
                 AutoEscape::Custom(q) if q == "sh" => scalar_or(value, shell_quote),
-                AutoEscape::Custom(q) if q == "ps1" => scalar_or(value, powershell_quote),
+                AutoEscape::Custom(q) if q == "ps1" => match value.kind() {
+                    minijinja::value::ValueKind::Bool => {
+                        if value.is_true() { "$true" } else { "$false" }.into()
+                    }
+                    _ => scalar_or(value, powershell_quote),
+                },
                 AutoEscape::Custom(q) if q == "py" => python_literal(value),
-                _ => value.to_string(),
+                _ => plain(value),
             };
             out.write_str(&text).map_err(minijinja::Error::from)
         });
@@ -138,10 +143,18 @@ fn describe(e: minijinja::Error) -> String {
 /// Numbers and booleans cannot inject anything: insert them bare.
 fn scalar_or(value: &Value, quote: fn(&str) -> String) -> String {
     match value.kind() {
-        minijinja::value::ValueKind::Number | minijinja::value::ValueKind::Bool => {
-            value.to_string()
-        }
-        _ => quote(&value.to_string()),
+        minijinja::value::ValueKind::Number | minijinja::value::ValueKind::Bool => plain(value),
+        _ => quote(&plain(value)),
+    }
+}
+
+/// The text of a value as a shell or a file expects it: booleans as
+/// `true`/`false` (MiniJinja prints Python's `True`), `none` as empty.
+fn plain(value: &Value) -> String {
+    match value.kind() {
+        minijinja::value::ValueKind::Bool => if value.is_true() { "true" } else { "false" }.into(),
+        minijinja::value::ValueKind::None => String::new(),
+        _ => value.to_string(),
     }
 }
 
@@ -227,6 +240,17 @@ mod tests {
             t.render("{{ 'plain' }}", Quoting::Shell, &ctx).unwrap(),
             "plain"
         );
+        let b = json!({"on": true, "off": false});
+        assert_eq!(
+            t.render("{{ on }} {{ off }}", Quoting::Shell, &b).unwrap(),
+            "true false"
+        );
+        assert_eq!(
+            t.render("{{ on }}", Quoting::PowerShell, &b).unwrap(),
+            "$true"
+        );
+        assert_eq!(t.render("{{ on }}", Quoting::Python, &b).unwrap(), "True");
+        assert_eq!(t.render("{{ on }}", Quoting::None, &b).unwrap(), "true");
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! stores definitions, submits runs, runs workers that claim them under a
 //! lease, and streams their logs.
 
+mod secrets;
 mod worker;
+
+pub use secrets::{MAX_SECRET_BYTES, RotationReport, SecretInfo, SetSecret, SetSecretOutcome};
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -76,9 +79,17 @@ pub struct ConductorBuilder {
     executors: Vec<Arc<dyn Executor>>,
     config: Config,
     workers: usize,
+    keyring: Option<crate::secrets::Keyring>,
 }
 
 impl ConductorBuilder {
+    /// The master keys for secrets. Checked against the database on build:
+    /// a wrong or missing key is an error then, not later.
+    pub fn keyring(mut self, keyring: crate::secrets::Keyring) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
     /// The persistence backend (required).
     pub fn store(mut self, store: impl Store + 'static) -> Self {
         self.store = Some(Arc::new(store));
@@ -138,6 +149,8 @@ impl ConductorBuilder {
         for e in self.executors {
             executors.insert(e.kind(), e);
         }
+        let mut keyring = self.keyring;
+        secrets::verify_keyring(store.as_ref(), keyring.as_mut()).await?;
         let bus = Bus::new();
         // Cross-process wake-ups: forward what other processes announce into
         // our bus, and announce ours through the store.
@@ -161,6 +174,7 @@ impl ConductorBuilder {
                 store,
                 executors,
                 notify_tx,
+                keyring: tokio::sync::RwLock::new(keyring),
                 bus,
                 templates: Templates::new(),
                 config: self.config,
@@ -211,6 +225,7 @@ async fn notifier(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::UnboundedRec
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     notify_tx: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
+    pub(crate) keyring: tokio::sync::RwLock<Option<crate::secrets::Keyring>>,
     pub(crate) executors: HashMap<&'static str, Arc<dyn Executor>>,
     pub(crate) bus: Bus,
     pub(crate) templates: Templates,
@@ -334,6 +349,7 @@ impl Conductor {
             executors: Vec::new(),
             config: Config::default(),
             workers: 0,
+            keyring: None,
         }
     }
 
@@ -526,6 +542,9 @@ impl Conductor {
         actor: &Actor,
     ) -> Result<Run> {
         let targets = selector::resolve(selector, &self.targets().await?)?;
+        self.inner
+            .check_secrets_exist(&spec.secrets, &targets)
+            .await?;
         // Render every template for every target now, so a template error is
         // the submitter's error, not a failed run later.
         let id = RunId::new();

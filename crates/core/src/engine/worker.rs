@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
+use super::secrets::RunSecrets;
 use crate::bus::Event;
 use crate::executor::{
     Command, ExecError, FileSpec, OutputEvent, OutputSink, Session, StepContext,
@@ -181,6 +182,7 @@ struct RunState {
     targets: Vec<Option<Target>>,
     sessions: Vec<Mutex<Option<Box<dyn Session>>>>,
     previous: HashMap<(u32, String), StepResult>,
+    secrets: RunSecrets,
 }
 
 /// How one step ended on one target.
@@ -218,11 +220,37 @@ pub(crate) async fn execute_run(inner: Arc<Inner>, run: Run) {
     ));
 
     let start_seq = inner.store.last_log_seq(id).await.unwrap_or(0);
-    let masker = Masker::none();
+    // Targets and secrets first: the log writer must know every secret value
+    // before the first byte of output.
+    let prepared = prepare(&inner, &run).await;
+    let masker = match &prepared {
+        Ok(Some((_, s))) => s.masker.clone(),
+        _ => Masker::none(),
+    };
     let (sink, rx) = OutputSink::channel(1024);
     let writer = tokio::spawn(write_logs(inner.clone(), id, start_seq, masker, rx));
 
-    let outcome = run_steps(inner.clone(), run, worker.clone(), cancel.clone(), sink).await;
+    let outcome = match prepared {
+        Ok(Some((targets, secrets))) => {
+            run_steps(
+                inner.clone(),
+                run,
+                worker.clone(),
+                cancel.clone(),
+                sink,
+                targets,
+                secrets,
+            )
+            .await
+        }
+        Ok(None) => None,
+        Err(e) => {
+            let why = format!("cannot start: {e}");
+            sink.write(Stream::System, format!("error: {why}\n")).await;
+            drop(sink);
+            Some((RunStatus::Failed, Some(why), run.attempt))
+        }
+    };
     // `run_steps` dropped every sink clone; the writer ends once it stored all output.
     let _ = writer.await;
     done.cancel();
@@ -376,12 +404,38 @@ async fn write_logs(
 
 /// Runs every step on every target; returns the run's end state, or `None`
 /// when nothing should be recorded.
+/// Loads the run's targets and decrypts its secrets. `Ok(None)`: the store
+/// failed, leave the run for rescue; `Err`: the run cannot start (a missing
+/// secret, no master key) and fails.
+async fn prepare(
+    inner: &Arc<Inner>,
+    run: &Run,
+) -> crate::error::Result<Option<(Vec<Option<Target>>, RunSecrets)>> {
+    let mut targets = Vec::with_capacity(run.targets.len());
+    for name in &run.targets {
+        let t = match inner.store.get_target(name).await {
+            Ok(Some(t)) => Some(t),
+            Ok(None) if name == "local" => Some(Target::local()),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(run = %run.id, error = %e, "cannot read targets; leaving the run for rescue");
+                return Ok(None);
+            }
+        };
+        targets.push(t);
+    }
+    let secrets = inner.run_secrets(run, &targets).await?;
+    Ok(Some((targets, secrets)))
+}
+
 async fn run_steps(
     inner: Arc<Inner>,
     run: Run,
     worker: String,
     cancel: CancellationToken,
     sink: OutputSink,
+    targets: Vec<Option<Target>>,
+    secrets: RunSecrets,
 ) -> Option<(RunStatus, Option<String>, u32)> {
     let attempt = run.attempt;
     let previous: HashMap<(u32, String), StepResult> = match inner.store.step_results(run.id).await
@@ -395,19 +449,6 @@ async fn run_steps(
             return None;
         }
     };
-    let mut targets = Vec::with_capacity(run.targets.len());
-    for name in &run.targets {
-        let t = match inner.store.get_target(name).await {
-            Ok(Some(t)) => Some(t),
-            Ok(None) if name == "local" => Some(Target::local()),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::error!(run = %run.id, error = %e, "cannot read targets; leaving the run for rescue");
-                return None;
-            }
-        };
-        targets.push(t);
-    }
     let run_deadline = run.spec.timeout.map(|limit| {
         let started = run.started_at.unwrap_or_else(Utc::now);
         let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
@@ -424,6 +465,7 @@ async fn run_steps(
         run_deadline,
         sink,
         previous,
+        secrets,
     });
 
     let mut alive = vec![true; n];
@@ -622,7 +664,19 @@ async fn step_on_target(st: &RunState, si: u32, ti: usize) -> (Outcome, Option<S
             ))
             .await;
         };
-        match exec.connect(&target, None).await {
+        let cred = st.secrets.creds.get(name.as_str());
+        if let Some(c) = cred {
+            let secret = target.credential.clone().unwrap_or_default();
+            st.inner
+                .audit(crate::model::AuditEvent::now(
+                    &st.run.requested_by,
+                    "secret.use",
+                    format!("secret:{secret}"),
+                    json!({"run": st.run.id, "target": name, "as": "credential", "kind": c.kind}),
+                ))
+                .await;
+        }
+        match exec.connect(&target, cred).await {
             Ok(s) => *slot = Some(s),
             Err(e) => {
                 drop(slot);
@@ -644,6 +698,20 @@ async fn step_on_target(st: &RunState, si: u32, ti: usize) -> (Outcome, Option<S
     env.insert("OPSC_JOB".into(), st.run.job.clone());
     env.insert("OPSC_TARGET".into(), name.clone());
     env.insert("OPSC_STEP".into(), step.name.clone());
+    // Declared secrets reach the process as environment variables only.
+    if !st.secrets.env.is_empty() {
+        env.extend(st.secrets.env.iter().cloned());
+        for secret in &st.secrets.names {
+            st.inner
+                .audit(crate::model::AuditEvent::now(
+                    &st.run.requested_by,
+                    "secret.use",
+                    format!("secret:{secret}"),
+                    json!({"run": st.run.id, "step": si, "step_name": step.name, "target": name}),
+                ))
+                .await;
+        }
+    }
     let ctx = |extra: Vec<(String, String)>, workdir: Option<String>| {
         let mut env = env.clone();
         env.extend(extra);

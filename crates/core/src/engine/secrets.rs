@@ -1,0 +1,618 @@
+//! Secrets through the engine: write-only values, the keyring check at
+//! start-up, rotation, and decrypting what a run needs (and nothing else).
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::{Conductor, Inner};
+use crate::error::{Error, Result};
+use crate::executor::Credential;
+use crate::mask::{MIN_MASK_LEN, Masker};
+use crate::model::{Actor, AuditEvent, Run, Target};
+use crate::secrets::{
+    KeyRecord, Keyring, SECRET_KINDS, SecretChange, SecretMeta, SecretRecord, env_name,
+};
+use crate::store::{SecretStore, Store};
+
+/// Largest secret value accepted.
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+
+/// A request to create or update a secret.
+#[derive(Clone)]
+pub struct SetSecret {
+    /// Name (letters, digits, `_ . -`).
+    pub name: String,
+    /// Kind (`generic`, `password`, `ssh_key`, `token`, `certificate`); `None`
+    /// keeps the current kind (or `generic` for a new secret).
+    pub kind: Option<String>,
+    /// Description; `None` keeps the current one.
+    pub description: Option<String>,
+    /// The value.
+    pub value: Vec<u8>,
+}
+
+impl std::fmt::Debug for SetSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetSecret")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("value", &"***")
+            .finish()
+    }
+}
+
+/// What `set_secret` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetSecretOutcome {
+    /// The secret now.
+    pub meta: SecretMeta,
+    /// True if it did not exist before.
+    pub created: bool,
+    /// Things the user should know (e.g. too short to be masked).
+    pub warnings: Vec<String>,
+}
+
+/// A secret as front ends show it: metadata and where it is used, never the value.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecretInfo {
+    /// Metadata.
+    #[serde(flatten)]
+    pub meta: SecretMeta,
+    /// Jobs (latest versions) that declare it.
+    pub used_by_jobs: Vec<String>,
+    /// Targets that use it as their credential.
+    pub used_by_targets: Vec<String>,
+}
+
+/// What a key rotation did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RotationReport {
+    /// The key version every secret is encrypted with now.
+    pub key_version: u32,
+    /// Whether this call created that version (false: resumed an earlier rotation).
+    pub new_version: bool,
+    /// Secrets re-encrypted by this call.
+    pub rewrapped: usize,
+    /// Secrets in total.
+    pub total: usize,
+}
+
+/// What a run needs, decrypted at its start.
+pub(crate) struct RunSecrets {
+    /// Declared secrets as environment variables.
+    pub env: Vec<(String, String)>,
+    /// Names of the declared secrets (for the audit log).
+    pub names: Vec<String>,
+    /// Target credentials by target name.
+    pub creds: HashMap<String, Credential>,
+    /// Masks every value above.
+    pub masker: Masker,
+}
+
+fn store_of(inner: &Inner) -> Result<&dyn SecretStore> {
+    inner.store.secret_store().ok_or_else(|| {
+        Error::Conflict(format!(
+            "the {} store does not support secrets",
+            inner.store.backend()
+        ))
+    })
+}
+
+/// Checks the keyring against the database at start-up and registers new
+/// key versions. A wrong or missing key is a clear error, never silent.
+pub(crate) async fn verify_keyring(store: &dyn Store, keyring: Option<&mut Keyring>) -> Result<()> {
+    let Some(ss) = store.secret_store() else {
+        return Ok(());
+    };
+    let records = ss.key_records().await?;
+    let live: Vec<&KeyRecord> = records.iter().filter(|r| r.retired_at.is_none()).collect();
+    let Some(ring) = keyring else {
+        if !live.is_empty() {
+            return Err(Error::invalid(
+                "this database holds secrets encrypted with a master key, but no key is configured: \
+                 set OPSC_MASTER_KEY, OPSC_MASTER_KEY_FILE or OPSC_MASTER_PASSPHRASE",
+            ));
+        }
+        return Ok(());
+    };
+    if ring.is_passphrase() {
+        for r in &records {
+            if let Some(salt) = &r.salt {
+                ring.derive(r.version, salt)?;
+            }
+        }
+        if records.is_empty() {
+            let salt = random_salt()?;
+            ring.derive(1, &salt)?;
+            ss.put_key_record(&KeyRecord {
+                version: 1,
+                salt: Some(salt),
+                check: ring.key_check(1)?,
+                created_at: chrono::Utc::now(),
+                retired_at: None,
+            })
+            .await?;
+            return Ok(());
+        }
+    }
+    let in_use: Vec<u32> = ss
+        .list_secrets()
+        .await?
+        .iter()
+        .map(|s| s.meta.key_version)
+        .collect();
+    for r in &live {
+        if ring.has(r.version) {
+            ring.verify_check(r.version, &r.check)?;
+        } else if in_use.contains(&r.version) {
+            return Err(Error::invalid(format!(
+                "the master key is missing version {} which secrets in this database are encrypted with ({} has versions {:?})",
+                r.version,
+                ring.source,
+                ring.versions()
+            )));
+        }
+    }
+    for v in ring.versions() {
+        if let Some(r) = records.iter().find(|r| r.version == v) {
+            if r.retired_at.is_some() && v == ring.current() {
+                return Err(Error::invalid(format!(
+                    "master key version {v} was retired; configure a newer key"
+                )));
+            }
+            continue;
+        }
+        ss.put_key_record(&KeyRecord {
+            version: v,
+            salt: None,
+            check: ring.key_check(v)?,
+            created_at: chrono::Utc::now(),
+            retired_at: None,
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+fn random_salt() -> Result<Vec<u8>> {
+    let mut s = vec![0u8; 16];
+    getrandom::fill(&mut s).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+    Ok(s)
+}
+
+impl Inner {
+    pub(crate) async fn audit(&self, ev: AuditEvent) {
+        if let Some(a) = self.store.audit_store()
+            && let Err(e) = a.append_audit(&ev).await
+        {
+            tracing::error!(error = %e, action = %ev.action, "recording an audit event failed");
+        }
+    }
+
+    async fn ring(&self) -> Result<Keyring> {
+        self.keyring.read().await.clone().ok_or_else(|| {
+            Error::invalid("no master key is configured: set OPSC_MASTER_KEY, OPSC_MASTER_KEY_FILE or OPSC_MASTER_PASSPHRASE")
+        })
+    }
+
+    async fn decrypt(&self, rec: &SecretRecord) -> Result<Vec<u8>> {
+        self.ring()
+            .await?
+            .decrypt(&rec.id, "value", &rec.ciphertext)
+    }
+
+    /// Decrypts what a run needs: the job's declared secrets and the
+    /// credentials of its targets.
+    pub(crate) async fn run_secrets(
+        &self,
+        run: &Run,
+        targets: &[Option<Target>],
+    ) -> Result<RunSecrets> {
+        let creds_needed: Vec<(&str, &str)> = targets
+            .iter()
+            .flatten()
+            .filter_map(|t| t.credential.as_deref().map(|c| (t.name.as_str(), c)))
+            .collect();
+        if run.spec.secrets.is_empty() && creds_needed.is_empty() {
+            return Ok(RunSecrets {
+                env: vec![],
+                names: vec![],
+                creds: HashMap::new(),
+                masker: Masker::none(),
+            });
+        }
+        let ss = store_of(self)?;
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        let mut env = Vec::new();
+        for name in &run.spec.secrets {
+            let rec = ss
+                .get_secret(name)
+                .await?
+                .ok_or_else(|| missing_secret(name))?;
+            let v = self.decrypt(&rec).await?;
+            let text = String::from_utf8(v.clone()).map_err(|_| {
+                Error::invalid(format!(
+                    "secret '{name}' is not UTF-8 text, so it cannot be an environment variable"
+                ))
+            })?;
+            env.push((env_name(name), text));
+            values.push(v);
+        }
+        let mut creds = HashMap::new();
+        for (target, name) in creds_needed {
+            let rec = ss
+                .get_secret(name)
+                .await?
+                .ok_or_else(|| missing_secret(name))?;
+            let v = self.decrypt(&rec).await?;
+            values.push(v.clone());
+            creds.insert(
+                target.to_string(),
+                Credential {
+                    kind: rec.meta.kind.clone(),
+                    value: v,
+                },
+            );
+        }
+        let masker = Masker::new(values.iter().map(Vec::as_slice));
+        Ok(RunSecrets {
+            env,
+            names: run.spec.secrets.clone(),
+            creds,
+            masker,
+        })
+    }
+}
+
+impl Inner {
+    /// Refuses a submission whose job or targets need a secret that is not set.
+    pub(crate) async fn check_secrets_exist(
+        &self,
+        secrets: &[String],
+        targets: &[Target],
+    ) -> Result<()> {
+        let mut names: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        names.extend(targets.iter().filter_map(|t| t.credential.as_deref()));
+        if names.is_empty() {
+            return Ok(());
+        }
+        let ss = store_of(self)?;
+        for n in names {
+            if ss.get_secret(n).await?.is_none() {
+                return Err(missing_secret(n));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn missing_secret(name: &str) -> Error {
+    Error::NotFound {
+        what: "secret",
+        name: name.into(),
+        hint: Some(format!("set it with `opsconductor secrets set {name}`")),
+    }
+}
+
+impl Conductor {
+    /// Creates or updates a secret. The value is encrypted before it leaves
+    /// this call and is never returned by anything.
+    pub async fn set_secret(&self, req: SetSecret, actor: &Actor) -> Result<SetSecretOutcome> {
+        crate::spec::check_name("secret", &req.name)?;
+        if let Some(k) = &req.kind
+            && !SECRET_KINDS.contains(&k.as_str())
+        {
+            return Err(Error::validation(
+                "kind",
+                format!(
+                    "unknown secret kind '{k}' (expected one of: {})",
+                    SECRET_KINDS.join(", ")
+                ),
+            ));
+        }
+        if req.value.is_empty() {
+            return Err(Error::validation("value", "a secret cannot be empty"));
+        }
+        if req.value.len() > MAX_SECRET_BYTES {
+            return Err(Error::validation(
+                "value",
+                format!("{} bytes; the limit is {MAX_SECRET_BYTES}", req.value.len()),
+            ));
+        }
+        let mut warnings = Vec::new();
+        if req.value.len() < MIN_MASK_LEN {
+            warnings.push(format!(
+                "the value is shorter than {MIN_MASK_LEN} characters, so it will NOT be masked in output \
+                 (masking every occurrence of so short a string would garble logs while protecting little)"
+            ));
+        }
+        let ss = store_of(&self.inner)?;
+        let ring = self.inner.ring().await?;
+        let now = chrono::Utc::now();
+        match ss.get_secret(&req.name).await? {
+            None => {
+                let id = uuid::Uuid::now_v7().to_string();
+                let meta = SecretMeta {
+                    name: req.name.clone(),
+                    kind: req.kind.unwrap_or_else(|| "generic".into()),
+                    description: req.description.unwrap_or_default(),
+                    version: 1,
+                    key_version: ring.current(),
+                    created_at: now,
+                    created_by: actor.name.clone(),
+                    updated_at: now,
+                    updated_by: actor.name.clone(),
+                };
+                let rec = SecretRecord {
+                    ciphertext: ring.encrypt(&id, "value", &req.value)?,
+                    id,
+                    meta: meta.clone(),
+                };
+                ss.create_secret(&rec).await?;
+                self.inner
+                    .audit(AuditEvent::now(
+                        &actor.name,
+                        "secret.create",
+                        format!("secret:{}", meta.name),
+                        serde_json::json!({"kind": meta.kind}),
+                    ))
+                    .await;
+                Ok(SetSecretOutcome {
+                    meta,
+                    created: true,
+                    warnings,
+                })
+            }
+            Some(old) => {
+                let mut meta = old.meta.clone();
+                if let Some(k) = req.kind {
+                    meta.kind = k;
+                }
+                if let Some(d) = req.description {
+                    meta.description = d;
+                }
+                meta.version += 1;
+                meta.key_version = ring.current();
+                meta.updated_at = now;
+                meta.updated_by = actor.name.clone();
+                let rec = SecretRecord {
+                    ciphertext: ring.encrypt(&old.id, "value", &req.value)?,
+                    id: old.id,
+                    meta: meta.clone(),
+                };
+                if !ss.update_secret(&rec).await? {
+                    return Err(Error::Conflict(format!(
+                        "secret '{}' was changed by someone else meanwhile; try again",
+                        meta.name
+                    )));
+                }
+                self.inner
+                    .audit(AuditEvent::now(
+                        &actor.name,
+                        "secret.update",
+                        format!("secret:{}", meta.name),
+                        serde_json::json!({"version": meta.version}),
+                    ))
+                    .await;
+                Ok(SetSecretOutcome {
+                    meta,
+                    created: false,
+                    warnings,
+                })
+            }
+        }
+    }
+
+    /// Every secret with where it is used; never values.
+    pub async fn secrets(&self) -> Result<Vec<SecretInfo>> {
+        let ss = store_of(&self.inner)?;
+        let records = ss.list_secrets().await?;
+        let jobs = self.jobs().await?;
+        let targets = self.inner.store.list_targets().await?;
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                let name = r.meta.name.clone();
+                SecretInfo {
+                    used_by_jobs: jobs
+                        .iter()
+                        .filter(|j| j.spec.secrets.contains(&name))
+                        .map(|j| j.spec.name.clone())
+                        .collect(),
+                    used_by_targets: targets
+                        .iter()
+                        .filter(|t| t.credential.as_deref() == Some(name.as_str()))
+                        .map(|t| t.name.clone())
+                        .collect(),
+                    meta: r.meta,
+                }
+            })
+            .collect())
+    }
+
+    /// One secret's metadata and usage.
+    pub async fn secret(&self, name: &str) -> Result<SecretInfo> {
+        self.secrets()
+            .await?
+            .into_iter()
+            .find(|s| s.meta.name == name)
+            .ok_or_else(|| Error::not_found("secret", name))
+    }
+
+    /// Who changed a secret when (never the values).
+    pub async fn secret_history(&self, name: &str) -> Result<Vec<SecretChange>> {
+        let h = store_of(&self.inner)?.secret_history(name).await?;
+        if h.is_empty() {
+            return Err(Error::not_found("secret", name));
+        }
+        Ok(h)
+    }
+
+    /// Deletes a secret. Refused while jobs or targets use it, unless `force`.
+    pub async fn delete_secret(&self, name: &str, force: bool, actor: &Actor) -> Result<()> {
+        let info = self.secret(name).await?;
+        if !force && (!info.used_by_jobs.is_empty() || !info.used_by_targets.is_empty()) {
+            return Err(Error::Conflict(format!(
+                "secret '{name}' is in use (jobs: [{}], targets: [{}]); change those first or force the deletion",
+                info.used_by_jobs.join(", "),
+                info.used_by_targets.join(", ")
+            )));
+        }
+        if !store_of(&self.inner)?
+            .delete_secret(name, &actor.name)
+            .await?
+        {
+            return Err(Error::not_found("secret", name));
+        }
+        self.inner
+            .audit(AuditEvent::now(
+                &actor.name,
+                "secret.delete",
+                format!("secret:{name}"),
+                serde_json::Value::Null,
+            ))
+            .await;
+        Ok(())
+    }
+
+    /// Re-encrypts every secret with a new master key version. Resumable: if
+    /// interrupted, run it again and it finishes the same rotation.
+    pub async fn rotate_key(&self, actor: &Actor) -> Result<RotationReport> {
+        let ss = store_of(&self.inner)?;
+        let mut guard = self.inner.keyring.write().await;
+        let ring = guard
+            .as_mut()
+            .ok_or_else(|| Error::invalid("no master key is configured"))?;
+        let secrets = ss.list_secrets().await?;
+        let records = ss.key_records().await?;
+        let current = ring.current();
+        let registered = records.iter().any(|r| r.version == current);
+        let done_with_current = secrets.iter().all(|s| s.meta.key_version == current);
+        let mut new_version = false;
+        if registered && done_with_current {
+            // Nothing to resume: make a new version.
+            let next = records
+                .iter()
+                .map(|r| r.version)
+                .max()
+                .unwrap_or(0)
+                .max(current)
+                + 1;
+            let salt = if ring.is_passphrase() {
+                let salt = random_salt()?;
+                ring.derive(next, &salt)?;
+                Some(salt)
+            } else if matches!(ring.source, crate::secrets::KeySource::File(_)) {
+                let v = ring.add_version_to_file()?;
+                debug_assert_eq!(v, next.max(v));
+                None
+            } else {
+                return Err(Error::invalid(format!(
+                    "to rotate with OPSC_MASTER_KEY, add a new key as `{next}:BASE64` to it (keep the old ones until the rotation is done) and run again"
+                )));
+            };
+            let v = ring.current();
+            ss.put_key_record(&KeyRecord {
+                version: v,
+                salt,
+                check: ring.key_check(v)?,
+                created_at: chrono::Utc::now(),
+                retired_at: None,
+            })
+            .await?;
+            new_version = true;
+        } else if !registered {
+            ss.put_key_record(&KeyRecord {
+                version: current,
+                salt: None,
+                check: ring.key_check(current)?,
+                created_at: chrono::Utc::now(),
+                retired_at: None,
+            })
+            .await?;
+        }
+        let to = ring.current();
+        let mut rewrapped = 0;
+        for s in &secrets {
+            if s.meta.key_version == to {
+                continue;
+            }
+            let plain = ring.decrypt(&s.id, "value", &s.ciphertext)?;
+            let ct = ring.encrypt_with(to, &s.id, "value", &plain)?;
+            if ss
+                .rewrap_secret(&s.meta.name, s.meta.key_version, to, &ct)
+                .await?
+            {
+                rewrapped += 1;
+            }
+        }
+        let total = secrets.len();
+        drop(guard);
+        self.inner
+            .audit(AuditEvent::now(&actor.name, "key.rotate", format!("key:{to}"), serde_json::json!({"rewrapped": rewrapped, "total": total, "new_version": new_version})))
+            .await;
+        Ok(RotationReport {
+            key_version: to,
+            new_version,
+            rewrapped,
+            total,
+        })
+    }
+
+    /// Retires an old master key version once no secret uses it.
+    pub async fn retire_key(&self, version: u32, actor: &Actor) -> Result<()> {
+        let ss = store_of(&self.inner)?;
+        let mut guard = self.inner.keyring.write().await;
+        let ring = guard
+            .as_mut()
+            .ok_or_else(|| Error::invalid("no master key is configured"))?;
+        if version == ring.current() {
+            return Err(Error::Conflict(format!(
+                "key version {version} is the current one; rotate first"
+            )));
+        }
+        let users = ss
+            .list_secrets()
+            .await?
+            .into_iter()
+            .filter(|s| s.meta.key_version == version)
+            .count();
+        if users > 0 {
+            return Err(Error::Conflict(format!(
+                "{users} secret(s) still use key version {version}; run `secrets rotate-key` first"
+            )));
+        }
+        if !ss.retire_key(version).await? {
+            return Err(Error::not_found("active key version", version.to_string()));
+        }
+        if matches!(ring.source, crate::secrets::KeySource::File(_)) && ring.has(version) {
+            ring.remove_version_from_file(version)?;
+        }
+        drop(guard);
+        self.inner
+            .audit(AuditEvent::now(
+                &actor.name,
+                "key.retire",
+                format!("key:{version}"),
+                serde_json::Value::Null,
+            ))
+            .await;
+        Ok(())
+    }
+
+    /// The audit log, newest first.
+    pub async fn audit_log(&self, object: Option<&str>, limit: usize) -> Result<Vec<AuditEvent>> {
+        let a = self
+            .inner
+            .store
+            .audit_store()
+            .ok_or_else(|| Error::Conflict("this store keeps no audit log".into()))?;
+        a.list_audit(object, limit).await
+    }
+
+    /// The key versions the keyring holds (for `secrets keys`).
+    pub async fn key_versions(&self) -> Result<Vec<KeyRecord>> {
+        store_of(&self.inner)?.key_records().await
+    }
+}
