@@ -25,7 +25,8 @@ pub use opsconductor_store::SqliteStore;
 pub use opsconductor_store::{DEFAULT_DATABASE_URL, open as open_store};
 
 /// Opens the store named by `url` and builds an engine with every executor
-/// compiled in, and no background workers (call [`Conductor::execute`] or
+/// compiled in, the master key from the environment (see [`keyring_for`]),
+/// and no background workers (call [`Conductor::execute`] or
 /// [`Conductor::start_workers`]).
 pub async fn open(url: &str) -> Result<Conductor> {
     builder(url).await?.build().await
@@ -33,9 +34,95 @@ pub async fn open(url: &str) -> Result<Conductor> {
 
 /// Like [`open`], but returns the builder to adjust workers, lease and more.
 pub async fn builder(url: &str) -> Result<ConductorBuilder> {
+    let (b, notice) = builder_with_notice(url).await?;
+    if let Some(n) = notice {
+        tracing::warn!("{n}");
+    }
+    Ok(b)
+}
+
+/// Like [`builder`], also returning a one-time notice for the user (e.g.
+/// "generated a master key file at …") that a front end should show.
+pub async fn builder_with_notice(url: &str) -> Result<(ConductorBuilder, Option<String>)> {
     let store = opsconductor_store::open(url).await?;
+    let (keyring, notice) = keyring_for(url, store.as_ref()).await?;
     let b = Conductor::builder().store_arc(store);
+    let b = match keyring {
+        Some(k) => b.keyring(k),
+        None => b,
+    };
     #[cfg(feature = "local")]
     let b = b.executor(LocalExecutor::default());
-    Ok(b)
+    Ok((b, notice))
+}
+
+/// Finds the master key, in this order: `OPSC_MASTER_KEY` (base64 key, or
+/// `1:KEY,2:KEY`), `OPSC_MASTER_KEY_FILE`, `OPSC_MASTER_PASSPHRASE`, then —
+/// for the embedded SQLite default only — the key file next to the database
+/// (`opsconductor.db` → `opsconductor.key`), generated with mode 0600 on
+/// first start. A database that already holds secrets never gets a new key
+/// silently: a missing key file is an error.
+pub async fn keyring_for(
+    url: &str,
+    store: &dyn store::Store,
+) -> Result<(Option<secrets::Keyring>, Option<String>)> {
+    use secrets::Keyring;
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if let Some(v) = var("OPSC_MASTER_KEY") {
+        return Ok((Some(Keyring::from_env_value(&v)?), None));
+    }
+    if let Some(p) = var("OPSC_MASTER_KEY_FILE") {
+        return Ok((Some(Keyring::from_file(std::path::Path::new(&p))?), None));
+    }
+    if let Some(p) = var("OPSC_MASTER_PASSPHRASE") {
+        return Ok((Some(Keyring::from_passphrase(p.as_bytes())?), None));
+    }
+    let Some(ss) = store.secret_store() else {
+        return Ok((None, None));
+    };
+    if store.backend() != "sqlite" {
+        return Ok((None, None));
+    }
+    let Some(path) = sqlite_key_path(url) else {
+        // An in-memory database: a key that lives as long as it does.
+        let k = secrets::KeyBytes::generate()?;
+        return Ok((
+            Some(Keyring::from_keys([(1, k)], secrets::KeySource::Env)?),
+            None,
+        ));
+    };
+    if path.exists() {
+        return Ok((Some(Keyring::from_file(&path)?), None));
+    }
+    if ss
+        .key_records()
+        .await?
+        .iter()
+        .any(|r| r.retired_at.is_none())
+    {
+        return Err(Error::invalid(format!(
+            "the master key file {} is missing, but this database holds secrets encrypted with it; \
+             restore the file or point OPSC_MASTER_KEY_FILE at it",
+            path.display()
+        )));
+    }
+    let ring = Keyring::create_file(&path)?;
+    let notice = format!(
+        "generated a master key for secrets at {} (mode 0600) — back it up: without it the secrets in this database cannot be read",
+        path.display()
+    );
+    Ok((Some(ring), Some(notice)))
+}
+
+/// `sqlite://dir/ops.db` → `dir/ops.key`; `None` for in-memory databases.
+fn sqlite_key_path(url: &str) -> Option<std::path::PathBuf> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path.contains(":memory:") || path.starts_with("file::memory") {
+        return None;
+    }
+    Some(std::path::Path::new(path).with_extension("key"))
 }

@@ -40,6 +40,9 @@ pub struct RunArgs {
     /// Stream the output live, prefixed by target.
     #[arg(short, long)]
     follow: bool,
+    /// Only queue the run and print its id; `opsconductor worker` processes execute it.
+    #[arg(long, conflicts_with = "follow")]
+    detach: bool,
     /// Do not prefix output lines with the target name.
     #[arg(long)]
     no_prefix: bool,
@@ -70,7 +73,7 @@ pub struct ExecArgs {
     command: Vec<String>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     opsconductor::duration::parse(s)
 }
 
@@ -168,12 +171,9 @@ fn load_files(arg: &Path) -> Result<Vec<(String, ApplyBatch)>, Error> {
         )?;
         return Ok(vec![("<stdin>".into(), b)]);
     }
-    let mut files = Vec::new();
-    if std::fs::metadata(arg).is_ok_and(|m| m.is_dir()) {
-        spec_files(arg, &mut files);
-    }
-    if files.is_empty() {
-        // A plain file, or a directory without job files: the core's
+    let files = opsconductor::spec::files(arg)?;
+    if files.len() <= 1 {
+        // A plain file, or a directory with one or no job files: the core's
         // loader reads it or says what is wrong.
         return Ok(vec![(
             arg.display().to_string(),
@@ -184,30 +184,6 @@ fn load_files(arg: &Path) -> Result<Vec<(String, ApplyBatch)>, Error> {
         .into_iter()
         .map(|f| Ok((f.display().to_string(), opsconductor::spec::load_path(&f)?)))
         .collect()
-}
-
-/// The `.yaml`, `.yml` and `.json` files under `dir`, sorted, recursively,
-/// skipping hidden names — as `spec::load_path` picks them.
-fn spec_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for e in entries {
-        let name = e.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') {
-            continue;
-        }
-        if e.is_dir() {
-            spec_files(&e, out);
-        } else if matches!(
-            e.extension().and_then(|x| x.to_str()),
-            Some("yaml" | "yml" | "json")
-        ) {
-            out.push(e);
-        }
-    }
 }
 
 /// Puts the file name in front of a validation error's field.
@@ -261,6 +237,18 @@ pub async fn run(oc: &Conductor, out: &Out, args: RunArgs) -> Result<u8, Error> 
     // leaving the run behind.
     let signals = Interrupts::listen()?;
     let run = oc.submit(req, &Actor::local_user()).await?;
+    if args.detach {
+        if out.json {
+            out.json(&run);
+        } else {
+            println!("{}", run.id);
+            out.note(&format!(
+                "queued; a worker will run it — follow with: opsconductor runs logs {} --follow",
+                run.id
+            ));
+        }
+        return Ok(exit::OK);
+    }
     drive(oc, out, run, signals, args.follow, !args.no_prefix).await
 }
 

@@ -1,6 +1,7 @@
 //! `opsconductor`: the command-line front end. It parses flags, calls the
 //! engine and prints; every rule lives in the core.
 
+mod admin;
 mod commands;
 mod output;
 
@@ -82,6 +83,20 @@ enum Cmd {
     /// Inspect targets.
     #[command(subcommand)]
     Targets(TargetsCmd),
+    /// Manage secrets: encrypted at rest, write-only, injected as environment variables.
+    #[command(subcommand)]
+    Secrets(admin::SecretsCmd),
+    /// Read the audit log (who did what, when).
+    Audit {
+        /// Only events about this object (e.g. `secret:db-password`).
+        #[arg(long)]
+        object: Option<String>,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Execute queued runs (and rescue runs whose worker died) until stopped.
+    Worker(admin::WorkerArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -208,8 +223,19 @@ fn init_tracing(verbose: u8) {
 }
 
 async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
-    let oc = opsconductor::open(&cli.global.database_url).await?;
+    let (builder, notice) = opsconductor::builder_with_notice(&cli.global.database_url).await?;
+    if let Some(n) = notice {
+        out.note(&n);
+    }
+    let builder = match &cli.command {
+        Cmd::Worker(w) => builder.lease(w.lease),
+        _ => builder,
+    };
+    let oc = builder.build().await?;
     match cli.command {
+        Cmd::Secrets(cmd) => admin::secrets(&oc, out, cmd).await,
+        Cmd::Audit { object, limit } => admin::audit(&oc, out, object, limit).await,
+        Cmd::Worker(args) => admin::worker(&oc, out, &args).await,
         Cmd::Apply { files, dry_run } => commands::apply(&oc, out, &files, dry_run).await,
         Cmd::Run(args) => commands::run(&oc, out, args).await,
         Cmd::Exec(args) => commands::exec(&oc, out, args).await,

@@ -105,6 +105,16 @@ impl Out {
         eprintln!("{label}: {e}");
     }
 
+    /// A warning on stderr.
+    pub fn warn(&self, msg: &str) {
+        let label = if self.color_err {
+            "\x1b[1;33mwarning\x1b[0m"
+        } else {
+            "warning"
+        };
+        eprintln!("{label}: {msg}");
+    }
+
     /// A note on stderr (never mixed into data on stdout).
     pub fn note(&self, msg: &str) {
         if self.color_err {

@@ -365,7 +365,6 @@ fn invalid_duration() {
 }
 
 #[test]
-#[ignore = "core bug: a bad duration is reported at the enclosing mapping's line (1:1 / the step's first line) and without the field name `timeout` (crates/core/src/model.rs opt_duration + spec.rs yaml_error)"]
 fn invalid_duration_names_its_line_and_field() {
     let env = Env::new();
     // `timeout: 5x` is on line 3, column 10.

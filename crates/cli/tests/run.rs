@@ -90,7 +90,6 @@ fn run_unknown_parameter() {
 }
 
 #[test]
-#[ignore = "core bug: an additionalProperties error is reported as field `params`, not `params.<name>` (crates/core/src/params.rs looks for a double-quoted name; jsonschema 0.60 writes ('colour' was unexpected))"]
 fn run_unknown_parameter_names_the_field() {
     let env = Env::new();
     env.apply_examples();
@@ -320,7 +319,6 @@ fn params_file_with_overrides() {
 }
 
 #[test]
-#[ignore = "core bug: a boolean parameter renders as `True`/`False` in exec/script steps (crates/core/src/template.rs scalar_or uses MiniJinja 3's Display), so `if {{ params.flag }}` runs a command named `True`"]
 fn boolean_parameter_renders_as_shell_true() {
     let env = Env::new();
     env.apply_yaml(

@@ -39,7 +39,21 @@ impl Env {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        // The master key file the embedded default would generate on first
+        // start, made in advance so that its one-time notice is not part of
+        // every test's output (the notice has its own test).
+        let key = dir.path().join("t.key");
+        std::fs::write(&key, "1 KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         Self { dir, url }
+    }
+
+    /// An environment without a pre-made master key file.
+    pub fn without_key() -> Self {
+        let env = Self::new();
+        std::fs::remove_file(env.path().join("t.key")).unwrap();
+        env
     }
 
     pub fn path(&self) -> &Path {
@@ -57,6 +71,9 @@ impl Env {
             .env_remove("OPSC_DATABASE_URL")
             .env_remove("OPSC_LOG")
             .env_remove("NO_COLOR")
+            .env_remove("OPSC_MASTER_KEY")
+            .env_remove("OPSC_MASTER_KEY_FILE")
+            .env_remove("OPSC_MASTER_PASSPHRASE")
             .args(["--database-url", &self.url, "--color", "never"])
             .args(args)
             .timeout(HANG_GUARD);
@@ -75,6 +92,9 @@ impl Env {
             .env_remove("OPSC_DATABASE_URL")
             .env_remove("OPSC_LOG")
             .env_remove("NO_COLOR")
+            .env_remove("OPSC_MASTER_KEY")
+            .env_remove("OPSC_MASTER_KEY_FILE")
+            .env_remove("OPSC_MASTER_PASSPHRASE")
             .args(["--database-url", &self.url, "--color", "never"])
             .args(args);
         c
