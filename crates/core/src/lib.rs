@@ -19,7 +19,7 @@ pub mod spec;
 pub mod template;
 
 pub use engine::{
-    Conductor, ConductorBuilder, Config, ExecRequest, LogStream, MAX_SECRET_BYTES, RotationReport, RunDetail, SecretInfo,
-    SetSecret, SetSecretOutcome, SubmitRequest,
+    Conductor, ConductorBuilder, Config, ExecRequest, LogStream, MAX_SECRET_BYTES, RotationReport,
+    RunDetail, SecretInfo, SetSecret, SetSecretOutcome, SubmitRequest,
 };
 pub use model::*;

@@ -219,7 +219,21 @@ pub(crate) async fn execute_run(inner: Arc<Inner>, run: Run) {
         done.clone(),
     ));
 
-    let start_seq = inner.store.last_log_seq(id).await.unwrap_or(0);
+    // The next log `seq` continues the run's log (after a rescue too). If it
+    // cannot be read even after retrying, leave the run for rescue rather
+    // than number output twice.
+    let Ok(start_seq) = persist(&inner, "reading the run's log position", || {
+        inner.store.last_log_seq(id)
+    })
+    .await
+    else {
+        done.cancel();
+        let _ = watcher.await;
+        if let Ok(mut a) = inner.active.lock() {
+            a.remove(&id);
+        }
+        return;
+    };
     // Targets and secrets first: the log writer must know every secret value
     // before the first byte of output.
     let prepared = prepare(&inner, &run).await;
@@ -265,11 +279,13 @@ pub(crate) async fn execute_run(inner: Arc<Inner>, run: Run) {
         tracing::warn!(run = %id, "lost the lease; another worker owns this run now");
         return;
     }
-    match inner
-        .store
-        .finish_run(id, &worker, attempt, status, error.as_deref())
-        .await
-    {
+    let finished = persist(&inner, "recording the end of the run", || {
+        inner
+            .store
+            .finish_run(id, &worker, attempt, status, error.as_deref())
+    })
+    .await;
+    match finished {
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!(run = %id, "run was taken over before it finished; result not recorded")
@@ -277,6 +293,32 @@ pub(crate) async fn execute_run(inner: Arc<Inner>, run: Run) {
         Err(e) => tracing::error!(run = %id, error = %e, "recording the end of the run failed"),
     }
     inner.publish(Event::Updated(id));
+}
+
+/// Retries a store write through a database outage (a restart, a failover):
+/// with backoff, for up to one lease length. Writes are guarded by owner and
+/// attempt, so a retry after the lease was lost changes nothing.
+async fn persist<T, F, Fut>(inner: &Inner, what: &str, mut op: F) -> crate::error::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::error::Result<T>>,
+{
+    let give_up = Instant::now() + inner.config.lease;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e)
+                if e.kind() == crate::error::ErrorKind::Store
+                    && Instant::now() + wait < give_up =>
+            {
+                tracing::warn!(error = %e, "{what} failed; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Heartbeats the lease and watches for cancellation until `done`.
@@ -382,20 +424,9 @@ async fn write_logs(
         if batch.is_empty() {
             continue;
         }
-        let mut tries = 0;
-        loop {
-            match inner.store.append_logs(&batch).await {
-                Ok(()) => break,
-                Err(e) if tries < 5 => {
-                    tries += 1;
-                    tracing::warn!(run = %id, error = %e, "storing output failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
-                }
-                Err(e) => {
-                    tracing::error!(run = %id, error = %e, "output lost: the store keeps failing");
-                    break;
-                }
-            }
+        if let Err(e) = persist(&inner, "storing output", || inner.store.append_logs(&batch)).await
+        {
+            tracing::error!(run = %id, error = %e, "output lost: the store keeps failing");
         }
         batch.clear();
         inner.publish(Event::Log(id, seq));
@@ -872,7 +903,11 @@ async fn record(
         started_at: started,
         finished_at: (status != StepStatus::Running).then(Utc::now),
     };
-    if let Err(e) = st.inner.store.put_step_result(&r).await {
+    if let Err(e) = persist(&st.inner, "recording a step result", || {
+        st.inner.store.put_step_result(&r)
+    })
+    .await
+    {
         tracing::error!(run = %st.run.id, worker = %st.worker, error = %e, "recording a step result failed");
     }
     st.inner.publish(Event::Updated(st.run.id));
