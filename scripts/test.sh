@@ -1,30 +1,51 @@
 #!/usr/bin/env bash
-# The one test command (CI runs exactly this): installs what the tests need
-# when it is missing, then checks formatting, lints, runs every test and the
-# examples. Usage: scripts/test.sh
+# The one test command (CI runs exactly this). It installs what the tests
+# need when it is missing — OpenSSH's sshd, the PostgreSQL 15 server
+# binaries, the Rust components — then checks formatting and lints, runs
+# every Rust test (real SQLite, PostgreSQL, sshd and Docker engine), the
+# examples, and the Python module's tests.
+#
+# Usage: scripts/test.sh            (as root on a fresh machine, or with sudo rights)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# --- what the tests need --------------------------------------------------
-need_rust_component() {
-  if ! cargo "$1" --version >/dev/null 2>&1; then
-    say "installing rust component $2"
-    rustup component add "$2"
+# --- what the tests need ----------------------------------------------------
+apt_updated=""
+apt_install() {
+  say "installing $*"
+  # Packages must not start their own services (sshd, postgresql) here.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod +x /usr/sbin/policy-rc.d
   fi
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
 }
-need_rust_component fmt rustfmt
-need_rust_component clippy clippy
-# The local executor's tests use POSIX sh, coreutils and python3 (script steps).
-for tool in sh sleep python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: install it (apt-get install -y $tool)"; exit 1; }
+
+for c in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+    say "installing rust component $c"; rustup component add "$c"
+  fi
 done
+[ -x /usr/sbin/sshd ] || apt_install openssh-server
+as_root mkdir -p -m755 /run/sshd
+command -v ssh-keygen >/dev/null || apt_install openssh-client
+[ -x /usr/lib/postgresql/15/bin/initdb ] || apt_install postgresql-15
+command -v runuser >/dev/null || apt_install util-linux
+id postgres >/dev/null 2>&1 || as_root useradd --system --home /var/lib/postgresql --shell /bin/sh postgres
+for tool in sh sleep md5sum base64 python3 docker; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: install it first" >&2; exit 1; }
+done
+docker info >/dev/null 2>&1 || { echo "the Docker engine is not reachable (docker info failed)" >&2; exit 1; }
 
 # Tests must not inherit a developer's configuration.
-unset OPSC_DATABASE_URL OPSC_LOG || true
+unset OPSC_DATABASE_URL OPSC_LOG OPSC_MASTER_KEY OPSC_MASTER_KEY_FILE OPSC_MASTER_PASSPHRASE || true
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-always}"
 
+# --- checks and tests ----------------------------------------------------------
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -36,5 +57,10 @@ cargo test --workspace --all-features
 
 say "examples"
 cargo run --quiet --all-features --example embed
+
+if [ -x crates/python/scripts/test.sh ]; then
+  say "Python module (wheel, pytest, mypy --strict)"
+  crates/python/scripts/test.sh
+fi
 
 say "all green"
