@@ -13,6 +13,10 @@ pub enum ErrorKind {
     NotFound,
     /// The request conflicts with the current state (e.g. a deprecated job).
     Conflict,
+    /// The caller is not allowed to do this.
+    Forbidden,
+    /// The caller could not be identified (bad credentials, expired token).
+    Unauthenticated,
     /// The store failed (database unreachable, corrupt, …).
     Store,
     /// An executor failed to reach or drive a target.
@@ -46,6 +50,12 @@ pub enum Error {
     /// The request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// The caller's role does not allow this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Bad or missing credentials.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// The persistence layer failed.
     #[error("store error: {0}")]
     Store(String),
@@ -94,6 +104,8 @@ impl Error {
             Error::Validation { .. } => ErrorKind::Validation,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Conflict(_) => ErrorKind::Conflict,
+            Error::Forbidden(_) => ErrorKind::Forbidden,
+            Error::Unauthenticated(_) => ErrorKind::Unauthenticated,
             Error::Store(_) => ErrorKind::Store,
             Error::Executor(_) => ErrorKind::Executor,
             Error::Internal(_) => ErrorKind::Internal,

@@ -9,6 +9,7 @@ pub mod model;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result};
+pub mod auth;
 pub mod bus;
 pub mod engine;
 pub mod mask;
@@ -19,7 +20,8 @@ pub mod spec;
 pub mod template;
 
 pub use engine::{
-    Conductor, ConductorBuilder, Config, ExecRequest, LogStream, MAX_SECRET_BYTES, RotationReport,
-    RunDetail, SecretInfo, SetSecret, SetSecretOutcome, SubmitRequest,
+    AuditVerification, Conductor, ConductorBuilder, Config, ExecRequest, LogStream, Login,
+    MAX_SECRET_BYTES, RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome,
+    SubmitRequest,
 };
 pub use model::*;

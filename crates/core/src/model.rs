@@ -588,17 +588,50 @@ pub struct LogChunk {
     pub time: DateTime<Utc>,
 }
 
-/// Who does something: recorded on runs and (later) in the audit log.
+/// Who does something: recorded on runs and in the audit log.
+///
+/// An actor with a `role` is held to the permission matrix
+/// ([`crate::auth::MATRIX`]) by every engine call; an actor without one is
+/// trusted (the local CLI, a Rust or Python program on the database itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     /// User or service name.
     pub name: String,
+    /// The role checked against the permission matrix; `None`: trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::auth::Role>,
+    /// How it authenticated (`password`, `api_token`, `local`), for the audit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// Where the request came from (an IP address), for the audit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The request id, propagated to runs and audit events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Actor {
-    /// An actor with a name.
+    /// A trusted actor with a name.
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into() }
+        Self {
+            name: name.into(),
+            role: None,
+            via: None,
+            source: None,
+            request_id: None,
+        }
+    }
+
+    /// An authenticated user held to the permission matrix.
+    pub fn user(name: impl Into<String>, role: crate::auth::Role, via: &str) -> Self {
+        Self {
+            name: name.into(),
+            role: Some(role),
+            via: Some(via.into()),
+            source: None,
+            request_id: None,
+        }
     }
 
     /// The local user running the process (`$USER`), for the CLI and embedders.
@@ -606,7 +639,28 @@ impl Actor {
         let name = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
             .unwrap_or_else(|_| "local".into());
-        Self { name }
+        Self {
+            via: Some("local".into()),
+            ..Self::new(name)
+        }
+    }
+
+    /// Fails unless this actor may do `perm` (trusted actors may do anything).
+    pub fn require(&self, perm: crate::auth::Permission) -> crate::error::Result<()> {
+        match self.role {
+            Some(role) => crate::auth::require(role, perm),
+            None => Ok(()),
+        }
+    }
+
+    /// Who and how, for audit event details.
+    pub fn audit_detail(&self) -> serde_json::Value {
+        serde_json::json!({
+            "role": self.role.map(|r| r.as_str()).unwrap_or("trusted"),
+            "via": self.via,
+            "source": self.source,
+            "request_id": self.request_id,
+        })
     }
 }
 
@@ -688,9 +742,19 @@ pub struct AuditEvent {
     pub action: String,
     /// Which object (`secret:db-password`, `run:ID`).
     pub object: String,
-    /// Details (run, step, target, …). Never a secret value.
+    /// Details (run, step, target, role, auth method, source IP, request id,
+    /// outcome …). Never a secret value.
     #[serde(default)]
     pub detail: serde_json::Value,
+    /// Position in the log (set by the store).
+    #[serde(default)]
+    pub seq: u64,
+    /// Hash of the previous event (set by the store; empty for the first).
+    #[serde(default)]
+    pub prev_hash: String,
+    /// `SHA-256(prev_hash | canonical event)` (set by the store).
+    #[serde(default)]
+    pub hash: String,
 }
 
 impl AuditEvent {
@@ -707,6 +771,29 @@ impl AuditEvent {
             action: action.to_string(),
             object: object.into(),
             detail,
+            seq: 0,
+            prev_hash: String::new(),
+            hash: String::new(),
         }
+    }
+
+    /// The chain hash of this event after `prev_hash`: SHA-256 over the
+    /// previous hash and the event's content (time to the microsecond,
+    /// actor, action, object, detail as JSON), each length-prefixed; hex.
+    pub fn chain_hash(&self, prev_hash: &str) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [
+            prev_hash,
+            &self.time.timestamp_micros().to_string(),
+            &self.actor,
+            &self.action,
+            &self.object,
+            &self.detail.to_string(),
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        hex::encode(h.finalize())
     }
 }

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::auth::{ApiToken, RefreshToken, RefreshUse, User};
 use crate::bus::Event;
 use crate::error::Result;
 use crate::model::{AuditEvent, Job, JobSpec, LogChunk, Run, RunId, RunStatus, StepResult, Target};
@@ -203,6 +204,49 @@ pub trait Store: TargetStore + JobStore + RunStore + LogStore {
     fn audit_store(&self) -> Option<&dyn AuditStore> {
         None
     }
+
+    /// The backend's users, logins and API tokens, if it has them.
+    fn user_store(&self) -> Option<&dyn UserStore> {
+        None
+    }
+}
+
+/// Users, login (refresh-token) families and API tokens. Tokens are stored
+/// as hashes only.
+///
+/// Rules: `create_user` fails with `Conflict` if the name exists;
+/// `use_refresh_token` is atomic — of two concurrent uses of one token
+/// exactly one gets `Fresh`, and a second use of a used token revokes the
+/// whole family and answers `Reused`; tokens of a revoked family, expired
+/// tokens and unknown tokens are `Invalid`.
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Stores a new user.
+    async fn create_user(&self, user: &User) -> Result<()>;
+    /// One user.
+    async fn get_user(&self, username: &str) -> Result<Option<User>>;
+    /// All users, by name.
+    async fn list_users(&self) -> Result<Vec<User>>;
+    /// Replaces role, disabled flag, password hash and its change time; false if no such user.
+    async fn update_user(&self, user: &User) -> Result<bool>;
+    /// Stores a new refresh token of a family.
+    async fn put_refresh_token(&self, token: &RefreshToken) -> Result<()>;
+    /// Presents a refresh token (by hash) at `now`; see the trait rules.
+    async fn use_refresh_token(&self, token_hash: &str, now: DateTime<Utc>) -> Result<RefreshUse>;
+    /// Revokes a login family (logout; reuse detection).
+    async fn revoke_family(&self, family: &str) -> Result<()>;
+    /// True if the family was revoked (its access tokens are void too).
+    async fn is_family_revoked(&self, family: &str) -> Result<bool>;
+    /// Revokes every family of a user (password change, disabling).
+    async fn revoke_user_families(&self, username: &str) -> Result<()>;
+    /// Stores a new API token.
+    async fn create_api_token(&self, token: &ApiToken) -> Result<()>;
+    /// One API token by id.
+    async fn get_api_token(&self, id: &str) -> Result<Option<ApiToken>>;
+    /// API tokens, of one user or all.
+    async fn list_api_tokens(&self, username: Option<&str>) -> Result<Vec<ApiToken>>;
+    /// Revokes an API token; false if unknown or already revoked.
+    async fn revoke_api_token(&self, id: &str, now: DateTime<Utc>) -> Result<bool>;
 }
 
 /// Encrypted secrets, their change history (never old values) and the master
@@ -242,11 +286,19 @@ pub trait SecretStore: Send + Sync {
     async fn retire_key(&self, version: u32) -> Result<bool>;
 }
 
-/// The audit log: who did what to which object, when.
+/// The audit log: who did what to which object, when — a hash chain.
+///
+/// Rules: `append_audit` assigns the next `seq`, sets `prev_hash` to the
+/// hash of the event before (empty for the first) and `hash` to
+/// [`AuditEvent::chain_hash`], serialised across processes so the chain
+/// stays linear; `all_audit` returns every event in `seq` order as stored
+/// (so a verifier can detect edits, deletions and reordering).
 #[async_trait]
 pub trait AuditStore: Send + Sync {
-    /// Appends an event.
+    /// Appends an event, extending the chain.
     async fn append_audit(&self, event: &AuditEvent) -> Result<()>;
+    /// Events with `seq > after`, in `seq` order, at most `limit` (for verification and export).
+    async fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEvent>>;
     /// Events, newest first, optionally only for one object, at most `limit` (0: 100).
     async fn list_audit(&self, object: Option<&str>, limit: usize) -> Result<Vec<AuditEvent>>;
 }

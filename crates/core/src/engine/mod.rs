@@ -2,8 +2,11 @@
 //! stores definitions, submits runs, runs workers that claim them under a
 //! lease, and streams their logs.
 
+mod auth;
 mod secrets;
 mod worker;
+
+pub use auth::{AuditVerification, Login, token_hash};
 
 pub use secrets::{MAX_SECRET_BYTES, RotationReport, SecretInfo, SetSecret, SetSecretOutcome};
 
@@ -373,8 +376,36 @@ impl Conductor {
     /// Validates every target and job of `batch`, then stores all of them in
     /// one transaction — or nothing, if any is invalid.
     pub async fn apply(&self, batch: &ApplyBatch, actor: &Actor) -> Result<Vec<ApplyItem>> {
+        if !batch.jobs.is_empty() {
+            actor.require(crate::auth::Permission::ManageJobs)?;
+        }
+        if !batch.targets.is_empty() {
+            actor.require(crate::auth::Permission::ManageTargets)?;
+        }
         self.validate(batch)?;
-        self.inner.store.apply(batch, &actor.name).await
+        let items = self.inner.store.apply(batch, &actor.name).await?;
+        for i in &items {
+            if i.action != crate::store::ApplyAction::Unchanged {
+                let action = format!(
+                    "{}.{}",
+                    i.kind,
+                    if i.action == crate::store::ApplyAction::Created {
+                        "create"
+                    } else {
+                        "update"
+                    }
+                );
+                self.inner
+                    .audit_as(
+                        actor,
+                        &action,
+                        format!("{}:{}", i.kind, i.name),
+                        serde_json::json!({"version": i.version}),
+                    )
+                    .await;
+            }
+        }
+        Ok(items)
     }
 
     /// Checks a batch the way [`Conductor::apply`] does, without storing anything.
@@ -476,6 +507,7 @@ impl Conductor {
     /// schema, the targets against the selector, every template against each
     /// target. Nothing is queued if anything is wrong.
     pub async fn submit(&self, req: SubmitRequest, actor: &Actor) -> Result<Run> {
+        actor.require(crate::auth::Permission::Run)?;
         let job = self.job(&req.job, req.version).await?;
         if job.spec.status == JobStatus::Deprecated {
             return Err(Error::Conflict(format!(
@@ -494,6 +526,7 @@ impl Conductor {
 
     /// Queues an ad-hoc command (listed under the job name `exec`).
     pub async fn submit_exec(&self, req: ExecRequest, actor: &Actor) -> Result<Run> {
+        actor.require(crate::auth::Permission::Run)?;
         if req.command.trim().is_empty() {
             return Err(Error::validation("command", "empty command"));
         }
@@ -583,6 +616,9 @@ impl Conductor {
         };
         self.inner.store.insert_run(&run).await?;
         self.inner.publish(Event::Queued(run.id));
+        self.inner
+            .audit_as(actor, "run.submit", format!("run:{}", run.id), serde_json::json!({"job": run.job, "version": run.job_version, "targets": run.targets}))
+            .await;
         Ok(run)
     }
 
@@ -636,7 +672,8 @@ impl Conductor {
 
     /// Asks a run to stop. A queued run is cancelled at once; a running one is
     /// stopped by its worker (processes killed) within moments.
-    pub async fn cancel(&self, id: RunId, _actor: &Actor) -> Result<Run> {
+    pub async fn cancel(&self, id: RunId, actor: &Actor) -> Result<Run> {
+        actor.require(crate::auth::Permission::Cancel)?;
         let run = self
             .inner
             .store
@@ -649,6 +686,14 @@ impl Conductor {
             token.cancel();
         }
         self.inner.publish(Event::CancelRequested(id));
+        self.inner
+            .audit_as(
+                actor,
+                "run.cancel",
+                format!("run:{id}"),
+                serde_json::json!({"status": run.status}),
+            )
+            .await;
         self.inner.publish(Event::Updated(id));
         Ok(run)
     }

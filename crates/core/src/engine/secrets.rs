@@ -182,6 +182,22 @@ fn random_salt() -> Result<Vec<u8>> {
 }
 
 impl Inner {
+    /// Records an audit event by `actor`, with who/how/where merged into `detail`.
+    pub(crate) async fn audit_as(
+        &self,
+        actor: &Actor,
+        action: &str,
+        object: String,
+        detail: serde_json::Value,
+    ) {
+        let mut d = actor.audit_detail();
+        if let (Some(m), serde_json::Value::Object(extra)) = (d.as_object_mut(), detail) {
+            m.extend(extra);
+        }
+        self.audit(AuditEvent::now(&actor.name, action, object, d))
+            .await;
+    }
+
     pub(crate) async fn audit(&self, ev: AuditEvent) {
         if let Some(a) = self.store.audit_store()
             && let Err(e) = a.append_audit(&ev).await
@@ -299,6 +315,7 @@ impl Conductor {
     /// Creates or updates a secret. The value is encrypted before it leaves
     /// this call and is never returned by anything.
     pub async fn set_secret(&self, req: SetSecret, actor: &Actor) -> Result<SetSecretOutcome> {
+        actor.require(crate::auth::Permission::ManageSecrets)?;
         crate::spec::check_name("secret", &req.name)?;
         if let Some(k) = &req.kind
             && !SECRET_KINDS.contains(&k.as_str())
@@ -451,6 +468,7 @@ impl Conductor {
 
     /// Deletes a secret. Refused while jobs or targets use it, unless `force`.
     pub async fn delete_secret(&self, name: &str, force: bool, actor: &Actor) -> Result<()> {
+        actor.require(crate::auth::Permission::ManageSecrets)?;
         let info = self.secret(name).await?;
         if !force && (!info.used_by_jobs.is_empty() || !info.used_by_targets.is_empty()) {
             return Err(Error::Conflict(format!(
@@ -479,6 +497,7 @@ impl Conductor {
     /// Re-encrypts every secret with a new master key version. Resumable: if
     /// interrupted, run it again and it finishes the same rotation.
     pub async fn rotate_key(&self, actor: &Actor) -> Result<RotationReport> {
+        actor.require(crate::auth::Permission::ManageKeys)?;
         let ss = store_of(&self.inner)?;
         let mut guard = self.inner.keyring.write().await;
         let ring = guard
@@ -562,6 +581,7 @@ impl Conductor {
 
     /// Retires an old master key version once no secret uses it.
     pub async fn retire_key(&self, version: u32, actor: &Actor) -> Result<()> {
+        actor.require(crate::auth::Permission::ManageKeys)?;
         let ss = store_of(&self.inner)?;
         let mut guard = self.inner.keyring.write().await;
         let ring = guard
