@@ -1,7 +1,8 @@
 //! Helpers every backend shares: error context for database failures, the
-//! conversions between model values and column values, and the limits the
-//! trait leaves to the backend.
+//! conversions between model values and column values, the limits the
+//! trait leaves to the backend, and the checks `apply` makes on a batch.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -15,6 +16,10 @@ pub(crate) const MAX_LIST_LIMIT: usize = 1000;
 pub(crate) const DEFAULT_LOG_LIMIT: usize = 1000;
 
 /// Names the operation that failed, so a database error says what was being done.
+#[cfg_attr(
+    not(feature = "sqlite"),
+    allow(dead_code, reason = "PostgreSQL names its server in errors instead")
+)]
 pub(crate) trait Context<T> {
     /// Turns a database error into [`Error::Store`] prefixed with `op` ("claiming runs: …").
     fn ctx(self, op: &str) -> Result<T>;
@@ -82,6 +87,30 @@ pub(crate) fn like_escape(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// Rejects an empty name or one already seen in this batch.
+pub(crate) fn check_name(
+    field: &str,
+    kind: &str,
+    name: &str,
+    seen: &mut HashSet<String>,
+) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(Error::validation(field, format!("a {kind} needs a name")));
+    }
+    if !seen.insert(name.to_string()) {
+        return Err(Error::validation(
+            field,
+            format!("{kind} '{name}' appears more than once in the batch"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a stored JSON text equals a value (compared as JSON, not as text).
+pub(crate) fn same_json(stored: &str, value: &serde_json::Value) -> bool {
+    serde_json::from_str::<serde_json::Value>(stored).is_ok_and(|old| &old == value)
 }
 
 #[cfg(test)]

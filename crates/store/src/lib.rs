@@ -3,10 +3,13 @@
 //!
 //! - [`SqliteStore`] (feature `sqlite`, the default): one file, nothing to set
 //!   up; several processes on one host may share it.
-//! - PostgreSQL (feature `postgres`): not built yet.
+//! - `PostgresStore` (feature `postgres`): one database shared by any number
+//!   of processes and hosts: the queue (`FOR UPDATE SKIP LOCKED`) and the
+//!   cross-process wake-up channel (`LISTEN`/`NOTIFY`).
 //!
-//! Every backend passes the one behaviour suite, [`behaviour`] (feature
-//! `testing`), run by [`store_behaviour_suite!`].
+//! Every backend passes the one behaviour suite, `behaviour` (feature
+//! `testing`), run by `store_behaviour_suite!`. With `testing` and
+//! `postgres`, `testing::pg` starts throwaway PostgreSQL servers for tests.
 //!
 //! ```no_run
 //! # async fn demo() -> opsconductor_core::Result<()> {
@@ -21,16 +24,32 @@ use opsconductor_core::store::Store;
 use opsconductor_core::{Error, Result};
 
 #[cfg_attr(
-    not(feature = "sqlite"),
+    not(any(feature = "sqlite", feature = "postgres")),
     allow(dead_code, reason = "only the backends use these helpers")
 )]
 mod common;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(
+        dead_code,
+        unused_imports,
+        unused_macros,
+        reason = "only the backends use these helpers"
+    )
+)]
+mod rows;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 #[cfg(feature = "testing")]
 pub mod behaviour;
+#[cfg(feature = "testing")]
+pub mod testing;
 
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
@@ -82,8 +101,8 @@ fn scheme(url: &str) -> Option<&str> {
 }
 
 /// Opens the store a URL names: `sqlite://PATH`, `sqlite:PATH`,
-/// `sqlite::memory:` or a plain path → SQLite; `postgres://…` → PostgreSQL
-/// (when built in). Migrations are applied on open.
+/// `sqlite::memory:` or a plain path → SQLite; `postgres://…` or
+/// `postgresql://…` → PostgreSQL (when built in). Migrations are applied on open.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     match Backend::from_url(url)? {
         #[cfg(feature = "sqlite")]
@@ -93,6 +112,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
             "database url",
             "SQLite support is not built in (feature `sqlite`)",
         )),
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => Ok(Arc::new(PostgresStore::open(url).await?)),
+        #[cfg(not(feature = "postgres"))]
         Backend::Postgres => Err(Error::validation(
             "database url",
             "PostgreSQL support is not built in (feature `postgres`)",
@@ -130,6 +152,7 @@ mod tests {
         );
     }
 
+    #[cfg(not(feature = "postgres"))]
     #[tokio::test]
     async fn postgres_is_not_built_in() {
         let err = open("postgres://localhost/oc")

@@ -29,11 +29,11 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
 use self::open::Location;
-use self::rows::{job_columns, log_columns, run_columns, step_columns};
 use crate::common::{
-    Context, DEFAULT_LIST_LIMIT, DEFAULT_LOG_LIMIT, MAX_LIST_LIMIT, lease_end, like_escape,
-    limit_or, micros, seq_to_i64,
+    Context, DEFAULT_LIST_LIMIT, DEFAULT_LOG_LIMIT, MAX_LIST_LIMIT, check_name, lease_end,
+    like_escape, limit_or, micros, same_json, seq_to_i64,
 };
+use crate::rows::{job_columns, log_columns, run_columns, step_columns};
 
 /// Log chunks per `INSERT` statement (7 parameters each, far below SQLite's limit).
 const LOG_ROWS_PER_INSERT: usize = 200;
@@ -237,9 +237,9 @@ impl JobStore for SqliteStore {
 #[async_trait]
 impl RunStore for SqliteStore {
     async fn insert_run(&self, run: &Run) -> Result<()> {
-        let spec = rows::to_json("run spec", &run.spec)?;
-        let params = rows::to_json("run parameters", &run.params)?;
-        let targets = rows::to_json("run targets", &run.targets)?;
+        let spec = crate::rows::to_json("run spec", &run.spec)?;
+        let params = crate::rows::to_json("run parameters", &run.params)?;
+        let targets = crate::rows::to_json("run targets", &run.targets)?;
         let _w = self.writer().await;
         sqlx::query(concat!(
             "INSERT INTO runs (",
@@ -296,7 +296,7 @@ impl RunStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .ctx("finding runs by id prefix")?;
-        ids.iter().map(|id| rows::run_id(id)).collect()
+        ids.iter().map(|id| crate::rows::run_id(id)).collect()
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
@@ -752,23 +752,4 @@ async fn apply_job(
     .await
     .ctx(op)?;
     Ok((action, version))
-}
-
-/// Rejects an empty name or one already seen in this batch.
-fn check_name(field: &str, kind: &str, name: &str, seen: &mut HashSet<String>) -> Result<()> {
-    if name.trim().is_empty() {
-        return Err(Error::validation(field, format!("a {kind} needs a name")));
-    }
-    if !seen.insert(name.to_string()) {
-        return Err(Error::validation(
-            field,
-            format!("{kind} '{name}' appears more than once in the batch"),
-        ));
-    }
-    Ok(())
-}
-
-/// Whether a stored JSON text equals a value (compared as JSON, not as text).
-fn same_json(stored: &str, value: &serde_json::Value) -> bool {
-    serde_json::from_str::<serde_json::Value>(stored).is_ok_and(|old| &old == value)
 }

@@ -1,0 +1,172 @@
+//! Turning database rows into model values, shared by every backend: the
+//! column lists the queries use, and [`row_decoders!`], which writes the
+//! decoding functions for one backend's row type.
+//!
+//! Both backends store the same column meanings (ids and JSON as text,
+//! timestamps as integer microseconds, log data as bytes), so one set of
+//! decoders serves both; only the row type differs.
+
+use opsconductor_core::model::RunId;
+use opsconductor_core::{Error, Result};
+use uuid::Uuid;
+
+use crate::common::corrupt;
+
+/// The columns `run` reads, in `SELECT` and `RETURNING` clauses.
+macro_rules! run_columns {
+    () => {
+        "id, job, job_version, spec, params, targets, status, requested_by, attempt, worker, \
+         lease_until, cancel_requested, error, created_at, started_at, finished_at"
+    };
+}
+pub(crate) use run_columns;
+
+/// The columns `job` reads.
+macro_rules! job_columns {
+    () => {
+        "version, spec, created_at, created_by"
+    };
+}
+pub(crate) use job_columns;
+
+/// The columns `step_result` reads.
+macro_rules! step_columns {
+    () => {
+        "run_id, step, target, status, exit_code, signal, error, attempt, started_at, finished_at"
+    };
+}
+pub(crate) use step_columns;
+
+/// The columns `log_chunk` reads.
+macro_rules! log_columns {
+    () => {
+        "run_id, seq, step, target, stream, data, time"
+    };
+}
+pub(crate) use log_columns;
+
+/// A model value encoded for a JSON (text) column.
+pub(crate) fn to_json<T: serde::Serialize>(what: &str, value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Internal(format!("encoding {what}: {e}")))
+}
+
+/// A run id stored as text.
+pub(crate) fn run_id(text: &str) -> Result<RunId> {
+    Uuid::parse_str(text)
+        .map(RunId)
+        .map_err(|e| corrupt("run id", format!("'{text}': {e}")))
+}
+
+/// Writes, for one backend's row type, the functions that decode rows of
+/// [`run_columns!`], [`job_columns!`], [`step_columns!`] and
+/// [`log_columns!`] (`run`, `job`, `step_result`, `log_chunk`), and `json`
+/// for a single JSON column. Invoked once per backend in its `rows` module.
+macro_rules! row_decoders {
+    ($row:ty, $db:ty) => {
+        use opsconductor_core::Error as __Error;
+        use opsconductor_core::model::{Job, LogChunk, Run, StepResult};
+        use sqlx::Row as _;
+
+        use $crate::common::{corrupt, from_micros, from_micros_opt, to_u32};
+        use $crate::rows::run_id;
+
+        /// A column, with a store error naming it when it cannot be read.
+        fn get<'r, T>(row: &'r $row, column: &str) -> opsconductor_core::Result<T>
+        where
+            T: sqlx::Decode<'r, $db> + sqlx::Type<$db>,
+        {
+            row.try_get(column)
+                .map_err(|e| corrupt(&format!("value in column `{column}`"), e))
+        }
+
+        /// A JSON column decoded into a model type.
+        pub(super) fn json<T: serde::de::DeserializeOwned>(
+            row: &$row,
+            column: &str,
+        ) -> opsconductor_core::Result<T> {
+            let text: String = get(row, column)?;
+            serde_json::from_str(&text)
+                .map_err(|e| corrupt(&format!("JSON in column `{column}`"), e))
+        }
+
+        /// A status-like column parsed with the model's `FromStr`.
+        fn parsed<T: std::str::FromStr<Err = __Error>>(
+            row: &$row,
+            column: &str,
+        ) -> opsconductor_core::Result<T> {
+            let text: String = get(row, column)?;
+            text.parse()
+                .map_err(|e| corrupt(&format!("value in column `{column}`"), e))
+        }
+
+        /// A row of `run_columns!`.
+        pub(super) fn run(row: &$row) -> opsconductor_core::Result<Run> {
+            let id: String = get(row, "id")?;
+            Ok(Run {
+                id: run_id(&id)?,
+                job: get(row, "job")?,
+                job_version: get::<Option<i64>>(row, "job_version")?
+                    .map(|v| to_u32("job version", v))
+                    .transpose()?,
+                spec: json(row, "spec")?,
+                params: json(row, "params")?,
+                targets: json(row, "targets")?,
+                status: parsed(row, "status")?,
+                requested_by: get(row, "requested_by")?,
+                attempt: to_u32("attempt", get(row, "attempt")?)?,
+                worker: get(row, "worker")?,
+                lease_until: from_micros_opt(get(row, "lease_until")?)?,
+                cancel_requested: get(row, "cancel_requested")?,
+                error: get(row, "error")?,
+                created_at: from_micros(get(row, "created_at")?)?,
+                started_at: from_micros_opt(get(row, "started_at")?)?,
+                finished_at: from_micros_opt(get(row, "finished_at")?)?,
+            })
+        }
+
+        /// A row of `job_columns!`.
+        pub(super) fn job(row: &$row) -> opsconductor_core::Result<Job> {
+            Ok(Job {
+                version: to_u32("job version", get(row, "version")?)?,
+                spec: json(row, "spec")?,
+                created_at: from_micros(get(row, "created_at")?)?,
+                created_by: get(row, "created_by")?,
+            })
+        }
+
+        /// A row of `step_columns!`.
+        pub(super) fn step_result(row: &$row) -> opsconductor_core::Result<StepResult> {
+            let id: String = get(row, "run_id")?;
+            Ok(StepResult {
+                run_id: run_id(&id)?,
+                step: to_u32("step index", get(row, "step")?)?,
+                target: get(row, "target")?,
+                status: parsed(row, "status")?,
+                exit_code: get(row, "exit_code")?,
+                signal: get(row, "signal")?,
+                error: get(row, "error")?,
+                attempt: to_u32("attempt", get(row, "attempt")?)?,
+                started_at: from_micros(get(row, "started_at")?)?,
+                finished_at: from_micros_opt(get(row, "finished_at")?)?,
+            })
+        }
+
+        /// A row of `log_columns!`.
+        pub(super) fn log_chunk(row: &$row) -> opsconductor_core::Result<LogChunk> {
+            let id: String = get(row, "run_id")?;
+            let seq: i64 = get(row, "seq")?;
+            Ok(LogChunk {
+                run_id: run_id(&id)?,
+                seq: u64::try_from(seq).map_err(|_| corrupt("log sequence number", seq))?,
+                step: get::<Option<i64>>(row, "step")?
+                    .map(|v| to_u32("step index", v))
+                    .transpose()?,
+                target: get(row, "target")?,
+                stream: parsed(row, "stream")?,
+                data: get(row, "data")?,
+                time: from_micros(get(row, "time")?)?,
+            })
+        }
+    };
+}
+pub(crate) use row_decoders;
