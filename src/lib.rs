@@ -20,6 +20,8 @@ pub use opsconductor_core::*;
 
 #[cfg(feature = "local")]
 pub use opsconductor_executors::LocalExecutor;
+#[cfg(feature = "ssh")]
+pub use opsconductor_executors::SshExecutor;
 #[cfg(feature = "sqlite")]
 pub use opsconductor_store::SqliteStore;
 pub use opsconductor_store::{DEFAULT_DATABASE_URL, open as open_store};
@@ -53,6 +55,9 @@ pub async fn builder_with_notice(url: &str) -> Result<(ConductorBuilder, Option<
     };
     #[cfg(feature = "local")]
     let b = b.executor(LocalExecutor::default());
+    // Verifies host keys against each target's pinned `host_key`.
+    #[cfg(feature = "ssh")]
+    let b = b.executor(SshExecutor::default());
     Ok((b, notice))
 }
 

@@ -4,18 +4,24 @@
 //!
 //! - [`LocalExecutor`] (feature `local`, on by default) runs processes on the
 //!   host the worker runs on, each in its own process group.
+//! - [`SshExecutor`] (feature `ssh`) runs steps on SSH hosts over one
+//!   verified, authenticated connection per target (russh; SFTP for copies).
 //! - [`behaviour`] (feature `testing`) holds the executor behaviour suite: one
 //!   `pub async fn` per rule of the executor seam, and the
 //!   [`executor_behaviour_suite!`] macro that turns them into `#[tokio::test]`s
 //!   for a given executor.
 //!
-//! SSH, WinRM and Docker executors are to come; each will live in its own
+//! WinRM and Docker executors are to come; each will live in its own
 //! module behind its own feature and run the same suite.
 
 #[cfg(feature = "testing")]
 pub mod behaviour;
 #[cfg(feature = "local")]
 pub mod local;
+#[cfg(feature = "ssh")]
+pub mod ssh;
 
 #[cfg(feature = "local")]
 pub use local::{LocalExecutor, LocalSession};
+#[cfg(feature = "ssh")]
+pub use ssh::{SshExecutor, SshSession};

@@ -1,0 +1,528 @@
+//! Running one step's command on a channel: send the wrapper, stream stdout
+//! and stderr as they arrive, report the exit status or signal, and stop the
+//! remote process group on deadline, cancellation or an abandoned future.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use opsconductor_core::executor::{Command, ExecError, ExitStatus, OutputSink, StepContext};
+use opsconductor_core::model::{RunId, Stream};
+use russh::{ChannelMsg, Sig};
+use tokio::time::Instant;
+
+use super::Inner;
+use super::wrapper::{self, EXEC_REQUEST, Plan, Scanner, Status};
+
+/// After the exit status, a wait this long with no output means a
+/// background process holds the pipes: stop reading.
+const DRAIN_IDLE: Duration = Duration::from_millis(300);
+
+/// After the exit status, stop reading after this long in any case.
+const DRAIN_MAX: Duration = Duration::from_secs(10);
+
+/// After the exit status, stop reading after this many bytes: more than the
+/// channel window and the server's buffers hold, so only a background process
+/// still writing can reach it.
+const DRAIN_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// Once a stop has begun, how long past the kill grace to wait for the
+/// channel to close before giving up on it.
+const STOP_SLACK: Duration = Duration::from_secs(3);
+
+/// Bound on the helper programs (kill, cleanup).
+const HELPER_LIMIT: Duration = Duration::from_secs(15);
+
+/// Bound on what a helper program may print.
+const HELPER_OUTPUT_LIMIT: usize = 1024 * 1024;
+
+/// Why a command is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    TimedOut,
+    Cancelled,
+}
+
+impl Reason {
+    fn error(self) -> ExecError {
+        match self {
+            Reason::TimedOut => ExecError::TimedOut,
+            Reason::Cancelled => ExecError::Cancelled,
+        }
+    }
+}
+
+/// Runs `cmd` as described in the [module docs](super).
+pub(super) async fn exec(
+    inner: &Arc<Inner>,
+    ctx: &StepContext,
+    cmd: &Command,
+    out: &OutputSink,
+) -> Result<ExitStatus, ExecError> {
+    if ctx.cancel.is_cancelled() {
+        return Err(ExecError::Cancelled);
+    }
+    if ctx.deadline.is_some_and(|d| d <= Instant::now()) {
+        return Err(ExecError::TimedOut);
+    }
+    let token = format!("opsc-{}", RunId::new().0.simple());
+    let plan = wrapper::build(&inner.config.shell, ctx, cmd, &token)?;
+    let mut guard = Abandoned {
+        inner: inner.clone(),
+        pid: None,
+        script_dir: plan.script_dir.clone(),
+        armed: true,
+    };
+    let result = run(inner, ctx, &plan, out, &mut guard).await;
+    guard.armed = false;
+    if let Some(dir) = &plan.script_dir {
+        cleanup(inner, dir).await;
+    }
+    result
+}
+
+/// Stops the remote command and removes its script if `exec`'s future is
+/// dropped half-way.
+struct Abandoned {
+    inner: Arc<Inner>,
+    pid: Option<u32>,
+    script_dir: Option<String>,
+    armed: bool,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = self.inner.clone();
+        let pid = self.pid;
+        let dir = self.script_dir.take();
+        rt.spawn(async move {
+            if let Some(pid) = pid {
+                kill_group(&inner, pid).await;
+            }
+            if let Some(dir) = dir {
+                cleanup(&inner, &dir).await;
+            }
+        });
+    }
+}
+
+async fn open_channel(inner: &Inner) -> Result<russh::Channel<russh::client::Msg>, ExecError> {
+    let channel = inner.handle.channel_open_session().await.map_err(|e| {
+        let why = if inner.handle.is_closed() {
+            "the connection is closed".to_owned()
+        } else {
+            e.to_string()
+        };
+        ExecError::Io(format!(
+            "{}: cannot open an SSH channel: {why}",
+            inner.dest.label()
+        ))
+    })?;
+    channel.exec(true, EXEC_REQUEST).await.map_err(|e| {
+        ExecError::Io(format!(
+            "{}: cannot send the exec request: {e}",
+            inner.dest.label()
+        ))
+    })?;
+    Ok(channel)
+}
+
+/// State of a stop in progress.
+struct Stopping {
+    reason: Reason,
+    /// Channel SIGKILL due (for servers that honour channel signals).
+    kill_at: Instant,
+    killed: bool,
+    give_up: Instant,
+    killer: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// State after the exit status arrived.
+struct Draining {
+    idle_until: Instant,
+    until: Instant,
+    bytes: usize,
+}
+
+async fn run(
+    inner: &Arc<Inner>,
+    ctx: &StepContext,
+    plan: &Plan,
+    out: &OutputSink,
+    guard: &mut Abandoned,
+) -> Result<ExitStatus, ExecError> {
+    let label = inner.dest.label();
+    let grace = inner.config.kill_grace;
+    let channel = open_channel(inner).await?;
+    let (mut rx, tx) = channel.split();
+    let program = Bytes::from(plan.program.clone().into_bytes());
+    let mut send = pin!(async {
+        tx.data_bytes(program).await?;
+        tx.eof().await
+    });
+    let mut sent = false;
+    let mut scanner = Scanner::new(&plan.token);
+    let mut pid: Option<u32> = None;
+    let mut failure: Option<String> = None;
+    let mut exit: Option<ExitStatus> = None;
+    let mut stopping: Option<Stopping> = None;
+    let mut draining: Option<Draining> = None;
+    let mut refused = false;
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+
+    loop {
+        let deadline = ctx.deadline.unwrap_or(far);
+        let waiting = stopping.is_none() && exit.is_none();
+        let drain_at = draining.as_ref().map_or(far, |d| d.idle_until.min(d.until));
+        let stop_at = stopping.as_ref().map_or(far, |s| {
+            if s.killed {
+                s.give_up
+            } else {
+                s.kill_at.min(s.give_up)
+            }
+        });
+        tokio::select! {
+            msg = rx.wait() => {
+                let Some(msg) = msg else { break };
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        let (output, status) = scanner.feed(&data);
+                        if let Some(d) = draining.as_mut() {
+                            d.bytes += data.len();
+                            d.idle_until = Instant::now() + DRAIN_IDLE;
+                            if d.bytes >= DRAIN_MAX_BYTES {
+                                out.write(Stream::Stdout, output).await;
+                                break;
+                            }
+                        }
+                        match status {
+                            Some(Status::Started(p)) => {
+                                pid = Some(p);
+                                guard.pid = Some(p);
+                                if let Some(s) = stopping.as_mut()
+                                    && s.killer.is_none()
+                                {
+                                    s.killer = Some(spawn_killer(inner, p));
+                                }
+                            }
+                            Some(Status::Failed(what)) => failure = Some(what),
+                            None => {}
+                        }
+                        out.write(Stream::Stdout, output).await;
+                    }
+                    ChannelMsg::ExtendedData { data, ext } => {
+                        if let Some(d) = draining.as_mut() {
+                            d.bytes += data.len();
+                            d.idle_until = Instant::now() + DRAIN_IDLE;
+                        }
+                        if ext == 1 {
+                            out.write(Stream::Stderr, data).await;
+                        }
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        exit = Some(ExitStatus::code(i32::try_from(exit_status).unwrap_or(i32::MAX)));
+                        draining.get_or_insert_with(start_draining);
+                    }
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        exit = Some(ExitStatus { code: None, signal: signal_number(&signal_name) });
+                        draining.get_or_insert_with(start_draining);
+                    }
+                    ChannelMsg::Failure => {
+                        refused = true;
+                        break;
+                    }
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            sent_result = &mut send, if !sent => {
+                sent = true;
+                if let Err(e) = sent_result {
+                    // The command may have ended already; the channel says.
+                    tracing::debug!(%label, error = %e, "cannot send the wrapper");
+                }
+            }
+            () = tokio::time::sleep_until(deadline), if waiting && ctx.deadline.is_some() => {
+                stopping = Some(begin_stop(inner, &tx, Reason::TimedOut, pid, grace).await);
+            }
+            () = ctx.cancel.cancelled(), if waiting => {
+                stopping = Some(begin_stop(inner, &tx, Reason::Cancelled, pid, grace).await);
+            }
+            () = tokio::time::sleep_until(drain_at), if draining.is_some() => {
+                tracing::debug!(%label, "stopped reading: a background process holds the output open");
+                break;
+            }
+            () = tokio::time::sleep_until(stop_at), if stopping.is_some() => {
+                if let Some(s) = stopping.as_mut() {
+                    if !s.killed && Instant::now() >= s.kill_at {
+                        s.killed = true;
+                        let _ = tx.signal(Sig::KILL).await;
+                    } else {
+                        tracing::warn!(%label, "the stopped command's channel did not close; giving up on it");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if !scanner.found() {
+        out.write(Stream::Stdout, scanner.take()).await;
+    }
+    if let Err(e) = tx.close().await {
+        tracing::debug!(%label, error = %e, "cannot close the channel");
+    }
+    if let Some(s) = stopping {
+        if let Some(killer) = s.killer
+            && tokio::time::timeout(HELPER_LIMIT, killer).await.is_err()
+        {
+            tracing::warn!(%label, "stopping the remote process group took too long");
+        }
+        guard.pid = None;
+        return Err(s.reason.error());
+    }
+    guard.pid = None;
+    if refused {
+        return Err(ExecError::Spawn(format!(
+            "{label}: the server refused to run a command (exec request denied)"
+        )));
+    }
+    if let Some(what) = failure {
+        return Err(wrapper_failure(inner, ctx, plan, &what));
+    }
+    match (pid, exit) {
+        (Some(_), Some(status)) => Ok(status),
+        (None, Some(status)) => Err(ExecError::Spawn(format!(
+            "{label}: the login shell of user '{}' did not start the command ({status}); \
+             does the account have a working shell, and /bin/sh?",
+            inner.dest.user
+        ))),
+        (_, None) if inner.handle.is_closed() => Err(ExecError::Io(format!(
+            "{label}: the connection was lost while the command ran"
+        ))),
+        (_, None) => Err(ExecError::Io(format!(
+            "{label}: the channel closed without an exit status"
+        ))),
+    }
+}
+
+fn start_draining() -> Draining {
+    let now = Instant::now();
+    Draining {
+        idle_until: now + DRAIN_IDLE,
+        until: now + DRAIN_MAX,
+        bytes: 0,
+    }
+}
+
+async fn begin_stop(
+    inner: &Arc<Inner>,
+    tx: &russh::ChannelWriteHalf<russh::client::Msg>,
+    reason: Reason,
+    pid: Option<u32>,
+    grace: Duration,
+) -> Stopping {
+    tracing::debug!(target = %inner.dest.name, ?reason, ?pid, "stopping the remote command");
+    // Many servers ignore channel signals; the killer below does not rely on them.
+    let _ = tx.signal(Sig::TERM).await;
+    let now = Instant::now();
+    Stopping {
+        reason,
+        kill_at: now + grace,
+        killed: false,
+        give_up: now + grace + STOP_SLACK,
+        killer: pid.map(|p| spawn_killer(inner, p)),
+    }
+}
+
+fn spawn_killer(inner: &Arc<Inner>, pid: u32) -> tokio::task::JoinHandle<()> {
+    let inner = inner.clone();
+    tokio::spawn(async move { kill_group(&inner, pid).await })
+}
+
+/// Stops the process group `pid` leads, on a channel of its own.
+async fn kill_group(inner: &Inner, pid: u32) {
+    let program = wrapper::kill_program(pid, inner.config.kill_grace);
+    let limit = inner.config.kill_grace + HELPER_LIMIT;
+    if let Err(e) = run_helper(inner, &program, limit).await {
+        tracing::warn!(target = %inner.dest.name, pid, error = %e, "cannot stop the remote process group");
+    }
+}
+
+/// Removes a script's directory.
+async fn cleanup(inner: &Inner, dir: &str) {
+    match run_helper(inner, &wrapper::cleanup_program(dir), HELPER_LIMIT).await {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => tracing::warn!(
+            target = %inner.dest.name,
+            %dir,
+            status = %out.status,
+            stderr = %String::from_utf8_lossy(&out.stderr),
+            "cannot remove the script directory"
+        ),
+        Err(e) => {
+            tracing::warn!(target = %inner.dest.name, %dir, error = %e, "cannot remove the script directory")
+        }
+    }
+}
+
+fn wrapper_failure(inner: &Inner, ctx: &StepContext, plan: &Plan, what: &str) -> ExecError {
+    let label = inner.dest.label();
+    match what {
+        "workdir" => ExecError::Spawn(format!(
+            "{label}: working directory '{}' does not exist or cannot be entered; create it \
+             first or fix the step's workdir",
+            ctx.workdir.as_deref().unwrap_or_default()
+        )),
+        "program" => ExecError::Spawn(format!(
+            "{label}: program '{}' not found; is it installed and on PATH?",
+            plan.program_name
+        )),
+        "script" => ExecError::Io(format!(
+            "{label}: cannot write the script file in $TMPDIR (or /tmp)"
+        )),
+        other => ExecError::Spawn(format!("{label}: the command wrapper failed: {other}")),
+    }
+}
+
+/// What a helper program produced.
+#[derive(Debug)]
+pub(super) struct HelperOutput {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Its stdout (bounded).
+    pub stdout: Vec<u8>,
+    /// Its stderr (bounded).
+    pub stderr: Vec<u8>,
+}
+
+/// Runs a short program of our own on a channel (probe, kill, cleanup) and
+/// collects its output, within `limit`.
+pub(super) async fn run_helper(
+    inner: &Inner,
+    program: &str,
+    limit: Duration,
+) -> Result<HelperOutput, ExecError> {
+    let label = inner.dest.label();
+    let work = async {
+        let channel = open_channel(inner).await?;
+        let (mut rx, tx) = channel.split();
+        let program = Bytes::from(program.to_owned().into_bytes());
+        let send = async {
+            tx.data_bytes(program).await?;
+            tx.eof().await
+        };
+        let collect = async {
+            let mut stdout = Vec::new();
+            let mut stderr = Vec::new();
+            let mut status = None;
+            while let Some(msg) = rx.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        let room = HELPER_OUTPUT_LIMIT.saturating_sub(stdout.len());
+                        stdout.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                    ChannelMsg::ExtendedData { data, .. } => {
+                        let room = HELPER_OUTPUT_LIMIT.saturating_sub(stderr.len());
+                        stderr.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        status = Some(ExitStatus::code(
+                            i32::try_from(exit_status).unwrap_or(i32::MAX),
+                        ));
+                    }
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        status = Some(ExitStatus {
+                            code: None,
+                            signal: signal_number(&signal_name),
+                        });
+                    }
+                    ChannelMsg::Failure => break,
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            (stdout, stderr, status)
+        };
+        let (sent, (stdout, stderr, status)) = tokio::join!(send, collect);
+        if let Err(e) = sent {
+            tracing::debug!(%label, error = %e, "cannot send a helper program");
+        }
+        let _ = tx.close().await;
+        match status {
+            Some(status) => Ok(HelperOutput {
+                status,
+                stdout,
+                stderr,
+            }),
+            None => Err(ExecError::Io(format!(
+                "{label}: a helper command ended without an exit status"
+            ))),
+        }
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result,
+        Err(_) => Err(ExecError::Io(format!(
+            "{label}: a helper command did not finish within {limit:?}"
+        ))),
+    }
+}
+
+/// The Linux number of a signal named in an `exit-signal` message.
+fn signal_number(sig: &Sig) -> Option<i32> {
+    Some(match sig {
+        Sig::ABRT => 6,
+        Sig::ALRM => 14,
+        Sig::FPE => 8,
+        Sig::HUP => 1,
+        Sig::ILL => 4,
+        Sig::INT => 2,
+        Sig::KILL => 9,
+        Sig::PIPE => 13,
+        Sig::QUIT => 3,
+        Sig::SEGV => 11,
+        Sig::TERM => 15,
+        Sig::USR1 => 10,
+        Sig::Custom(name) => match name.as_str() {
+            "TRAP" => 5,
+            "BUS" => 7,
+            "USR2" => 12,
+            "STKFLT" => 16,
+            "CHLD" => 17,
+            "CONT" => 18,
+            "STOP" => 19,
+            "TSTP" => 20,
+            "TTIN" => 21,
+            "TTOU" => 22,
+            "URG" => 23,
+            "XCPU" => 24,
+            "XFSZ" => 25,
+            "VTALRM" => 26,
+            "PROF" => 27,
+            "WINCH" => 28,
+            "IO" => 29,
+            "PWR" => 30,
+            "SYS" => 31,
+            _ => return None,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names_map_to_linux_numbers() {
+        assert_eq!(signal_number(&Sig::KILL), Some(9));
+        assert_eq!(signal_number(&Sig::TERM), Some(15));
+        assert_eq!(signal_number(&Sig::Custom("USR2".into())), Some(12));
+        assert_eq!(signal_number(&Sig::Custom("NOPE".into())), None);
+    }
+}
