@@ -38,7 +38,7 @@ pub enum WinShell {
     /// The endpoint is not Windows: its WinRM shell runs command lines with a
     /// POSIX `sh`, as the WS-Management protocol test server does. Lines go
     /// unchanged; scripts, copies and checks use POSIX tools (`base64`,
-    /// `chmod`, `mv`, `uname`).
+    /// `chmod`, `mv`, `uname`). Also accepted as `raw` or `posix`.
     Sh,
 }
 
