@@ -21,6 +21,7 @@
 mod listen;
 mod open;
 mod rows;
+mod users;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -637,6 +638,10 @@ impl Store for PostgresStore {
         caps.multi_host = true;
         caps.notifications = true;
         caps
+    }
+
+    fn user_store(&self) -> Option<&dyn opsconductor_core::store::UserStore> {
+        Some(self)
     }
 
     async fn apply(&self, batch: &ApplyBatch, by: &str) -> Result<Vec<ApplyItem>> {

@@ -10,6 +10,7 @@
 
 mod open;
 mod rows;
+mod users;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -618,6 +619,10 @@ impl Store for SqliteStore {
     fn capabilities(&self) -> StoreCapabilities {
         // One host (processes share the file), no cross-process wake-ups.
         StoreCapabilities::default()
+    }
+
+    fn user_store(&self) -> Option<&dyn opsconductor_core::store::UserStore> {
+        Some(self)
     }
 
     async fn apply(&self, batch: &ApplyBatch, by: &str) -> Result<Vec<ApplyItem>> {
