@@ -6,6 +6,12 @@
 //! `/bin/sh`, so the behaviour suite runs through targets whose shell is `sh`.
 //! The Windows command lines (cmd.exe, PowerShell `-EncodedCommand`) are
 //! checked by what reaches the server, in its record-only mode.
+//!
+//! Run with `cargo test -p opsconductor-executors --features winrm,testing
+//! --test winrm` (needs `/bin/sh`, `base64`, `uname` and the `openssl`
+//! command, which makes the HTTPS test's certificate).
+
+#![cfg(feature = "winrm")]
 
 #[path = "support/winrm_server.rs"]
 mod winrm_server;
