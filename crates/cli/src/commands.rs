@@ -46,6 +46,9 @@ pub struct RunArgs {
     /// Do not prefix output lines with the target name.
     #[arg(long)]
     no_prefix: bool,
+    /// Show live progress, then each target's output as one block (instead of interleaved lines).
+    #[arg(long, conflicts_with_all = ["follow", "detach"])]
+    group: bool,
 }
 
 /// `opsconductor exec`.
@@ -68,6 +71,9 @@ pub struct ExecArgs {
     /// Do not prefix output lines with the target name.
     #[arg(long)]
     no_prefix: bool,
+    /// Show live progress, then each target's output as one block (instead of interleaved lines).
+    #[arg(long)]
+    group: bool,
     /// The command, run by each target's shell. Several words are joined with spaces (as ssh does).
     #[arg(required = true, last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -249,7 +255,12 @@ pub async fn run(oc: &Conductor, out: &Out, args: RunArgs) -> Result<u8, Error> 
         }
         return Ok(exit::OK);
     }
-    drive(oc, out, run, signals, args.follow, !args.no_prefix).await
+    let id = run.id;
+    let code = drive(oc, out, run, signals, args.follow, !args.no_prefix).await?;
+    if args.group {
+        print_grouped(oc, out, id).await?;
+    }
+    Ok(code)
 }
 
 /// Job files are YAML; parameter files may be YAML or JSON (JSON is YAML).
@@ -266,7 +277,54 @@ pub async fn exec(oc: &Conductor, out: &Out, args: ExecArgs) -> Result<u8, Error
     };
     let signals = Interrupts::listen()?;
     let run = oc.submit_exec(req, &Actor::local_user()).await?;
-    drive(oc, out, run, signals, true, !args.no_prefix).await
+    let id = run.id;
+    let code = drive(oc, out, run, signals, !args.group, !args.no_prefix).await?;
+    if args.group {
+        print_grouped(oc, out, id).await?;
+    }
+    Ok(code)
+}
+
+/// Prints a run's stored output as one block per target, in target order,
+/// each headed by the target's outcome.
+pub(crate) async fn print_grouped(oc: &Conductor, out: &Out, id: RunId) -> Result<(), Error> {
+    if out.json {
+        return Ok(());
+    }
+    let d = oc.get(id).await?;
+    let mut per: std::collections::BTreeMap<String, Vec<u8>> = std::collections::BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let chunks = oc.store().read_logs(id, after, 1000).await?;
+        let n = chunks.len();
+        for c in chunks {
+            after = c.seq;
+            if c.stream != opsconductor::Stream::System {
+                per.entry(c.target.clone().unwrap_or_default())
+                    .or_default()
+                    .extend_from_slice(&c.data);
+            }
+        }
+        if n < 1000 {
+            break;
+        }
+    }
+    for t in &d.run.targets {
+        let status = target_status(&d, t, true).unwrap_or(StepStatus::Skipped);
+        println!(
+            "{} {} {}",
+            out.dim("──"),
+            out.bold(t),
+            out.step_status(status)
+        );
+        let text = per.remove(t).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        print!("{text}");
+        if !text.is_empty() && !text.ends_with('\n') {
+            println!();
+        }
+    }
+    Ok(())
 }
 
 /// Executes a submitted run in this process, showing output or progress,

@@ -161,6 +161,23 @@ enum TargetsCmd {
         /// Target name.
         name: String,
     },
+    /// Connect to targets, authenticate and run a probe; print a table.
+    Check {
+        /// Which targets (names, globs, tag:NAME, *).
+        #[arg(default_value = "*")]
+        selector: String,
+        /// How many at once.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+    },
+    /// Show the host key an SSH target offers and pin it after confirmation.
+    Trust {
+        /// Target name.
+        name: String,
+        /// Do not ask (for scripts): pin whatever key is offered now.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// Exit codes, documented in the README.
@@ -252,6 +269,13 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
         Cmd::Jobs(JobsCmd::Versions { name }) => commands::jobs_versions(&oc, out, &name).await,
         Cmd::Targets(TargetsCmd::List) => commands::targets_list(&oc, out).await,
         Cmd::Targets(TargetsCmd::Show { name }) => commands::targets_show(&oc, out, &name).await,
+        Cmd::Targets(TargetsCmd::Check {
+            selector,
+            concurrency,
+        }) => admin::targets_check(&oc, out, &selector, concurrency).await,
+        Cmd::Targets(TargetsCmd::Trust { name, yes }) => {
+            admin::targets_trust(&oc, out, &name, yes).await
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 //! `kill -9` mid-step, a PostgreSQL restart with runs in flight, and a
 //! follower in another process.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is the failure report.
+
 mod common;
 
 use std::collections::HashMap;

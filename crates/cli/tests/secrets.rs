@@ -1,6 +1,8 @@
 //! `opsconductor secrets …`, the master key file, and `opsconductor worker`,
 //! through the real binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is the failure report.
+
 mod common;
 
 use std::io::Write;
@@ -105,7 +107,7 @@ fn values_are_write_only_and_masked_in_run_output() {
         &env.cmd([
             "runs",
             "logs",
-            &env.runs()[0]["id"].as_str().unwrap().to_string(),
+            env.runs()[0]["id"].as_str().unwrap(),
         ])
         .assert()
         .success(),

@@ -311,4 +311,10 @@ pub trait Executor: Send + Sync {
     ) -> Result<Box<dyn Session>, ExecError>;
     /// Connects, authenticates and runs a trivial probe.
     async fn check(&self, target: &Target, cred: Option<&Credential>) -> Result<Probe, ExecError>;
+
+    /// The host key the target offers now (`SHA256:…`), for `targets trust`;
+    /// `None` for connection kinds without host keys.
+    async fn fetch_host_key(&self, _target: &Target) -> Result<Option<String>, ExecError> {
+        Ok(None)
+    }
 }

@@ -22,6 +22,6 @@ pub mod template;
 pub use engine::{
     AuditVerification, Conductor, ConductorBuilder, Config, ExecRequest, LogStream, Login,
     MAX_SECRET_BYTES, RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome,
-    SubmitRequest,
+    SubmitRequest, TargetCheck,
 };
 pub use model::*;

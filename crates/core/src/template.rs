@@ -16,6 +16,9 @@ pub enum Quoting {
     Python,
     /// Inserted verbatim (file content, paths, environment values).
     None,
+    /// No safe quoting exists (Windows `cmd.exe`): any substitution is an
+    /// error unless marked `| raw` after validation.
+    Refuse,
 }
 
 impl Quoting {
@@ -23,7 +26,9 @@ impl Quoting {
     pub fn for_interpreter(interpreter: &str) -> Self {
         let prog = interpreter.split_whitespace().next().unwrap_or("");
         let base = prog.rsplit('/').next().unwrap_or(prog);
-        if base.starts_with("python") {
+        if base == "cmd" || base == "cmd.exe" {
+            Quoting::Refuse
+        } else if base.starts_with("python") {
             Quoting::Python
         } else if base.starts_with("pwsh") || base.starts_with("powershell") {
             Quoting::PowerShell
@@ -38,6 +43,7 @@ impl Quoting {
             Quoting::PowerShell => "t.ps1",
             Quoting::Python => "t.py",
             Quoting::None => "t.txt",
+            Quoting::Refuse => "t.cmd",
         }
     }
 }
@@ -78,9 +84,21 @@ impl Templates {
             Some("sh") => AutoEscape::Custom("sh".into()),
             Some("ps1") => AutoEscape::Custom("ps1".into()),
             Some("py") => AutoEscape::Custom("py".into()),
+            Some("cmd") => AutoEscape::Custom("cmd".into()),
             _ => AutoEscape::None,
         });
         env.set_formatter(|out, state, value| {
+            if matches!(state.auto_escape(), AutoEscape::Custom(q) if q == "cmd")
+                && !value.is_safe()
+                && !matches!(value.kind(), minijinja::value::ValueKind::Number)
+            {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    "cmd.exe has no safe quoting, so values cannot be substituted into cmd commands: \
+                     give the target `vars: {shell: powershell}`, or validate the value with a schema \
+                     pattern and write `{{ value | raw }}`",
+                ));
+            }
             let text = match state.auto_escape() {
                 _ if value.is_safe() => value.to_string(),
                 AutoEscape::Custom(q) if q == "sh" => scalar_or(value, shell_quote),
@@ -265,6 +283,22 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("undefined"), "{err}");
         assert!(t.check("echo {{ oops").is_err());
+    }
+
+    #[test]
+    fn cmd_refuses_substitution() {
+        let t = Templates::new();
+        let ctx = json!({"v": "a & b", "n": 3});
+        assert!(
+            t.render("echo {{ v }}", Quoting::Refuse, &ctx)
+                .unwrap_err()
+                .contains("cmd.exe")
+        );
+        assert_eq!(
+            t.render("echo {{ n }} {{ v | raw }}", Quoting::Refuse, &ctx)
+                .unwrap(),
+            "echo 3 a & b"
+        );
     }
 
     #[test]

@@ -4,7 +4,10 @@
 
 mod auth;
 mod secrets;
+mod targets;
 mod worker;
+
+pub use targets::TargetCheck;
 
 pub use auth::{AuditVerification, Login, token_hash};
 
@@ -586,6 +589,7 @@ impl Conductor {
                 worker::render_step(
                     &self.inner.templates,
                     step,
+                    t,
                     &worker::template_context(id, &spec, version, 1, &params, t),
                 )
                 .map_err(|m| {

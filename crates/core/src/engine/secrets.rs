@@ -282,6 +282,32 @@ impl Inner {
 }
 
 impl Inner {
+    /// Decrypts the credentials of `targets` (for checks).
+    pub(crate) async fn run_secrets_for_targets(
+        &self,
+        targets: &[Target],
+    ) -> Result<HashMap<String, Credential>> {
+        let mut creds = HashMap::new();
+        for t in targets {
+            if let Some(name) = &t.credential {
+                let ss = store_of(self)?;
+                let rec = ss
+                    .get_secret(name)
+                    .await?
+                    .ok_or_else(|| missing_secret(name))?;
+                let v = self.decrypt(&rec).await?;
+                creds.insert(
+                    t.name.clone(),
+                    Credential {
+                        kind: rec.meta.kind.clone(),
+                        value: v,
+                    },
+                );
+            }
+        }
+        Ok(creds)
+    }
+
     /// Refuses a submission whose job or targets need a secret that is not set.
     pub(crate) async fn check_secrets_exist(
         &self,

@@ -63,8 +63,36 @@ pub(crate) fn template_context(
     })
 }
 
+/// How `exec` commands are quoted on a target: POSIX shell, except on
+/// WinRM targets, where it depends on the target's `shell` variable
+/// (`powershell`/`pwsh`: PowerShell quoting; `sh`: POSIX; cmd, the default:
+/// no safe quoting exists, so substitutions are refused).
+pub(crate) fn exec_quoting(target: &Target) -> Quoting {
+    match &target.connection {
+        crate::model::Connection::Winrm { .. } => {
+            match target
+                .vars
+                .get("shell")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                Some("powershell" | "pwsh") => Quoting::PowerShell,
+                Some("sh" | "raw" | "posix") => Quoting::Shell,
+                _ => Quoting::Refuse,
+            }
+        }
+        _ => Quoting::Shell,
+    }
+}
+
 /// Renders a step's templates for one target.
-pub(crate) fn render_step(t: &Templates, step: &Step, ctx: &Value) -> Result<Rendered, String> {
+pub(crate) fn render_step(
+    t: &Templates,
+    step: &Step,
+    target: &Target,
+    ctx: &Value,
+) -> Result<Rendered, String> {
     let r = |src: &str, q: Quoting| {
         if step.raw {
             Ok(src.to_string())
@@ -85,7 +113,7 @@ pub(crate) fn render_step(t: &Templates, step: &Step, ctx: &Value) -> Result<Ren
         .map_err(|m| format!("workdir: {m}"))?;
     Ok(match &step.action {
         Action::Exec { command } => Rendered::Run {
-            cmd: Command::Shell(r(command, Quoting::Shell)?),
+            cmd: Command::Shell(r(command, exec_quoting(target))?),
             env,
             workdir,
         },
@@ -676,7 +704,7 @@ async fn step_on_target(st: &RunState, si: u32, ti: usize) -> (Outcome, Option<S
         &st.run.params,
         &target,
     );
-    let rendered = match render_step(&st.inner.templates, step, &ctx_json) {
+    let rendered = match render_step(&st.inner.templates, step, &target, &ctx_json) {
         Ok(r) => r,
         Err(m) => return fail(format!("template error: {m}")).await,
     };

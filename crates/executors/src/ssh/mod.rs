@@ -384,6 +384,17 @@ impl Executor for SshExecutor {
         session.disconnect().await;
         probe
     }
+
+    async fn fetch_host_key(&self, target: &Target) -> Result<Option<String>, ExecError> {
+        match &target.connection {
+            opsconductor_core::model::Connection::Ssh { host, port, .. } => {
+                hostkey::fetch_host_key(host, *port, self.connect_timeout)
+                    .await
+                    .map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 /// An authenticated connection to one target, reused across the steps of a
