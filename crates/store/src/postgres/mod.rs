@@ -21,6 +21,7 @@
 mod listen;
 mod open;
 mod rows;
+mod secrets;
 mod users;
 
 use std::collections::HashSet;
@@ -641,6 +642,14 @@ impl Store for PostgresStore {
     }
 
     fn user_store(&self) -> Option<&dyn opsconductor_core::store::UserStore> {
+        Some(self)
+    }
+
+    fn secret_store(&self) -> Option<&dyn opsconductor_core::store::SecretStore> {
+        Some(self)
+    }
+
+    fn audit_store(&self) -> Option<&dyn opsconductor_core::store::AuditStore> {
         Some(self)
     }
 

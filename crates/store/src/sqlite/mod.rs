@@ -10,6 +10,7 @@
 
 mod open;
 mod rows;
+mod secrets;
 mod users;
 
 use std::collections::HashSet;
@@ -619,6 +620,14 @@ impl Store for SqliteStore {
     fn capabilities(&self) -> StoreCapabilities {
         // One host (processes share the file), no cross-process wake-ups.
         StoreCapabilities::default()
+    }
+
+    fn secret_store(&self) -> Option<&dyn opsconductor_core::store::SecretStore> {
+        Some(self)
+    }
+
+    fn audit_store(&self) -> Option<&dyn opsconductor_core::store::AuditStore> {
+        Some(self)
     }
 
     fn user_store(&self) -> Option<&dyn opsconductor_core::store::UserStore> {

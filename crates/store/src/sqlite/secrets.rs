@@ -1,0 +1,378 @@
+//! Secrets, master key records and the audit log in SQLite. Only ciphertexts
+//! are stored; every change adds a history row in the same transaction.
+
+use async_trait::async_trait;
+use opsconductor_core::model::AuditEvent;
+use opsconductor_core::secrets::{KeyRecord, SecretChange, SecretMeta, SecretRecord};
+use opsconductor_core::store::{AuditStore, SecretStore};
+use opsconductor_core::{Error, Result};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::SqliteStore;
+use crate::common::{Context, from_micros, from_micros_opt, micros, to_u32};
+
+/// The secret columns, as a literal so queries stay `&'static str` (sqlx refuses built strings).
+macro_rules! secret_columns {
+    () => {
+        "name, id, kind, description, version, key_version, ciphertext, created_at, created_by, updated_at, updated_by"
+    };
+}
+
+fn secret_row(r: &SqliteRow) -> Result<SecretRecord> {
+    let get = |e: sqlx::Error| Error::store(format!("reading a secret: {e}"));
+    Ok(SecretRecord {
+        id: r.try_get("id").map_err(get)?,
+        ciphertext: r.try_get("ciphertext").map_err(get)?,
+        meta: SecretMeta {
+            name: r.try_get("name").map_err(get)?,
+            kind: r.try_get("kind").map_err(get)?,
+            description: r.try_get("description").map_err(get)?,
+            version: to_u32("secret version", r.try_get("version").map_err(get)?)?,
+            key_version: to_u32("key version", r.try_get("key_version").map_err(get)?)?,
+            created_at: from_micros(r.try_get("created_at").map_err(get)?)?,
+            created_by: r.try_get("created_by").map_err(get)?,
+            updated_at: from_micros(r.try_get("updated_at").map_err(get)?)?,
+            updated_by: r.try_get("updated_by").map_err(get)?,
+        },
+    })
+}
+
+async fn history(
+    tx: &mut sqlx::SqliteConnection,
+    name: &str,
+    version: u32,
+    action: &str,
+    by: &str,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO secret_history (name, version, action, by_user, at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(name)
+    .bind(i64::from(version))
+    .bind(action)
+    .bind(by)
+    .bind(at)
+    .execute(tx)
+    .await
+    .ctx("recording secret history")?;
+    Ok(())
+}
+
+#[async_trait]
+impl SecretStore for SqliteStore {
+    async fn get_secret(&self, name: &str) -> Result<Option<SecretRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            secret_columns!(),
+            " FROM secrets WHERE name = ?"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("reading a secret")?;
+        row.as_ref().map(secret_row).transpose()
+    }
+
+    async fn list_secrets(&self) -> Result<Vec<SecretRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            secret_columns!(),
+            " FROM secrets ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .ctx("listing secrets")?;
+        rows.iter().map(secret_row).collect()
+    }
+
+    async fn create_secret(&self, rec: &SecretRecord) -> Result<()> {
+        let op = "creating a secret";
+        let _w = self.writer().await;
+        let mut tx = self.begin_write(op).await?;
+        let m = &rec.meta;
+        let done = sqlx::query(concat!(
+            "INSERT INTO secrets (",
+            secret_columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING"
+        ))
+        .bind(&m.name)
+        .bind(&rec.id)
+        .bind(&m.kind)
+        .bind(&m.description)
+        .bind(i64::from(m.version))
+        .bind(i64::from(m.key_version))
+        .bind(&rec.ciphertext)
+        .bind(micros(m.created_at))
+        .bind(&m.created_by)
+        .bind(micros(m.updated_at))
+        .bind(&m.updated_by)
+        .execute(&mut *tx)
+        .await
+        .ctx(op)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::Conflict(format!(
+                "secret '{}' already exists",
+                m.name
+            )));
+        }
+        history(
+            &mut tx,
+            &m.name,
+            m.version,
+            "created",
+            &m.created_by,
+            micros(m.created_at),
+        )
+        .await?;
+        tx.commit().await.ctx(op)
+    }
+
+    async fn update_secret(&self, rec: &SecretRecord) -> Result<bool> {
+        let op = "updating a secret";
+        let _w = self.writer().await;
+        let mut tx = self.begin_write(op).await?;
+        let m = &rec.meta;
+        let done = sqlx::query(
+            "UPDATE secrets SET kind = ?, description = ?, version = ?, key_version = ?, ciphertext = ?, \
+             updated_at = ?, updated_by = ? WHERE name = ? AND version = ?",
+        )
+        .bind(&m.kind)
+        .bind(&m.description)
+        .bind(i64::from(m.version))
+        .bind(i64::from(m.key_version))
+        .bind(&rec.ciphertext)
+        .bind(micros(m.updated_at))
+        .bind(&m.updated_by)
+        .bind(&m.name)
+        .bind(i64::from(m.version) - 1)
+        .execute(&mut *tx)
+        .await
+        .ctx(op)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        history(
+            &mut tx,
+            &m.name,
+            m.version,
+            "updated",
+            &m.updated_by,
+            micros(m.updated_at),
+        )
+        .await?;
+        tx.commit().await.ctx(op)?;
+        Ok(true)
+    }
+
+    async fn rewrap_secret(
+        &self,
+        name: &str,
+        from_key: u32,
+        to_key: u32,
+        ciphertext: &[u8],
+    ) -> Result<bool> {
+        let op = "re-encrypting a secret";
+        let _w = self.writer().await;
+        let mut tx = self.begin_write(op).await?;
+        let row = sqlx::query("UPDATE secrets SET key_version = ?, ciphertext = ? WHERE name = ? AND key_version = ? RETURNING version")
+            .bind(i64::from(to_key))
+            .bind(ciphertext)
+            .bind(name)
+            .bind(i64::from(from_key))
+            .fetch_optional(&mut *tx)
+            .await
+            .ctx(op)?;
+        let Some(row) = row else { return Ok(false) };
+        let version: i64 = row.try_get("version").ctx(op)?;
+        let now = micros(chrono::Utc::now());
+        history(
+            &mut tx,
+            name,
+            to_u32("secret version", version)?,
+            &format!("rewrapped to key {to_key}"),
+            "system",
+            now,
+        )
+        .await?;
+        tx.commit().await.ctx(op)?;
+        Ok(true)
+    }
+
+    async fn delete_secret(&self, name: &str, by: &str) -> Result<bool> {
+        let op = "deleting a secret";
+        let _w = self.writer().await;
+        let mut tx = self.begin_write(op).await?;
+        let row = sqlx::query("DELETE FROM secrets WHERE name = ? RETURNING version")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await
+            .ctx(op)?;
+        let Some(row) = row else { return Ok(false) };
+        let version: i64 = row.try_get("version").ctx(op)?;
+        history(
+            &mut tx,
+            name,
+            to_u32("secret version", version)?,
+            "deleted",
+            by,
+            micros(chrono::Utc::now()),
+        )
+        .await?;
+        tx.commit().await.ctx(op)?;
+        Ok(true)
+    }
+
+    async fn secret_history(&self, name: &str) -> Result<Vec<SecretChange>> {
+        let rows = sqlx::query("SELECT name, version, action, by_user, at FROM secret_history WHERE name = ? ORDER BY seq")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await
+            .ctx("reading secret history")?;
+        rows.iter()
+            .map(|r| {
+                Ok(SecretChange {
+                    name: r.try_get("name").ctx("reading secret history")?,
+                    version: to_u32(
+                        "secret version",
+                        r.try_get("version").ctx("reading secret history")?,
+                    )?,
+                    action: r.try_get("action").ctx("reading secret history")?,
+                    by: r.try_get("by_user").ctx("reading secret history")?,
+                    at: from_micros(r.try_get("at").ctx("reading secret history")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn key_records(&self) -> Result<Vec<KeyRecord>> {
+        let op = "reading master key records";
+        let rows = sqlx::query("SELECT version, salt, check_value, created_at, retired_at FROM master_keys ORDER BY version")
+            .fetch_all(&self.pool)
+            .await
+            .ctx(op)?;
+        rows.iter()
+            .map(|r| {
+                Ok(KeyRecord {
+                    version: to_u32("key version", r.try_get("version").ctx(op)?)?,
+                    salt: r.try_get("salt").ctx(op)?,
+                    check: r.try_get("check_value").ctx(op)?,
+                    created_at: from_micros(r.try_get("created_at").ctx(op)?)?,
+                    retired_at: from_micros_opt(r.try_get("retired_at").ctx(op)?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_key_record(&self, rec: &KeyRecord) -> Result<()> {
+        let _w = self.writer().await;
+        sqlx::query(
+            "INSERT INTO master_keys (version, salt, check_value, created_at, retired_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (version) DO NOTHING",
+        )
+        .bind(i64::from(rec.version))
+        .bind(&rec.salt)
+        .bind(&rec.check)
+        .bind(micros(rec.created_at))
+        .bind(rec.retired_at.map(micros))
+        .execute(&self.pool)
+        .await
+        .ctx("registering a master key version")?;
+        Ok(())
+    }
+
+    async fn retire_key(&self, version: u32) -> Result<bool> {
+        let _w = self.writer().await;
+        let done = sqlx::query(
+            "UPDATE master_keys SET retired_at = ? WHERE version = ? AND retired_at IS NULL",
+        )
+        .bind(micros(chrono::Utc::now()))
+        .bind(i64::from(version))
+        .execute(&self.pool)
+        .await
+        .ctx("retiring a master key version")?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+fn audit_row(r: &SqliteRow) -> Result<AuditEvent> {
+    let op = "reading the audit log";
+    let detail: String = r.try_get("detail").ctx(op)?;
+    let seq: i64 = r.try_get("seq").ctx(op)?;
+    Ok(AuditEvent {
+        time: from_micros(r.try_get("time").ctx(op)?)?,
+        actor: r.try_get("actor").ctx(op)?,
+        action: r.try_get("action").ctx(op)?,
+        object: r.try_get("object").ctx(op)?,
+        // Kept as text if it is not JSON any more: the verifier must see what is stored.
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+        seq: u64::try_from(seq).unwrap_or(0),
+        prev_hash: r.try_get("prev_hash").ctx(op)?,
+        hash: r.try_get("hash").ctx(op)?,
+    })
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn append_audit(&self, e: &AuditEvent) -> Result<()> {
+        let op = "recording an audit event";
+        let _w = self.writer().await;
+        // BEGIN IMMEDIATE: other processes wait, so the chain stays linear.
+        let mut tx = self.begin_write(op).await?;
+        let prev: Option<String> =
+            sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .ctx(op)?;
+        let prev = prev.unwrap_or_default();
+        let hash = e.chain_hash(&prev);
+        sqlx::query("INSERT INTO audit_events (time, actor, action, object, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(micros(e.time))
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.object)
+            .bind(e.detail.to_string())
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await
+            .ctx(op)?;
+        tx.commit().await.ctx(op)
+    }
+
+    async fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEvent>> {
+        let limit = if limit == 0 { 1000 } else { limit.min(10_000) } as i64;
+        let rows = sqlx::query(
+            "SELECT seq, time, actor, action, object, detail, prev_hash, hash FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading the audit log")?;
+        rows.iter().map(audit_row).collect()
+    }
+
+    async fn list_audit(&self, object: Option<&str>, limit: usize) -> Result<Vec<AuditEvent>> {
+        let op = "reading the audit log";
+        let limit = if limit == 0 { 100 } else { limit.min(10_000) } as i64;
+        let rows = match object {
+            Some(o) => sqlx::query(
+                "SELECT seq, time, actor, action, object, detail, prev_hash, hash FROM audit_events WHERE object = ? ORDER BY seq DESC LIMIT ?",
+            )
+            .bind(o)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await,
+            None => sqlx::query(
+                "SELECT seq, time, actor, action, object, detail, prev_hash, hash FROM audit_events ORDER BY seq DESC LIMIT ?",
+            )
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await,
+        }
+        .ctx(op)?;
+        rows.iter().map(audit_row).collect()
+    }
+}
