@@ -18,6 +18,8 @@
 
 pub use opsconductor_core::*;
 
+#[cfg(feature = "docker")]
+pub use opsconductor_executors::DockerExecutor;
 #[cfg(feature = "local")]
 pub use opsconductor_executors::LocalExecutor;
 #[cfg(feature = "ssh")]
@@ -55,6 +57,9 @@ pub async fn builder_with_notice(url: &str) -> Result<(ConductorBuilder, Option<
     };
     #[cfg(feature = "local")]
     let b = b.executor(LocalExecutor::default());
+    // Connects to the engine (and sweeps orphans) on first use only.
+    #[cfg(feature = "docker")]
+    let b = b.executor(DockerExecutor::default());
     // Verifies host keys against each target's pinned `host_key`.
     #[cfg(feature = "ssh")]
     let b = b.executor(SshExecutor::default());

@@ -6,6 +6,8 @@
 //!   host the worker runs on, each in its own process group.
 //! - [`SshExecutor`] (feature `ssh`) runs steps on SSH hosts over one
 //!   verified, authenticated connection per target (russh; SFTP for copies).
+//! - [`DockerExecutor`] (feature `docker`) runs every step in a fresh,
+//!   isolated container on a Docker engine; see [`docker`].
 //! - [`behaviour`] (feature `testing`) holds the executor behaviour suite: one
 //!   `pub async fn` per rule of the executor seam, and the
 //!   [`executor_behaviour_suite!`] macro that turns them into `#[tokio::test]`s
@@ -16,11 +18,15 @@
 
 #[cfg(feature = "testing")]
 pub mod behaviour;
+#[cfg(feature = "docker")]
+pub mod docker;
 #[cfg(feature = "local")]
 pub mod local;
 #[cfg(feature = "ssh")]
 pub mod ssh;
 
+#[cfg(feature = "docker")]
+pub use docker::{DockerExecutor, DockerSession};
 #[cfg(feature = "local")]
 pub use local::{LocalExecutor, LocalSession};
 #[cfg(feature = "ssh")]
