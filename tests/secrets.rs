@@ -368,3 +368,69 @@ async fn missing_secrets_refuse_the_submission_and_short_values_warn() {
     );
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgresql_dump_holds_no_secret_value() {
+    let url = opsconductor_store::testing::pg::fresh_database().await;
+    let k1 = KeyBytes::generate().unwrap();
+    let k2 = KeyBytes::generate().unwrap();
+    let oc = engine(&url, ring(&[(1, &k1)])).await.unwrap();
+    let mut values = Vec::new();
+    for i in 0..30 {
+        let v = random_value(i);
+        set(&oc, &format!("p{i}"), &v).await;
+        values.push(v);
+    }
+    for (i, v) in values.iter_mut().enumerate().step_by(3) {
+        *v = random_value(500 + i);
+        set(&oc, &format!("p{i}"), v).await;
+    }
+    drop(oc);
+    let oc = engine(&url, ring(&[(1, &k1), (2, &k2)])).await.unwrap();
+    assert_eq!(oc.rotate_key(&me()).await.unwrap().rewrapped, 30);
+    let pg = opsconductor_store::testing::pg::TestPg::shared();
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let dump = tokio::task::spawn_blocking(move || {
+        let bin = std::path::Path::new("/usr/lib/postgresql/15/bin/pg_dump");
+        std::process::Command::new(bin)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port().to_string(),
+                "-U",
+                "postgres",
+                "--data-only",
+                &db,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    assert!(dump.stdout.len() > 5_000, "dumped the data");
+    for v in &values {
+        assert!(
+            !contains(&dump.stdout, v.as_bytes()),
+            "a secret value is in the PostgreSQL dump"
+        );
+    }
+    // And they still decrypt after the rotation.
+    let (d, out) = run_job(
+        &oc,
+        "kind: Job\nname: one\nsecrets: [p3]\nsteps:\n  - exec: printf %s \"$P3\" | md5sum\n",
+        "one",
+    )
+    .await;
+    assert_eq!(d.run.status, RunStatus::Succeeded, "{:?}", d.run.error);
+    let sum = std::process::Command::new("sh")
+        .args(["-c", &format!("printf %s '{}' | md5sum", values[3])])
+        .output()
+        .unwrap();
+    assert!(out.contains(String::from_utf8_lossy(&sum.stdout).trim()));
+}
