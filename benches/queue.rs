@@ -41,7 +41,12 @@ fn queued_run(spec: &opsconductor::JobSpec) -> Run {
 }
 
 fn noop_spec() -> opsconductor::JobSpec {
-    let b = opsconductor::spec::parse_str("kind: Job\nname: noop\nsteps:\n  - exec: \"true\"\n", "bench", None).expect("spec");
+    let b = opsconductor::spec::parse_str(
+        "kind: Job\nname: noop\nsteps:\n  - exec: \"true\"\n",
+        "bench",
+        None,
+    )
+    .expect("spec");
     b.jobs.into_iter().next().expect("one job")
 }
 
@@ -56,14 +61,22 @@ async fn claim_complete(store: Arc<dyn Store>, n: usize, workers: usize) -> f64 
     for w in 0..workers {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            let claim = Claim { worker: format!("bench#{w}"), lease: Duration::from_secs(60), limit: 1, only: None };
+            let claim = Claim {
+                worker: format!("bench#{w}"),
+                lease: Duration::from_secs(60),
+                limit: 1,
+                only: None,
+            };
             loop {
                 let runs = store.claim_queued(&claim).await.expect("claim");
                 if runs.is_empty() {
                     return;
                 }
                 for r in runs {
-                    store.finish_run(r.id, &claim.worker, r.attempt, RunStatus::Succeeded, None).await.expect("finish");
+                    store
+                        .finish_run(r.id, &claim.worker, r.attempt, RunStatus::Succeeded, None)
+                        .await
+                        .expect("finish");
                 }
             }
         }));
@@ -82,12 +95,32 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Enqueue → start latency in ms (p50, p99): submit on one engine, run on another.
 async fn latency(url: &str, samples: usize) -> (f64, f64) {
     let submitter = opsconductor::open(url).await.expect("open");
-    let batch = opsconductor::spec::parse_str("kind: Job\nname: noop\nsteps:\n  - exec: \"true\"\n", "bench", None).expect("spec");
-    submitter.apply(&batch, &Actor::new("bench")).await.expect("apply");
-    let workers: Conductor = opsconductor::builder(url).await.expect("builder").workers(4).build().await.expect("workers");
+    let batch = opsconductor::spec::parse_str(
+        "kind: Job\nname: noop\nsteps:\n  - exec: \"true\"\n",
+        "bench",
+        None,
+    )
+    .expect("spec");
+    submitter
+        .apply(&batch, &Actor::new("bench"))
+        .await
+        .expect("apply");
+    let workers: Conductor = opsconductor::builder(url)
+        .await
+        .expect("builder")
+        .workers(4)
+        .build()
+        .await
+        .expect("workers");
     let mut ids = Vec::new();
     for _ in 0..samples {
-        ids.push(submitter.submit(SubmitRequest::new("noop"), &Actor::new("bench")).await.expect("submit").id);
+        ids.push(
+            submitter
+                .submit(SubmitRequest::new("noop"), &Actor::new("bench"))
+                .await
+                .expect("submit")
+                .id,
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut lat = Vec::new();
@@ -105,11 +138,29 @@ fn pgbench(pg: &TestPg) -> f64 {
     let bin = std::path::Path::new("/usr/lib/postgresql/15/bin/pgbench");
     let port = pg.port().to_string();
     let base = ["-h", "127.0.0.1", "-p", port.as_str(), "-U", "postgres"];
-    let init = std::process::Command::new(bin).args(base).args(["-i", "-q", "-s", "1", "postgres"]).output().expect("pgbench -i");
-    assert!(init.status.success(), "pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
+    let init = std::process::Command::new(bin)
+        .args(base)
+        .args(["-i", "-q", "-s", "1", "postgres"])
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "pgbench -i failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let out = std::process::Command::new(bin)
         .args(base)
-        .args(["-b", "simple-update", "-c", "8", "-j", "2", "-T", "10", "postgres"])
+        .args([
+            "-b",
+            "simple-update",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-T",
+            "10",
+            "postgres",
+        ])
         .output()
         .expect("pgbench");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -122,23 +173,43 @@ fn pgbench(pg: &TestPg) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("OPSC_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let n: usize = std::env::var("OPSC_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     let pg = TestPg::start();
     let tps = pgbench(&pg);
-    println!("OpsConductor queue: claim-and-complete of {n} trivial runs; pgbench simple-update (8 clients): {tps:.0} TPS\n");
-    println!("{:<12} {:>8} {:>12} {:>16}", "backend", "workers", "runs/s", "ratio to pgbench");
+    println!(
+        "OpsConductor queue: claim-and-complete of {n} trivial runs; pgbench simple-update (8 clients): {tps:.0} TPS\n"
+    );
+    println!(
+        "{:<12} {:>8} {:>12} {:>16}",
+        "backend", "workers", "runs/s", "ratio to pgbench"
+    );
     for workers in [1, 2, 4, 8] {
         let url = pg.create_database().await;
         let store = opsconductor_store::open(&url).await.expect("pg");
         let rate = claim_complete(store, n, workers).await;
-        println!("{:<12} {:>8} {:>12.0} {:>15.2}x", "postgres", workers, rate, rate / tps);
+        println!(
+            "{:<12} {:>8} {:>12.0} {:>15.2}x",
+            "postgres",
+            workers,
+            rate,
+            rate / tps
+        );
     }
     for workers in [1, 2, 4, 8] {
         let dir = tempfile::tempdir().expect("tmp");
         let url = format!("sqlite://{}", dir.path().join("q.db").display());
         let store = opsconductor_store::open(&url).await.expect("sqlite");
         let rate = claim_complete(store, n, workers).await;
-        println!("{:<12} {:>8} {:>12.0} {:>15.2}x", "sqlite", workers, rate, rate / tps);
+        println!(
+            "{:<12} {:>8} {:>12.0} {:>15.2}x",
+            "sqlite",
+            workers,
+            rate,
+            rate / tps
+        );
     }
     println!("\nenqueue → start latency (submitter and workers in separate engines), 200 runs:");
     let url = pg.create_database().await;
@@ -147,5 +218,8 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tmp");
     let url = format!("sqlite://{}", dir.path().join("l.db").display());
     let (p50, p99) = latency(&url, 200).await;
-    println!("  sqlite (separate engine: polling, {} ms): p50 {p50:.2} ms, p99 {p99:.2} ms", opsconductor::Config::default().poll.as_millis());
+    println!(
+        "  sqlite (separate engine: polling, {} ms): p50 {p50:.2} ms, p99 {p99:.2} ms",
+        opsconductor::Config::default().poll.as_millis()
+    );
 }

@@ -24,6 +24,8 @@ pub use opsconductor_executors::DockerExecutor;
 pub use opsconductor_executors::LocalExecutor;
 #[cfg(feature = "ssh")]
 pub use opsconductor_executors::SshExecutor;
+#[cfg(feature = "winrm")]
+pub use opsconductor_executors::WinRmExecutor;
 #[cfg(feature = "sqlite")]
 pub use opsconductor_store::SqliteStore;
 pub use opsconductor_store::{DEFAULT_DATABASE_URL, open as open_store};
@@ -57,12 +59,15 @@ pub async fn builder_with_notice(url: &str) -> Result<(ConductorBuilder, Option<
     };
     #[cfg(feature = "local")]
     let b = b.executor(LocalExecutor::default());
-    // Connects to the engine (and sweeps orphans) on first use only.
-    #[cfg(feature = "docker")]
-    let b = b.executor(DockerExecutor::default());
     // Verifies host keys against each target's pinned `host_key`.
     #[cfg(feature = "ssh")]
     let b = b.executor(SshExecutor::default());
+    // Connects to the engine (and sweeps orphans) on first use only.
+    #[cfg(feature = "docker")]
+    let b = b.executor(DockerExecutor::default());
+    // Proves each target's credential by opening (and deleting) a shell.
+    #[cfg(feature = "winrm")]
+    let b = b.executor(WinRmExecutor::default());
     Ok((b, notice))
 }
 

@@ -8,13 +8,14 @@
 //!   verified, authenticated connection per target (russh; SFTP for copies).
 //! - [`DockerExecutor`] (feature `docker`) runs every step in a fresh,
 //!   isolated container on a Docker engine; see [`docker`].
+//! - [`WinRmExecutor`] (feature `winrm`) runs steps on Windows hosts over
+//!   WinRM (winrm-rs): cmd.exe or PowerShell, HTTPS with Basic or NTLM. It is
+//!   tested against a WS-Management protocol test server, not Windows; see
+//!   [`winrm`].
 //! - [`behaviour`] (feature `testing`) holds the executor behaviour suite: one
 //!   `pub async fn` per rule of the executor seam, and the
 //!   [`executor_behaviour_suite!`] macro that turns them into `#[tokio::test]`s
 //!   for a given executor.
-//!
-//! WinRM and Docker executors are to come; each will live in its own
-//! module behind its own feature and run the same suite.
 
 #[cfg(feature = "testing")]
 pub mod behaviour;
@@ -24,6 +25,8 @@ pub mod docker;
 pub mod local;
 #[cfg(feature = "ssh")]
 pub mod ssh;
+#[cfg(feature = "winrm")]
+pub mod winrm;
 
 #[cfg(feature = "docker")]
 pub use docker::{DockerExecutor, DockerSession};
@@ -31,3 +34,5 @@ pub use docker::{DockerExecutor, DockerSession};
 pub use local::{LocalExecutor, LocalSession};
 #[cfg(feature = "ssh")]
 pub use ssh::{SshExecutor, SshSession};
+#[cfg(feature = "winrm")]
+pub use winrm::{WinRmExecutor, WinRmSession};
