@@ -104,13 +104,9 @@ fn values_are_write_only_and_masked_in_run_output() {
     );
     assert!(!out.contains(&value));
     let logs = stdout_of(
-        &env.cmd([
-            "runs",
-            "logs",
-            env.runs()[0]["id"].as_str().unwrap(),
-        ])
-        .assert()
-        .success(),
+        &env.cmd(["runs", "logs", env.runs()[0]["id"].as_str().unwrap()])
+            .assert()
+            .success(),
     );
     assert!(!logs.contains(&value));
     // Usage and history are visible; the audit log has the use.
