@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p opsconductor-cli
-oc=target/release/opsconductor
+oc="${CARGO_TARGET_DIR:-target}/release/opsconductor"
 set -x
 $oc apply -f examples/jobs/
 $oc run deploy -p version=1.4.2 --follow
