@@ -73,23 +73,67 @@ fn is_yaml(mt: &str) -> bool {
 }
 
 /// Reads the whole body within the configured limit (413 beyond).
+///
+/// Past the limit the rest is read and dropped (up to 8 times the limit, for
+/// at most two seconds), so the client sees the 413 instead of a connection
+/// reset for data it was still sending.
 async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|e| {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            if too_large {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("the request body is larger than the limit of {limit} bytes"),
-                )
-            } else {
-                ApiError::bad_request(format!("cannot read the request body: {e}"))
+    use http_body_util::BodyExt as _;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let drain_cap = limit.saturating_mul(8).max(1024 * 1024);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > drain_cap as u64) {
+        return Err(too_large());
+    }
+    let mut body = req.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(f) => f,
+            Err(_) if total > limit => return Err(too_large()),
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    "the request body arrived too slowly",
+                ));
             }
-        })
+        };
+        match frame {
+            None => break,
+            Some(Err(e)) => {
+                return Err(ApiError::bad_request(format!(
+                    "cannot read the request body: {e}"
+                )));
+            }
+            Some(Ok(f)) => {
+                if let Ok(data) = f.into_data() {
+                    total = total.saturating_add(data.len());
+                    if total <= limit {
+                        buf.extend_from_slice(&data);
+                    } else if total > drain_cap {
+                        return Err(too_large());
+                    }
+                }
+            }
+        }
+    }
+    if total > limit {
+        return Err(too_large());
+    }
+    Ok(axum::body::Bytes::from(buf))
 }
 
 /// Parses JSON into `T`, naming the field that is wrong.

@@ -190,7 +190,13 @@ pub async fn observe_runs(oc: Conductor, metrics: Arc<Metrics>, stop: Cancellati
             continue;
         };
         let run = &detail.run;
-        if !run.status.is_terminal() || run.worker.as_deref() != Some(me.as_str()) {
+        // Workers of this process are named `NAME` (execute) or `NAME#i` (worker loops).
+        let ours = run.worker.as_deref().is_some_and(|w| {
+            w == me
+                || w.strip_prefix(me.as_str())
+                    .is_some_and(|rest| rest.starts_with('#'))
+        });
+        if !run.status.is_terminal() || !ours {
             continue;
         }
         seen.insert(id);

@@ -275,7 +275,7 @@ pub async fn logs(
     let after = after_of(&headers, &q)?;
     if wants_sse(&headers) {
         let stream = state.inner.oc.follow(id, after).await?;
-        return Ok(sse(state, id, stream).into_response());
+        return Ok(sse(state, id, after, stream).into_response());
     }
     let limit = match q.limit {
         None => 1000,
@@ -316,12 +316,13 @@ async fn end_message(state: &AppState, id: RunId, last_seq: u64) -> serde_json::
 fn sse(
     state: AppState,
     id: RunId,
+    after: u64,
     mut follow: opsconductor::LogStream,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let stop = state.inner.shutdown.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
     tokio::spawn(async move {
-        let mut last = 0u64;
+        let mut last = after;
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => {
@@ -393,21 +394,23 @@ pub async fn ws(
             format!("this endpoint speaks WebSocket only: {}", e.body_text()),
         )
     })?;
-    let follow = state.inner.oc.follow(id, q.after.unwrap_or(0)).await?;
+    let after = q.after.unwrap_or(0);
+    let follow = state.inner.oc.follow(id, after).await?;
     Ok(upgrade
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| stream_ws(state, id, follow, socket)))
+        .on_upgrade(move |socket| stream_ws(state, id, after, follow, socket)))
 }
 
 async fn stream_ws(
     state: AppState,
     id: RunId,
+    after: u64,
     mut follow: opsconductor::LogStream,
     socket: WebSocket,
 ) {
     let (mut tx, mut rx) = socket.split();
     let stop = state.inner.shutdown.clone();
-    let mut last = 0u64;
+    let mut last = after;
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
