@@ -1,8 +1,7 @@
 # Run with: crates/python/scripts/test.sh (builds and installs the wheel into
 # target/py-venv), then, as root:
 #   target/py-venv/bin/pip install fabric && target/py-venv/bin/python benches/python_fanout.py
-# Settings: OPSC_BENCH_TARGETS (default 50), OPSC_BENCH_SERVERS (default 10),
-# OPSC_BENCH_ROUNDS (default 5).
+# Settings: OPSC_BENCH_TARGETS (default 50), OPSC_BENCH_ROUNDS (default 5).
 """The same ad-hoc command on N SSH targets from Python: the ``opsconductor``
 module (``Conductor.exec``, end to end: submit, connect, verify host keys,
 authenticate, run, store results and output, read them back) side by side
@@ -10,9 +9,10 @@ with Fabric's ``ThreadingGroup`` (paramiko, one thread per host).
 
 Both use the same servers, the same Ed25519 key, and check host keys (ours:
 pinned fingerprints; Fabric: a known_hosts file with ``RejectPolicy``).
-Connections are cold in every round. The N targets are spread over S real
-``sshd`` processes on 127.0.0.N addresses (Python twin of the Rust
-fixture). Prints the median wall time of each and the ratio.
+Connections are cold in every round. Each target is its own real ``sshd``
+process on its own 127.0.0.N address with its own host key (Python twin of
+the Rust fixture; Fabric keys results by host, so hosts must be distinct).
+Prints the median wall time of each and the ratio.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def median_of(rounds: int, f: Callable[[], float]) -> float:
 
 def main() -> int:
     n = int(os.environ.get("OPSC_BENCH_TARGETS", "50"))
-    servers = int(os.environ.get("OPSC_BENCH_SERVERS", "10"))
+    servers = n
     rounds = int(os.environ.get("OPSC_BENCH_ROUNDS", "5"))
     if "ssh" not in FEATURES:
         print(f"this build of opsconductor has no SSH executor (features: {FEATURES})")
@@ -106,7 +106,7 @@ def main() -> int:
     finally:
         lab.close()
 
-    print(f"`{COMMAND}` on {n} SSH targets ({servers} sshd servers), cold connections, median of {rounds}:")
+    print(f"`{COMMAND}` on {n} SSH targets (one sshd each), cold connections, median of {rounds}:")
     print(f"  opsconductor (Python module) : {t_ours * 1000:8.1f} ms")
     print(f"  Fabric ThreadingGroup        : {t_fabric * 1000:8.1f} ms")
     print(f"  ratio Fabric / opsconductor  : {t_fabric / t_ours:8.2f}x")

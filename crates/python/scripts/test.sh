@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Tests of the Python module: builds the abi3 wheel with maturin, installs it
 # into a virtualenv (target/py-venv, created on first use), then runs the
-# pytest suite, `mypy --strict` on examples/python/ and `stubtest` on the
-# stubs. Any failure fails the script; nothing is skipped.
+# pytest suite, the examples in examples/python/ (run, and checked with
+# `mypy --strict`) and `stubtest` on the stubs. Any failure fails the
+# script; nothing is skipped.
 #
 # Usage: crates/python/scripts/test.sh [--debug] [PYTEST ARGS…]
 #   --debug   build an unoptimized wheel (faster to build, for iterating)
@@ -48,6 +49,12 @@ say "pytest"
 # Run from the tests' directory so `import opsconductor` is the installed wheel,
 # never the source tree.
 (cd crates/python && "$venv/bin/python" -m pytest "$@")
+
+say "examples/python/"
+for example in examples/python/*.py; do
+  echo "--- $example"
+  (cd "$root/target" && "$venv/bin/python" "$root/$example" >/dev/null)
+done
 
 say "mypy --strict examples/python/"
 "$venv/bin/python" -m mypy --strict examples/python/

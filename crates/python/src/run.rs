@@ -303,7 +303,9 @@ impl PyRun {
     /// The run's output as ``LogLine``s, live: the iterator blocks (GIL
     /// released, Ctrl-C honoured) until the next line and ends when the run
     /// has ended and every line was delivered. ``after`` skips the chunks up
-    /// to that ``seq``.
+    /// to that ``seq``. (With ``workers=0``, a queued run has no output until
+    /// something executes it: ``wait()``, in another thread, or a worker
+    /// elsewhere.)
     #[pyo3(signature = (after = 0))]
     fn logs(&self, py: Python<'_>, after: u64) -> PyResult<LogIterator> {
         Ok(LogIterator {

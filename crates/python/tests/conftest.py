@@ -56,18 +56,28 @@ def db_url(tmp_path: Path) -> str:
     return f"sqlite://{tmp_path / 'ops.db'}"
 
 
+def _engine(db_url: str, master_key: str, workers: int) -> Iterator[Conductor]:
+    with Conductor(db_url, master_key=master_key, workers=workers, actor="pytest") as c:
+        try:
+            yield c
+        finally:
+            # A failed test may leave a long command running; closing waits
+            # for runs in progress, so stop them first.
+            if not c.closed:
+                for r in c.runs(status=["queued", "running"]):
+                    r.cancel()
+
+
 @pytest.fixture
 def oc(db_url: str, master_key: str) -> Iterator[Conductor]:
     """An engine with two background workers."""
-    with Conductor(db_url, master_key=master_key, workers=2, actor="pytest") as c:
-        yield c
+    yield from _engine(db_url, master_key, 2)
 
 
 @pytest.fixture
 def oc0(db_url: str, master_key: str) -> Iterator[Conductor]:
     """An engine without background workers: runs execute in the caller."""
-    with Conductor(db_url, master_key=master_key, workers=0, actor="pytest") as c:
-        yield c
+    yield from _engine(db_url, master_key, 0)
 
 
 # --------------------------------------------------------------------------

@@ -266,6 +266,18 @@ def test_ctrl_c_interrupts_a_log_iterator(oc: Conductor) -> None:
     assert run.wait(timeout=20) == "cancelled"
 
 
+def test_one_conductor_many_threads(oc: Conductor) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> tuple:
+        run = oc.exec(f"echo thread-{i}", wait=True)
+        return run.status, [line.text for line in run.logs()]
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(one, range(16)))
+    assert got == [("succeeded", [f"thread-{i}"]) for i in range(16)]
+
+
 def test_runs_are_listed_and_found_by_prefix(oc: Conductor) -> None:
     a = oc.exec("echo a", wait=True)
     b = oc.exec("exit 1", wait=True)
