@@ -550,7 +550,7 @@ async fn runs(backend: Backend) {
     assert_eq!(hello.len(), 6);
     assert_eq!(
         all_pages(&srv, "/api/v1/runs?status=cancelled", "id").await,
-        [long.clone()]
+        [long.as_str()]
     );
     assert_eq!(
         all_pages(
@@ -559,7 +559,7 @@ async fn runs(backend: Backend) {
             "id"
         )
         .await,
-        [exec_id.clone()]
+        [exec_id.as_str()]
     );
     let before = json_of(
         srv.get(&format!("/api/v1/runs?before={exec_id}"), &srv.admin)
