@@ -589,10 +589,19 @@ fn summary(out: &Out, d: &RunDetail, followed: bool) {
                 let err = failing
                     .and_then(|x| x.error.clone())
                     .or_else(|| {
-                        d.results
-                            .iter()
-                            .filter(|x| &x.target == t)
-                            .find_map(|x| x.error.clone())
+                        // Only tolerated failures (continue_on_error): say so.
+                        d.results.iter().filter(|x| &x.target == t).find_map(|x| {
+                            let name = d
+                                .run
+                                .spec
+                                .steps
+                                .get(x.step as usize)
+                                .map(|s| s.name.as_str())
+                                .unwrap_or("?");
+                            x.error
+                                .as_ref()
+                                .map(|e| format!("tolerated: step '{name}': {e}"))
+                        })
                     })
                     .unwrap_or_default();
                 vec![

@@ -4,6 +4,7 @@
 mod admin;
 mod commands;
 mod output;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -97,6 +98,8 @@ enum Cmd {
     },
     /// Execute queued runs (and rescue runs whose worker died) until stopped.
     Worker(admin::WorkerArgs),
+    /// Serve the REST API (users, tokens, live logs, audit) with workers in-process.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,7 +199,8 @@ pub mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.global.verbose);
+    // A server logs its requests (info) unless told otherwise.
+    init_tracing(cli.global.verbose + u8::from(matches!(cli.command, Cmd::Serve(_))));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -240,6 +244,9 @@ fn init_tracing(verbose: u8) {
 }
 
 async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
+    if let Cmd::Serve(args) = cli.command {
+        return serve::run(args, &cli.global.database_url, out).await;
+    }
     let (builder, notice) = opsconductor::builder_with_notice(&cli.global.database_url).await?;
     if let Some(n) = notice {
         out.note(&n);
