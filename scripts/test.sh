@@ -60,7 +60,7 @@ cargo run --quiet --all-features --example embed
 
 if [ -x crates/python/scripts/test.sh ]; then
   say "Python module (wheel, pytest, mypy --strict)"
-  crates/python/scripts/test.sh
+  crates/python/scripts/test.sh --debug
 fi
 
 say "all green"

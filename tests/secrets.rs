@@ -434,3 +434,52 @@ async fn a_postgresql_dump_holds_no_secret_value() {
         .unwrap();
     assert!(out.contains(String::from_utf8_lossy(&sum.stdout).trim()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_passphrase_derives_the_key_with_a_stored_salt() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let oc = engine(
+        &url,
+        Keyring::from_passphrase(b"a long enough passphrase").unwrap(),
+    )
+    .await
+    .unwrap();
+    set(&oc, "x", "value-behind-a-passphrase").await;
+    let keys = oc.key_versions().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(
+        keys[0].salt.as_ref().map(Vec::len),
+        Some(16),
+        "a random salt is stored"
+    );
+    drop(oc);
+    // The same passphrase opens it again; another one is refused at start.
+    let oc = engine(
+        &url,
+        Keyring::from_passphrase(b"a long enough passphrase").unwrap(),
+    )
+    .await
+    .unwrap();
+    let (d, out) = run_job(
+        &oc,
+        "kind: Job\nname: p\nsecrets: [x]\nsteps:\n  - exec: printf %s \"$X\" | wc -c\n",
+        "p",
+    )
+    .await;
+    assert_eq!(d.run.status, RunStatus::Succeeded);
+    assert!(out.contains("25"), "{out}");
+    drop(oc);
+    let err = engine(
+        &url,
+        Keyring::from_passphrase(b"another long passphrase").unwrap(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("wrong master key") && err.contains("OPSC_MASTER_PASSPHRASE"),
+        "{err}"
+    );
+    assert!(Keyring::from_passphrase(b"short").is_err());
+}

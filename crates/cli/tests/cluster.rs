@@ -154,7 +154,11 @@ fn kill_9_workers_mid_step_loses_nothing_and_repeats_no_unsafe_step() {
     let marks = env.path().join("marks");
     std::fs::create_dir(&marks).unwrap();
     let m = marks.display();
-    let n = 24;
+    let n: usize = std::env::var("OPSC_SOAK_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+        .max(24);
     rt.block_on(async {
         let oc = engine(&url).await;
         apply(
@@ -182,7 +186,11 @@ steps:
         }
     });
     // Kill -9 the worker again and again while it runs steps.
-    let kills = 20;
+    // 20 in the test suite; `scripts/soak.sh` raises it.
+    let kills: u64 = std::env::var("OPSC_SOAK_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let mut w = worker(&env, &url, 3, "2s");
     for i in 0..kills {
         std::thread::sleep(Duration::from_millis(300 + (i % 4) * 150));
