@@ -57,6 +57,27 @@ pub async fn builder_with_notice(url: &str) -> Result<(ConductorBuilder, Option<
         Some(k) => b.keyring(k),
         None => b,
     };
+    let b = with_executors(b);
+    Ok((b, notice))
+}
+
+/// Like [`builder`], with the master keys given explicitly (`None`: secrets
+/// unavailable) instead of looked up in the environment.
+pub async fn builder_with_keyring(
+    url: &str,
+    keyring: Option<secrets::Keyring>,
+) -> Result<ConductorBuilder> {
+    let store = opsconductor_store::open(url).await?;
+    let b = Conductor::builder().store_arc(store);
+    let b = match keyring {
+        Some(k) => b.keyring(k),
+        None => b,
+    };
+    Ok(with_executors(b))
+}
+
+/// Registers every executor compiled in.
+fn with_executors(b: ConductorBuilder) -> ConductorBuilder {
     #[cfg(feature = "local")]
     let b = b.executor(LocalExecutor::default());
     // Verifies host keys against each target's pinned `host_key`.
@@ -68,7 +89,7 @@ pub async fn builder_with_notice(url: &str) -> Result<(ConductorBuilder, Option<
     // Proves each target's credential by opening (and deleting) a shell.
     #[cfg(feature = "winrm")]
     let b = b.executor(WinRmExecutor::default());
-    Ok((b, notice))
+    b
 }
 
 /// Finds the master key, in this order: `OPSC_MASTER_KEY` (base64 key, or

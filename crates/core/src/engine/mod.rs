@@ -468,6 +468,36 @@ impl Conductor {
         }
     }
 
+    /// Removes a target (runs that name it keep their history).
+    pub async fn remove_target(&self, name: &str, actor: &Actor) -> Result<()> {
+        actor.require(crate::auth::Permission::ManageTargets)?;
+        if !self.inner.store.delete_target(name).await? {
+            return Err(self.not_found_target(name).await);
+        }
+        self.inner
+            .audit_as(
+                actor,
+                "target.delete",
+                format!("target:{name}"),
+                serde_json::Value::Null,
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Every version of a job, oldest first.
+    pub async fn job_versions(&self, name: &str) -> Result<Vec<Job>> {
+        let versions = self.inner.store.job_versions(name).await?;
+        if versions.is_empty() {
+            return Err(self
+                .job(name, None)
+                .await
+                .err()
+                .unwrap_or_else(|| Error::not_found("job", name)));
+        }
+        Ok(versions)
+    }
+
     /// The latest version of every job.
     pub async fn jobs(&self) -> Result<Vec<Job>> {
         self.inner.store.list_jobs().await
