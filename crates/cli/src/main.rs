@@ -200,7 +200,11 @@ pub mod exit {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A server logs its requests (info) unless told otherwise.
-    init_tracing(cli.global.verbose + u8::from(matches!(cli.command, Cmd::Serve(_))));
+    init_tracing(
+        cli.global
+            .verbose
+            .saturating_add(u8::from(matches!(cli.command, Cmd::Serve(_)))),
+    );
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -244,9 +248,10 @@ fn init_tracing(verbose: u8) {
 }
 
 async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
-    if let Cmd::Serve(args) = cli.command {
-        return serve::run(args, &cli.global.database_url, out).await;
-    }
+    let cli = match cli.command {
+        Cmd::Serve(args) => return serve::run(args, &cli.global.database_url, out).await,
+        command => Cli { command, ..cli },
+    };
     let (builder, notice) = opsconductor::builder_with_notice(&cli.global.database_url).await?;
     if let Some(n) = notice {
         out.note(&n);
@@ -260,6 +265,8 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
         Cmd::Secrets(cmd) => admin::secrets(&oc, out, cmd).await,
         Cmd::Audit { object, limit } => admin::audit(&oc, out, object, limit).await,
         Cmd::Worker(args) => admin::worker(&oc, out, &args).await,
+        // Dispatched above: the server builds its own engine.
+        Cmd::Serve(_) => Err(Error::Internal("serve is dispatched before".into())),
         Cmd::Apply { files, dry_run } => commands::apply(&oc, out, &files, dry_run).await,
         Cmd::Run(args) => commands::run(&oc, out, args).await,
         Cmd::Exec(args) => commands::exec(&oc, out, args).await,

@@ -43,7 +43,12 @@ pub struct ServeArgs {
     #[arg(long, env = "OPSC_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Origins allowed by CORS, comma-separated (CORS is off without).
-    #[arg(long, env = "OPSC_CORS_ORIGINS", value_delimiter = ',', value_name = "ORIGIN")]
+    #[arg(
+        long,
+        env = "OPSC_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
     cors_origin: Vec<String>,
     /// Lifetime of access tokens (e.g. 15m) [default: 15m].
     #[arg(long, env = "OPSC_ACCESS_TOKEN_TTL", value_name = "DURATION")]
