@@ -3,6 +3,8 @@
 //! settings come from flags, `OPSC_…` variables and a TOML file (checked with
 //! clear errors), and SIGTERM shuts it down gracefully.
 
+#![allow(clippy::unwrap_used, reason = "test helpers panic on broken fixtures")]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
