@@ -44,7 +44,9 @@ pub struct Config {
     pub lease: Duration,
     /// How often a worker renews its leases (must be well under `lease`).
     pub heartbeat: Duration,
-    /// Safety-net poll for queued runs when no wake-up arrives.
+    /// Safety-net poll for queued runs when no wake-up arrives. With a store
+    /// that has no cross-process wake-ups (SQLite) it is the only way to see
+    /// runs queued by another process, so it is capped at 250 ms there.
     pub poll: Duration,
     /// How often followers and waiters re-read the store without a wake-up
     /// (another process may be writing).
@@ -155,6 +157,10 @@ impl ConductorBuilder {
         for e in self.executors {
             executors.insert(e.kind(), e);
         }
+        let mut config = self.config;
+        if !store.capabilities().notifications {
+            config.poll = config.poll.min(Duration::from_millis(250));
+        }
         let mut keyring = self.keyring;
         secrets::verify_keyring(store.as_ref(), keyring.as_mut()).await?;
         let bus = Bus::new();
@@ -183,7 +189,7 @@ impl ConductorBuilder {
                 keyring: tokio::sync::RwLock::new(keyring),
                 bus,
                 templates: Templates::new(),
-                config: self.config,
+                config,
                 shutdown: CancellationToken::new(),
                 active: Mutex::new(HashMap::new()),
                 workers: Mutex::new(Vec::new()),
