@@ -101,6 +101,43 @@ impl From<Target> for TargetView {
     }
 }
 
+/// The outcome of checking a target.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TargetCheckView {
+    /// Target name.
+    pub target: String,
+    /// Connection kind.
+    pub kind: String,
+    /// True if it connected, authenticated and ran the probe.
+    pub ok: bool,
+    /// What the probe found (host name, OS, …).
+    #[schema(value_type = Option<Object>)]
+    pub probe: Option<Value>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// How long the check took.
+    pub latency_ms: u64,
+}
+
+/// The host key an SSH target offers, and the one pinned.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HostKeyView {
+    /// The fingerprint offered now (`SHA256:…`).
+    pub offered: String,
+    /// The pinned fingerprint, if any.
+    pub pinned: Option<String>,
+    /// True if they are the same.
+    pub matches: bool,
+}
+
+/// A host key to pin.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrustRequest {
+    /// The fingerprint to pin (`SHA256:…`, as `ssh-keygen -lf` prints).
+    pub fingerprint: String,
+}
+
 /// A job version.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobView {

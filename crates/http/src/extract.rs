@@ -179,7 +179,68 @@ impl ApiError {
     }
 }
 
-/// A JSON request body (`Content-Type: application/json`, or none).
+/// A request body not read yet: handlers check the caller's permission
+/// first (so a refused caller gets 403 whatever it sent), then read it as
+/// JSON ([`Lazy::json`]) or as a definition document ([`Lazy::document`]).
+#[derive(Debug)]
+pub struct Lazy {
+    req: Request,
+    limit: usize,
+    depth: usize,
+}
+
+impl FromRequest<AppState> for Lazy {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            req,
+            limit: state.inner.body_limit,
+            depth: state.inner.json_depth,
+        })
+    }
+}
+
+impl Lazy {
+    /// Reads a JSON body (`Content-Type: application/json`, or none) into `T`.
+    pub async fn json<T: DeserializeOwned>(self) -> Result<T, ApiError> {
+        let (parts, body) = self.req.into_parts();
+        if let Some(mt) = media_type(&parts)
+            && !is_json(&mt)
+        {
+            return Err(unsupported(&mt, "application/json"));
+        }
+        let bytes = read_body(Request::from_parts(parts, body), self.limit).await?;
+        parse_json(&bytes, self.depth)
+    }
+
+    /// Reads a definition document: a JSON object, or YAML text (`application/yaml`).
+    pub async fn document(self) -> Result<Document, ApiError> {
+        let (parts, body) = self.req.into_parts();
+        let mt = media_type(&parts);
+        let bytes = read_body(Request::from_parts(parts, body), self.limit).await?;
+        match mt.as_deref() {
+            None => parse_json(&bytes, self.depth).map(Document::Json),
+            Some(m) if is_json(m) => parse_json(&bytes, self.depth).map(Document::Json),
+            Some(m) if is_yaml(m) => {
+                if too_deep(&bytes, self.depth) {
+                    return Err(ApiError::bad_request(format!(
+                        "the YAML body nests deeper than {} levels",
+                        self.depth
+                    ))
+                    .with_code("too_deep"));
+                }
+                String::from_utf8(bytes.to_vec())
+                    .map(Document::Yaml)
+                    .map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))
+            }
+            Some(m) => Err(unsupported(m, "application/json or application/yaml")),
+        }
+    }
+}
+
+/// A JSON request body (`Content-Type: application/json`, or none), read
+/// before the handler runs: for endpoints any caller may use.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -187,14 +248,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (parts, body) = req.into_parts();
-        if let Some(mt) = media_type(&parts)
-            && !is_json(&mt)
-        {
-            return Err(unsupported(&mt, "application/json"));
-        }
-        let bytes = read_body(Request::from_parts(parts, body), state.inner.body_limit).await?;
-        parse_json(&bytes, state.inner.json_depth).map(JsonBody)
+        Lazy::from_request(req, state)
+            .await?
+            .json()
+            .await
+            .map(JsonBody)
     }
 }
 
@@ -213,33 +271,6 @@ pub enum Document {
     Json(serde_json::Value),
     /// YAML text (possibly several documents).
     Yaml(String),
-}
-
-impl FromRequest<AppState> for Document {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (parts, body) = req.into_parts();
-        let mt = media_type(&parts);
-        let bytes = read_body(Request::from_parts(parts, body), state.inner.body_limit).await?;
-        match mt.as_deref() {
-            None => parse_json(&bytes, state.inner.json_depth).map(Document::Json),
-            Some(m) if is_json(m) => parse_json(&bytes, state.inner.json_depth).map(Document::Json),
-            Some(m) if is_yaml(m) => {
-                if too_deep(&bytes, state.inner.json_depth) {
-                    return Err(ApiError::bad_request(format!(
-                        "the YAML body nests deeper than {} levels",
-                        state.inner.json_depth
-                    ))
-                    .with_code("too_deep"));
-                }
-                String::from_utf8(bytes.to_vec())
-                    .map(Document::Yaml)
-                    .map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))
-            }
-            Some(m) => Err(unsupported(m, "application/json or application/yaml")),
-        }
-    }
 }
 
 /// A query string parsed into `T` (400 with the reason when it does not fit).

@@ -71,7 +71,7 @@ async fn targets(backend: Backend) {
     let r = srv
         .req(Method::PUT, "/api/v1/targets/bastion", Some(&srv.admin))
         .header("content-type", "application/yaml")
-        .body("kind: Target\nname: bastion\nconnection:\n  type: ssh\n  host: 10.0.0.1\n  user: ops\n")
+        .body("kind: Target\nname: bastion\nconnection:\n  type: ssh\n  host: 127.0.0.1\n  port: 1\n  user: ops\n")
         .send()
         .await
         .expect("put");
@@ -79,7 +79,7 @@ async fn targets(backend: Backend) {
     let v = json_of(srv.get("/api/v1/targets/bastion", &srv.admin).await).await;
     assert_eq!(
         v["connection"],
-        json!({"type": "ssh", "host": "10.0.0.1", "port": 22, "user": "ops"})
+        json!({"type": "ssh", "host": "127.0.0.1", "port": 1, "user": "ops"})
     );
     // The same again: unchanged (200).
     let r = srv
@@ -131,6 +131,56 @@ async fn targets(backend: Backend) {
         .put("/api/v1/targets/x", &srv.admin, json!({"kind": "Job"}))
         .await;
     expect_error(r, 422, "validation").await;
+    // Check now: the local target answers.
+    let r = srv
+        .post("/api/v1/targets/local/check", &srv.admin, json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let v = json_of(r).await;
+    assert_eq!(
+        (v["ok"].as_bool(), v["kind"].as_str()),
+        (Some(true), Some("local")),
+        "{v}"
+    );
+    // An unreachable SSH host: a 200 with the reason (the check ran).
+    let r = srv
+        .post("/api/v1/targets/bastion/check", &srv.admin, json!({}))
+        .await;
+    let v = json_of(r).await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["error"].is_string());
+    expect_error(
+        srv.post("/api/v1/targets/nope/check", &srv.admin, json!({}))
+            .await,
+        404,
+        "not_found",
+    )
+    .await;
+    // Host keys are for SSH targets; a fingerprint must look like one.
+    expect_error(
+        srv.get("/api/v1/targets/local/host-key", &srv.admin).await,
+        422,
+        "validation",
+    )
+    .await;
+    let r = srv
+        .post(
+            "/api/v1/targets/bastion/trust",
+            &srv.admin,
+            json!({"fingerprint": "md5:xx"}),
+        )
+        .await;
+    expect_error(r, 422, "validation").await;
+    let fp = "SHA256:2n7H4fmTqNQd0RvO7dLq0q9N4Xc0v5Yz3e1w2r3t4y5";
+    let r = srv
+        .post(
+            "/api/v1/targets/bastion/trust",
+            &srv.admin,
+            json!({"fingerprint": fp}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["connection"]["host_key"], fp);
     // Delete; then it is gone.
     let r = srv
         .req(Method::DELETE, "/api/v1/targets/db-1", Some(&srv.admin))

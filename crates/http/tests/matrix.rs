@@ -115,21 +115,28 @@ fn cases() -> Vec<Case> {
             None,
             Perm(P::ManageTargets),
         ),
+        case(
+            M::POST,
+            "/api/v1/targets/local/check",
+            None,
+            Perm(P::ManageTargets),
+        ),
         Case {
-            allowed_status: Some(501),
+            // `local` has no host key: allowed, but not applicable.
+            allowed_status: Some(422),
             ..case(
-                M::POST,
-                "/api/v1/targets/local/check",
+                M::GET,
+                "/api/v1/targets/local/host-key",
                 None,
                 Perm(P::ManageTargets),
             )
         },
         Case {
-            allowed_status: Some(501),
+            allowed_status: Some(422),
             ..case(
                 M::POST,
                 "/api/v1/targets/local/trust",
-                None,
+                Some(json!({"fingerprint": "SHA256:abc"})),
                 Perm(P::ManageTargets),
             )
         },

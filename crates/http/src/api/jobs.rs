@@ -11,7 +11,7 @@ use opsconductor::model::JobStatus;
 use crate::api::targets::{applied, one_document};
 use crate::dto::{ApplyItemView, ApplyReport, JobPage, JobVersions, JobView};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{Caller, Document, P, Q};
+use crate::extract::{Caller, Document, Lazy, P, Q};
 use crate::page;
 use crate::state::AppState;
 
@@ -125,11 +125,7 @@ pub async fn versions(
     P(name): P<String>,
 ) -> ApiResult<Json<JobVersions>> {
     caller.require(Permission::Read)?;
-    let versions = state.inner.oc.store().job_versions(&name).await?;
-    if versions.is_empty() {
-        // The engine's error says which jobs exist.
-        state.inner.oc.job(&name, None).await?;
-    }
+    let versions = state.inner.oc.job_versions(&name).await?;
     Ok(Json(JobVersions {
         items: versions
             .into_iter()
@@ -150,10 +146,10 @@ pub async fn versions(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    doc: Document,
+    body: Lazy,
 ) -> ApiResult<Response> {
     caller.require(Permission::ManageJobs)?;
-    let batch = one_document(doc, "Job", None)?;
+    let batch = one_document(body.document().await?, "Job", None)?;
     applied(state.inner.oc.apply(&batch, &caller.actor).await?)
 }
 
@@ -171,10 +167,10 @@ pub async fn put(
     State(state): State<AppState>,
     caller: Caller,
     P(name): P<String>,
-    doc: Document,
+    body: Lazy,
 ) -> ApiResult<Response> {
     caller.require(Permission::ManageJobs)?;
-    let batch = one_document(doc, "Job", Some(&name))?;
+    let batch = one_document(body.document().await?, "Job", Some(&name))?;
     applied(state.inner.oc.apply(&batch, &caller.actor).await?)
 }
 
@@ -201,10 +197,10 @@ pub async fn apply(
     State(state): State<AppState>,
     caller: Caller,
     Q(q): Q<ApplyQuery>,
-    doc: Document,
+    body: Lazy,
 ) -> ApiResult<Json<ApplyReport>> {
     caller.require(Permission::Read)?;
-    let text = match doc {
+    let text = match body.document().await? {
         Document::Yaml(t) => t,
         Document::Json(serde_json::Value::Array(items)) => {
             let mut out = String::new();

@@ -37,7 +37,7 @@ use crate::{auth as authn, middleware as mw};
     paths(
         ops::health, ops::ready, ops::metrics,
         auth::login, auth::refresh, auth::logout, auth::me, auth::tokens, auth::create_token, auth::revoke_token,
-        targets::list, targets::get_one, targets::put, targets::delete_one, targets::check, targets::trust,
+        targets::list, targets::get_one, targets::put, targets::delete_one, targets::check, targets::host_key, targets::trust,
         jobs::list, jobs::get_one, jobs::versions, jobs::create, jobs::put, jobs::apply,
         runs::list, runs::submit, runs::get_one, runs::cancel, runs::logs, runs::ws, runs::exec,
         secrets::list, secrets::get_one, secrets::put, secrets::delete_one, secrets::history,
@@ -96,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/targets/{name}/check", post(targets::check))
         .route("/api/v1/targets/{name}/trust", post(targets::trust))
+        .route("/api/v1/targets/{name}/host-key", get(targets::host_key))
         .route("/api/v1/jobs", get(jobs::list).post(jobs::create))
         .route("/api/v1/jobs/{name}", get(jobs::get_one).put(jobs::put))
         .route("/api/v1/jobs/{name}/versions", get(jobs::versions))

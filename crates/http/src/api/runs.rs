@@ -23,7 +23,7 @@ use crate::dto::{
     ExecRequestBody, LogChunkView, LogPage, RunDetailView, RunPage, RunView, SubmitRunRequest,
 };
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{Caller, JsonBody, P, Q};
+use crate::extract::{Caller, Lazy, P, Q};
 use crate::page;
 use crate::state::AppState;
 
@@ -131,8 +131,10 @@ fn created(run: opsconductor::Run) -> Response {
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(body): JsonBody<SubmitRunRequest>,
+    body: Lazy,
 ) -> ApiResult<Response> {
+    caller.require(Permission::Run)?;
+    let body: SubmitRunRequest = body.json().await?;
     let params = match body.params {
         None | Some(serde_json::Value::Null) => serde_json::Value::Object(Default::default()),
         Some(v @ serde_json::Value::Object(_)) => v,
@@ -159,8 +161,10 @@ pub async fn submit(
 pub async fn exec(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(body): JsonBody<ExecRequestBody>,
+    body: Lazy,
 ) -> ApiResult<Response> {
+    caller.require(Permission::Run)?;
+    let body: ExecRequestBody = body.json().await?;
     let mut req = ExecRequest::new(body.command);
     if let Some(t) = body.targets {
         req.targets = t;

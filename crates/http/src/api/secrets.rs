@@ -15,7 +15,7 @@ use crate::dto::{
     SecretHistory, SecretPage, SecretView,
 };
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{Caller, JsonBody, P, Q};
+use crate::extract::{Caller, Lazy, P, Q};
 use crate::page;
 use crate::state::AppState;
 
@@ -106,9 +106,10 @@ pub async fn put(
     State(state): State<AppState>,
     caller: Caller,
     P(name): P<String>,
-    JsonBody(body): JsonBody<PutSecretRequest>,
+    body: Lazy,
 ) -> ApiResult<Response> {
     caller.require(Permission::ManageSecrets)?;
+    let body: PutSecretRequest = body.json().await?;
     let value = match (body.value, body.value_base64) {
         (Some(v), None) => v.into_bytes(),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD

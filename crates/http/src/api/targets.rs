@@ -1,5 +1,6 @@
-//! `/api/v1/targets`: list, read, create or replace (JSON or YAML), delete;
-//! `check` and `trust` answer 501 until the engine offers them.
+//! `/api/v1/targets`: list, read, create or replace (JSON or YAML), delete,
+//! check (connect and probe now), and the SSH host-key trust flow (see the
+//! key a host offers, then pin it).
 
 use axum::Json;
 use axum::extract::State;
@@ -8,9 +9,11 @@ use axum::response::{IntoResponse, Response};
 use opsconductor::auth::Permission;
 use opsconductor::store::{ApplyAction, ApplyBatch};
 
-use crate::dto::{ApplyItemView, TargetPage, TargetView};
+use crate::dto::{
+    ApplyItemView, HostKeyView, TargetCheckView, TargetPage, TargetView, TrustRequest,
+};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{Caller, Document, P, Q};
+use crate::extract::{Caller, Document, Lazy, P, Q};
 use crate::page;
 use crate::state::AppState;
 
@@ -170,10 +173,10 @@ pub async fn put(
     State(state): State<AppState>,
     caller: Caller,
     P(name): P<String>,
-    doc: Document,
+    body: Lazy,
 ) -> ApiResult<Response> {
     caller.require(Permission::ManageTargets)?;
-    let batch = one_document(doc, "Target", Some(&name))?;
+    let batch = one_document(body.document().await?, "Target", Some(&name))?;
     let items = state.inner.oc.apply(&batch, &caller.actor).await?;
     applied(items)
 }
@@ -193,7 +196,7 @@ pub(crate) fn applied(items: Vec<opsconductor::store::ApplyItem>) -> ApiResult<R
     Ok((status, Json(ApplyItemView::from(item))).into_response())
 }
 
-/// Delete a target.
+/// Delete a target (runs that used it keep their history).
 #[utoipa::path(delete, path = "/api/v1/targets/{name}", tag = "targets",
     params(("name" = String, Path, description = "Target name")),
     responses(
@@ -206,60 +209,95 @@ pub async fn delete_one(
     caller: Caller,
     P(name): P<String>,
 ) -> ApiResult<StatusCode> {
-    caller.require(Permission::ManageTargets)?;
-    let oc = &state.inner.oc;
-    if !oc.store().delete_target(&name).await? {
-        return Err(opsconductor::Error::not_found("target", name).into());
-    }
-    oc.record_audit(
-        &caller.actor,
-        "target.delete",
-        &format!("target:{name}"),
-        serde_json::Value::Null,
-    )
-    .await;
+    state.inner.oc.remove_target(&name, &caller.actor).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn not_yet(what: &str) -> ApiError {
-    ApiError::not_implemented(format!(
-        "{what} from the server needs an engine call that does not exist yet; \
-         meanwhile run `opsconductor exec -t NAME -- true` (check) or pin the host key in the target's connection (trust)"
-    ))
-}
-
-/// Check that a target is reachable (not implemented yet: 501).
+/// Check a target now: connect, authenticate, run a trivial probe. A target
+/// that cannot be reached is a 200 with `ok: false` and the reason.
 #[utoipa::path(post, path = "/api/v1/targets/{name}/check", tag = "targets",
     params(("name" = String, Path, description = "Target name")),
     responses(
+        (status = 200, description = "The outcome", body = TargetCheckView),
         (status = 403, description = "Your role may not manage targets", body = ErrorBody),
         (status = 404, description = "No such target", body = ErrorBody),
-        (status = 501, description = "Not implemented yet", body = ErrorBody),
     ))]
 pub async fn check(
     State(state): State<AppState>,
     caller: Caller,
     P(name): P<String>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Json<TargetCheckView>> {
     caller.require(Permission::ManageTargets)?;
-    state.inner.oc.target(&name).await?;
-    Err(not_yet("checking a target"))
+    // The exact target, not a selector: resolve it first (404 if unknown).
+    let target = state.inner.oc.target(&name).await?;
+    let checks = state
+        .inner
+        .oc
+        .check_targets(&[target.name], 1, &caller.actor)
+        .await?;
+    let c = checks.into_iter().next().ok_or_else(|| {
+        ApiError::from(opsconductor::Error::Internal(
+            "the check reported nothing".into(),
+        ))
+    })?;
+    Ok(Json(TargetCheckView {
+        target: c.target,
+        kind: c.kind,
+        ok: c.ok,
+        probe: c.probe.and_then(|p| serde_json::to_value(p).ok()),
+        error: c.error,
+        latency_ms: c.latency_ms,
+    }))
 }
 
-/// Trust (pin) an SSH target's host key (not implemented yet: 501).
-#[utoipa::path(post, path = "/api/v1/targets/{name}/trust", tag = "targets",
+/// The host key an SSH target offers now, and the one it pins. Show it to a
+/// person, who compares it out of band before trusting it.
+#[utoipa::path(get, path = "/api/v1/targets/{name}/host-key", tag = "targets",
     params(("name" = String, Path, description = "Target name")),
     responses(
+        (status = 200, description = "Offered and pinned keys", body = HostKeyView),
         (status = 403, description = "Your role may not manage targets", body = ErrorBody),
         (status = 404, description = "No such target", body = ErrorBody),
-        (status = 501, description = "Not implemented yet", body = ErrorBody),
+        (status = 422, description = "Not an SSH target", body = ErrorBody),
+        (status = 502, description = "The host could not be reached", body = ErrorBody),
+    ))]
+pub async fn host_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    P(name): P<String>,
+) -> ApiResult<Json<HostKeyView>> {
+    caller.require(Permission::ManageTargets)?;
+    let (offered, pinned) = state.inner.oc.offered_host_key(&name).await?;
+    Ok(Json(HostKeyView {
+        matches: pinned.as_deref() == Some(offered.as_str()),
+        offered,
+        pinned,
+    }))
+}
+
+/// Pin an SSH target's host key: the fingerprint a person checked (from
+/// `GET …/host-key` and an out-of-band source).
+#[utoipa::path(post, path = "/api/v1/targets/{name}/trust", tag = "targets",
+    params(("name" = String, Path, description = "Target name")),
+    request_body = TrustRequest,
+    responses(
+        (status = 200, description = "The target with its pinned key", body = TargetView),
+        (status = 403, description = "Your role may not manage targets", body = ErrorBody),
+        (status = 404, description = "No such target", body = ErrorBody),
+        (status = 422, description = "Not an SSH target, or not a fingerprint", body = ErrorBody),
     ))]
 pub async fn trust(
     State(state): State<AppState>,
     caller: Caller,
     P(name): P<String>,
-) -> ApiResult<StatusCode> {
+    body: Lazy,
+) -> ApiResult<Json<TargetView>> {
     caller.require(Permission::ManageTargets)?;
-    state.inner.oc.target(&name).await?;
-    Err(not_yet("trusting a host key"))
+    let body: TrustRequest = body.json().await?;
+    let t = state
+        .inner
+        .oc
+        .trust_host_key(&name, body.fingerprint.trim(), &caller.actor)
+        .await?;
+    Ok(Json(t.into()))
 }

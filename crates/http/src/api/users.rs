@@ -8,9 +8,10 @@ use axum::response::{IntoResponse, Response};
 
 use crate::dto::{CreateUserRequest, PasswordRequest, UpdateUserRequest, UserPage, UserView};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{Caller, JsonBody, P, Q};
+use crate::extract::{Caller, Lazy, P, Q};
 use crate::page;
 use crate::state::AppState;
+use opsconductor::auth::Permission;
 
 /// Query of the user list.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -87,8 +88,10 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(body): JsonBody<CreateUserRequest>,
+    body: Lazy,
 ) -> ApiResult<Response> {
+    caller.require(Permission::ManageUsers)?;
+    let body: CreateUserRequest = body.json().await?;
     let user = state
         .inner
         .oc
@@ -135,11 +138,11 @@ pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
     P(name): P<String>,
-    JsonBody(body): JsonBody<UpdateUserRequest>,
+    body: Lazy,
 ) -> ApiResult<Json<UserView>> {
+    caller.require(Permission::ManageUsers)?;
+    let body: UpdateUserRequest = body.json().await?;
     if body.role.is_none() && body.disabled.is_none() {
-        // Still held to the matrix first, so a viewer learns 403, not 422.
-        caller.require(opsconductor::auth::Permission::ManageUsers)?;
         return Err(ApiError::invalid("body", "give `role` and/or `disabled`"));
     }
     let user = state
@@ -170,8 +173,12 @@ pub async fn password(
     State(state): State<AppState>,
     caller: Caller,
     P(name): P<String>,
-    JsonBody(body): JsonBody<PasswordRequest>,
+    body: Lazy,
 ) -> ApiResult<StatusCode> {
+    if caller.principal.username != name {
+        caller.require(Permission::ManageUsers)?;
+    }
+    let body: PasswordRequest = body.json().await?;
     let current = body.current_password.unwrap_or_default();
     if caller.principal.username == name && current.is_empty() {
         return Err(ApiError::invalid(
