@@ -294,6 +294,30 @@ pub async fn secrets(oc: &Conductor, out: &Out, cmd: SecretsCmd) -> Result<u8, E
     Ok(exit::OK)
 }
 
+/// `opsconductor audit verify`.
+#[derive(Subcommand, Debug, Clone, Copy)]
+pub enum AuditCmd {
+    /// Recompute the audit hash chain; exits 1 and names the first bad event if it was tampered with.
+    Verify,
+}
+
+/// Checks the audit chain; exit code 0 if intact, 1 if not.
+pub async fn audit_verify(oc: &Conductor, out: &Out) -> Result<u8, Error> {
+    let v = oc.verify_audit().await?;
+    if out.json {
+        out.json(&v);
+    } else if v.ok {
+        println!("audit log intact: {} event(s) verified", v.events);
+    } else {
+        println!(
+            "audit log TAMPERED: event {} — {}",
+            v.first_bad_seq.map(|s| s.to_string()).unwrap_or_default(),
+            v.problem.as_deref().unwrap_or("")
+        );
+    }
+    Ok(if v.ok { exit::OK } else { exit::FAILED })
+}
+
 pub async fn audit(
     oc: &Conductor,
     out: &Out,

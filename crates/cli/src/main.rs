@@ -88,7 +88,11 @@ enum Cmd {
     #[command(subcommand)]
     Secrets(admin::SecretsCmd),
     /// Read the audit log (who did what, when).
+    #[command(args_conflicts_with_subcommands = true)]
     Audit {
+        /// `verify`: recompute the hash chain and name the first altered, deleted or reordered event.
+        #[command(subcommand)]
+        check: Option<admin::AuditCmd>,
         /// Only events about this object (e.g. `secret:db-password`).
         #[arg(long)]
         object: Option<String>,
@@ -263,7 +267,11 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
     let oc = builder.build().await?;
     match cli.command {
         Cmd::Secrets(cmd) => admin::secrets(&oc, out, cmd).await,
-        Cmd::Audit { object, limit } => admin::audit(&oc, out, object, limit).await,
+        Cmd::Audit {
+            check: Some(admin::AuditCmd::Verify),
+            ..
+        } => admin::audit_verify(&oc, out).await,
+        Cmd::Audit { object, limit, .. } => admin::audit(&oc, out, object, limit).await,
         Cmd::Worker(args) => admin::worker(&oc, out, &args).await,
         // Dispatched above: the server builds its own engine.
         Cmd::Serve(_) => Err(Error::Internal("serve is dispatched before".into())),

@@ -249,3 +249,32 @@ fn bad_settings_are_clear_errors() {
     assert_eq!(code, Some(2));
     assert!(err.contains("--access-token-ttl"), "{err}");
 }
+
+#[test]
+fn audit_verify_finds_an_edited_row() {
+    let env = Env::new();
+    env.apply_examples();
+    let out = env.cmd(["audit", "verify"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("intact"), "{text}");
+    // Edit a row behind the server's back (Python's sqlite3 module).
+    let db = env.path().join("t.db");
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE audit_events SET object='job:forged' WHERE seq=1\"); c.commit()",
+            db.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = env.cmd(["--json", "audit", "verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["ok"].as_bool(), v["first_bad_seq"].as_u64()),
+        (Some(false), Some(1)),
+        "{v}"
+    );
+}
