@@ -93,7 +93,12 @@ pub async fn metrics(State(state): State<AppState>, req: Request, next: Next) ->
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_string();
+    // Standard methods only as label values: a client must not be able to
+    // grow the metrics without bound with made-up methods.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_string(),
+        _ => "OTHER".to_string(),
+    };
     let started = Instant::now();
     let res = next.run(req).await;
     state.inner.metrics.http_request(
