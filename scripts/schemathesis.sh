@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 examples="${1:-30}"
 work="$(mktemp -d)"
-venv="${SCHEMATHESIS_VENV:-target/schemathesis-venv}"
+venv="${SCHEMATHESIS_VENV:-$PWD/target/schemathesis-venv}"
 server_pid=""
 cleanup() {
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
@@ -35,7 +35,7 @@ st="$venv/bin/schemathesis"; [ -x "$st" ] || st="$venv/bin/st"
 
 say "building opsconductor"
 cargo build --quiet -p opsconductor-cli
-bin="${CARGO_TARGET_DIR:-target}/debug/opsconductor"
+bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/opsconductor"
 
 port="$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')"
 base="http://127.0.0.1:$port"
@@ -87,7 +87,8 @@ total_5xx=0
 for role in viewer operator admin; do
   say "schemathesis as $role ($examples examples per operation)"
   before=$(server_errors); sent_before=$(requests)
-  "$st" run "$base/api/v1/openapi.json" \
+  # Run from the scratch directory: schemathesis keeps its example database in the working directory.
+  (cd "$work" && "$st" run "$base/api/v1/openapi.json" \
     --url "$base" \
     --header "Authorization: Bearer ${tokens[$role]}" \
     --checks not_a_server_error \
@@ -95,7 +96,7 @@ for role in viewer operator admin; do
     --max-examples "$examples" \
     --workers 2 \
     --exclude-path '/api/v1/runs/{id}/ws' \
-    --no-color >"$work/st-$role.log" 2>&1 || true
+    --no-color >"$work/st-$role.log" 2>&1) || true
   tail -n 15 "$work/st-$role.log"
   after=$(server_errors); sent_after=$(requests)
   n=$((after - before))
