@@ -394,12 +394,12 @@ impl Conductor {
                 };
                 ss.create_secret(&rec).await?;
                 self.inner
-                    .audit(AuditEvent::now(
-                        &actor.name,
+                    .audit_as(
+                        actor,
                         "secret.create",
                         format!("secret:{}", meta.name),
                         serde_json::json!({"kind": meta.kind}),
-                    ))
+                    )
                     .await;
                 Ok(SetSecretOutcome {
                     meta,
@@ -431,12 +431,12 @@ impl Conductor {
                     )));
                 }
                 self.inner
-                    .audit(AuditEvent::now(
-                        &actor.name,
+                    .audit_as(
+                        actor,
                         "secret.update",
                         format!("secret:{}", meta.name),
                         serde_json::json!({"version": meta.version}),
-                    ))
+                    )
                     .await;
                 Ok(SetSecretOutcome {
                     meta,
@@ -510,12 +510,12 @@ impl Conductor {
             return Err(Error::not_found("secret", name));
         }
         self.inner
-            .audit(AuditEvent::now(
-                &actor.name,
+            .audit_as(
+                actor,
                 "secret.delete",
                 format!("secret:{name}"),
                 serde_json::Value::Null,
-            ))
+            )
             .await;
         Ok(())
     }
@@ -595,7 +595,7 @@ impl Conductor {
         let total = secrets.len();
         drop(guard);
         self.inner
-            .audit(AuditEvent::now(&actor.name, "key.rotate", format!("key:{to}"), serde_json::json!({"rewrapped": rewrapped, "total": total, "new_version": new_version})))
+            .audit_as(actor, "key.rotate", format!("key:{to}"), serde_json::json!({"rewrapped": rewrapped, "total": total, "new_version": new_version}))
             .await;
         Ok(RotationReport {
             key_version: to,
@@ -637,12 +637,12 @@ impl Conductor {
         }
         drop(guard);
         self.inner
-            .audit(AuditEvent::now(
-                &actor.name,
+            .audit_as(
+                actor,
                 "key.retire",
                 format!("key:{version}"),
                 serde_json::Value::Null,
-            ))
+            )
             .await;
         Ok(())
     }
