@@ -46,6 +46,8 @@ unset OPSC_DATABASE_URL OPSC_LOG OPSC_MASTER_KEY OPSC_MASTER_KEY_FILE OPSC_MASTE
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-always}"
 
 # --- checks and tests ----------------------------------------------------------
+say "disk before the build (a full build needs about 6 GB under target/)"
+df -h . | tail -1
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -63,4 +65,5 @@ if [ -x crates/python/scripts/test.sh ]; then
   crates/python/scripts/test.sh --debug
 fi
 
+say "disk after the run"; df -h . | tail -1; du -sh target 2>/dev/null || true
 say "all green"
