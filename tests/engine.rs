@@ -772,6 +772,101 @@ steps:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rescue_continues_past_an_interrupted_step_that_may_fail() {
+    let env = engine().await;
+    let log = env.path("steps.log");
+    env.apply(&format!(
+        r#"
+kind: Job
+name: tolerant
+steps:
+  - exec: echo one >> {log}
+  - name: send the report
+    exec: echo two >> {log}
+    continue_on_error: true
+  - exec: echo three >> {log}
+"#
+    ))
+    .await;
+    let run = env
+        .oc
+        .submit(SubmitRequest::new("tolerant"), &me())
+        .await
+        .unwrap();
+    let claimed = claim_as_dead_worker(&env.oc, run.id).await;
+    put(&env.oc, &claimed, 0, StepStatus::Succeeded).await;
+    put(&env.oc, &claimed, 1, StepStatus::Running).await;
+    env.oc.start_workers(1);
+    let done = tokio::time::timeout(Duration::from_secs(30), env.oc.wait(run.id))
+        .await
+        .unwrap()
+        .unwrap();
+    env.oc.shutdown().await;
+    let d = env.oc.get(run.id).await.unwrap();
+    // The interrupted step is not repeated (it is not idempotent) but the run
+    // goes on, because that step was allowed to fail.
+    assert_eq!(result(&d, 0, "local").status, StepStatus::Succeeded);
+    assert_eq!(result(&d, 1, "local").status, StepStatus::Interrupted);
+    assert_eq!(result(&d, 2, "local").status, StepStatus::Succeeded);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "three\n");
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_workers_run_is_rescued_while_the_queue_stays_busy() {
+    // Short leases so the rescue happens within the test; the queue holds
+    // far more work than the rescue interval, so a rescue that waited for
+    // an idle queue would come only at the very end.
+    let env = engine_with(|c| {
+        c.lease = Duration::from_millis(900);
+        c.heartbeat = Duration::from_millis(300);
+    })
+    .await;
+    env.apply(
+        r#"
+kind: Job
+name: slow
+steps:
+  - exec: sleep 0.2
+"#,
+    )
+    .await;
+    let stuck = env
+        .oc
+        .submit_exec(ExecRequest::new("true"), &me())
+        .await
+        .unwrap();
+    claim_as_dead_worker(&env.oc, stuck.id).await;
+    let mut queued = Vec::new();
+    for _ in 0..40 {
+        queued.push(
+            env.oc
+                .submit(SubmitRequest::new("slow"), &me())
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    env.oc.start_workers(1);
+    tokio::time::timeout(Duration::from_secs(60), env.oc.wait(stuck.id))
+        .await
+        .unwrap()
+        .unwrap();
+    // When the stuck run was done, most of the queue was still waiting.
+    let mut still_queued = 0;
+    for id in &queued {
+        if env.oc.get(*id).await.unwrap().run.status == RunStatus::Queued {
+            still_queued += 1;
+        }
+    }
+    env.oc.shutdown().await;
+    assert!(
+        still_queued >= 10,
+        "the dead worker's run was only rescued after the queue drained ({still_queued} of 40 left)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_that_lost_its_lease_does_not_overwrite_the_run() {
     let env = engine().await;
     let run = env

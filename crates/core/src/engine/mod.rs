@@ -840,20 +840,22 @@ impl Conductor {
         }
     }
 
-    /// Starts `n` more worker tasks that claim and execute queued runs (and
-    /// rescue runs whose worker died).
+    /// Starts a pool of `n` more execution slots that claim and execute
+    /// queued runs (and rescue runs whose worker died), claiming as many runs
+    /// in one statement as slots are free.
     pub fn start_workers(&self, n: usize) {
         let mut handles = match self.inner.workers.lock() {
             Ok(h) => h,
             Err(p) => p.into_inner(),
         };
-        for i in 0..n {
-            let inner = self.inner.clone();
-            let idx = handles.len() + i;
-            handles.push(tokio::spawn(async move {
-                worker::worker_loop(inner, idx).await
-            }));
+        if n == 0 {
+            return;
         }
+        let inner = self.inner.clone();
+        let idx = handles.len();
+        handles.push(tokio::spawn(async move {
+            worker::worker_loop(inner, idx, n).await
+        }));
     }
 
     /// Stops claiming new runs and waits for the runs in progress to end.
@@ -866,5 +868,20 @@ impl Conductor {
         for h in handles {
             let _ = h.await;
         }
+    }
+
+    /// How many worker pools started by [`Conductor::start_workers`] are
+    /// still running: 0 once [`Conductor::shutdown`] was called or when a pool
+    /// ended on its own (a panic). Front ends report it in readiness checks,
+    /// since a configured worker count says nothing about live workers.
+    pub fn worker_pools_running(&self) -> usize {
+        if self.inner.shutdown.is_cancelled() {
+            return 0;
+        }
+        let handles = match self.inner.workers.lock() {
+            Ok(h) => h,
+            Err(p) => p.into_inner(),
+        };
+        handles.iter().filter(|h| !h.is_finished()).count()
     }
 }

@@ -142,46 +142,77 @@ pub(crate) fn render_step(
     })
 }
 
-/// Claims queued runs (and rescues expired ones) until shutdown.
-pub(crate) async fn worker_loop(inner: Arc<Inner>, idx: usize) {
+/// Most runs one claim statement takes at once.
+const MAX_BATCH: usize = 32;
+
+/// Claims queued runs (and rescues expired ones) for `slots` concurrent
+/// executions until shutdown, then waits for the runs it started.
+///
+/// One claimer per pool rather than one per slot: when several slots are
+/// free, a single statement claims that many runs (the store's batch claim),
+/// which is what keeps a busy queue cheap on PostgreSQL. Expired leases are
+/// looked for at least every heartbeat interval even while queued work keeps
+/// the pool busy, so a dead worker's runs are rescued within about
+/// `lease + heartbeat` however long the queue is.
+pub(crate) async fn worker_loop(inner: Arc<Inner>, idx: usize, slots: usize) {
     let worker = format!("{}#{idx}", inner.config.worker_name);
     let mut rx = inner.bus.subscribe();
-    let claim = Claim {
-        worker: worker.clone(),
-        lease: inner.config.lease,
-        limit: 1,
-        only: None,
-    };
-    loop {
-        if inner.shutdown.is_cancelled() {
-            return;
-        }
-        let mut got = match inner.store.claim_queued(&claim).await {
-            Ok(runs) => runs,
-            Err(e) => {
-                tracing::warn!(worker = %worker, error = %e, "claiming runs failed; retrying");
-                Vec::new()
-            }
+    let free = Arc::new(tokio::sync::Semaphore::new(slots.max(1)));
+    let mut running = tokio::task::JoinSet::new();
+    let rescue_every = inner.config.heartbeat;
+    let mut last_rescue: Option<Instant> = None;
+    'claiming: loop {
+        // Reap finished executions so the set does not grow.
+        while running.try_join_next().is_some() {}
+        let first = tokio::select! {
+            _ = inner.shutdown.cancelled() => break 'claiming,
+            p = free.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break 'claiming,
+            },
         };
-        if got.is_empty() {
-            match inner.store.claim_expired(&claim, Utc::now()).await {
-                Ok(runs) => {
-                    for r in &runs {
-                        tracing::warn!(run = %r.id, attempt = r.attempt, "rescuing a run whose worker stopped heartbeating");
-                    }
-                    got = runs;
-                }
+        let mut permits = vec![first];
+        while permits.len() < MAX_BATCH {
+            match free.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let claim = |limit: usize| Claim {
+            worker: worker.clone(),
+            lease: inner.config.lease,
+            limit,
+            only: None,
+        };
+        let mut got = Vec::new();
+        let rescue_due = last_rescue.is_none_or(|t| t.elapsed() >= rescue_every);
+        if rescue_due {
+            got = rescue(&inner, &worker, &claim(permits.len())).await;
+            last_rescue = Some(Instant::now());
+        }
+        if got.len() < permits.len() {
+            match inner
+                .store
+                .claim_queued(&claim(permits.len() - got.len()))
+                .await
+            {
+                Ok(runs) => got.extend(runs),
                 Err(e) => {
-                    tracing::warn!(worker = %worker, error = %e, "rescuing runs failed; retrying")
+                    tracing::warn!(worker = %worker, error = %e, "claiming runs failed; retrying")
                 }
             }
         }
+        if got.is_empty() && !rescue_due {
+            got = rescue(&inner, &worker, &claim(permits.len())).await;
+            last_rescue = Some(Instant::now());
+        }
         if got.is_empty() {
+            drop(permits);
             let sleep = tokio::time::sleep(inner.config.poll);
             tokio::pin!(sleep);
             loop {
                 tokio::select! {
-                    _ = inner.shutdown.cancelled() => return,
+                    _ = inner.shutdown.cancelled() => break 'claiming,
                     _ = &mut sleep => break,
                     ev = rx.recv() => match ev {
                         Ok(Event::Queued(_)) | Err(_) => break,
@@ -191,10 +222,34 @@ pub(crate) async fn worker_loop(inner: Arc<Inner>, idx: usize) {
             }
             continue;
         }
-        for mut run in got {
+        // Permits beyond what was claimed go back (dropped) at the end of
+        // this iteration; each claimed run holds one until it ends.
+        for (mut run, permit) in got.into_iter().zip(permits) {
             run.worker = Some(worker.clone());
             inner.publish(Event::Updated(run.id));
-            execute_run(inner.clone(), run).await;
+            let inner = inner.clone();
+            running.spawn(async move {
+                execute_run(inner, run).await;
+                drop(permit);
+            });
+        }
+    }
+    // Shutdown: let the runs in progress end (they hand back or finish).
+    while running.join_next().await.is_some() {}
+}
+
+/// Claims runs whose lease expired (their worker died), logging each.
+async fn rescue(inner: &Inner, worker: &str, claim: &Claim) -> Vec<Run> {
+    match inner.store.claim_expired(claim, Utc::now()).await {
+        Ok(runs) => {
+            for r in &runs {
+                tracing::warn!(run = %r.id, attempt = r.attempt, "rescuing a run whose worker stopped heartbeating");
+            }
+            runs
+        }
+        Err(e) => {
+            tracing::warn!(worker = %worker, error = %e, "rescuing runs failed; retrying");
+            Vec::new()
         }
     }
 }
