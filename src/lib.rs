@@ -83,9 +83,12 @@ fn with_executors(b: ConductorBuilder) -> ConductorBuilder {
     // Verifies host keys against each target's pinned `host_key`.
     #[cfg(feature = "ssh")]
     let b = b.executor(SshExecutor::default());
-    // Connects to the engine (and sweeps orphans) on first use only.
+    // Connects to the engine (and sweeps orphans) on first use only; the
+    // engine is the one `OPSC_DOCKER_SOCKET` or `DOCKER_HOST` names (a
+    // socket path, `unix://…` or `tcp://…`), so deployments pick it without
+    // code.
     #[cfg(feature = "docker")]
-    let b = b.executor(DockerExecutor::default());
+    let b = b.executor(DockerExecutor::from_env());
     // Proves each target's credential by opening (and deleting) a shell.
     #[cfg(feature = "winrm")]
     let b = b.executor(WinRmExecutor::default());

@@ -33,7 +33,9 @@ use opsconductor_executors::behaviour::{Outcome, run, run_with, unique};
 use opsconductor_executors::docker::sweep::{
     LABEL_MANAGED, LABEL_RUN, LABEL_SESSION, LABEL_WORKER, LABEL_WORKER_BOOT, LABEL_WORKER_START,
 };
-use opsconductor_executors::docker::{DockerExecutor, DockerSession, WorkerId};
+use opsconductor_executors::docker::{
+    DEFAULT_SOCKET, DockerExecutor, DockerSession, TmpMode, WorkerId,
+};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -49,7 +51,7 @@ static DONE: AtomicUsize = AtomicUsize::new(0);
 /// the 14 behaviour-suite rules plus the Docker tests below. If it is
 /// wrong, the last test only waits longer (it also stops waiting once no
 /// test has run for a while).
-const OTHER_TESTS: usize = 14 + 25;
+const OTHER_TESTS: usize = 14 + 27;
 
 /// Counts a test as live until dropped.
 struct TestGuard;
@@ -130,8 +132,11 @@ async fn target(limits: &[(&str, Value)]) -> Target {
     target_with(&image().await, limits)
 }
 
+/// The behaviour suite's target asks for the session workspace at `/tmp`:
+/// its rules make a directory under `/tmp` in one step and copy into it in
+/// the next, which the default per-step tmpfs cannot keep.
 async fn docker_fixture() -> (Arc<dyn Executor>, Target) {
-    let target = target(&[]).await;
+    let target = target(&[("tmp", json!("session"))]).await;
     let exec = Tracked {
         inner: DockerExecutor::new(),
         _guard: TestGuard::new(),
@@ -370,19 +375,61 @@ async fn memory_limit_kills_and_is_reported_as_out_of_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tmpfs_mode_is_size_limited_and_keeps_nothing() {
+async fn tmp_is_a_size_limited_tmpfs_by_default() {
     let _g = TestGuard::new();
     let exec = DockerExecutor::new();
-    let t = target(&[("tmp", json!("tmpfs")), ("tmpfs_size", json!("2m"))]).await;
+    let s = session(&exec, &target(&[]).await).await;
+    assert_eq!(s.limits().tmp, TmpMode::Tmpfs);
+    // busybox df: Filesystem 1K-blocks Used Available Use% Mounted on.
+    let (_, out) = sh(&s, "df -k /tmp | tail -n 1").await;
+    out.assert_success();
+    let fields: Vec<String> = out.stdout().split_whitespace().map(str::to_owned).collect();
+    assert_eq!(
+        fields.first().map(String::as_str),
+        Some("tmpfs"),
+        "{fields:?}"
+    );
+    assert_eq!(
+        fields.get(1).map(String::as_str),
+        Some("65536"),
+        "64 MiB: {fields:?}"
+    );
+    assert_eq!(
+        fields.last().map(String::as_str),
+        Some("/tmp"),
+        "{fields:?}"
+    );
+    let (_, out) = sh(&s, "grep ' /tmp ' /proc/mounts").await;
+    out.assert_success();
+    assert!(
+        out.stdout().starts_with("tmpfs /tmp tmpfs rw,"),
+        "{}",
+        out.stdout()
+    );
+    // Writing past the limit fails; nothing survives the step.
+    let (_, out) = sh(&s, "dd if=/dev/zero of=/tmp/big bs=1048576 count=80").await;
+    assert_ne!(out.status().code, Some(0));
+    assert!(out.stderr().contains("No space left"), "{}", out.stderr());
+    let (_, out) = sh(&s, "ls -A /tmp | wc -l").await;
+    assert_eq!(out.stdout().trim(), "0", "a fresh /tmp per step");
+    assert!(
+        s.workspace_volume().is_none(),
+        "no workspace volume by default"
+    );
+    Box::new(s).close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmpfs_size_is_configurable() {
+    let _g = TestGuard::new();
+    let exec = DockerExecutor::new();
+    let t = target(&[("tmpfs_size", json!("2m"))]).await;
     let s = session(&exec, &t).await;
     let (_, out) = sh(&s, "head -c 1000000 /dev/zero > /tmp/small && echo ok").await;
     out.assert_success();
     let (_, out) = sh(&s, "dd if=/dev/zero of=/tmp/big bs=1048576 count=4").await;
     assert_ne!(out.status().code, Some(0));
     assert!(out.stderr().contains("No space left"), "{}", out.stderr());
-    let (_, out) = sh(&s, "ls -A /tmp | wc -l").await;
-    assert_eq!(out.stdout().trim(), "0", "a fresh /tmp per step");
-    assert!(s.workspace_volume().is_none(), "no workspace in tmpfs mode");
     Box::new(s).close().await;
 }
 
@@ -528,7 +575,7 @@ async fn exit_codes_come_from_the_container_and_signals_are_128_plus() {
 async fn the_workspace_lives_for_the_session_only() {
     let _g = TestGuard::new();
     let exec = DockerExecutor::new();
-    let t = target(&[]).await;
+    let t = target(&[("tmp", json!("session"))]).await;
     let s = session(&exec, &t).await;
     sh(&s, "mkdir /tmp/state && echo kept > /tmp/state/file")
         .await
@@ -582,7 +629,7 @@ async fn the_workspace_is_writable_even_without_tmp_in_the_image() {
         .await
         .unwrap();
     let exec = DockerExecutor::new();
-    let s = session(&exec, &target_with(&image, &[])).await;
+    let s = session(&exec, &target_with(&image, &[("tmp", json!("session"))])).await;
     let (_, out) = sh(&s, "echo ok > /tmp/x && cat /tmp/x && stat -c '%a %u' /tmp").await;
     out.assert_success();
     assert_eq!(out.stdout(), "ok\n1777 0\n");
@@ -593,7 +640,7 @@ async fn the_workspace_is_writable_even_without_tmp_in_the_image() {
 async fn a_dropped_session_removes_its_workspace() {
     let _g = TestGuard::new();
     let exec = DockerExecutor::new();
-    let s = session(&exec, &target(&[]).await).await;
+    let s = session(&exec, &target(&[("tmp", json!("session"))]).await).await;
     sh(&s, "true").await.1.assert_success();
     let id = s.id().to_owned();
     assert_eq!(volumes_labelled(LABEL_SESSION, &id).await.len(), 1);
@@ -605,7 +652,7 @@ async fn a_dropped_session_removes_its_workspace() {
 async fn copy_then_exec_sees_the_file_with_mode_and_owner() {
     let _g = TestGuard::new();
     let exec = DockerExecutor::new();
-    let t = target(&[]).await;
+    let t = target(&[("tmp", json!("session"))]).await;
     let s = session(&exec, &t).await;
     let file = FileSpec {
         dest: "/tmp/app.conf".into(),
@@ -628,7 +675,7 @@ async fn a_named_user_owns_copied_files_and_scripts() {
     let _g = TestGuard::new();
     let exec = DockerExecutor::new();
     // The test image has /etc/passwd with `nobody`; the engine resolves it.
-    let t = target(&[("user", json!("nobody"))]).await;
+    let t = target(&[("user", json!("nobody")), ("tmp", json!("session"))]).await;
     let s = session(&exec, &t).await;
     let file = FileSpec {
         dest: "/tmp/owned".into(),
@@ -699,7 +746,7 @@ async fn copies_on_a_writable_root_are_restored_into_every_later_container() {
 async fn copies_that_cannot_work_say_why() {
     let _g = TestGuard::new();
     let exec = DockerExecutor::new();
-    let t = target(&[]).await;
+    let t = target(&[("tmp", json!("session"))]).await;
     let s = session(&exec, &t).await;
     let ctx = ctx_for(&t);
     let file = |dest: &str| FileSpec {
@@ -734,10 +781,16 @@ async fn copies_that_cannot_work_say_why() {
         }
     }
     Box::new(s).close().await;
-    let t = target(&[("tmp", json!("tmpfs"))]).await;
+    // The default /tmp is a tmpfs per step: a copy there cannot work.
+    let t = target(&[]).await;
     let s = session(&exec, &t).await;
     match s.copy(&ctx, &file("/tmp/x")).await {
-        Err(ExecError::Io(msg)) => assert!(msg.contains("tmpfs"), "{msg}"),
+        Err(ExecError::Io(msg)) => {
+            assert!(
+                msg.contains("tmpfs") && msg.contains("tmp: \"session\""),
+                "{msg}"
+            )
+        }
         other => panic!("{other:?}"),
     }
     Box::new(s).close().await;
@@ -803,6 +856,49 @@ async fn an_unreachable_engine_is_a_connect_error() {
     }
 }
 
+/// A loopback TCP port that forwards each connection to the local engine's
+/// Unix socket: a stand-in for an engine that listens on TCP.
+async fn tcp_to_engine_socket() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut unix) = tokio::net::UnixStream::connect(DEFAULT_SOCKET).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+                }
+            });
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_are_reached_at_unix_and_tcp_addresses() {
+    let _g = TestGuard::new();
+    let t = target(&[]).await;
+    let (port, proxy) = tcp_to_engine_socket().await;
+    let exec = DockerExecutor::new()
+        .with_socket(format!("tcp://127.0.0.1:{port}"))
+        .with_sweep_on_first_use(false);
+    let probe = exec.check(&t, None).await.unwrap();
+    assert!(probe.details["engine"].starts_with("Docker "), "{probe:?}");
+    let s = session(&exec, &t).await;
+    let (ctx, out) = sh(&s, "echo over tcp; echo err >&2").await;
+    out.assert_success();
+    assert_eq!(
+        (out.stdout(), out.stderr()),
+        ("over tcp\n".into(), "err\n".into())
+    );
+    assert_run_clean(&ctx).await;
+    Box::new(s).close().await;
+    proxy.abort();
+    let unix = DockerExecutor::new()
+        .with_socket(format!("unix://{DEFAULT_SOCKET}"))
+        .with_sweep_on_first_use(false);
+    unix.check(&t, None).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_programs_are_spawn_errors_naming_them() {
     let _g = TestGuard::new();
@@ -847,6 +943,8 @@ async fn check_reports_engine_image_and_limits() {
     assert_eq!(d["memory"], "128 MiB");
     assert_eq!(d["network"], "none");
     assert_eq!(d["user"], "65534:65534");
+    assert_eq!(d["tmp"], "tmpfs");
+    assert_eq!(d["tmpfs_size"], "64 MiB");
 }
 
 // ---------------------------------------------------------------------------
@@ -882,8 +980,15 @@ async fn containers_carry_the_labels() {
     assert_container_gone(&id).await;
 }
 
-/// Plants a stopped container with these labels; returns its id.
-async fn plant(labels: HashMap<String, String>) -> String {
+/// Marks what a test creates behind the executor's back (planted
+/// orphans, whose worker labels name other processes), so the last test
+/// can tell this binary's objects from those of other processes.
+const LABEL_TEST_BINARY: &str = "opsconductor-test.binary";
+
+/// Plants a stopped container with these labels (and
+/// [`LABEL_TEST_BINARY`]); returns its id.
+async fn plant(mut labels: HashMap<String, String>) -> String {
+    labels.insert(LABEL_TEST_BINARY.to_owned(), our_worker());
     let docker = engine().await;
     let name = unique("opsc-planted-");
     let config = ContainerCreateBody {
@@ -924,7 +1029,12 @@ async fn the_sweeper_removes_orphans_and_only_orphans() {
         .await
         .create_volume(VolumeCreateRequest {
             name: Some(dead_volume.clone()),
-            labels: Some(dead_labels),
+            labels: Some(
+                dead_labels
+                    .into_iter()
+                    .chain([(LABEL_TEST_BINARY.to_owned(), our_worker())])
+                    .collect(),
+            ),
             ..Default::default()
         })
         .await
@@ -1014,13 +1124,85 @@ async fn zz_nothing_is_left_behind() {
         assert!(Instant::now() < give_up, "the other tests did not finish");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Removals still in flight (a dropped session's volume, a container
+    // being killed) get a moment; whatever is still there then fails.
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let containers = ours(managed_containers().await);
+        let volumes = ours(managed_volumes().await);
+        if containers.is_empty() && volumes.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "left behind by this test binary (worker {}): containers {containers:?}, volumes {volumes:?}",
+            our_worker()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// This process as the executor writes it into `opsconductor.worker`.
+fn our_worker() -> String {
     let me = WorkerId::current();
-    let worker = format!("{}:{}", me.host, me.pid);
-    let containers = containers_labelled(LABEL_WORKER, &worker).await;
-    assert!(
-        containers.is_empty(),
-        "containers left behind: {containers:?}"
-    );
-    let volumes = volumes_labelled(LABEL_WORKER, &worker).await;
-    assert!(volumes.is_empty(), "volumes left behind: {volumes:?}");
+    format!("{}:{}", me.host, me.pid)
+}
+
+/// The names of the objects (from their labels) this test binary made:
+/// by its executors (our worker label) or planted by a test (our
+/// [`LABEL_TEST_BINARY`]), whatever worker the planted labels name.
+fn ours(objects: Vec<(String, HashMap<String, String>)>) -> Vec<String> {
+    let me = our_worker();
+    objects
+        .into_iter()
+        .filter(|(_, labels)| {
+            labels.get(LABEL_WORKER) == Some(&me) || labels.get(LABEL_TEST_BINARY) == Some(&me)
+        })
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Every container (all states) with `opsconductor.managed=true`, with its
+/// labels.
+async fn managed_containers() -> Vec<(String, HashMap<String, String>)> {
+    let filters = HashMap::from([("label", vec![format!("{LABEL_MANAGED}=true")])]);
+    engine()
+        .await
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .expect("list containers")
+        .into_iter()
+        .map(|c| {
+            let name = c
+                .names
+                .and_then(|n| n.first().cloned())
+                .or(c.id)
+                .unwrap_or_default();
+            (name, c.labels.unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Every volume with `opsconductor.managed=true`, with its labels.
+async fn managed_volumes() -> Vec<(String, HashMap<String, String>)> {
+    let filters = HashMap::from([("label", vec![format!("{LABEL_MANAGED}=true")])]);
+    engine()
+        .await
+        .list_volumes(Some(
+            ListVolumesOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .expect("list volumes")
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| (v.name, v.labels))
+        .collect()
 }

@@ -31,17 +31,19 @@ pub const MIN_MEMORY: u64 = 6 * MIB;
 /// What `/tmp` is in a step container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TmpMode {
+    /// A fresh tmpfs per step, `tmpfs_size` large (the default): a step
+    /// cannot fill the engine's disk through `/tmp`, and nothing survives a
+    /// step. `copy` cannot write under `/tmp` (the engine's archive API
+    /// cannot reach into a tmpfs), so steps that copy a file and use it in
+    /// a later step ask for `tmp: session`.
+    #[default]
+    Tmpfs,
     /// The session's workspace: a Docker volume created on first use,
     /// mounted at `/tmp` in every container of the session and removed when
     /// the session closes. What one step writes there, the next step sees;
     /// `copy` to a path under `/tmp` lands there. Not size-limited (the local
-    /// volume driver has no quota).
-    #[default]
+    /// volume driver has no quota), which is why it is opt-in.
     Session,
-    /// A fresh tmpfs per step, `tmpfs_size` large: nothing survives a step,
-    /// and `copy` cannot write under `/tmp` (the engine's archive API cannot
-    /// reach into a tmpfs).
-    Tmpfs,
 }
 
 impl TmpMode {
@@ -72,10 +74,11 @@ pub struct Limits {
     pub network: String,
     /// Read-only root filesystem. Key `read_only`. Default `true`.
     pub read_only: bool,
-    /// What `/tmp` is. Key `tmp`: `"session"` (default) or `"tmpfs"`.
+    /// What `/tmp` is. Key `tmp`: `"tmpfs"` (default: a size-limited tmpfs
+    /// per step) or `"session"` (the session's unlimited workspace volume).
     pub tmp: TmpMode,
-    /// Size of the `/tmp` tmpfs in bytes when `tmp` is `"tmpfs"`. Key
-    /// `tmpfs_size`, same syntax as `memory`. Default 64 MiB.
+    /// Size of the `/tmp` tmpfs in bytes when `tmp` is `"tmpfs"` (the
+    /// default). Key `tmpfs_size`, same syntax as `memory`. Default 64 MiB.
     pub tmpfs_size: u64,
     /// The user the step runs as, `uid[:gid]` or `name[:group]`; empty for
     /// the image's own `USER`. Key `user`. Default `65534:65534` (nobody),
@@ -95,7 +98,7 @@ impl Default for Limits {
             pids: 256,
             network: "none".into(),
             read_only: true,
-            tmp: TmpMode::Session,
+            tmp: TmpMode::Tmpfs,
             tmpfs_size: 64 * MIB,
             user: "65534:65534".into(),
             init: true,
@@ -232,8 +235,8 @@ impl Limits {
         if map.contains_key("tmpfs_size") && out.tmp != TmpMode::Tmpfs {
             return Err(invalid(
                 "tmpfs_size",
-                "applies only with tmp: \"tmpfs\" (with the default tmp: \"session\", /tmp is \
-                 the session's workspace volume)",
+                "applies only with tmp: \"tmpfs\" (the default; with tmp: \"session\", /tmp is \
+                 the session's workspace volume, which has no size limit)",
             ));
         }
         Ok(out)
@@ -373,6 +376,16 @@ mod tests {
         assert_eq!(l.memory, 512 * MIB);
         assert_eq!(l.network, "none");
         assert!(l.read_only && l.init);
+        assert_eq!(
+            l.tmp,
+            TmpMode::Tmpfs,
+            "a size-limited tmpfs at /tmp by default"
+        );
+        assert_eq!(l.tmpfs_size, 64 * MIB);
+        assert_eq!(
+            with(&[("tmp", json!("session"))]).unwrap().tmp,
+            TmpMode::Session
+        );
         assert_eq!(l.user, "65534:65534");
         assert_eq!(l.numeric_owner(), Some((65534, 65534)));
     }
@@ -443,8 +456,13 @@ mod tests {
                 "{err}"
             );
         }
-        let err = with(&[("tmpfs_size", json!("8m"))]).unwrap_err();
+        let err = with(&[("tmp", json!("session")), ("tmpfs_size", json!("8m"))]).unwrap_err();
         assert!(err.to_string().contains("tmp: \"tmpfs\""), "{err}");
+        assert_eq!(
+            with(&[("tmpfs_size", json!("8m"))]).unwrap().tmpfs_size,
+            8 * MIB,
+            "tmpfs_size alone sizes the default tmpfs"
+        );
     }
 
     #[test]

@@ -5,13 +5,24 @@
 //! # The engine
 //!
 //! By default the executor talks to the local engine over its Unix socket
-//! (`/var/run/docker.sock`, see [`DockerExecutor::with_socket`]) and
-//! negotiates the API version on first use, so older engines (Debian's 20.10
-//! speaks API 1.41) work. A **remote engine** over TCP + TLS is a
-//! [`bollard::Docker`] client handed to [`DockerExecutor::with_client`]:
-//! enable bollard's `ssl` feature in your own `Cargo.toml` and build it with
-//! `Docker::connect_with_ssl(addr, key, cert, ca, timeout, API_DEFAULT_VERSION)`
-//! (or `Docker::connect_with_defaults()` to follow `DOCKER_HOST`). Nothing
+//! (`/var/run/docker.sock`) and negotiates the API version on first use, so
+//! older engines (Debian's 20.10 speaks API 1.41) work. The address is
+//! [`DockerExecutor::socket`]: a socket path, `unix:///path`, or
+//! `tcp://host:port` (also `http://`) for an engine's plain-TCP API.
+//! [`DockerExecutor::from_env`] — what the `opsconductor` facade registers,
+//! so the CLI and server follow it — takes it from `OPSC_DOCKER_SOCKET`,
+//! else `DOCKER_HOST`, else the default, so the engine is chosen without
+//! touching Rust.
+//!
+//! A **remote engine over TCP + TLS** (`DOCKER_TLS_VERIFY`, port 2376) needs
+//! a TLS client this crate does not build in (bollard's `ssl` feature):
+//! with `DOCKER_TLS_VERIFY` set, `from_env` refuses plain TCP with a clear
+//! connect error rather than talk to the engine unencrypted. Embedders hand
+//! a [`bollard::Docker`] client to [`DockerExecutor::with_client`] instead:
+//! enable bollard's `ssl` feature in their own `Cargo.toml` and build it
+//! with `Docker::connect_with_ssl(addr, key, cert, ca, timeout,
+//! API_DEFAULT_VERSION)` (client key and certificate, and the CA that signed
+//! the engine's certificate). Nothing
 //! here needs a file system shared with the engine — files travel through the
 //! engine's archive API — so a remote engine behaves like the local one.
 //! Anyone who can reach an engine's API controls its host: protect the socket
@@ -34,8 +45,8 @@
 //! | `pids` | `256` | process/thread limit |
 //! | `network` | `none` | no network at all; `bridge`, `host` or a network name to give one |
 //! | `read_only` | `true` | read-only root file system |
-//! | `tmp` | `session` | `/tmp` is the session's workspace volume; `tmpfs` for a fresh size-limited tmpfs per step |
-//! | `tmpfs_size` | `64m` | size of that tmpfs (only with `tmp: tmpfs`) |
+//! | `tmp` | `tmpfs` | `/tmp` is a fresh, size-limited tmpfs per step; `session` for the session's workspace volume (shared by the session's steps, not size-limited) |
+//! | `tmpfs_size` | `64m` | size of that tmpfs (only with `tmp: tmpfs`, the default) |
 //! | `user` | `65534:65534` | the user (nobody); `""` for the image's own `USER` |
 //! | `init` | `true` | `docker-init` as PID 1 (reaps zombies, the command is not PID 1) |
 //!
@@ -53,18 +64,22 @@
 //! reads the exit code, and removes the container and its anonymous volumes.
 //! Processes never outlive their step.
 //!
-//! With `tmp: session` (the default) the session owns a Docker **volume**
+//! By default (`tmp: tmpfs`) `/tmp` is a fresh tmpfs of `tmpfs_size` in
+//! every container, so a step can neither fill the engine's disk through
+//! `/tmp` nor leave anything there for the next step; the root stays
+//! read-only, so nothing a step writes survives it.
+//!
+//! With `tmp: session` (opt-in) the session owns a Docker **volume**
 //! (`opsc-ws-<session>`), created on first use, mounted at `/tmp` in every
 //! container of the session and removed at [`Session::close`] (or when the
 //! session is dropped, or by the sweeper). So files a step writes under
 //! `/tmp` are there for the next step, as on an SSH host; the rest of the
 //! file system is the image's, read-only. The workspace starts empty (the
 //! image's `/tmp` is not copied in) with mode 1777, whatever the image has
-//! at `/tmp`. It is not size-limited: the local volume driver has no quota.
-//! Use `tmp: tmpfs` when a step must not fill the engine's disk; then
-//! nothing survives a step. (Why a volume and not the tmpfs of every step:
-//! a session's steps must see each other's files, and the engine cannot put
-//! a copied file into a tmpfs.)
+//! at `/tmp`. It is not size-limited (the local volume driver has no quota),
+//! which is why it is not the default. Ask for it when steps hand files to
+//! each other under `/tmp`, or `copy` a file there for a later step: the
+//! engine cannot put a copied file into a tmpfs.
 //!
 //! A working directory (`workdir`) that does not exist is created, empty,
 //! by the engine (unlike on a host, where it is an error).
@@ -90,8 +105,10 @@
 //!   container of the session before it starts (a later copy to the same
 //!   path replaces the earlier one). So `copy` then `exec` sees the file,
 //!   and every step starts from the same files.
-//! - **Elsewhere on a read-only root, or under `/tmp` with `tmp: tmpfs`**:
-//!   an error that says so and how to change it.
+//! - **Elsewhere on a read-only root, or under `/tmp` with `tmp: tmpfs`
+//!   (the default)**: an error that says so and how to change it
+//!   (`tmp: session`, or `read_only: false` and a destination outside
+//!   `/tmp`).
 //!
 //! A destination whose directory does not exist is an error naming it.
 //!
@@ -166,6 +183,38 @@ pub use sweep::{SweepReport, WorkerId};
 /// The engine's default Unix socket.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
+/// The environment variable [`DockerExecutor::from_env`] reads first: the
+/// engine's address (a socket path, `unix://…` or `tcp://host:port`).
+pub const ENV_SOCKET: &str = "OPSC_DOCKER_SOCKET";
+
+/// Where an engine address from the environment points, for
+/// [`DockerExecutor::from_env`]: `opsc` (`OPSC_DOCKER_SOCKET`) wins over
+/// `docker_host` (`DOCKER_HOST`); empty values count as unset. With
+/// `tls_verify` (`DOCKER_TLS_VERIFY` set, not `0`) a `tcp://` address
+/// becomes `https://`, which [`DockerExecutor::client`] refuses with an
+/// explanation: this crate has no TLS client for the engine, and silently
+/// downgrading to plain TCP would send the engine's credentials-equivalent
+/// API in clear.
+pub fn engine_address(
+    opsc: Option<&str>,
+    docker_host: Option<&str>,
+    tls_verify: Option<&str>,
+) -> String {
+    let set = |v: Option<&str>| {
+        v.map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let addr = set(opsc)
+        .or_else(|| set(docker_host))
+        .unwrap_or_else(|| DEFAULT_SOCKET.to_owned());
+    let tls = set(tls_verify).is_some_and(|v| v != "0");
+    match addr.strip_prefix("tcp://") {
+        Some(rest) if tls => format!("https://{rest}"),
+        _ => addr,
+    }
+}
+
 /// The default shell for [`Command::Shell`] (`SHELL -c COMMAND`).
 pub const DEFAULT_SHELL: &str = "/bin/sh";
 
@@ -184,7 +233,8 @@ const RENAME_INTO_PLACE: &str = r#"if [ -d "$2" ] && [ ! -L "$2" ]; then
 fi
 mv -f -- "$1" "$2" || { rc=$?; rm -f -- "$1"; exit $rc; }"#;
 
-/// The workspace mount point (with `tmp: session`).
+/// Where `/tmp` is mounted: the tmpfs (default) or the session's workspace
+/// (`tmp: session`).
 const WORKSPACE: &str = "/tmp";
 
 /// How long engine requests that return at once may take.
@@ -225,9 +275,11 @@ pub(crate) fn engine_error(e: &EngineError) -> String {
 /// ```
 #[derive(Debug, Clone)]
 pub struct DockerExecutor {
-    /// The engine's Unix socket (used unless a client was given with
-    /// [`DockerExecutor::with_client`]). The connection is made on first
-    /// use: change it before, or with [`DockerExecutor::with_socket`].
+    /// The engine's address (used unless a client was given with
+    /// [`DockerExecutor::with_client`]): a Unix socket path, `unix:///path`,
+    /// or `tcp://host:port` / `http://host:port` for plain TCP. The
+    /// connection is made on first use: change it before, or with
+    /// [`DockerExecutor::with_socket`].
     pub socket: String,
     /// The isolation every target starts from, before its own `limits`.
     pub defaults: Limits,
@@ -279,7 +331,22 @@ impl DockerExecutor {
         Self::default()
     }
 
-    /// Talks to the engine at this Unix socket (`unix://` prefix optional).
+    /// An executor for the engine the environment names (so deployments
+    /// choose it without code): `OPSC_DOCKER_SOCKET`, else `DOCKER_HOST`
+    /// (`unix://…`, `tcp://…`), else [`DEFAULT_SOCKET`]; see
+    /// [`engine_address`] for `DOCKER_TLS_VERIFY`.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok();
+        let addr = engine_address(
+            var(ENV_SOCKET).as_deref(),
+            var("DOCKER_HOST").as_deref(),
+            var("DOCKER_TLS_VERIFY").as_deref(),
+        );
+        Self::new().with_socket(addr)
+    }
+
+    /// Talks to the engine at this address: a Unix socket (`unix://`
+    /// prefix optional) or `tcp://host:port` (plain TCP, no TLS).
     pub fn with_socket(mut self, path: impl Into<String>) -> Self {
         self.socket = path.into();
         self.engine = Engine::new(None);
@@ -357,15 +424,7 @@ impl DockerExecutor {
             .get_or_try_init(|| async {
                 let (docker, addr) = match &self.engine.preset {
                     Some(d) => (d.clone(), "the configured address".to_owned()),
-                    None => {
-                        let d = Docker::connect_with_socket(
-                            &self.socket,
-                            REQUEST_TIMEOUT_SECS,
-                            API_DEFAULT_VERSION,
-                        )
-                        .map_err(|e| unreachable_engine(&self.socket, &e))?;
-                        (d, self.socket.clone())
-                    }
+                    None => (connect_to(&self.socket)?, self.socket.clone()),
                 };
                 docker
                     .negotiate_version()
@@ -425,6 +484,29 @@ impl DockerExecutor {
             },
         })
     }
+}
+
+/// A client for an engine address (see [`DockerExecutor::socket`]).
+fn connect_to(addr: &str) -> Result<Docker, ExecError> {
+    let addr = addr.trim();
+    if addr.starts_with("https://") {
+        return Err(ExecError::Connect(format!(
+            "cannot reach the Docker engine at {addr}: TLS to the engine (DOCKER_TLS_VERIFY) is not \
+             built into this program; use a Unix socket or an SSH tunnel to it, or embed the \
+             executor with a TLS client (DockerExecutor::with_client, bollard's ssl feature)"
+        )));
+    }
+    let docker = if addr.starts_with("tcp://") || addr.starts_with("http://") {
+        Docker::connect_with_http(addr, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+    } else if addr.contains("://") && !addr.starts_with("unix://") {
+        return Err(ExecError::Connect(format!(
+            "cannot reach the Docker engine at {addr}: give a socket path, unix:///path or \
+             tcp://host:port"
+        )));
+    } else {
+        Docker::connect_with_socket(addr, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+    };
+    docker.map_err(|e| unreachable_engine(addr, &e))
 }
 
 fn unreachable_engine(addr: &str, e: &EngineError) -> ExecError {
@@ -515,6 +597,9 @@ impl Executor for DockerExecutor {
         details.insert("network".into(), limits.network.clone());
         details.insert("read_only".into(), limits.read_only.to_string());
         details.insert("tmp".into(), limits.tmp.as_str().into());
+        if limits.tmp == TmpMode::Tmpfs {
+            details.insert("tmpfs_size".into(), limits::human_bytes(limits.tmpfs_size));
+        }
         details.insert(
             "user".into(),
             if limits.user.is_empty() {
@@ -541,8 +626,8 @@ struct Recorded {
     mode: u32,
 }
 
-/// One target in one run: a fresh container per step, sharing a workspace
-/// volume at `/tmp` (with `tmp: session`) and the recorded copies. Close it
+/// One target in one run: a fresh container per step, sharing the recorded
+/// copies and, with `tmp: session`, a workspace volume at `/tmp`. Close it
 /// (or drop it) to remove the workspace.
 #[derive(Debug)]
 pub struct DockerSession {
@@ -944,8 +1029,9 @@ impl SessionInner {
         let (owner, copy_uidgid) = self.owner();
         if in_tmp && self.limits.tmp == TmpMode::Tmpfs {
             return Err(ExecError::Io(format!(
-                "cannot {what}: /tmp is a fresh tmpfs in every step container (limits.tmp: \"tmpfs\"), \
-                 which the engine cannot write into; use tmp: \"session\" to keep copied files under /tmp"
+                "cannot {what}: /tmp is a fresh tmpfs in every step container (limits.tmp: \"tmpfs\", \
+                 the default), which the engine cannot write into; set limits.tmp: \"session\" on the \
+                 target to keep copied files under /tmp for later steps"
             )));
         }
         if in_tmp {
@@ -992,7 +1078,8 @@ impl SessionInner {
         if self.limits.read_only {
             return Err(ExecError::Io(format!(
                 "cannot {what}: the container's root file system is read-only (limits.read_only); \
-                 copy under /tmp, the session's workspace, or set read_only: false on the target"
+                 copy under /tmp with limits.tmp: \"session\" (the session's workspace), or set \
+                 read_only: false on the target"
             )));
         }
         // A writable root: check now, on a container that never starts, that
@@ -1164,6 +1251,40 @@ impl Session for DockerSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_engine_address_comes_from_the_environment() {
+        assert_eq!(engine_address(None, None, None), DEFAULT_SOCKET);
+        assert_eq!(engine_address(Some(" "), Some(""), None), DEFAULT_SOCKET);
+        assert_eq!(
+            engine_address(Some("/run/docker.sock"), Some("tcp://h:2375"), None),
+            "/run/docker.sock",
+            "OPSC_DOCKER_SOCKET wins"
+        );
+        assert_eq!(
+            engine_address(None, Some("unix:///run/user/1000/docker.sock"), None),
+            "unix:///run/user/1000/docker.sock"
+        );
+        assert_eq!(
+            engine_address(None, Some("tcp://h:2375"), Some("0")),
+            "tcp://h:2375"
+        );
+        assert_eq!(
+            engine_address(None, Some("tcp://h:2376"), Some("1")),
+            "https://h:2376",
+            "TLS asked for is never downgraded to plain TCP"
+        );
+        match connect_to("https://h:2376") {
+            Err(ExecError::Connect(msg)) => assert!(msg.contains("DOCKER_TLS_VERIFY"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        match connect_to("ssh://h") {
+            Err(ExecError::Connect(msg)) => assert!(msg.contains("tcp://host:port"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(connect_to("tcp://127.0.0.1:2375").is_ok());
+        assert!(connect_to("unix:///var/run/docker.sock").is_ok());
+    }
 
     #[test]
     fn paths_normalize() {
