@@ -2,7 +2,10 @@
 //! SSH authentication method (decoding private keys, with their passphrase),
 //! and connecting plus authenticating within the executor's timeouts.
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use opsconductor_core::executor::{Credential, ExecError};
 use russh::MethodKind;
@@ -28,6 +31,158 @@ pub const PASSPHRASE_PREFIX: &str = "Passphrase: ";
 
 /// A decoded key shared by every connection using the same credential bytes.
 pub(crate) type KeyCell = Arc<OnceCell<Arc<PrivateKey>>>;
+
+/// How many decoded private keys a [`KeyCache`] holds at most; beyond that
+/// the least recently used one is dropped.
+pub(crate) const KEY_CACHE_SIZE: usize = 32;
+
+/// How long a decoded key stays cached after its last use. Long enough for
+/// the connections of one fan-out (which all start within moments of each
+/// other, or one `concurrency` batch after another) to share one decoding;
+/// short enough that an idle worker does not keep decrypted keys around.
+pub const KEY_CACHE_IDLE: Duration = Duration::from_secs(120);
+
+/// SHA-256 of a credential's bytes: the cache's key, so that neither the
+/// private key nor its passphrase is ever held as a map key.
+type Digest = [u8; 32];
+
+/// Decoded private keys by the digest of their credential, so that the
+/// many targets of a fan-out sharing one (passphrase-protected) key pay for
+/// its key derivation once.
+///
+/// Lifetime: an entry is dropped [`KEY_CACHE_IDLE`] after its last use (by
+/// a sweeper task that runs only while the cache is non-empty, and on every
+/// access), when [`KEY_CACHE_SIZE`] newer keys push it out, or with the
+/// last clone of the executor. The decoded key itself is freed once the
+/// connections authenticating with it at that moment are done; `ssh-key`
+/// zeroizes private key material on drop. `Debug` shows only the count.
+#[derive(Clone, Default)]
+pub(crate) struct KeyCache {
+    state: Arc<Mutex<CacheState>>,
+    /// Idle time after which an entry goes ([`KEY_CACHE_IDLE`]; shorter in
+    /// unit tests).
+    idle: Option<Duration>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    entries: HashMap<Digest, Entry>,
+    /// Whether a sweeper task is running for this cache.
+    sweeping: bool,
+}
+
+struct Entry {
+    cell: KeyCell,
+    last_used: Instant,
+}
+
+impl fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyCache")
+            .field("keys", &self.lock().entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyCache {
+    fn idle(&self) -> Duration {
+        self.idle.unwrap_or(KEY_CACHE_IDLE)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CacheState> {
+        lock_state(&self.state)
+    }
+
+    /// The cell for `value`'s decoded key: shared with every other caller
+    /// passing the same bytes, fresh (empty) otherwise.
+    pub(crate) fn cell(&self, value: &[u8]) -> KeyCell {
+        let digest = credential_digest(value);
+        let idle = self.idle();
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.purge(now, idle);
+        if let Some(entry) = state.entries.get_mut(&digest) {
+            entry.last_used = now;
+            return entry.cell.clone();
+        }
+        if state.entries.len() >= KEY_CACHE_SIZE
+            && let Some(oldest) = state
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(d, _)| *d)
+        {
+            state.entries.remove(&oldest);
+        }
+        let cell = KeyCell::default();
+        state.entries.insert(
+            digest,
+            Entry {
+                cell: cell.clone(),
+                last_used: now,
+            },
+        );
+        if !state.sweeping {
+            state.sweeping = self.spawn_sweeper(idle);
+        }
+        cell
+    }
+
+    /// Starts the task that drops idle entries, if there is a runtime to run
+    /// it on (there always is under the engine; without one, entries still
+    /// go on the next access). It holds the cache weakly, and ends when the
+    /// cache is empty or gone.
+    fn spawn_sweeper(&self, idle: Duration) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let state: Weak<Mutex<CacheState>> = Arc::downgrade(&self.state);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(idle / 2).await;
+                let Some(state) = state.upgrade() else {
+                    return;
+                };
+                let mut state = lock_state(&state);
+                state.purge(Instant::now(), idle);
+                if state.entries.is_empty() {
+                    state.sweeping = false;
+                    return;
+                }
+            }
+        });
+        true
+    }
+
+    /// How many keys are cached now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+}
+
+impl CacheState {
+    fn purge(&mut self, now: Instant, idle: Duration) {
+        self.entries
+            .retain(|_, e| now.saturating_duration_since(e.last_used) < idle);
+    }
+}
+
+fn lock_state(state: &Mutex<CacheState>) -> MutexGuard<'_, CacheState> {
+    match state.lock() {
+        Ok(state) => state,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// SHA-256 of a credential's bytes (with russh's own implementation).
+fn credential_digest(value: &[u8]) -> Digest {
+    let mut digest = [0u8; 32];
+    for (d, h) in digest.iter_mut().zip(HashAlg::Sha256.digest(value)) {
+        *d = h;
+    }
+    digest
+}
 
 /// How to authenticate.
 enum Method {
@@ -110,7 +265,7 @@ async fn decode_cached(
     dest: &Destination,
     value: &[u8],
 ) -> Result<Method, ExecError> {
-    let cell = config.cached_key(value);
+    let cell = config.keys.cell(value);
     let key = cell
         .get_or_try_init(|| async {
             let value = value.to_vec();
@@ -330,6 +485,74 @@ mod tests {
         assert_eq!(split_passphrase(&crlf), Ok((PEM, Some("x"))));
         assert!(split_passphrase(&format!("{PEM}garbage\n")).is_err());
         assert!(split_passphrase(&format!("{PEM}Passphrase: a\nPassphrase: b\n")).is_err());
+    }
+
+    #[test]
+    fn the_cache_is_keyed_by_a_digest_and_shows_no_secrets() {
+        let cache = KeyCache::default();
+        let value = format!("{PEM}Passphrase: hunter2-secret\n");
+        let a = cache.cell(value.as_bytes());
+        let b = cache.cell(value.as_bytes());
+        assert!(Arc::ptr_eq(&a, &b), "the same bytes share one cell");
+        let c = cache.cell(PEM.as_bytes());
+        assert!(!Arc::ptr_eq(&a, &c), "other bytes get their own");
+        let state = cache.lock();
+        assert!(
+            state
+                .entries
+                .keys()
+                .all(|k| *k == credential_digest(value.as_bytes())
+                    || *k == credential_digest(PEM.as_bytes())),
+            "only digests are keys"
+        );
+        drop(state);
+        let shown = format!("{cache:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("BEGIN"),
+            "{shown}"
+        );
+        assert!(shown.contains("keys: 2"), "{shown}");
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_size_dropping_the_least_recently_used() {
+        let cache = KeyCache::default();
+        let first = cache.cell(b"key-0");
+        std::thread::sleep(Duration::from_millis(2));
+        for i in 1..KEY_CACHE_SIZE {
+            cache.cell(format!("key-{i}").as_bytes());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        // key-0 is used again, so one of the others is the oldest now.
+        assert!(Arc::ptr_eq(&first, &cache.cell(b"key-0")));
+        cache.cell(b"one-more");
+        assert_eq!(cache.len(), KEY_CACHE_SIZE);
+        assert!(
+            Arc::ptr_eq(&first, &cache.cell(b"key-0")),
+            "recently used: kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_keys_are_swept_without_further_use() {
+        let cache = KeyCache {
+            idle: Some(Duration::from_millis(100)),
+            ..KeyCache::default()
+        };
+        cache.cell(b"a key");
+        assert_eq!(cache.len(), 1);
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while cache.len() > 0 {
+            assert!(Instant::now() < give_up, "the idle key was never dropped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !cache.lock().sweeping,
+            "the sweeper ends with an empty cache"
+        );
+        // And starts again for the next key.
+        cache.cell(b"another");
+        assert!(cache.lock().sweeping);
     }
 
     #[test]

@@ -42,8 +42,10 @@
 //!   a field of their own for it, on **one line after the key's `-----END`
 //!   line**: `Passphrase: <the passphrase>` (everything after `Passphrase: `
 //!   up to the end of the line; see [`PASSPHRASE_PREFIX`]). Decoded keys are
-//!   cached per executor, so a fan-out pays for the passphrase's key
-//!   derivation once.
+//!   cached per executor by the SHA-256 digest of the credential (never by
+//!   the plaintext), so a fan-out pays for the passphrase's key derivation
+//!   once; an entry lives until [`KEY_CACHE_IDLE`] after its last use (at
+//!   most 32 are kept), and never appears in `Debug` output.
 //! - no credential: only the `none` method is tried.
 //!
 //! # Running commands
@@ -91,10 +93,10 @@ mod hostkey;
 mod known_hosts;
 mod wrapper;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -107,7 +109,7 @@ use russh::client;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-pub use auth::PASSPHRASE_PREFIX;
+pub use auth::{KEY_CACHE_IDLE, PASSPHRASE_PREFIX};
 pub use hostkey::fetch_host_key;
 pub use wrapper::EXEC_REQUEST;
 
@@ -122,9 +124,6 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// The default shell for [`Command::Shell`] on the target.
 pub const DEFAULT_SHELL: &str = "/bin/sh";
-
-/// How many decoded private keys an executor keeps (see [`SshExecutor`]).
-const KEY_CACHE_SIZE: usize = 32;
 
 /// Runs steps on SSH hosts (connection kind `ssh`). See the [module
 /// docs](self) for how it connects, verifies hosts, passes environments and
@@ -148,17 +147,19 @@ pub struct SshExecutor {
     /// How long a stopped command's process group gets between SIGTERM and
     /// SIGKILL.
     pub kill_grace: Duration,
-    /// An OpenSSH `known_hosts` file consulted for targets without a pinned
-    /// `host_key`. Without one, such targets are refused.
+    /// The default OpenSSH `known_hosts` file, consulted for targets that
+    /// pin no `host_key` and name no `known_hosts` file of their own.
+    /// Without any of the three, such targets are refused.
     pub known_hosts: Option<PathBuf>,
     /// The shell that runs [`Command::Shell`] on the target, as `SHELL -c LINE`.
     pub shell: String,
     /// How often an idle connection is probed (SSH keepalive); three missed
     /// replies close it. `None` turns keepalives off.
     pub keepalive: Option<Duration>,
-    /// Decoded private keys by credential bytes, so that many targets sharing
-    /// one (passphrase-protected) key decode it once.
-    keys: Arc<Mutex<HashMap<Vec<u8>, auth::KeyCell>>>,
+    /// Decoded private keys by the SHA-256 of their credential, so that many
+    /// targets sharing one (passphrase-protected) key decode it once; shared
+    /// by clones, bounded in size and idle time (see [`KEY_CACHE_IDLE`]).
+    keys: auth::KeyCache,
 }
 
 impl fmt::Debug for SshExecutor {
@@ -170,7 +171,8 @@ impl fmt::Debug for SshExecutor {
             .field("known_hosts", &self.known_hosts)
             .field("shell", &self.shell)
             .field("keepalive", &self.keepalive)
-            .finish_non_exhaustive()
+            .field("keys", &self.keys)
+            .finish()
     }
 }
 
@@ -183,7 +185,7 @@ impl Default for SshExecutor {
             known_hosts: None,
             shell: DEFAULT_SHELL.to_owned(),
             keepalive: Some(Duration::from_secs(15)),
-            keys: Arc::new(Mutex::new(HashMap::new())),
+            keys: auth::KeyCache::default(),
         }
     }
 }
@@ -281,22 +283,6 @@ impl SshExecutor {
             keepalive_max: 3,
             ..Default::default()
         }
-    }
-
-    fn cached_key(&self, value: &[u8]) -> auth::KeyCell {
-        let mut keys = match self.keys.lock() {
-            Ok(keys) => keys,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(cell) = keys.get(value) {
-            return cell.clone();
-        }
-        if keys.len() >= KEY_CACHE_SIZE {
-            keys.clear();
-        }
-        let cell = auth::KeyCell::default();
-        keys.insert(value.to_vec(), cell.clone());
-        cell
     }
 }
 
