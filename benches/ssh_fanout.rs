@@ -67,6 +67,7 @@ async fn ours(hosts: &[Host], key: &Path) -> Result<Duration, String> {
                 port: h.port,
                 user: sshd::USER.into(),
                 host_key: Some(h.fingerprint.clone()),
+                known_hosts: None,
             };
             tokio::spawn(async move {
                 let session = exec.connect(&target, Some(&cred)).await?;

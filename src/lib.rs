@@ -80,9 +80,10 @@ pub async fn builder_with_keyring(
 fn with_executors(b: ConductorBuilder) -> ConductorBuilder {
     #[cfg(feature = "local")]
     let b = b.executor(LocalExecutor::default());
-    // Verifies host keys against each target's pinned `host_key`.
+    // Verifies host keys against each target's pinned `host_key` or
+    // known_hosts file, else `OPSC_SSH_KNOWN_HOSTS`.
     #[cfg(feature = "ssh")]
-    let b = b.executor(SshExecutor::default());
+    let b = b.executor(ssh_executor());
     // Connects to the engine (and sweeps orphans) on first use only; the
     // engine is the one `OPSC_DOCKER_SOCKET` or `DOCKER_HOST` names (a
     // socket path, `unix://…` or `tcp://…`), so deployments pick it without
@@ -93,6 +94,31 @@ fn with_executors(b: ConductorBuilder) -> ConductorBuilder {
     #[cfg(feature = "winrm")]
     let b = b.executor(WinRmExecutor::default());
     b
+}
+
+/// The environment variable naming the SSH executor's default known_hosts
+/// file (see [`ssh_executor`]).
+#[cfg(feature = "ssh")]
+pub const SSH_KNOWN_HOSTS_ENV: &str = "OPSC_SSH_KNOWN_HOSTS";
+
+/// The SSH executor as [`open`] registers it: the defaults, plus — when
+/// [`SSH_KNOWN_HOSTS_ENV`] (`OPSC_SSH_KNOWN_HOSTS`) is set — that file as the
+/// process-wide known_hosts default, for targets that neither pin a
+/// `host_key` nor name a `known_hosts` file. A deployment can so trust a
+/// fleet's keys from one file (as `ssh` does with `~/.ssh/known_hosts`)
+/// without editing every target. A relative path is made absolute now, so a
+/// later change of directory does not change what it means. Embedders
+/// registering executors themselves can call this to behave the same.
+#[cfg(feature = "ssh")]
+pub fn ssh_executor() -> SshExecutor {
+    let ssh = SshExecutor::default();
+    match std::env::var_os(SSH_KNOWN_HOSTS_ENV).filter(|v| !v.is_empty()) {
+        Some(path) => {
+            let path = std::path::PathBuf::from(path);
+            ssh.with_known_hosts(std::path::absolute(&path).unwrap_or(path))
+        }
+        None => ssh,
+    }
 }
 
 /// Finds the master key, in this order: `OPSC_MASTER_KEY` (base64 key, or

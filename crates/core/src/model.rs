@@ -103,9 +103,17 @@ pub enum Connection {
         port: u16,
         /// Remote user.
         user: String,
-        /// Pinned host key fingerprint (`SHA256:…`).
+        /// Pinned host key fingerprint (`SHA256:…`). Takes precedence over
+        /// `known_hosts`: a pin is the most specific statement of trust.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         host_key: Option<String>,
+        /// An OpenSSH `known_hosts` file, by absolute path on the host the
+        /// worker runs on, consulted when no `host_key` is pinned. It
+        /// replaces the executor's process-wide default file for this
+        /// target, so a fleet managed elsewhere (e.g. by configuration
+        /// management) can be trusted without pinning every host.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        known_hosts: Option<String>,
     },
     /// A Windows host over WinRM.
     Winrm {

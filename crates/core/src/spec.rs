@@ -533,9 +533,27 @@ pub fn validate_target(t: &Target) -> Result<()> {
     check_name("target", &t.name)?;
     match &t.connection {
         Connection::Local => Ok(()),
-        Connection::Ssh { host, user, .. } => {
+        Connection::Ssh {
+            host,
+            user,
+            known_hosts,
+            ..
+        } => {
             if host.is_empty() || user.is_empty() {
                 return Err(Error::validation("connection", "ssh needs host and user"));
+            }
+            // Workers read the file when they connect, from wherever they
+            // run: a relative path would depend on their working directory.
+            if let Some(path) = known_hosts
+                && !Path::new(path).is_absolute()
+            {
+                return Err(Error::validation(
+                    "connection.known_hosts",
+                    format!(
+                        "'{path}' is not an absolute path; workers read the file when they \
+                         connect, so give its full path (e.g. /etc/opsconductor/known_hosts)"
+                    ),
+                ));
             }
             Ok(())
         }
@@ -652,5 +670,62 @@ steps:
         assert!(e.starts_with("steps[0].exec: template error"), "{e}");
         j.name = "bad name".into();
         assert!(validate_job(&j, &t).is_err());
+    }
+
+    const SSH_TARGET: &str = "kind: Target\nname: db-1\nconnection:\n  type: ssh\n  host: db1.example.net\n  user: ops\n";
+
+    #[test]
+    fn ssh_targets_may_name_a_known_hosts_file() {
+        let yaml = format!("{SSH_TARGET}  known_hosts: /etc/opsconductor/known_hosts\n");
+        let t = parse_str(&yaml, "t.yaml", None).unwrap().targets.remove(0);
+        match &t.connection {
+            Connection::Ssh {
+                known_hosts,
+                host_key,
+                port,
+                ..
+            } => {
+                assert_eq!(
+                    known_hosts.as_deref(),
+                    Some("/etc/opsconductor/known_hosts")
+                );
+                assert_eq!(*host_key, None);
+                assert_eq!(*port, 22);
+            }
+            other => panic!("expected ssh, got {other:?}"),
+        }
+        validate_target(&t).unwrap();
+        // Omitted, it stays absent (and is not written back out).
+        let t = parse_str(SSH_TARGET, "t.yaml", None)
+            .unwrap()
+            .targets
+            .remove(0);
+        assert!(matches!(
+            &t.connection,
+            Connection::Ssh {
+                known_hosts: None,
+                ..
+            }
+        ));
+        let json = serde_json::to_value(&t.connection).unwrap();
+        assert!(json.get("known_hosts").is_none(), "{json}");
+    }
+
+    #[test]
+    fn known_hosts_must_be_absolute_and_typos_are_errors() {
+        let yaml = format!("{SSH_TARGET}  known_hosts: keys/known_hosts\n");
+        let t = parse_str(&yaml, "t.yaml", None).unwrap().targets.remove(0);
+        let e = validate_target(&t).unwrap_err().to_string();
+        assert!(
+            e.contains("connection.known_hosts") && e.contains("absolute"),
+            "{e}"
+        );
+        let yaml = format!("{SSH_TARGET}  known_host: /etc/known_hosts\n");
+        let e = parse_str(&yaml, "t.yaml", None).unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.yaml:") && e.contains("unknown field `known_host`"),
+            "{e}"
+        );
+        assert!(e.contains("known_hosts"), "lists the allowed keys: {e}");
     }
 }

@@ -289,6 +289,7 @@ async fn non_local_targets_are_refused() {
         port: 22,
         user: "ops".into(),
         host_key: None,
+        known_hosts: None,
     };
     match exec.connect(&target, None).await {
         Err(ExecError::Unsupported(msg)) => {

@@ -1,7 +1,8 @@
 //! The SSH executor against real OpenSSH servers on loopback (see
 //! `support/sshd.rs`): the executor behaviour suite, twice (key + pinned host
 //! key; password + known_hosts file), and what only SSH has — every key type,
-//! passphrases, refused credentials, unknown and changed host keys, hosts
+//! with and without a passphrase, refused credentials, unknown and changed
+//! host keys (pinned, in the executor's or the target's known_hosts), hosts
 //! that are down, remote processes killed on the server, secrets kept off
 //! the server's process list, SFTP copies, and a fan-out over many targets.
 //!
@@ -40,6 +41,7 @@ fn target_on(server: &Sshd, name: &str, pinned: bool) -> Target {
         port: server.port,
         user: USER.to_owned(),
         host_key: pinned.then(|| server.fingerprint.clone()),
+        known_hosts: None,
     };
     t.credential = Some("test-key".into());
     t
@@ -255,6 +257,10 @@ async fn an_unknown_host_key_is_refused() {
                 "names the offered key: {msg}"
             );
             assert!(msg.contains("opsconductor targets trust unpinned"), "{msg}");
+            assert!(
+                msg.contains("neither the target nor the executor names a known_hosts file"),
+                "{msg}"
+            );
         }
         other => panic!("expected Connect, got {other:?}"),
     }
@@ -345,6 +351,137 @@ async fn pinned_and_known_hosts_keys_are_accepted() {
     assert_eq!(whoami(&*session, &target).await, USER);
 }
 
+/// `target` with its own known_hosts file (and whatever pin it has).
+fn with_known_hosts(mut target: Target, path: &std::path::Path) -> Target {
+    if let Connection::Ssh { known_hosts, .. } = &mut target.connection {
+        *known_hosts = Some(path.display().to_string());
+    }
+    target
+}
+
+/// A known_hosts file in the lab directory holding `text`.
+fn known_hosts_with(text: &str) -> std::path::PathBuf {
+    let path = lab().dir.join(unique("known_hosts-"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targets_own_known_hosts_file_is_honoured() {
+    let server = next_server();
+    // The executor has no file of its own: the target's is what counts.
+    let exec = executor();
+    let target = with_known_hosts(target_on(server, "kh-own", false), &known_hosts_file());
+    let session = connect(&exec, &target, Some(&ed25519())).await.unwrap();
+    assert_eq!(whoami(&*session, &target).await, USER);
+    session.close().await;
+
+    // A file without the host: refused, naming host, file, offered key and
+    // how to trust it.
+    let lacking = known_hosts_with(
+        "[10.9.9.9]:22 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOmaDLDa6bzGXLaYMrbp3GLWZ5WjbBpGq8TK1c6xwvWb\n",
+    );
+    let target = with_known_hosts(target_on(server, "kh-lacking", false), &lacking);
+    let err = connect_error(connect(&exec, &target, Some(&ed25519())).await);
+    match &err {
+        ExecError::Connect(msg) => {
+            assert!(msg.contains("unknown host key"), "{msg}");
+            assert!(
+                msg.contains(&format!("kh-lacking' ({USER}@{}:{})", server.host, server.port)),
+                "names the host: {msg}"
+            );
+            assert!(
+                msg.contains(&format!("{} has no entry for it", lacking.display())),
+                "says what was expected: {msg}"
+            );
+            assert!(
+                msg.contains(&format!("offered ssh-ed25519 key {}", server.fingerprint)),
+                "names the offered key: {msg}"
+            );
+            assert!(
+                msg.contains("opsconductor targets trust kh-lacking")
+                    && msg.contains(&format!("add the host's key to {}", lacking.display())),
+                "says how to trust it: {msg}"
+            );
+        }
+        other => panic!("expected Connect, got {other:?}"),
+    }
+
+    // A file with another key for the host: a mismatch, expected and offered.
+    let other = pool()
+        .iter()
+        .find(|s| s.fingerprint != server.fingerprint)
+        .unwrap();
+    let wrong = known_hosts_with(&format!(
+        "[{}]:{} {}\n",
+        server.host, server.port, other.host_key_line
+    ));
+    let target = with_known_hosts(target_on(server, "kh-wrong", false), &wrong);
+    let err = connect_error(connect(&exec, &target, Some(&ed25519())).await);
+    match &err {
+        ExecError::Connect(msg) => {
+            assert!(msg.contains("HOST KEY MISMATCH"), "{msg}");
+            assert!(
+                msg.contains(&format!(
+                    "expected ssh-ed25519 key {} ({}:1)",
+                    other.fingerprint,
+                    wrong.display()
+                )),
+                "{msg}"
+            );
+            assert!(
+                msg.contains(&format!("offered ssh-ed25519 key {}", server.fingerprint)),
+                "{msg}"
+            );
+            assert!(msg.contains("opsconductor targets trust kh-wrong"), "{msg}");
+        }
+        other => panic!("expected Connect, got {other:?}"),
+    }
+
+    // The target's file replaces the executor's default, it is not merged.
+    let exec_default = executor().with_known_hosts(known_hosts_file());
+    let target = with_known_hosts(target_on(server, "kh-override", false), &lacking);
+    let err = connect_error(connect(&exec_default, &target, Some(&ed25519())).await);
+    assert!(
+        matches!(&err, ExecError::Connect(m) if m.contains(&lacking.display().to_string())),
+        "{err:?}"
+    );
+    // A missing file records no keys (as with OpenSSH): refused, naming it.
+    let missing = lab().dir.join(unique("no-such-known_hosts-"));
+    let target = with_known_hosts(target_on(server, "kh-missing", false), &missing);
+    let err = connect_error(connect(&exec, &target, Some(&ed25519())).await);
+    assert!(
+        matches!(&err, ExecError::Connect(m) if m.contains("unknown host key") && m.contains(&missing.display().to_string())),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_host_key_takes_precedence_over_known_hosts() {
+    let server = next_server();
+    let exec = executor();
+    let lacking = known_hosts_with("# nothing here\n");
+    // Right pin, file without the host: the pin decides, it connects.
+    let target = with_known_hosts(target_on(server, "pin-wins", true), &lacking);
+    let session = connect(&exec, &target, Some(&ed25519())).await.unwrap();
+    assert_eq!(whoami(&*session, &target).await, USER);
+    session.close().await;
+    // Wrong pin, file with the right key: still the pin decides, refused.
+    let other = pool()
+        .iter()
+        .find(|s| s.fingerprint != server.fingerprint)
+        .unwrap();
+    let mut target = with_known_hosts(target_on(server, "pin-wrong", true), &known_hosts_file());
+    if let Connection::Ssh { host_key, .. } = &mut target.connection {
+        *host_key = Some(other.fingerprint.clone());
+    }
+    let err = connect_error(connect(&exec, &target, Some(&ed25519())).await);
+    assert!(
+        matches!(&err, ExecError::Connect(m) if m.contains("HOST KEY MISMATCH") && m.contains("the target's host_key")),
+        "{err:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_host_key_matches_ssh_keygen() {
     for server in pool().iter().take(2) {
@@ -372,6 +509,7 @@ async fn a_closed_port_fails_fast_with_the_reason() {
         port,
         user: USER.into(),
         host_key: None,
+        known_hosts: None,
     };
     let started = Instant::now();
     let err = connect_error(connect(&executor(), &target, Some(&ed25519())).await);
@@ -408,6 +546,7 @@ async fn a_silent_server_times_out_within_the_connect_timeout() {
         port,
         user: USER.into(),
         host_key: None,
+        known_hosts: None,
     };
     let exec = executor().with_connect_timeout(Duration::from_millis(700));
     let started = Instant::now();
@@ -735,6 +874,7 @@ async fn fan_out_over_many_targets_all_succeed_and_a_dead_one_fails_alone() {
         port: sshd::free_port("127.0.0.1"),
         user: USER.into(),
         host_key: None,
+        known_hosts: None,
     };
     targets.push(dead);
     let started = Instant::now();

@@ -169,6 +169,7 @@ pub fn ssh_target(name: &str) -> Target {
             port: 22,
             user: "deploy".into(),
             host_key: None,
+            known_hosts: None,
         },
         credential: None,
     }
@@ -556,6 +557,7 @@ pub async fn target_round_trips_every_field(store: Arc<dyn Store>) -> Result<()>
             port: 2222,
             user: "deploy".into(),
             host_key: Some("SHA256:abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG".into()),
+            known_hosts: Some("/etc/opsconductor/known_hosts".into()),
         },
         credential: Some("deploy-key".into()),
     };

@@ -35,7 +35,10 @@ pub(crate) enum Policy {
 }
 
 impl Policy {
-    /// The policy for `dest`: its pin, else its known_hosts entries.
+    /// The policy for `dest`: its pin, else its entries in the target's own
+    /// known_hosts file, else in the executor's default one. The file is read
+    /// here, for each connection, so a file edited by hand or by
+    /// configuration management takes effect at once.
     pub(crate) async fn load(config: &SshExecutor, dest: &Destination) -> Result<Self, ExecError> {
         if let Some(pin) = &dest.host_key {
             return normalize_fingerprint(pin)
@@ -48,7 +51,11 @@ impl Policy {
                     ))
                 });
         }
-        let Some(path) = config.known_hosts.clone() else {
+        let Some(path) = dest
+            .known_hosts
+            .clone()
+            .or_else(|| config.known_hosts.clone())
+        else {
             return Ok(Policy::Unknown { path: None });
         };
         let host = dest.host.clone();
@@ -96,9 +103,15 @@ impl Policy {
     pub(crate) fn check(&self, offered: &PublicKey, dest: &Destination) -> Result<(), String> {
         let offered_fp = fingerprint(offered);
         let shown = format!("{} key {offered_fp}", offered.algorithm());
+        let file = match self {
+            Policy::KnownHosts { path, .. } | Policy::Unknown { path: Some(path) } => {
+                format!(", or add the host's key to {}", path.display())
+            }
+            _ => String::new(),
+        };
         let trust = format!(
             "If you expect this key, accept it with `opsconductor targets trust {}` \
-             (or set `host_key: {offered_fp}` on the target)",
+             (or set `host_key: {offered_fp}` on the target{file})",
             dest.name
         );
         match self {
@@ -158,8 +171,8 @@ impl Policy {
                         "no host_key is pinned on the target and {} has no entry for it",
                         p.display()
                     ),
-                    None => "no host_key is pinned on the target (and the executor has no \
-                             known_hosts file)"
+                    None => "no host_key is pinned on the target, and neither the target nor \
+                             the executor names a known_hosts file"
                         .to_owned(),
                 };
                 Err(unknown(dest, &shown, &nowhere, &trust))
@@ -333,6 +346,7 @@ pub async fn fetch_host_key(host: &str, port: u16, timeout: Duration) -> Result<
         port,
         user: String::new(),
         host_key: None,
+        known_hosts: None,
     };
     let seen = Arc::new(Mutex::new(None));
     let handler = Client {

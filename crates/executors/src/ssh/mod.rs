@@ -21,11 +21,15 @@
 //! Every server key is verified; none is ever accepted silently. A target's
 //! `host_key` pins a fingerprint exactly as `ssh-keygen -lf` prints it
 //! (`SHA256:` and unpadded base64). Without a pin, the key must be listed for
-//! `host` (or `[host]:port`) in the executor's [`SshExecutor::known_hosts`]
-//! file (OpenSSH format, hashed names included); the key types listed there
-//! for the host are asked of the server first, as OpenSSH does. An unknown or
-//! changed key fails the target with [`ExecError::Connect`], naming the
-//! target, the key expected and the key offered, and how to accept it
+//! `host` (or `[host]:port`) in a known_hosts file (OpenSSH format, hashed
+//! names included): the target's own `known_hosts` if it names one, else the
+//! executor's default [`SshExecutor::known_hosts`] (the facade sets it from
+//! `OPSC_SSH_KNOWN_HOSTS`). The file is read on every connection, so edits
+//! take effect without a restart. The key types listed there for the host
+//! are asked of the server first, as OpenSSH does. A pin wins over a file:
+//! it is the more specific statement. With neither, or when the key is
+//! unknown or changed, the target fails with [`ExecError::Connect`], naming
+//! the target, the key expected and the key offered, and how to accept it
 //! (`opsconductor targets trust NAME`). [`fetch_host_key`] reads a server's
 //! key fingerprint for that command.
 //!
@@ -215,7 +219,8 @@ impl SshExecutor {
         self
     }
 
-    /// Sets the known_hosts file for targets without a pinned `host_key`.
+    /// Sets the default known_hosts file, for targets that neither pin a
+    /// `host_key` nor name a `known_hosts` file.
     pub fn with_known_hosts(mut self, path: impl Into<PathBuf>) -> Self {
         self.known_hosts = Some(path.into());
         self
@@ -299,6 +304,8 @@ pub(crate) struct Destination {
     pub user: String,
     /// Pinned fingerprint.
     pub host_key: Option<String>,
+    /// The target's own known_hosts file.
+    pub known_hosts: Option<PathBuf>,
 }
 
 impl Destination {
@@ -309,12 +316,14 @@ impl Destination {
                 port,
                 user,
                 host_key,
+                known_hosts,
             } => Ok(Self {
                 name: target.name.clone(),
                 host: host.clone(),
                 port: *port,
                 user: user.clone(),
                 host_key: host_key.clone(),
+                known_hosts: known_hosts.as_ref().map(PathBuf::from),
             }),
             other => Err(ExecError::Unsupported(format!(
                 "the ssh executor cannot serve target '{}' (connection kind '{}'); \
