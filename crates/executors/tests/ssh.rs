@@ -61,6 +61,14 @@ fn key_cred(path: &std::path::Path) -> Credential {
     }
 }
 
+/// A protected key with the fixture's passphrase on the line after it.
+fn with_passphrase(path: &std::path::Path) -> Credential {
+    let mut cred = key_cred(path);
+    cred.value
+        .extend_from_slice(format!("{PASSPHRASE_PREFIX}{}\n", sshd::PASSPHRASE).as_bytes());
+    cred
+}
+
 fn ed25519() -> Credential {
     key_cred(&lab().keys.ed25519)
 }
@@ -135,15 +143,12 @@ async fn whoami(session: &dyn Session, target: &Target) -> String {
 async fn every_key_type_and_a_password_log_in() {
     let server = next_server();
     let target = target_on(server, "auth", true);
-    let mut encrypted = key_cred(&lab().keys.encrypted);
-    encrypted
-        .value
-        .extend_from_slice(format!("{PASSPHRASE_PREFIX}{}\n", sshd::PASSPHRASE).as_bytes());
+    let keys = &lab().keys;
     let creds = [
-        ("ed25519", key_cred(&lab().keys.ed25519)),
-        ("ecdsa", key_cred(&lab().keys.ecdsa)),
-        ("rsa", key_cred(&lab().keys.rsa)),
-        ("ed25519 with passphrase", encrypted),
+        ("ed25519", key_cred(&keys.ed25519)),
+        ("ecdsa", key_cred(&keys.ecdsa)),
+        ("rsa", key_cred(&keys.rsa)),
+        ("ed25519 with passphrase", with_passphrase(&keys.encrypted)),
         ("password", password(&lab().password)),
     ];
     let exec = executor();
@@ -153,6 +158,46 @@ async fn every_key_type_and_a_password_log_in() {
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(whoami(&*session, &target).await, USER, "{what}");
         session.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passphrase_protected_ecdsa_and_rsa_keys_log_in() {
+    let target = target_on(next_server(), "locked-types", true);
+    let exec = executor();
+    let keys = &lab().keys;
+    for (what, path, public_type) in [
+        ("ecdsa", &keys.encrypted_ecdsa, "ecdsa-sha2-nistp256 "),
+        ("rsa", &keys.encrypted_rsa, "ssh-rsa "),
+    ] {
+        let public = std::fs::read_to_string(format!("{}.pub", path.display())).unwrap();
+        assert!(public.starts_with(public_type), "{what}: {public}");
+        // Really protected: without the passphrase it is refused, saying why.
+        let err = connect_error(connect(&exec, &target, Some(&key_cred(path))).await);
+        assert!(
+            matches!(&err, ExecError::Auth(m) if m.contains("passphrase-protected")),
+            "{what}: {err:?}"
+        );
+        let cred = with_passphrase(path);
+        let session = connect(&exec, &target, Some(&cred))
+            .await
+            .unwrap_or_else(|e| panic!("{what} with passphrase: {e}"));
+        assert_eq!(whoami(&*session, &target).await, USER, "{what}");
+        session.close().await;
+        // A second connection with the same credential (decoded once, cached).
+        let session = connect(&exec, &target, Some(&cred))
+            .await
+            .unwrap_or_else(|e| panic!("{what} again: {e}"));
+        assert_eq!(whoami(&*session, &target).await, USER, "{what}");
+        session.close().await;
+        // And a wrong passphrase is refused before any connection.
+        let mut wrong = key_cred(path);
+        wrong.value.extend_from_slice(b"Passphrase: not it\n");
+        let err = connect_error(connect(&exec, &target, Some(&wrong)).await);
+        assert!(
+            matches!(&err, ExecError::Auth(m) if m.contains("wrong passphrase")),
+            "{what}: {err:?}"
+        );
     }
 }
 

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 /// The test account on this machine.
 pub const USER: &str = "opsc-test-ssh";
 
-/// The passphrase of [`Keys::encrypted`].
+/// The passphrase of [`Keys::encrypted`], [`Keys::encrypted_ecdsa`] and
+/// [`Keys::encrypted_rsa`] (with quotes and spaces, so that it is passed
+/// through verbatim, not through a shell).
 pub const PASSPHRASE: &str = "correct horse 'battery' staple";
 
 const SSHD: &str = "/usr/sbin/sshd";
@@ -40,6 +42,10 @@ pub struct Keys {
     pub rsa: PathBuf,
     /// Ed25519 protected by [`PASSPHRASE`], authorized.
     pub encrypted: PathBuf,
+    /// ECDSA P-256 protected by [`PASSPHRASE`], authorized.
+    pub encrypted_ecdsa: PathBuf,
+    /// RSA 2048 protected by [`PASSPHRASE`], authorized.
+    pub encrypted_rsa: PathBuf,
     /// Ed25519, **not** authorized.
     pub stranger: PathBuf,
 }
@@ -213,15 +219,34 @@ impl Lab {
             ecdsa: dir.join("id_ecdsa"),
             rsa: dir.join("id_rsa"),
             encrypted: dir.join("id_encrypted"),
+            encrypted_ecdsa: dir.join("id_encrypted_ecdsa"),
+            encrypted_rsa: dir.join("id_encrypted_rsa"),
             stranger: dir.join("id_stranger"),
         };
         keygen(&keys.ed25519, &["-t", "ed25519"], "");
         keygen(&keys.ecdsa, &["-t", "ecdsa", "-b", "256"], "");
         keygen(&keys.rsa, &["-t", "rsa", "-b", "2048"], "");
         keygen(&keys.encrypted, &["-t", "ed25519", "-a", "16"], PASSPHRASE);
+        keygen(
+            &keys.encrypted_ecdsa,
+            &["-t", "ecdsa", "-b", "256", "-a", "16"],
+            PASSPHRASE,
+        );
+        keygen(
+            &keys.encrypted_rsa,
+            &["-t", "rsa", "-b", "2048", "-a", "16"],
+            PASSPHRASE,
+        );
         keygen(&keys.stranger, &["-t", "ed25519"], "");
         let mut authorized = String::new();
-        for key in [&keys.ed25519, &keys.ecdsa, &keys.rsa, &keys.encrypted] {
+        for key in [
+            &keys.ed25519,
+            &keys.ecdsa,
+            &keys.rsa,
+            &keys.encrypted,
+            &keys.encrypted_ecdsa,
+            &keys.encrypted_rsa,
+        ] {
             authorized
                 .push_str(&std::fs::read_to_string(format!("{}.pub", key.display())).unwrap());
         }
