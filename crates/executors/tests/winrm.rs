@@ -779,3 +779,273 @@ async fn wsman_protocol_server_hostile_parameters_reach_powershell_intact() {
     let script = decode_powershell(&recorded);
     assert!(script.contains(&format!("\n{line}\n")), "{script}");
 }
+
+// ---------------------------------------------------------------------------
+// NTLM, signals on timeout and cancel, the logged TLS opt-out
+// ---------------------------------------------------------------------------
+
+/// The test server's own digests (it has no digest crate) against the
+/// RFC 1320/1321/2104 test vectors, so an NTLM failure is never theirs.
+#[test]
+fn wsman_protocol_server_ntlm_digests_match_the_rfc_vectors() {
+    use winrm_server::ntlm::{hmac_md5, md4, md5};
+    let hex = |b: [u8; 16]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert_eq!(hex(md4(b"")), "31d6cfe0d16ae931b73c59d7e0c089c0");
+    assert_eq!(hex(md4(b"abc")), "a448017aaf21d8525fc10ae87aa6729d");
+    let long = b"12345678901234567890123456789012345678901234567890123456789012345678901234567890";
+    assert_eq!(hex(md4(long)), "e33b4ddc9c38f2199c3e7b164fcc0536");
+    assert_eq!(hex(md5(b"")), "d41d8cd98f00b204e9800998ecf8427e");
+    assert_eq!(hex(md5(b"abc")), "900150983cd24fb0d6963f7d28e17f72");
+    assert_eq!(hex(md5(long)), "57edf4a22be3c955ac49da2e2107b67a");
+    assert_eq!(
+        hex(hmac_md5(&[0x0b; 16], b"Hi There")),
+        "9294727a3638bb1c13f48ef8158bfc9d"
+    );
+}
+
+/// A plain-HTTP NTLM target on `server` (with the explicit opt-out the
+/// executor requires: winrm-rs 1.1.2 does not seal NTLM messages).
+fn ntlm_target(server: &WsmanServer) -> Target {
+    let mut t = target(server, "sh");
+    t.connection = Connection::Winrm {
+        host: "127.0.0.1".into(),
+        port: server.port(),
+        tls: false,
+        auth: "ntlm".into(),
+    };
+    t
+}
+
+#[tokio::test]
+async fn wsman_protocol_server_ntlm_handshake_authenticates() {
+    let server = WsmanServer::start(ServerOptions::ntlm("", USER, PASSWORD));
+    let t = ntlm_target(&server);
+    let session = executor()
+        .connect(&t, Some(&credential(USER, PASSWORD)))
+        .await
+        .unwrap_or_else(|e| panic!("NTLM connect: {e}"));
+    let out = run(
+        &*session,
+        &StepContext::new(t.clone()),
+        &shell("echo ntlm-ok; exit 3"),
+    )
+    .await;
+    assert_eq!(out.stdout(), "ntlm-ok\n");
+    assert_eq!(out.status().code, Some(3));
+    session.close().await;
+    let stats = server.stats();
+    assert!(
+        stats.ntlm_logins >= stats.created + stats.commands,
+        "every request went through an NTLM handshake: {stats:?}"
+    );
+    assert_eq!(stats.auth_failures, 0, "{stats:?}");
+    assert_eq!(stats.open_shells, 0, "{stats:?}");
+    let probe = executor()
+        .check(&t, Some(&credential(USER, PASSWORD)))
+        .await
+        .expect("check over NTLM");
+    assert_eq!(probe.details.get("auth").map(String::as_str), Some("ntlm"));
+
+    // A wrong password fails the handshake: an Auth error, no shell.
+    let before = server.stats();
+    match executor()
+        .connect(&t, Some(&credential(USER, "wrong-password")))
+        .await
+    {
+        Err(ExecError::Auth(msg)) => {
+            assert!(msg.contains("ntlm"), "{msg}");
+            assert!(!msg.contains("wrong-password"), "never the password: {msg}");
+        }
+        Err(other) => panic!("expected an Auth error, got {other:?}"),
+        Ok(_) => panic!("a wrong NTLM password must fail"),
+    }
+    let after = server.stats();
+    assert!(after.auth_failures > before.auth_failures, "{after:?}");
+    assert_eq!(after.created, before.created, "{after:?}");
+}
+
+#[tokio::test]
+async fn wsman_protocol_server_ntlm_domain_user_authenticates_in_its_domain() {
+    let server = WsmanServer::start(ServerOptions::ntlm("CORP", USER, PASSWORD));
+    let t = ntlm_target(&server);
+    let session = executor()
+        .connect(&t, Some(&credential(&format!("CORP\\{USER}"), PASSWORD)))
+        .await
+        .unwrap_or_else(|e| panic!("NTLM connect as CORP\\user: {e}"));
+    let out = run(
+        &*session,
+        &StepContext::new(t.clone()),
+        &shell("echo in-domain"),
+    )
+    .await;
+    out.assert_success();
+    assert_eq!(out.stdout(), "in-domain\n");
+    session.close().await;
+    // The same user without the domain is another account: refused.
+    match executor()
+        .connect(&t, Some(&credential(USER, PASSWORD)))
+        .await
+    {
+        Err(ExecError::Auth(_)) => {}
+        Err(other) => panic!("expected an Auth error, got {other:?}"),
+        Ok(_) => panic!("the domain is part of the NTLMv2 proof"),
+    }
+}
+
+/// Waits (up to 10 s) until the server has seen `n` terminate signals.
+async fn wait_for_terminates(server: &WsmanServer, n: u64) -> u64 {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = server.stats().terminate_signals;
+        if seen >= n || Instant::now() >= give_up {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn wsman_protocol_server_timeout_and_cancel_signal_terminate() {
+    let server = WsmanServer::start(ServerOptions::http(USER, PASSWORD));
+    let session = session_on(&server, "sh").await;
+    assert_eq!(server.stats().terminate_signals, 0);
+
+    let mut c = ctx(&server);
+    c.deadline = Some(Instant::now() + Duration::from_secs(1));
+    let out = run(&*session, &c, &shell("echo started; sleep 30")).await;
+    assert!(
+        matches!(out.result, Err(ExecError::TimedOut)),
+        "{:?}",
+        out.result
+    );
+    assert_eq!(out.stdout(), "started\n");
+    assert_eq!(
+        wait_for_terminates(&server, 1).await,
+        1,
+        "a timeout sends Signal terminate: {:?}",
+        server.stats()
+    );
+
+    let c = ctx(&server);
+    let cancel = c.cancel.clone();
+    let out = behaviour::run_with(&*session, &c, &shell("echo started; sleep 30"), |_| {
+        cancel.cancel()
+    })
+    .await;
+    assert!(
+        matches!(out.result, Err(ExecError::Cancelled)),
+        "{:?}",
+        out.result
+    );
+    assert_eq!(
+        wait_for_terminates(&server, 2).await,
+        2,
+        "a cancel sends Signal terminate: {:?}",
+        server.stats()
+    );
+    session.close().await;
+    assert_eq!(
+        server.wait_for_no_open_shells(Duration::from_secs(5)).await,
+        0
+    );
+}
+
+/// Collects the text of every tracing event (level, fields) emitted on this
+/// thread while it is the default subscriber.
+#[derive(Clone, Default)]
+struct LogCapture(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl LogCapture {
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+struct FieldText(String);
+
+impl tracing::field::Visit for FieldText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
+}
+
+impl tracing::Subscriber for LogCapture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut text = FieldText(event.metadata().level().to_string());
+        event.record(&mut text);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(text.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test]
+async fn wsman_protocol_server_tls_verification_opt_out_is_logged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = self_signed(dir.path());
+    let server = WsmanServer::start(ServerOptions::https(USER, PASSWORD, &cert, &key));
+    let mut t = target(&server, "sh");
+    t.name = "tls-opt-out".into();
+    t.vars.remove("allow_unencrypted");
+    t.vars.insert("insecure_skip_verify".into(), true.into());
+    t.connection = Connection::Winrm {
+        host: "127.0.0.1".into(),
+        port: server.port(),
+        tls: true,
+        auth: "basic".into(),
+    };
+    let logs = LogCapture::default();
+    let session = {
+        let _default = tracing::subscriber::set_default(logs.clone());
+        executor()
+            .connect(&t, Some(&credential(USER, PASSWORD)))
+            .await
+            .expect("connect with verification off")
+    };
+    session.close().await;
+    let lines = logs.lines();
+    let warned = lines.iter().find(|l| {
+        l.starts_with("WARN")
+            && l.contains("certificate verification is OFF")
+            && l.contains(&format!("127.0.0.1:{}", server.port()))
+            && l.contains("insecure_skip_verify")
+            && l.contains("tls-opt-out")
+    });
+    assert!(
+        warned.is_some(),
+        "the opt-out must be logged as a warning: {lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains(PASSWORD)),
+        "never the password: {lines:?}"
+    );
+
+    // With verification on, no such warning.
+    t.vars.remove("insecure_skip_verify");
+    let logs = LogCapture::default();
+    {
+        let _default = tracing::subscriber::set_default(logs.clone());
+        let _ = executor()
+            .connect(&t, Some(&credential(USER, PASSWORD)))
+            .await;
+    }
+    assert!(
+        logs.lines()
+            .iter()
+            .all(|l| !l.contains("verification is OFF")),
+        "{:?}",
+        logs.lines()
+    );
+}

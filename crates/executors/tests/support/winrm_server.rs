@@ -4,7 +4,10 @@
 //! this server. It speaks the real WinRM shell protocol (MS-WSMV) closely
 //! enough for the real winrm-rs 1.1.2 client: SOAP 1.2 envelopes over
 //! HTTP/1.1 (keep-alive) on loopback, or HTTPS with a given certificate;
-//! HTTP Basic authentication (401 otherwise); the actions
+//! HTTP Basic authentication, or NTLM ([`ServerOptions::ntlm`]: the
+//! negotiate → challenge → authenticate handshake over `Authorization:
+//! Negotiate`, the NTLMv2 response checked against the password; 401
+//! otherwise); the actions
 //! - `Create` (a shell, with `rsp:WorkingDirectory` and `rsp:Environment`),
 //! - `Command` (`rsp:Command` and `rsp:Arguments`),
 //! - `Send` (base64 `rsp:Stream Name="stdin"`, `End="true"` closes stdin),
@@ -22,6 +25,10 @@
 //! joined by spaces) run with `/bin/sh -c` in a process group of their own,
 //! not cmd.exe; an exit by signal N is reported as exit code 128+N. Tests
 //! that use it say so in their names (`wsman_protocol_server_*`).
+//!
+//! NTLM here authenticates each request (as winrm-rs 1.1.2 does without
+//! sealing: a handshake per request) and never seals messages, so it is
+//! plain HTTP with the executor's explicit `allow_unencrypted` opt-out.
 //!
 //! The server runs on a thread of its own with its own tokio runtime, so one
 //! instance can serve many `#[tokio::test]`s (each has its own runtime). It
@@ -64,12 +71,15 @@ const MAX_RECEIVE_BYTES: usize = 64 * 1024;
 /// How the server is started.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// The one user name accepted (Basic auth).
+    /// The one user name accepted.
     pub user: String,
     /// Its password.
     pub password: String,
     /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Accept NTLM (and only NTLM) instead of Basic, for a user of this
+    /// domain (compared case-insensitively; `""` for a local account).
+    pub ntlm_domain: Option<String>,
 }
 
 impl ServerOptions {
@@ -79,6 +89,15 @@ impl ServerOptions {
             user: user.into(),
             password: password.into(),
             tls: None,
+            ntlm_domain: None,
+        }
+    }
+
+    /// Plain HTTP with NTLM for `domain\user` (`domain` may be empty).
+    pub fn ntlm(domain: &str, user: &str, password: &str) -> Self {
+        Self {
+            ntlm_domain: Some(domain.into()),
+            ..Self::http(user, password)
         }
     }
 
@@ -89,6 +108,7 @@ impl ServerOptions {
             user: user.into(),
             password: password.into(),
             tls: Some((read(cert), read(key))),
+            ntlm_domain: None,
         }
     }
 }
@@ -112,6 +132,10 @@ pub struct Stats {
     pub timed_out: u64,
     /// Signal requests.
     pub signals: u64,
+    /// Signal requests with the `terminate` code.
+    pub terminate_signals: u64,
+    /// Requests authenticated by a complete NTLM handshake.
+    pub ntlm_logins: u64,
     /// `Send` requests with `End="true"`.
     pub stdin_closed: u64,
 }
@@ -183,6 +207,8 @@ impl WsmanServer {
             commands: c.commands.load(Ordering::SeqCst),
             timed_out: c.timed_out.load(Ordering::SeqCst),
             signals: c.signals.load(Ordering::SeqCst),
+            terminate_signals: c.terminate_signals.load(Ordering::SeqCst),
+            ntlm_logins: c.ntlm_logins.load(Ordering::SeqCst),
             stdin_closed: c.stdin_closed.load(Ordering::SeqCst),
         }
     }
@@ -263,6 +289,8 @@ struct Counters {
     commands: AtomicU64,
     timed_out: AtomicU64,
     signals: AtomicU64,
+    terminate_signals: AtomicU64,
+    ntlm_logins: AtomicU64,
     stdin_closed: AtomicU64,
 }
 
@@ -274,6 +302,9 @@ struct State {
     environments: Mutex<Vec<Vec<(String, String)>>>,
     record_only: AtomicBool,
     next_id: AtomicU64,
+    /// NTLM server challenges sent and not yet answered (each is good for
+    /// one authenticate message, on whatever connection it comes).
+    challenges: Mutex<VecDeque<[u8; 8]>>,
 }
 
 struct Shell {
@@ -436,6 +467,7 @@ impl State {
             environments: Mutex::new(Vec::new()),
             record_only: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            challenges: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -455,17 +487,23 @@ impl State {
         if parts.next() != Some("POST") || parts.next() != Some("/wsman") {
             return (404, vec![], String::new());
         }
-        let expected = format!(
-            "Basic {}",
-            B64.encode(format!("{}:{}", self.options.user, self.options.password))
-        );
-        if headers.get("authorization") != Some(&expected) {
-            self.counters.auth_failures.fetch_add(1, Ordering::SeqCst);
-            return (
-                401,
-                vec![("WWW-Authenticate", "Basic realm=\"WSMAN\"".into())],
-                String::new(),
+        if let Some(domain) = &self.options.ntlm_domain {
+            if let Err(refusal) = self.ntlm(headers.get("authorization"), domain) {
+                return refusal;
+            }
+        } else {
+            let expected = format!(
+                "Basic {}",
+                B64.encode(format!("{}:{}", self.options.user, self.options.password))
             );
+            if headers.get("authorization") != Some(&expected) {
+                self.counters.auth_failures.fetch_add(1, Ordering::SeqCst);
+                return (
+                    401,
+                    vec![("WWW-Authenticate", "Basic realm=\"WSMAN\"".into())],
+                    String::new(),
+                );
+            }
         }
         let action = text(body, "Action").unwrap_or_default();
         let message_id = text(body, "MessageID").unwrap_or_default();
@@ -501,6 +539,77 @@ impl State {
             Ok((action, body)) => (200, vec![], envelope(&action, &message_id, &body)),
             Err((subcode, reason)) => (500, vec![], fault_envelope(&message_id, &subcode, &reason)),
         }
+    }
+
+    /// NTLM over `Authorization: Negotiate`: a negotiate message gets a 401
+    /// with a fresh challenge; an authenticate message whose NTLMv2 response
+    /// proves the password for an outstanding challenge lets the request
+    /// through (`Ok`); anything else is a 401 offering `Negotiate`.
+    fn ntlm(&self, authorization: Option<&String>, domain: &str) -> Result<(), Response> {
+        let refuse = |counters: &Counters| {
+            counters.auth_failures.fetch_add(1, Ordering::SeqCst);
+            (
+                401,
+                vec![("WWW-Authenticate", "Negotiate".into())],
+                String::new(),
+            )
+        };
+        let Some(token) = authorization.and_then(|a| a.strip_prefix("Negotiate ")) else {
+            return Err(refuse(&self.counters));
+        };
+        let Ok(msg) = B64.decode(token.trim()) else {
+            return Err(refuse(&self.counters));
+        };
+        match ntlm::message_type(&msg) {
+            Some(1) => {
+                let challenge = self.new_challenge();
+                let mut pending = lock(&self.challenges);
+                pending.push_back(challenge);
+                while pending.len() > 64 {
+                    pending.pop_front();
+                }
+                let type2 = ntlm::challenge_message(&challenge, "WSMANTEST");
+                Err((
+                    401,
+                    vec![(
+                        "WWW-Authenticate",
+                        format!("Negotiate {}", B64.encode(type2)),
+                    )],
+                    String::new(),
+                ))
+            }
+            Some(3) => {
+                let Some(auth) = ntlm::parse_authenticate(&msg) else {
+                    return Err(refuse(&self.counters));
+                };
+                let who_ok = auth.user.eq_ignore_ascii_case(&self.options.user)
+                    && auth.domain.eq_ignore_ascii_case(domain);
+                let mut pending = lock(&self.challenges);
+                let matched = pending
+                    .iter()
+                    .position(|c| ntlm::verify_ntlmv2(c, &auth, &self.options.password));
+                match matched {
+                    Some(i) if who_ok => {
+                        pending.remove(i);
+                        self.counters.ntlm_logins.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                    _ => Err(refuse(&self.counters)),
+                }
+            }
+            _ => Err(refuse(&self.counters)),
+        }
+    }
+
+    /// A challenge no other request got (a counter and the clock; it need
+    /// not be unpredictable on loopback).
+    fn new_challenge(&self) -> [u8; 8] {
+        let n = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        (nanos ^ n.rotate_left(40)).to_le_bytes()
     }
 
     fn shell(&self, shell_id: Option<String>) -> Result<(String, Arc<Shell>), (String, String)> {
@@ -789,6 +898,9 @@ impl State {
         let cmd = self.find_command(shell_id, command_id)?;
         let code = text(body, "Code").unwrap_or_default();
         if code.trim().ends_with("/terminate") {
+            self.counters
+                .terminate_signals
+                .fetch_add(1, Ordering::SeqCst);
             cmd.kill(Signal::SIGKILL);
         } else if code.trim().ends_with("/ctrl_c") {
             cmd.kill(Signal::SIGINT);
@@ -942,4 +1054,241 @@ fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// Just enough NTLM (MS-NLMP) for a server: the challenge message, the
+/// fields of an authenticate message, and the NTLMv2 response check (with
+/// MD4 and MD5 written out here, as the test tree has no digest crates).
+pub mod ntlm {
+    const SIGNATURE: &[u8; 8] = b"NTLMSSP\0";
+
+    /// The message type of an NTLM message (1, 2 or 3), if it is one.
+    pub fn message_type(msg: &[u8]) -> Option<u32> {
+        if msg.len() < 12 || &msg[..8] != SIGNATURE {
+            return None;
+        }
+        Some(u32::from_le_bytes([msg[8], msg[9], msg[10], msg[11]]))
+    }
+
+    fn utf16le(s: &str) -> Vec<u8> {
+        s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+    }
+
+    fn av_pair(out: &mut Vec<u8>, id: u16, value: &[u8]) {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        out.extend_from_slice(value);
+    }
+
+    /// A type 2 (challenge) message for `domain`, with target info
+    /// (NetBIOS domain and computer names, a timestamp).
+    pub fn challenge_message(challenge: &[u8; 8], domain: &str) -> Vec<u8> {
+        // UNICODE | REQUEST_TARGET | NTLM | ALWAYS_SIGN | TARGET_TYPE_DOMAIN
+        // | EXTENDED_SESSIONSECURITY | TARGET_INFO | VERSION | 128 | 56.
+        let flags: u32 = 0x1
+            | 0x4
+            | 0x200
+            | 0x8000
+            | 0x1_0000
+            | 0x8_0000
+            | 0x80_0000
+            | 0x200_0000
+            | 0x2000_0000
+            | 0x8000_0000;
+        let name = utf16le(domain);
+        let mut info = Vec::new();
+        av_pair(&mut info, 2, &name);
+        av_pair(&mut info, 1, &utf16le("WSMAN"));
+        let filetime = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| (d.as_nanos() / 100) as u64 + 116_444_736_000_000_000)
+            .unwrap_or(0);
+        av_pair(&mut info, 7, &filetime.to_le_bytes());
+        av_pair(&mut info, 0, &[]);
+        let header = 56u32;
+        let mut msg = Vec::new();
+        msg.extend_from_slice(SIGNATURE);
+        msg.extend_from_slice(&2u32.to_le_bytes());
+        msg.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        msg.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        msg.extend_from_slice(&header.to_le_bytes());
+        msg.extend_from_slice(&flags.to_le_bytes());
+        msg.extend_from_slice(challenge);
+        msg.extend_from_slice(&[0; 8]);
+        msg.extend_from_slice(&(info.len() as u16).to_le_bytes());
+        msg.extend_from_slice(&(info.len() as u16).to_le_bytes());
+        msg.extend_from_slice(&(header + name.len() as u32).to_le_bytes());
+        msg.extend_from_slice(&[10, 0, 0x63, 0x45, 0, 0, 0, 15]);
+        msg.extend_from_slice(&name);
+        msg.extend_from_slice(&info);
+        msg
+    }
+
+    /// What a type 3 (authenticate) message says.
+    #[derive(Debug)]
+    pub struct Authenticate {
+        /// The user name.
+        pub user: String,
+        /// The domain (empty for a local account).
+        pub domain: String,
+        /// NTProofStr followed by the client's blob.
+        pub nt_response: Vec<u8>,
+    }
+
+    /// The fields of a type 3 message; `None` if it is malformed.
+    pub fn parse_authenticate(msg: &[u8]) -> Option<Authenticate> {
+        if message_type(msg)? != 3 {
+            return None;
+        }
+        let field = |at: usize| -> Option<&[u8]> {
+            let len = u16::from_le_bytes([*msg.get(at)?, *msg.get(at + 1)?]) as usize;
+            let off = u32::from_le_bytes(msg.get(at + 4..at + 8)?.try_into().ok()?) as usize;
+            msg.get(off..off.checked_add(len)?)
+        };
+        let text = |b: &[u8]| {
+            let units: Vec<u16> = b
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16_lossy(&units)
+        };
+        let nt_response = field(20)?.to_vec();
+        if nt_response.len() < 16 + 28 {
+            return None;
+        }
+        Some(Authenticate {
+            user: text(field(36)?),
+            domain: text(field(28)?),
+            nt_response,
+        })
+    }
+
+    /// Whether the NTLMv2 response answers `challenge` with `password`:
+    /// NTProofStr = HMAC-MD5(NTOWFv2, challenge ‖ blob), where NTOWFv2 =
+    /// HMAC-MD5(MD4(UTF-16LE(password)), UTF-16LE(UPPER(user) ‖ domain)).
+    pub fn verify_ntlmv2(challenge: &[u8; 8], auth: &Authenticate, password: &str) -> bool {
+        let nt_hash = md4(&utf16le(password));
+        let identity = format!("{}{}", auth.user.to_uppercase(), auth.domain);
+        let ntowf = hmac_md5(&nt_hash, &utf16le(&identity));
+        let (proof, blob) = auth.nt_response.split_at(16);
+        let mut input = challenge.to_vec();
+        input.extend_from_slice(blob);
+        hmac_md5(&ntowf, &input) == proof
+    }
+
+    /// HMAC (RFC 2104) over MD5.
+    pub fn hmac_md5(key: &[u8], data: &[u8]) -> [u8; 16] {
+        let mut k = [0u8; 64];
+        if key.len() > 64 {
+            k[..16].copy_from_slice(&md5(key));
+        } else {
+            k[..key.len()].copy_from_slice(key);
+        }
+        let mut inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+        inner.extend_from_slice(data);
+        let mut outer: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+        outer.extend_from_slice(&md5(&inner));
+        md5(&outer)
+    }
+
+    /// The message padded to whole 64-byte blocks, as little-endian words
+    /// (the padding MD4 and MD5 share).
+    fn blocks(data: &[u8]) -> Vec<[u32; 16]> {
+        let mut m = data.to_vec();
+        m.push(0x80);
+        while m.len() % 64 != 56 {
+            m.push(0);
+        }
+        m.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_le_bytes());
+        m.chunks_exact(64)
+            .map(|c| {
+                let mut w = [0u32; 16];
+                for (i, word) in w.iter_mut().enumerate() {
+                    *word =
+                        u32::from_le_bytes([c[4 * i], c[4 * i + 1], c[4 * i + 2], c[4 * i + 3]]);
+                }
+                w
+            })
+            .collect()
+    }
+
+    fn digest(h: [u32; 4]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (i, v) in h.iter().enumerate() {
+            out[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    const INIT: [u32; 4] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476];
+
+    /// MD4 (RFC 1320).
+    pub fn md4(data: &[u8]) -> [u8; 16] {
+        const ORDER: [[usize; 16]; 3] = [
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+            [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15],
+            [0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15],
+        ];
+        const SHIFT: [[u32; 4]; 3] = [[3, 7, 11, 19], [3, 5, 9, 13], [3, 9, 11, 15]];
+        const ADD: [u32; 3] = [0, 0x5a82_7999, 0x6ed9_eba1];
+        let mut h = INIT;
+        for x in blocks(data) {
+            let mut v = h;
+            for round in 0..3 {
+                for (j, &k) in ORDER[round].iter().enumerate() {
+                    // The roles a, b, c, d rotate: abcd, dabc, cdab, bcda.
+                    let (a, b, c, d) = match j % 4 {
+                        0 => (0, 1, 2, 3),
+                        1 => (3, 0, 1, 2),
+                        2 => (2, 3, 0, 1),
+                        _ => (1, 2, 3, 0),
+                    };
+                    let (vb, vc, vd) = (v[b], v[c], v[d]);
+                    let f = match round {
+                        0 => (vb & vc) | (!vb & vd),
+                        1 => (vb & vc) | (vb & vd) | (vc & vd),
+                        _ => vb ^ vc ^ vd,
+                    };
+                    v[a] = v[a]
+                        .wrapping_add(f)
+                        .wrapping_add(x[k])
+                        .wrapping_add(ADD[round])
+                        .rotate_left(SHIFT[round][j % 4]);
+                }
+            }
+            for i in 0..4 {
+                h[i] = h[i].wrapping_add(v[i]);
+            }
+        }
+        digest(h)
+    }
+
+    /// MD5 (RFC 1321).
+    pub fn md5(data: &[u8]) -> [u8; 16] {
+        const S: [u32; 16] = [7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21];
+        let k: Vec<u32> = (0..64)
+            .map(|i| ((i as f64 + 1.0).sin().abs() * 4_294_967_296.0) as u32)
+            .collect();
+        let mut h = INIT;
+        for m in blocks(data) {
+            let [mut a, mut b, mut c, mut d] = h;
+            for i in 0..64 {
+                let (f, g) = match i / 16 {
+                    0 => ((b & c) | (!b & d), i),
+                    1 => ((d & b) | (!d & c), (5 * i + 1) % 16),
+                    2 => (b ^ c ^ d, (3 * i + 5) % 16),
+                    _ => (c ^ (b | !d), (7 * i) % 16),
+                };
+                let f = f.wrapping_add(a).wrapping_add(k[i]).wrapping_add(m[g]);
+                a = d;
+                d = c;
+                c = b;
+                b = b.wrapping_add(f.rotate_left(S[(i / 16) * 4 + i % 4]));
+            }
+            for (x, v) in h.iter_mut().zip([a, b, c, d]) {
+                *x = x.wrapping_add(v);
+            }
+        }
+        digest(h)
+    }
 }
