@@ -6,7 +6,8 @@
 //! is tested end to end against a *WS-Management protocol test server*
 //! (`crates/executors/tests/support/winrm_server.rs`): it speaks the real
 //! shell protocol (Create, Command, Send, Receive, Signal, Delete, Basic
-//! auth, `w:TimedOut` faults) over HTTP and HTTPS, but runs command lines
+//! auth, NTLM's negotiate/challenge/authenticate handshake with the NTLMv2
+//! proof checked, `w:TimedOut` faults) over HTTP and HTTPS, but runs command lines
 //! with `/bin/sh`. It is a protocol test server, not Windows: the Windows
 //! command lines this module generates (cmd.exe, PowerShell) are checked by
 //! unit tests and by inspecting what reaches the server, never executed.
