@@ -16,7 +16,7 @@
 //!
 //! ```yaml
 //! name: win1
-//! connection: { kind: winrm, host: win1.corp.example, port: 5986, tls: true, auth: ntlm }
+//! connection: { type: winrm, host: win1.corp.example, port: 5986, tls: true, auth: ntlm }
 //! credential: win1-login          # a secret of kind password
 //! vars:
 //!   shell: powershell             # optional: cmd (default), powershell, pwsh, sh
