@@ -74,6 +74,12 @@ pub struct WorkerArgs {
     /// Lease length: a run whose worker stops heartbeating is rescued after this.
     #[arg(long, value_parser = crate::commands::parse_duration, default_value = "30s")]
     pub lease: Duration,
+    /// Safety-net poll for queued runs. On PostgreSQL a submission wakes the
+    /// workers at once (LISTEN/NOTIFY); this only bounds how late a missed
+    /// wake-up is noticed. SQLite has no cross-process wake-ups and polls
+    /// every 250 ms at most.
+    #[arg(long, value_parser = crate::commands::parse_duration, default_value = "1s")]
+    pub poll: Duration,
     /// How long to wait for runs in progress on shutdown.
     #[arg(long, value_parser = crate::commands::parse_duration, default_value = "5m")]
     pub drain_timeout: Duration,

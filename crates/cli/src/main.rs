@@ -261,7 +261,7 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
         out.note(&n);
     }
     let builder = match &cli.command {
-        Cmd::Worker(w) => builder.lease(w.lease),
+        Cmd::Worker(w) => builder.lease(w.lease).poll(w.poll),
         _ => builder,
     };
     let oc = builder.build().await?;

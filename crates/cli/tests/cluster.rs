@@ -229,12 +229,25 @@ steps:
             if was_interrupted {
                 interrupted += 1;
                 assert_eq!(r.status, opsconductor::RunStatus::Failed, "an interrupted run must fail");
+                // The interrupted step is never repeated (at most once above:
+                // the kill may land after the step was recorded as started
+                // and before its process wrote anything).
             } else {
                 assert_eq!(r.status, opsconductor::RunStatus::Succeeded, "run {} {:?}: {:?}", r.id, r.status, r.error);
+                // A succeeded run ran every step: the unsafe ones exactly once.
+                for step in [0, 2] {
+                    let c = count_lines(&marks.join(format!("{}.{step}", r.id)));
+                    assert_eq!(c, 1, "succeeded run {} ran step {step} {c} times", r.id);
+                }
+                assert!(safe >= 1, "succeeded run {} never ran its idempotent step", r.id);
             }
         }
         eprintln!("{kills} kills: {rescued} runs rescued, {interrupted} interrupted (unsafe step), {reran_safe} idempotent steps re-run");
         assert!(rescued > 0, "the kills never hit a run: the test proved nothing");
+        assert!(
+            reran_safe > 0,
+            "no kill landed in the idempotent step, so its re-run was never exercised"
+        );
     });
 }
 
@@ -328,4 +341,55 @@ fn follow_from_another_process_sees_exactly_the_bytes_in_order() {
     let expected: String =
         (1..=60).map(|i| format!("line-{i}\n")).collect::<String>() + "no newline at the end";
     assert_eq!(text, expected);
+}
+
+#[test]
+fn a_submission_wakes_a_worker_in_another_process_without_polling() {
+    use std::io::{BufRead, BufReader};
+    let env = Env::new();
+    let rt = rt();
+    let url = rt.block_on(fresh_database());
+    rt.block_on(async {
+        let oc = engine(&url).await;
+        apply(&oc, "kind: Job\nname: prompt\nsteps:\n  - exec: echo hi\n").await;
+    });
+    // A worker whose safety-net poll is an hour: only LISTEN/NOTIFY can wake it.
+    let mut w = std::process::Command::new(bin())
+        .current_dir(env.path())
+        .env("OPSC_MASTER_KEY", KEY)
+        .args(["--database-url", &url, "--color", "never", "worker"])
+        .args(["--concurrency", "2", "--poll", "1h"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(w.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("started") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "the worker exited");
+    }
+    // Let its first (empty) claim pass so it is waiting for a wake-up.
+    std::thread::sleep(Duration::from_millis(500));
+    let status = rt.block_on(async {
+        let oc = engine(&url).await;
+        let mut last = None;
+        for _ in 0..3 {
+            let run = oc
+                .submit(SubmitRequest::new("prompt"), &Actor::new("t"))
+                .await
+                .unwrap();
+            // Far below the hour-long poll: only a wake-up can explain it.
+            let done = tokio::time::timeout(Duration::from_secs(30), oc.wait(run.id))
+                .await
+                .expect("the worker was not woken by the submission")
+                .unwrap();
+            last = Some(done.status);
+        }
+        last
+    });
+    let _ = w.kill();
+    let _ = w.wait();
+    assert_eq!(status, Some(opsconductor::RunStatus::Succeeded));
 }

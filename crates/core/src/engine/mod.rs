@@ -142,6 +142,13 @@ impl ConductorBuilder {
         self
     }
 
+    /// The safety-net poll for queued runs when no wake-up arrives (stores
+    /// without cross-process wake-ups cap it at 250 ms).
+    pub fn poll(mut self, poll: Duration) -> Self {
+        self.config.poll = poll;
+        self
+    }
+
     /// Builds the engine and starts its workers. Must run inside a tokio runtime.
     pub async fn build(self) -> Result<Conductor> {
         let store = self.store.ok_or_else(|| {
