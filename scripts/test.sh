@@ -60,10 +60,8 @@ cargo test --workspace --all-features
 say "examples"
 cargo run --quiet --all-features --example embed
 
-if [ -x crates/python/scripts/test.sh ]; then
-  say "Python module (wheel, pytest, mypy --strict)"
-  crates/python/scripts/test.sh --debug
-fi
+say "Python module (wheel, pytest, mypy --strict)"
+bash crates/python/scripts/test.sh --debug
 
 say "disk after the run"; df -h . | tail -1; du -sh target 2>/dev/null || true
 say "all green"
