@@ -42,6 +42,13 @@ pub struct AuditVerification {
     pub first_bad_seq: Option<u64>,
     /// What is wrong there.
     pub problem: Option<String>,
+    /// The newest event checked (its `seq`), `None` for an empty log. The
+    /// chain alone cannot show that the newest events were deleted (what is
+    /// left still chains); keep this and [`Self::head_hash`] somewhere else
+    /// and pass them back to [`Conductor::verify_audit_against`] to detect that.
+    pub head_seq: Option<u64>,
+    /// The hash of the newest event checked.
+    pub head_hash: Option<String>,
 }
 
 fn users_of(inner: &Inner) -> Result<&dyn UserStore> {
@@ -501,6 +508,18 @@ impl Conductor {
     /// Recomputes the audit hash chain and reports the first event that was
     /// altered, deleted or reordered.
     pub async fn verify_audit(&self) -> Result<AuditVerification> {
+        self.verify_audit_against(None).await
+    }
+
+    /// Like [`Conductor::verify_audit`], and also checks an anchor: the
+    /// `(head_seq, head_hash)` of an earlier verification, kept outside the
+    /// database. The event it names must still be there with that hash.
+    /// Without an anchor, deleting the newest events leaves a chain that
+    /// verifies; with one, deletions up to the anchor are detected.
+    pub async fn verify_audit_against(
+        &self,
+        anchor: Option<(u64, &str)>,
+    ) -> Result<AuditVerification> {
         let a = self
             .inner
             .store
@@ -509,6 +528,18 @@ impl Conductor {
         let mut prev = String::new();
         let mut last_seq = 0u64;
         let mut count = 0u64;
+        let mut anchor_seen = false;
+        let bad = |count: u64, seq: u64, head: Option<(u64, String)>, p: String| {
+            let (head_seq, head_hash) = head.unzip();
+            AuditVerification {
+                events: count,
+                ok: false,
+                first_bad_seq: Some(seq),
+                problem: Some(p),
+                head_seq,
+                head_hash,
+            }
+        };
         loop {
             let page = a.audit_after(last_seq, 1000).await?;
             if page.is_empty() {
@@ -529,22 +560,52 @@ impl Conductor {
                     None
                 };
                 if let Some(p) = problem {
-                    return Ok(AuditVerification {
-                        events: count,
-                        ok: false,
-                        first_bad_seq: Some(e.seq),
-                        problem: Some(p),
-                    });
+                    return Ok(bad(count, e.seq, None, p));
+                }
+                if let Some((anchor_seq, anchor_hash)) = anchor
+                    && e.seq == anchor_seq
+                {
+                    if e.hash != anchor_hash {
+                        return Ok(bad(
+                            count,
+                            e.seq,
+                            None,
+                            "it is not the event the anchor recorded (another hash): the chain was rewritten from here, e.g. the newest events were deleted and others appended".to_string(),
+                        ));
+                    }
+                    anchor_seen = true;
                 }
                 prev = e.hash.clone();
                 last_seq = e.seq;
             }
         }
+        let head = (count > 0).then(|| (last_seq, prev.clone()));
+        if let Some((anchor_seq, _)) = anchor
+            && !anchor_seen
+        {
+            return Ok(bad(
+                count,
+                anchor_seq,
+                head,
+                if count == 0 {
+                    "the anchor's event is missing: every event was deleted".to_string()
+                } else if last_seq < anchor_seq {
+                    format!(
+                        "the anchor's event is missing: the events after event {last_seq} were deleted"
+                    )
+                } else {
+                    "the anchor's event is missing: it was deleted and the events after it were chained anew".to_string()
+                },
+            ));
+        }
+        let (head_seq, head_hash) = head.unzip();
         Ok(AuditVerification {
             events: count,
             ok: true,
             first_bad_seq: None,
             problem: None,
+            head_seq,
+            head_hash,
         })
     }
 }
