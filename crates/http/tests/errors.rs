@@ -686,3 +686,193 @@ async fn metrics_can_require_authentication() {
     assert_eq!(r.status(), 200);
     srv.stop().await;
 }
+
+async fn ready(srv_url: &str, client: &reqwest::Client) -> (u16, Value) {
+    let r = client
+        .get(format!("{srv_url}/ready"))
+        .send()
+        .await
+        .expect("ready");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("json"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ready_is_503_once_the_workers_stopped() {
+    let srv = Srv::start(Backend::Sqlite).await;
+    let (status, v) = ready(&srv.base, &srv.client).await;
+    assert_eq!(
+        (status, v["workers_running"].as_bool()),
+        (200, Some(true)),
+        "{v}"
+    );
+    // Stop the engine's workers behind the server's back: the configured
+    // count is unchanged, but nothing would execute a run any more.
+    srv.running
+        .as_ref()
+        .expect("running")
+        .conductor()
+        .shutdown()
+        .await;
+    let (status, v) = ready(&srv.base, &srv.client).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(
+        (
+            v["status"].as_str(),
+            v["database"].as_str(),
+            v["workers"].as_u64(),
+            v["workers_running"].as_bool()
+        ),
+        (Some("not_ready"), Some("ok"), Some(2), Some(false)),
+        "{v}"
+    );
+    srv.stop().await;
+
+    // An API-only server (no workers) is ready without any.
+    let srv = Srv::start_with(Backend::Sqlite, |c| c.workers = 0).await;
+    let (status, v) = ready(&srv.base, &srv.client).await;
+    assert_eq!(
+        (status, v["workers_running"].as_bool()),
+        (200, Some(true)),
+        "{v}"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ready_is_503_while_postgres_is_down() {
+    // A private PostgreSQL server: stopping the shared one would disturb other tests.
+    let pg = tokio::task::spawn_blocking(opsconductor_store::testing::pg::TestPg::start)
+        .await
+        .expect("PostgreSQL test server");
+    let url = pg.create_database().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let store = opsconductor::open_store(&url).await.expect("open");
+    let ring = opsconductor::secrets::Keyring::create_file(&dir.path().join("master.key"))
+        .expect("keyring");
+    let oc = opsconductor::Conductor::builder()
+        .store_arc(store)
+        .keyring(ring)
+        .executor(opsconductor::LocalExecutor::default())
+        .build()
+        .await
+        .expect("engine");
+    let running = opsconductor_http::start_with(oc, common::test_config(url))
+        .await
+        .expect("server");
+    let base = running.url();
+    let client = common::client();
+    let (status, v) = ready(&base, &client).await;
+    assert_eq!((status, v["database"].as_str()), (200, Some("ok")), "{v}");
+
+    let pg = std::sync::Arc::new(pg);
+    let p = pg.clone();
+    tokio::task::spawn_blocking(move || p.stop_immediate())
+        .await
+        .expect("stop");
+    let (status, v) = ready(&base, &client).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["status"], "not_ready", "{v}");
+    assert_ne!(v["database"], "ok", "{v}");
+
+    // Back up: ready again once the pool reconnects.
+    let p = pg.clone();
+    tokio::task::spawn_blocking(move || p.start_again())
+        .await
+        .expect("start");
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let (status, v) = ready(&base, &client).await;
+        if status == 200 {
+            last = Value::Null;
+            break;
+        }
+        last = v;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        last,
+        Value::Null,
+        "still not ready after PostgreSQL came back"
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn executor_errors_are_counted() {
+    let srv = Srv::start(Backend::Sqlite).await;
+    let errors = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("opsc_executor_errors_total "))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .map(|n| n as u64)
+            .unwrap_or(0)
+    };
+    let metrics = || async {
+        srv.client
+            .get(srv.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    assert_eq!(errors(&metrics().await), 0);
+    // An SSH target at a closed port: the executor cannot even connect (or,
+    // in a build without SSH, there is no executor for it) — either way the
+    // step fails without an exit code.
+    let r = srv
+        .put(
+            "/api/v1/targets/dead",
+            &srv.admin,
+            json!({"connection": {"type": "ssh", "host": "127.0.0.1", "port": 1, "user": "ops"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let r = srv
+        .post(
+            "/api/v1/exec",
+            &srv.admin,
+            json!({"command": "true", "targets": ["dead"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.expect("run")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let run = srv.wait_run(&id).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = metrics().await;
+        if errors(&text) >= 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(errors(&text), 1, "{text}");
+    // A step that ran and exited non-zero is not an executor error.
+    let r = srv
+        .post("/api/v1/exec", &srv.admin, json!({"command": "exit 3"}))
+        .await;
+    let id = r.json::<Value>().await.expect("run")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(srv.wait_run(&id).await["status"], "failed");
+    for _ in 0..20 {
+        text = metrics().await;
+        if text.contains("opsc_runs_finished_total{status=\"failed\"} 2") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        text.contains("opsc_runs_finished_total{status=\"failed\"} 2"),
+        "{text}"
+    );
+    assert_eq!(errors(&text), 1, "{text}");
+    srv.stop().await;
+}

@@ -1,5 +1,6 @@
 //! Operations endpoints, open to anyone: `/health` (the process answers),
-//! `/ready` (the database answers, the server is not draining), `/metrics`
+//! `/ready` (the database answers, the workers run, the server is not
+//! draining), `/metrics`
 //! (Prometheus; may require authentication by configuration), and the API's
 //! own description (`/api/v1/openapi.json`, `/api/v1/docs`).
 
@@ -10,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use opsconductor::store::RunFilter;
 
 use crate::dto::{HealthView, ReadyView};
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, Shaped};
 use crate::state::AppState;
 
 /// Liveness: the process is up.
@@ -23,11 +24,12 @@ pub async fn health() -> Json<HealthView> {
     })
 }
 
-/// Readiness: the database answers and the server is not shutting down.
+/// Readiness: the database answers, the configured workers run, and the
+/// server is not shutting down.
 #[utoipa::path(get, path = "/ready", tag = "ops", security(()),
     responses(
         (status = 200, description = "Ready", body = ReadyView),
-        (status = 503, description = "Not ready (database unreachable or shutting down)", body = ReadyView),
+        (status = 503, description = "Not ready (database unreachable, workers not running, or shutting down)", body = ReadyView),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let oc = &state.inner.oc;
@@ -44,11 +46,15 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             }
             Err(_) => "timeout".to_string(),
         };
-    let ok = database == "ok" && !state.draining();
+    // The configured count alone would say "ready" after the workers were
+    // stopped or died: ask the engine whether they still run.
+    let workers_running = state.inner.workers == 0 || oc.worker_pools_running() > 0;
+    let ok = database == "ok" && workers_running && !state.draining();
     let body = ReadyView {
         status: if ok { "ready" } else { "not_ready" }.into(),
         database,
         workers: state.inner.workers,
+        workers_running,
         backend: oc.store().backend().into(),
     };
     let status = if ok {
@@ -56,7 +62,11 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    let mut res = (status, Json(body)).into_response();
+    // A 503 here is an answer, not an error: keep the readiness body
+    // (what is not ready) instead of the generic error shape.
+    res.extensions_mut().insert(Shaped);
+    res
 }
 
 /// Metrics in the Prometheus text format.
