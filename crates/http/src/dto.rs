@@ -781,6 +781,11 @@ pub struct AuditEventView {
     pub action: String,
     /// Which object (`run:ID`, `secret:NAME`, …).
     pub object: String,
+    /// `success`, `denied` or `failed`. The engine records a change only
+    /// once it is done, so its events are successes unless their detail
+    /// says otherwise (a failed login); refusals are `request.denied` and
+    /// failed mutations `request.failed`, recorded by the server.
+    pub outcome: String,
     /// Role, auth method, source address, request id, outcome, ….
     #[schema(value_type = Object)]
     pub detail: Value,
@@ -788,6 +793,17 @@ pub struct AuditEventView {
     pub prev_hash: String,
     /// This event's hash.
     pub hash: String,
+}
+
+/// The outcome of an audit event, one of three words whatever the writer
+/// put in `detail.outcome` (the engine says `failure` for a failed login
+/// and `family revoked` for a reused refresh token).
+fn audit_outcome(detail: &Value) -> &'static str {
+    match detail.get("outcome").and_then(Value::as_str) {
+        None | Some("success") => "success",
+        Some("denied" | "family revoked") => "denied",
+        Some(_) => "failed",
+    }
 }
 
 impl From<AuditEvent> for AuditEventView {
@@ -798,6 +814,7 @@ impl From<AuditEvent> for AuditEventView {
             actor: e.actor,
             action: e.action,
             object: e.object,
+            outcome: audit_outcome(&e.detail).to_string(),
             detail: e.detail,
             prev_hash: e.prev_hash,
             hash: e.hash,
@@ -816,6 +833,13 @@ pub struct AuditVerifyView {
     pub first_bad_seq: Option<u64>,
     /// What is wrong there.
     pub problem: Option<String>,
+    /// The newest event checked (`null` for an empty log or a broken chain).
+    /// Deleting the newest events leaves a chain that verifies: keep
+    /// `head_seq` and `head_hash` outside the server and pass them back as
+    /// `?head_seq=&head_hash=` to detect that.
+    pub head_seq: Option<u64>,
+    /// The hash of the newest event checked.
+    pub head_hash: Option<String>,
 }
 
 /// Liveness.
@@ -834,8 +858,12 @@ pub struct ReadyView {
     pub status: String,
     /// `ok`, or what is wrong with the database.
     pub database: String,
-    /// Worker tasks in this process (0: API only).
+    /// Worker tasks configured in this process (0: API only).
     pub workers: usize,
+    /// Whether this process's workers are running now (always true with 0
+    /// configured). False after the engine stopped them or they died, so a
+    /// load balancer stops sending runs to a server that cannot execute them.
+    pub workers_running: bool,
     /// The store backend (`sqlite`, `postgres`).
     pub backend: String,
 }

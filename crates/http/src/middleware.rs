@@ -2,12 +2,13 @@
 //! absent, on every response, in logs and in the engine's actor), the client
 //! address, security headers, metrics per route, the one error shape for
 //! errors produced outside handlers (unknown routes, wrong methods, bodies
-//! too large…), and an audit event for every denied (403) request.
+//! too large…), and an audit event for every denied (403) request and
+//! every failed mutation.
 
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
@@ -53,6 +54,8 @@ pub async fn request_id(State(state): State<AppState>, mut req: Request, next: N
         method = %req.method(),
         path = %req.uri().path(),
         client = %ip,
+        // Filled in by the handlers that create a run.
+        run_id = tracing::field::Empty,
     );
     let started = Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
@@ -209,9 +212,29 @@ fn non_empty(text: String, fallback: &str) -> String {
     }
 }
 
-/// Records an audit event for every request answered 403 (the engine audits
-/// what it does; a refusal does nothing, so the front end records it).
-pub async fn audit_denied(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Whether a mutation answered `status` failed in a way worth an audit
+/// event of its own: the engine records a change only once it is done, so a
+/// refused or failed attempt would otherwise leave no trace. 403 is
+/// `request.denied`; 429 is left out (the limiter exists because such
+/// requests come in floods, and each would add a row to the chain).
+fn failed_mutation(status: StatusCode) -> bool {
+    (status.is_client_error()
+        && status != StatusCode::FORBIDDEN
+        && status != StatusCode::TOO_MANY_REQUESTS)
+        || status.is_server_error()
+}
+
+/// Records an audit event for every authenticated request answered 403
+/// (`request.denied`, outcome `denied`) and for every authenticated
+/// mutation (any method but GET, HEAD, OPTIONS) that failed with another
+/// 4xx or a 5xx (`request.failed`, outcome `failed`): the engine audits what
+/// it does, and a refusal or a rejected input does nothing, so the front
+/// end records it. The error's code and field are kept, not its message,
+/// which may quote the input (a mistyped secret, a password).
+/// Unauthenticated requests are not recorded: there is no actor, and
+/// anyone could fill the log with them (failed logins are audited by the
+/// engine).
+pub async fn audit_refusals(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let principal = req.extensions().get::<Principal>().cloned();
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
     let source = req.extensions().get::<ClientIp>().map(|c| c.0.clone());
@@ -220,30 +243,49 @@ pub async fn audit_denied(State(state): State<AppState>, req: Request, next: Nex
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| req.uri().path().to_string());
+    let mutation = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let res = next.run(req).await;
-    if res.status() == StatusCode::FORBIDDEN
-        && let Some(p) = principal
-    {
-        let mut actor = opsconductor::Actor::user(&p.username, p.role, p.via);
-        actor.request_id = request_id;
-        actor.source = source;
-        let message = res
-            .extensions()
-            .get::<ApiError>()
-            .map(|e| e.message.clone())
-            .unwrap_or_default();
-        state
-            .inner
-            .oc
-            .record_audit(
-                &actor,
-                "request.denied",
-                &format!("route:{method} {route}"),
-                serde_json::json!({"outcome": "denied", "path": path, "reason": message}),
-            )
-            .await;
-    }
+    let status = res.status();
+    let Some(p) = principal else {
+        return res;
+    };
+    let err = res.extensions().get::<ApiError>();
+    let (action, detail) = if status == StatusCode::FORBIDDEN {
+        let reason = err.map(|e| e.message.clone()).unwrap_or_default();
+        (
+            "request.denied",
+            serde_json::json!({"outcome": "denied", "path": path, "reason": reason}),
+        )
+    } else if mutation && failed_mutation(status) {
+        (
+            "request.failed",
+            serde_json::json!({
+                "outcome": "failed",
+                "path": path,
+                "status": status.as_u16(),
+                // Rejections by axum's own extractors carry no ApiError; the
+                // error-shaping layer outside gives them their code later.
+                "code": err.map(|e| e.code).unwrap_or(match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                    s if s.is_server_error() => "internal",
+                    _ => "bad_request",
+                }),
+                "field": err.and_then(|e| e.field.clone()),
+            }),
+        )
+    } else {
+        return res;
+    };
+    let mut actor = opsconductor::Actor::user(&p.username, p.role, p.via);
+    actor.request_id = request_id;
+    actor.source = source;
+    state
+        .inner
+        .oc
+        .record_audit(&actor, action, &format!("route:{method} {route}"), detail)
+        .await;
     res
 }

@@ -176,4 +176,253 @@ async fn audit_chain_detects_tampering(backend: Backend) {
     srv.stop().await;
 }
 
-on_both!(audit_chain_detects_tampering);
+/// Swaps two events' positions: three renumberings, since `seq` is the key.
+async fn swap(srv: &Srv, a: u64, b: u64) {
+    tamper(
+        srv,
+        &format!("UPDATE audit_events SET seq = -1 WHERE seq = {a}"),
+    )
+    .await;
+    tamper(
+        srv,
+        &format!("UPDATE audit_events SET seq = {a} WHERE seq = {b}"),
+    )
+    .await;
+    tamper(
+        srv,
+        &format!("UPDATE audit_events SET seq = {b} WHERE seq = -1"),
+    )
+    .await;
+}
+
+async fn verify_against(srv: &Srv, seq: u64, hash: &str) -> Value {
+    let r = srv
+        .get(
+            &format!("/api/v1/audit/verify?head_seq={seq}&head_hash={hash}"),
+            &srv.admin,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    r.json().await.expect("json")
+}
+
+async fn audit_detects_reordering_and_deleted_newest_events(backend: Backend) {
+    let srv = Srv::start(backend).await;
+    srv.job(HELLO_JOB).await;
+    for name in ["t1", "t2", "t3"] {
+        let r = srv
+            .put(&format!("/api/v1/targets/{name}"), &srv.admin, json!({}))
+            .await;
+        assert_eq!(r.status(), 201);
+    }
+    let v = verify(&srv).await;
+    assert_eq!(v["ok"], true, "{v}");
+    let head_seq = v["head_seq"].as_u64().expect("head_seq");
+    let head_hash = v["head_hash"].as_str().expect("head_hash").to_string();
+    assert_eq!(head_seq, v["events"].as_u64().expect("events"), "{v}");
+    assert_eq!(head_hash.len(), 64, "{v}");
+    // The anchor of an intact log matches.
+    assert_eq!(verify_against(&srv, head_seq, &head_hash).await["ok"], true);
+    // Half an anchor is an error.
+    common::expect_error(
+        srv.get("/api/v1/audit/verify?head_seq=1", &srv.admin).await,
+        422,
+        "validation",
+    )
+    .await;
+
+    // Two events swapped: the first of them no longer follows its predecessor.
+    swap(&srv, 3, 4).await;
+    let v = verify(&srv).await;
+    assert_eq!(
+        (v["ok"].as_bool(), v["first_bad_seq"].as_u64()),
+        (Some(false), Some(3)),
+        "{v}"
+    );
+    assert!(
+        v["problem"].as_str().unwrap_or("").contains("reordered"),
+        "{v}"
+    );
+    swap(&srv, 3, 4).await;
+    assert_eq!(verify(&srv).await["ok"], true);
+
+    // The newest event deleted: what is left still chains — only the anchor shows it.
+    tamper(
+        &srv,
+        &format!("DELETE FROM audit_events WHERE seq = {head_seq}"),
+    )
+    .await;
+    let v = verify(&srv).await;
+    assert_eq!(v["ok"], true, "the chain alone cannot see it: {v}");
+    assert_eq!(v["head_seq"].as_u64(), Some(head_seq - 1), "{v}");
+    let v = verify_against(&srv, head_seq, &head_hash).await;
+    assert_eq!(
+        (v["ok"].as_bool(), v["first_bad_seq"].as_u64()),
+        (Some(false), Some(head_seq)),
+        "{v}"
+    );
+    assert!(
+        v["problem"].as_str().unwrap_or("").contains("deleted"),
+        "{v}"
+    );
+    // Even when new events were appended since (the chain goes on from the
+    // event before the deleted one, and may reuse its number).
+    let r = srv.put("/api/v1/targets/t4", &srv.admin, json!({})).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(verify(&srv).await["ok"], true);
+    let v = verify_against(&srv, head_seq, &head_hash).await;
+    assert_eq!(
+        (v["ok"].as_bool(), v["first_bad_seq"].as_u64()),
+        (Some(false), Some(head_seq)),
+        "{v}"
+    );
+    srv.stop().await;
+}
+
+async fn audited_mutations_carry_an_outcome(backend: Backend) {
+    let srv = Srv::start(backend).await;
+    srv.job(HELLO_JOB).await;
+    let viewer = srv.user(Role::Viewer).await;
+    // A failed login (audited by the engine), a denied request, and
+    // mutations that fail validation or find nothing.
+    let r = srv
+        .req(reqwest::Method::POST, "/api/v1/auth/login", None)
+        .json(&json!({"username": "admin", "password": "wrong password"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        srv.post("/api/v1/runs", &viewer.access, json!({"job": "hello"}))
+            .await
+            .status(),
+        403
+    );
+    let r = srv
+        .req(reqwest::Method::POST, "/api/v1/runs", Some(&srv.admin))
+        .header("x-request-id", "failed-submit-1")
+        .json(&json!({"job": "no-such-job"}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(r.status(), 404);
+    let r = srv
+        .req(
+            reqwest::Method::DELETE,
+            "/api/v1/targets/ghost",
+            Some(&srv.admin),
+        )
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 404);
+    let r = srv
+        .post(
+            "/api/v1/runs",
+            &srv.admin,
+            json!({"job": "hello", "params": {"name": 5}}),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let r = srv
+        .put(
+            "/api/v1/secrets/s1",
+            &srv.admin,
+            json!({"value": 12345678, "oops": "do-not-log-me"}),
+        )
+        .await;
+    assert!(r.status().is_client_error(), "{}", r.status());
+    // Not audited: reads that fail, and requests without a valid token.
+    assert!(
+        srv.get("/api/v1/runs/does-not-exist", &srv.admin)
+            .await
+            .status()
+            .is_client_error()
+    );
+    let r = srv
+        .req(reqwest::Method::POST, "/api/v1/runs", None)
+        .json(&json!({"job": "hello"}))
+        .send()
+        .await
+        .expect("anonymous");
+    assert_eq!(r.status(), 401);
+
+    let page: Value = srv
+        .get("/api/v1/audit?limit=500", &srv.admin)
+        .await
+        .json()
+        .await
+        .expect("audit");
+    let events = page["items"].as_array().expect("items").clone();
+    for e in &events {
+        let outcome = e["outcome"].as_str().unwrap_or("");
+        assert!(
+            ["success", "denied", "failed"].contains(&outcome),
+            "every event has an outcome: {e}"
+        );
+    }
+    let find =
+        |action: &str| -> Vec<&Value> { events.iter().filter(|e| e["action"] == action).collect() };
+    assert!(find("job.create").iter().all(|e| e["outcome"] == "success"));
+    assert!(
+        find("user.create")
+            .iter()
+            .all(|e| e["outcome"] == "success")
+    );
+    let logins = find("auth.login");
+    assert!(logins.iter().any(|e| e["outcome"] == "success"));
+    assert!(logins.iter().any(|e| e["outcome"] == "failed"));
+    let denied = find("request.denied");
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["outcome"], "denied");
+    assert_eq!(denied[0]["actor"], "viewer-user");
+    let failed = find("request.failed");
+    assert_eq!(failed.len(), 4, "{failed:?}");
+    assert!(failed.iter().all(|e| e["outcome"] == "failed"));
+    let unknown_job = failed
+        .iter()
+        .find(|e| e["detail"]["request_id"] == "failed-submit-1")
+        .expect("the failed submission");
+    assert_eq!(unknown_job["actor"], "admin");
+    assert_eq!(unknown_job["object"], "route:POST /api/v1/runs");
+    assert_eq!(unknown_job["detail"]["status"], 404);
+    assert_eq!(unknown_job["detail"]["code"], "not_found");
+    assert_eq!(unknown_job["detail"]["role"], "admin");
+    assert_eq!(unknown_job["detail"]["source"], "127.0.0.1");
+    let invalid = failed
+        .iter()
+        .filter(|e| e["object"] == "route:POST /api/v1/runs")
+        .count();
+    assert_eq!(invalid, 2, "{failed:?}");
+    let invalid = failed
+        .iter()
+        .find(|e| e["detail"]["status"] == 422)
+        .expect("the invalid parameters");
+    assert_eq!(invalid["detail"]["code"], "validation");
+    let not_found = failed
+        .iter()
+        .find(|e| e["object"] == "route:DELETE /api/v1/targets/{name}")
+        .expect("the failed deletion");
+    assert_eq!(not_found["detail"]["status"], 404);
+    assert_eq!(not_found["detail"]["code"], "not_found");
+    assert_eq!(not_found["detail"]["path"], "/api/v1/targets/ghost");
+    let secret = failed
+        .iter()
+        .find(|e| e["object"] == "route:PUT /api/v1/secrets/{name}")
+        .expect("the bad secret");
+    assert_eq!(secret["detail"]["path"], "/api/v1/secrets/s1");
+    // The input is not in the log.
+    let text = page.to_string();
+    assert!(
+        !text.contains("12345678") && !text.contains("do-not-log-me"),
+        "{text}"
+    );
+    assert_eq!(verify(&srv).await["ok"], true);
+    srv.stop().await;
+}
+
+on_both!(
+    audit_chain_detects_tampering,
+    audit_detects_reordering_and_deleted_newest_events,
+    audited_mutations_carry_an_outcome
+);

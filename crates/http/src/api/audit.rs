@@ -24,6 +24,18 @@ pub struct AuditQuery {
     pub cursor: Option<String>,
 }
 
+/// An anchor for the verification: the `head_seq` and `head_hash` of an
+/// earlier one, kept outside the server.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct VerifyQuery {
+    /// The `head_seq` of an earlier verification (with `head_hash`).
+    pub head_seq: Option<u64>,
+    /// The `head_hash` of that verification (with `head_seq`).
+    pub head_hash: Option<String>,
+}
+
 /// Most events scanned for one page filtered by object.
 const OBJECT_SCAN: usize = 10_000;
 
@@ -91,22 +103,45 @@ pub async fn list(
 }
 
 /// Recompute the hash chain and report the first event that is not what
-/// the chain says (altered, deleted or reordered).
-#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
+/// the chain says (altered, deleted or reordered). With `head_seq` and
+/// `head_hash` from an earlier verification, also check that this event is
+/// still there unchanged: the only way to notice that the newest events
+/// were deleted.
+#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit", params(VerifyQuery),
     responses(
         (status = 200, description = "The verdict", body = AuditVerifyView),
         (status = 403, description = "Your role may not read the audit log", body = ErrorBody),
+        (status = 422, description = "Only one of `head_seq` and `head_hash`", body = ErrorBody),
     ))]
 pub async fn verify(
     State(state): State<AppState>,
     caller: Caller,
+    Q(q): Q<VerifyQuery>,
 ) -> ApiResult<Json<AuditVerifyView>> {
     caller.require(Permission::ReadAudit)?;
-    let v = state.inner.oc.verify_audit().await?;
+    let anchor = match (q.head_seq, q.head_hash.as_deref()) {
+        (Some(seq), Some(hash)) => Some((seq, hash)),
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(ApiError::invalid(
+                "head_seq",
+                "give head_seq with head_hash",
+            ));
+        }
+        (Some(_), None) => {
+            return Err(ApiError::invalid(
+                "head_hash",
+                "give head_hash with head_seq",
+            ));
+        }
+    };
+    let v = state.inner.oc.verify_audit_against(anchor).await?;
     Ok(Json(AuditVerifyView {
         events: v.events,
         ok: v.ok,
         first_bad_seq: v.first_bad_seq,
         problem: v.problem,
+        head_seq: v.head_seq,
+        head_hash: v.head_hash,
     }))
 }

@@ -133,7 +133,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/tokens/{id}", delete(auth::revoke_token))
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/verify", get(audit::verify))
-        .route_layer(from_fn_with_state(state.clone(), mw::audit_denied))
+        .route_layer(from_fn_with_state(state.clone(), mw::audit_refusals))
         .route_layer(from_fn_with_state(state.clone(), authn::require_auth));
     let public = Router::new()
         .route("/health", get(ops::health))

@@ -109,6 +109,13 @@ pub async fn list(
 }
 
 fn created(run: opsconductor::Run) -> Response {
+    // The run record has no place for the request id (the audit event of
+    // the submission has it): put the run id in the request's span, so the
+    // request's log lines — and this one — join the request id to the run
+    // id that the workers' log lines carry.
+    let span = tracing::Span::current();
+    span.record("run_id", tracing::field::display(run.id));
+    tracing::info!(run_id = %run.id, job = %run.job, "run queued");
     let location = format!("/api/v1/runs/{}", run.id);
     let mut res = (StatusCode::CREATED, Json(RunView::from(run))).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
