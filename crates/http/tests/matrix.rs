@@ -3,7 +3,8 @@
 //! (`opsconductor::auth::MATRIX` via `allows`): 2xx when the role holds the
 //! permission, 403 (in the error shape, and audited) when not, 401 without
 //! or with a bad token. The table below must name every operation of the
-//! OpenAPI document and use every permission of the matrix but settings.
+//! OpenAPI document and use every permission of the matrix but settings;
+//! WebSocket endpoints are checked by a real handshake.
 
 mod common;
 
@@ -186,6 +187,57 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// WebSocket endpoints: path and permission. They are not plain requests
+/// (a GET without the upgrade is a 400), so they get a real handshake.
+const WS_CASES: &[(&str, Permission)] = &[("/api/v1/runs/{run}/ws", Permission::Read)];
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket handshake with an optional bearer token: the socket, or the
+/// status the server refused it with.
+async fn ws_handshake(srv: &Srv, path: &str, token: Option<&str>) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}{path}", srv.base.replacen("http", "ws", 1));
+    let mut req = url.into_client_request().expect("ws request");
+    if let Some(t) = token {
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("header"),
+        );
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, resp)) => {
+            assert_eq!(resp.status().as_u16(), 101, "{path}");
+            Ok(ws)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("WebSocket {path}: {e}"),
+    }
+}
+
+/// Reads a log stream to its `end` message; returns that message.
+async fn ws_until_end(ws: &mut Ws) -> Value {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(30), ws.next())
+            .await
+            .expect("a message within 30 s");
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).expect("JSON message");
+                if v["type"] == "end" {
+                    return v;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("WebSocket error: {e}"),
+            None => panic!("the stream closed without an `end` message"),
+        }
+    }
+}
+
 fn fill(text: &str, role: Role, run: &str, token: &str) -> String {
     text.replace("{role}", role.as_str())
         .replace("{run}", run)
@@ -294,6 +346,37 @@ async fn every_endpoint_for_every_role(backend: Backend) {
             }
         }
     }
+    // The WebSocket endpoints, by handshake: the stream for a role holding
+    // the permission, 403 for one without, 401 without or with a bad token.
+    for (path, perm) in WS_CASES {
+        let path = fill(path, Role::Admin, &run, "");
+        for role in Role::ALL {
+            let token = srv.user(role).await.access;
+            let what = format!("{role}: WebSocket {path} (needs {perm:?})");
+            match (
+                allows(role, *perm),
+                ws_handshake(&srv, &path, Some(&token)).await,
+            ) {
+                (true, Ok(mut ws)) => {
+                    let end = ws_until_end(&mut ws).await;
+                    assert_eq!(end["status"], "succeeded", "{what}: {end}");
+                }
+                (false, Err(status)) => assert_eq!(status, 403, "{what}"),
+                (true, Err(status)) => panic!("{what}: refused with {status}"),
+                (false, Ok(_)) => panic!("{what}: accepted"),
+            }
+        }
+        assert_eq!(
+            ws_handshake(&srv, &path, None).await.err(),
+            Some(401),
+            "{path}"
+        );
+        assert_eq!(
+            ws_handshake(&srv, &path, Some("not-a-token")).await.err(),
+            Some(401),
+            "{path}"
+        );
+    }
     // Without a token, and with a bad one: 401 everywhere (the public routes aside).
     for c in &table {
         let path = fill(c.path, Role::Admin, &run, "x");
@@ -359,8 +442,6 @@ fn the_table_covers_the_api_and_the_matrix() {
         "/metrics",
         "/api/v1/auth/login",
         "/api/v1/auth/refresh",
-        // A WebSocket (tested in streaming.rs).
-        "/api/v1/runs/{id}/ws",
     ];
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
@@ -389,6 +470,11 @@ fn the_table_covers_the_api_and_the_matrix() {
     let tested: BTreeSet<String> = cases()
         .iter()
         .map(|c| format!("{} {}", c.method, normalise(c.path)))
+        .chain(
+            WS_CASES
+                .iter()
+                .map(|(p, _)| format!("GET {}", normalise(p))),
+        )
         .collect();
     let missing: Vec<&String> = documented.difference(&tested).collect();
     assert!(
