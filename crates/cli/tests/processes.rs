@@ -147,3 +147,82 @@ fn ctrl_c_during_a_job_run_without_follow() {
         "{v}"
     );
 }
+
+#[test]
+fn many_processes_on_one_sqlite_file_never_see_it_busy() {
+    // SQLite has one writer at a time: several worker processes and
+    // submitters writing the same file at once must wait for each other
+    // (busy timeout, BEGIN IMMEDIATE), never fail with "database is locked".
+    let env = Env::new();
+    env.apply_yaml(
+        "chatty.yaml",
+        "kind: Job\nname: chatty\nsteps:\n  - exec: for i in 1 2 3 4 5; do echo line-$i; done\n  - exec: echo done >&2\n",
+    );
+    let workers: Vec<_> = (0..3)
+        .map(|_| env.spawn(["worker", "--concurrency", "4"]))
+        .collect();
+    let per = 15;
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let url = env.url.clone();
+        let dir = env.path().to_path_buf();
+        handles.push(std::thread::spawn(move || {
+            for _ in 0..per {
+                let out = std::process::Command::new(common::bin())
+                    .current_dir(&dir)
+                    .env_remove("OPSC_MASTER_KEY")
+                    .args(["--database-url", &url, "--color", "never"])
+                    .args(["run", "chatty", "--detach"])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "submit failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    let total = 4 * per;
+    assert!(
+        wait_until(std::time::Duration::from_secs(120), || {
+            let runs = env.runs();
+            runs.len() == total
+                && runs
+                    .iter()
+                    .all(|r| r["status"] != "queued" && r["status"] != "running")
+        }),
+        "runs still open: {:?}",
+        env.runs()
+            .iter()
+            .map(|r| r["status"].clone())
+            .collect::<Vec<_>>()
+    );
+    let runs = env.runs();
+    assert!(
+        runs.iter().all(|r| r["status"] == "succeeded"),
+        "{:?}",
+        runs.iter()
+            .map(|r| (r["status"].clone(), r["error"].clone()))
+            .collect::<Vec<_>>()
+    );
+    for w in workers {
+        terminate(&w);
+        let (_, _, err) = finish(w);
+        let lower = err.to_lowercase();
+        assert!(
+            !lower.contains("locked") && !lower.contains("busy"),
+            "a worker saw the database busy:\n{err}"
+        );
+    }
+}
+
+/// Asks a child to stop as SIGTERM would (the worker drains and exits).
+fn terminate(child: &std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
