@@ -63,4 +63,21 @@ say "stubtest (the stubs match the built module)"
 (cd "$root/target" && "$venv/bin/python" -m mypy.stubtest opsconductor \
   --allowlist "$root/crates/python/stubtest-allowlist.txt")
 
+say "the wheel in a fresh virtualenv (nothing but pip and the wheel)"
+fresh=$(mktemp -d)
+trap 'rm -rf "$fresh"' EXIT
+"$python" -m venv "$fresh/venv"
+"$fresh/venv/bin/pip" install -q --disable-pip-version-check --no-index "${wheels[0]}"
+(cd "$fresh" && "$fresh/venv/bin/python" - <<'PY'
+import opsconductor
+with opsconductor.Conductor("sqlite://fresh.db", workers=1) as oc:
+    run = oc.exec("echo fresh-venv-ok")
+    run.wait(timeout=60)
+    lines = [line.text for line in run.logs()]
+    assert run.status == "succeeded", run.status
+    assert any("fresh-venv-ok" in t for t in lines), lines
+print("fresh venv: import, run and logs work")
+PY
+)
+
 say "python: all green"
