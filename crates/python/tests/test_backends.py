@@ -4,6 +4,8 @@ what to do — these tests never skip."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import opsconductor
@@ -72,3 +74,58 @@ def test_exec_on_ssh_targets(request: pytest.FixtureRequest, oc: Conductor) -> N
     assert offered == servers[0].fingerprint and pinned == "SHA256:" + "A" * 43
     assert oc.trust_host_key("ssh-wrong", offered).host_key == offered  # type: ignore[union-attr]
     assert oc.exec("true", targets="ssh-wrong", wait=True).status == "succeeded"
+
+
+def _cli_binary() -> str:
+    import os
+
+    root = Path(__file__).resolve().parents[3]
+    candidates = [os.environ.get("OPSC_BIN", "")] + [
+        str(root / os.environ.get("CARGO_TARGET_DIR", "target") / p / "opsconductor")
+        for p in ("debug", "release")
+    ]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return c
+    pytest.fail(
+        "the opsconductor CLI binary is needed (the server's own binary): build it with "
+        "`cargo build -p opsconductor-cli --all-features` or set OPSC_BIN"
+    )
+
+
+def test_opens_a_database_the_server_binary_made(
+    postgres_url: str, master_key: str, tmp_path: Path
+) -> None:
+    """A team's database, set up by `opsconductor` (the binary that serves the
+    API), used from Python: its jobs, its runs, its secrets' names."""
+    import subprocess
+
+    from conftest import _pg_bin
+
+    base, _, _ = postgres_url.rpartition("/")
+    url = f"{base}/server_made"
+    psql = f"{_pg_bin()}/psql"
+    subprocess.run([psql, postgres_url, "-qc", "DROP DATABASE IF EXISTS server_made"], check=True)
+    subprocess.run([psql, postgres_url, "-qc", "CREATE DATABASE server_made"], check=True)
+    cli = _cli_binary()
+    env = {"OPSC_MASTER_KEY": master_key, "PATH": "/usr/bin:/bin"}
+    job = tmp_path / "team.yaml"
+    job.write_text("kind: Job\nname: team-job\nsteps:\n  - exec: echo from the team\n")
+    subprocess.run([cli, "--database-url", url, "apply", "-f", str(job)], check=True, env=env)
+    subprocess.run(
+        [cli, "--database-url", url, "secrets", "set", "team-token"],
+        input=b"a-team-token-value", check=True, env=env,
+    )
+    made = subprocess.run(
+        [cli, "--database-url", url, "--json", "run", "team-job"],
+        check=True, env=env, capture_output=True,
+    )
+    assert made.returncode == 0, made.stderr
+    with Conductor(url, master_key=master_key, workers=1, actor="pytest") as oc:
+        assert oc.job("team-job").version == 1
+        assert [s.name for s in oc.secrets()] == ["team-token"]
+        earlier = oc.runs(job="team-job")
+        assert [r.status for r in earlier] == ["succeeded"]
+        run = oc.run("team-job", wait=True)
+        assert run.status == "succeeded"
+        assert [line.text for line in run.logs()] == ["from the team"]
