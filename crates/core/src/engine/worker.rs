@@ -613,6 +613,8 @@ async fn run_steps(
             if first_failure.is_none() && outcome != Outcome::Cancelled {
                 let target = &state.run.targets[ti];
                 let why = why.unwrap_or_else(|| "failed".into());
+                // Stored as the run's error: masked like its output.
+                let why = state.secrets.masker.mask_str(&why);
                 first_failure = Some(format!("step '{}' on {target}: {why}", step.name));
             }
         }
@@ -786,7 +788,9 @@ async fn step_on_target(st: &RunState, si: u32, ti: usize) -> (Outcome, Option<S
                     &st.run.requested_by,
                     "secret.use",
                     format!("secret:{secret}"),
-                    json!({"run": st.run.id, "target": name, "as": "credential", "kind": c.kind}),
+                    // The step that opened the session: the credential is used once per
+                    // target per run, for that step and the ones after it.
+                    json!({"run": st.run.id, "step": si, "step_name": step.name, "target": name, "as": "credential", "kind": c.kind}),
                 ))
                 .await;
         }
@@ -981,7 +985,9 @@ async fn record(
         status,
         exit_code: exit.and_then(|e| e.code),
         signal: exit.and_then(|e| e.signal),
-        error,
+        // An error can quote output or a command (a failed `connect`, an
+        // executor message): stored masked like the output itself.
+        error: error.map(|e| st.secrets.masker.mask_str(&e)),
         attempt: st.run.attempt,
         started_at: started,
         finished_at: (status != StepStatus::Running).then(Utc::now),
