@@ -47,20 +47,132 @@ async fn set(oc: &Conductor, name: &str, value: &str) {
     .unwrap();
 }
 
-/// All bytes of the database file and its WAL.
-fn raw_db(dir: &std::path::Path) -> Vec<u8> {
-    let mut all = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("t.db") {
-            all.extend(std::fs::read(e.path()).unwrap());
+/// The database file and its WAL, read as they are now.
+struct DbFiles {
+    main: Vec<u8>,
+    wal: Vec<u8>,
+}
+
+/// Reads `t.db` and `t.db-wal`. Call it while an engine has the database
+/// open: the WAL exists then (SQLite deletes it when the last connection
+/// closes, after checkpointing it into the main file), and it is where the
+/// newest writes are until a checkpoint copies them over.
+fn db_files(dir: &std::path::Path) -> DbFiles {
+    let main = std::fs::read(dir.join("t.db")).unwrap();
+    let wal = std::fs::read(dir.join("t.db-wal"))
+        .expect("the WAL exists while the engine has the database open");
+    assert!(
+        !wal.is_empty(),
+        "the WAL holds bytes at the moment of scanning"
+    );
+    DbFiles { main, wal }
+}
+
+/// Standard base64 (RFC 4648, padded), independent of the masker's.
+fn b64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            out.push(if k <= c.len() {
+                char::from(A[((n >> (18 - 6 * k)) & 63) as usize])
+            } else {
+                '='
+            });
         }
     }
-    all
+    out
+}
+
+/// The base64 forms of `v` a stored blob could hold: the whole value
+/// (standard and URL-safe alphabets, unpadded) and the three inner forms of
+/// the value at offset 0, 1 or 2 (mod 3) inside a longer encoded blob (the
+/// characters that depend only on the value's bytes).
+fn base64_forms(v: &[u8]) -> Vec<String> {
+    let std = b64(v).trim_end_matches('=').to_string();
+    let url = std.replace('+', "-").replace('/', "_");
+    let mut forms = vec![std, url];
+    for shift in 0..3usize {
+        let mut blob = vec![0u8; shift];
+        blob.extend_from_slice(v);
+        let enc = b64(&blob);
+        let first = (8 * shift).div_ceil(6);
+        let end = 8 * blob.len() / 6;
+        forms.push(enc[first..end].to_string());
+    }
+    forms
+}
+
+/// Asserts that neither the database file nor its WAL holds any value
+/// ever set, in clear or in any base64 form; and, so that this cannot pass
+/// by reading the wrong bytes, that every current ciphertext is in what was
+/// read and the newest write (`newest`'s ciphertext) is in the WAL.
+async fn assert_no_value_at_rest(
+    oc: &Conductor,
+    dir: &std::path::Path,
+    ever: &[String],
+    newest: &str,
+    when: &str,
+) {
+    let files = db_files(dir);
+    let ss = oc.store().secret_store().unwrap();
+    let last = ss.get_secret(newest).await.unwrap().unwrap();
+    assert!(
+        found(&files.wal, &[&last.ciphertext])[0],
+        "{when}: the newest write is in the WAL that was scanned"
+    );
+    let records = ss.list_secrets().await.unwrap();
+    let cts: Vec<&[u8]> = records.iter().map(|r| r.ciphertext.as_slice()).collect();
+    let in_main = found(&files.main, &cts);
+    let in_wal = found(&files.wal, &cts);
+    for (i, rec) in records.iter().enumerate() {
+        assert!(
+            in_main[i] || in_wal[i],
+            "{when}: the ciphertext of {} is in the scanned bytes",
+            rec.meta.name
+        );
+    }
+    let mut needles: Vec<String> = Vec::new();
+    for v in ever {
+        needles.push(v.clone());
+        needles.extend(base64_forms(v.as_bytes()));
+    }
+    let bytes: Vec<&[u8]> = needles.iter().map(|n| n.as_bytes()).collect();
+    for (file, data) in [("database file", &files.main), ("WAL", &files.wal)] {
+        for (needle, hit) in needles.iter().zip(found(data, &bytes)) {
+            assert!(
+                !hit,
+                "{when}: the {file} holds a secret value (or its base64 form {needle:?})"
+            );
+        }
+    }
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Which of `needles` (each at least 8 bytes) occur in `hay`, in one pass
+/// over it: the scans below look for hundreds of strings in megabytes.
+fn found(hay: &[u8], needles: &[&[u8]]) -> Vec<bool> {
+    const K: usize = 8;
+    let mut by_prefix: std::collections::HashMap<&[u8], Vec<usize>> = Default::default();
+    for (i, n) in needles.iter().enumerate() {
+        assert!(n.len() >= K, "needle too short to look for: {n:?}");
+        by_prefix.entry(&n[..K]).or_default().push(i);
+    }
+    let mut hit = vec![false; needles.len()];
+    for i in 0..hay.len().saturating_sub(K - 1) {
+        if let Some(ids) = by_prefix.get(&hay[i..i + K]) {
+            for &id in ids {
+                hit[id] |= hay[i..].starts_with(needles[id]);
+            }
+        }
+    }
+    hit
 }
 
 async fn run_job(oc: &Conductor, yaml: &str, job: &str) -> (opsconductor::RunDetail, String) {
@@ -85,36 +197,56 @@ async fn values_never_reach_the_database_file_in_clear() {
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let k1 = KeyBytes::generate().unwrap();
     let k2 = KeyBytes::generate().unwrap();
+    // The test's own encoder agrees with GNU base64.
+    let gnu = std::process::Command::new("sh")
+        .args(["-c", "printf %s 'S3cr3t-value?>' | base64"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&gnu.stdout).trim(),
+        b64(b"S3cr3t-value?>")
+    );
+
     let oc = engine(&url, ring(&[(1, &k1)])).await.unwrap();
-    let mut values = Vec::new();
+    // Every value ever set: the scans look for all of them, not only the current ones.
+    let mut ever = Vec::new();
+    let mut current = Vec::new();
     for i in 0..50 {
         let v = random_value(i);
         set(&oc, &format!("s{i}"), &v).await;
-        values.push(v);
+        ever.push(v.clone());
+        current.push(v);
     }
+    assert_no_value_at_rest(&oc, dir.path(), &ever, "s49", "after create").await;
     // Update half of them.
-    for (i, v) in values.iter_mut().enumerate().step_by(2) {
+    for (i, v) in current.iter_mut().enumerate().step_by(2) {
         *v = random_value(1000 + i);
         set(&oc, &format!("s{i}"), v).await;
+        ever.push(v.clone());
     }
+    assert_no_value_at_rest(&oc, dir.path(), &ever, "s48", "after update").await;
     drop(oc);
     // Rotate to a second key.
     let oc = engine(&url, ring(&[(1, &k1), (2, &k2)])).await.unwrap();
     let r = oc.rotate_key(&me()).await.unwrap();
     assert_eq!((r.key_version, r.rewrapped, r.total), (2, 50, 50));
-    let raw = raw_db(dir.path());
-    assert!(raw.len() > 10_000, "read the database");
-    for v in &values {
-        assert!(
-            !contains(&raw, v.as_bytes()),
-            "a secret value is in the database file in clear"
-        );
-        let b64 = opsconductor::mask::Masker::new([v.as_bytes()]);
-        assert!(!b64.is_empty());
-    }
+    // The rotation re-encrypts in listing order (by name): the last one listed is the newest write.
+    let last = oc
+        .store()
+        .secret_store()
+        .unwrap()
+        .list_secrets()
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .meta
+        .name
+        .clone();
+    assert_no_value_at_rest(&oc, dir.path(), &ever, &last, "after rotate").await;
     // Listing shows metadata only; nothing in the API returns a value.
     let list = serde_json::to_string(&oc.secrets().await.unwrap()).unwrap();
-    for v in &values {
+    for v in &ever {
         assert!(!list.contains(v.as_str()));
     }
     assert!(list.contains("\"key_version\":2"));
@@ -299,8 +431,11 @@ steps:
     let audit = oc.audit_log(Some("secret:api-token"), 100).await.unwrap();
     let uses: Vec<_> = audit.iter().filter(|e| e.action == "secret.use").collect();
     assert_eq!(uses.len(), 4, "one use per step on the one target");
-    assert_eq!(uses[0].detail["run"], json!(d.run.id));
-    assert_eq!(uses[0].detail["target"], json!("local"));
+    for (i, u) in uses.iter().rev().enumerate() {
+        assert_eq!(u.detail["run"], json!(d.run.id));
+        assert_eq!(u.detail["step"], json!(i), "{u:?}");
+        assert_eq!(u.detail["target"], json!("local"));
+    }
     assert!(
         audit
             .iter()
@@ -376,14 +511,17 @@ async fn a_postgresql_dump_holds_no_secret_value() {
     let k2 = KeyBytes::generate().unwrap();
     let oc = engine(&url, ring(&[(1, &k1)])).await.unwrap();
     let mut values = Vec::new();
+    let mut ever = Vec::new();
     for i in 0..30 {
         let v = random_value(i);
         set(&oc, &format!("p{i}"), &v).await;
-        values.push(v);
+        values.push(v.clone());
+        ever.push(v);
     }
     for (i, v) in values.iter_mut().enumerate().step_by(3) {
         *v = random_value(500 + i);
         set(&oc, &format!("p{i}"), v).await;
+        ever.push(v.clone());
     }
     drop(oc);
     let oc = engine(&url, ring(&[(1, &k1), (2, &k2)])).await.unwrap();
@@ -414,10 +552,22 @@ async fn a_postgresql_dump_holds_no_secret_value() {
         String::from_utf8_lossy(&dump.stderr)
     );
     assert!(dump.stdout.len() > 5_000, "dumped the data");
-    for v in &values {
+    for v in &ever {
         assert!(
             !contains(&dump.stdout, v.as_bytes()),
             "a secret value is in the PostgreSQL dump"
+        );
+        for form in base64_forms(v.as_bytes()) {
+            assert!(
+                !contains(&dump.stdout, form.as_bytes()),
+                "a base64 form of a secret value ({form}) is in the PostgreSQL dump"
+            );
+        }
+        // `bytea` columns are dumped as hex (`\\x…`).
+        let hex: String = v.bytes().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            !contains(&dump.stdout, hex.as_bytes()),
+            "a secret value is in the PostgreSQL dump as hex"
         );
     }
     // And they still decrypt after the rotation.
@@ -482,4 +632,185 @@ async fn a_passphrase_derives_the_key_with_a_stored_salt() {
         "{err}"
     );
     assert!(Keyring::from_passphrase(b"short").is_err());
+}
+
+/// A secret longer than 57 bytes comes out of GNU `base64` on several lines
+/// (76 columns); it is masked there, cut after its first line, and inside a
+/// larger encoded blob, in the logs as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_secrets_piped_through_base64_are_masked_in_stored_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let oc = engine(&url, ring(&[(1, &KeyBytes::generate().unwrap())]))
+        .await
+        .unwrap();
+    let value = format!("{}/{}", random_value(1), random_value(2));
+    assert!(value.len() >= 58, "long enough to wrap");
+    set(&oc, "long", &value).await;
+    // (command, bytes before the value in what it encodes)
+    let commands = [
+        ("printf %s \"$LONG\" | base64", 0usize),
+        ("printf %s \"$LONG\" | base64 | head -n 1", 0),
+        ("printf 'user:%s' \"$LONG\" | base64", 5),
+        ("printf 'ab%s@host' \"$LONG\" | base64 -w 64", 2),
+        ("printf 'x%s\\n' \"$LONG\" | base64 -w 0; echo", 1),
+    ];
+    let steps: String = commands
+        .iter()
+        .map(|(c, _)| format!("  - exec: {}\n", serde_json::to_string(c).unwrap()))
+        .collect();
+    let yaml = format!("kind: Job\nname: b64\nsecrets: [long]\nsteps:\n{steps}");
+    let (d, logs) = run_job(&oc, &yaml, "b64").await;
+    assert_eq!(d.run.status, RunStatus::Succeeded, "{:?}", d.run.error);
+    assert!(!logs.contains(&value), "{logs}");
+    let joined = logs.replace(['\r', '\n'], "");
+    let files = db_files(dir.path());
+    for (cmd, prefix) in commands {
+        let real = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .env("LONG", &value)
+            .output()
+            .unwrap();
+        let real = String::from_utf8(real.stdout).unwrap();
+        // No line of what the command really prints is in the log or the database…
+        for line in real.lines().filter(|l| l.len() >= 16) {
+            assert!(!logs.contains(line), "{cmd}: {line} leaked: {logs}");
+            assert!(
+                !contains(&files.main, line.as_bytes()) && !contains(&files.wal, line.as_bytes()),
+                "{cmd}: {line} is in the database"
+            );
+        }
+        // …nor any 8 characters of the part of its encoding only the value determines.
+        let enc = real.replace('\n', "");
+        let first = (8 * prefix).div_ceil(6);
+        let end = if cmd.contains("head") {
+            76
+        } else {
+            8 * (prefix + value.len()) / 6
+        };
+        let inner = &enc[first..end];
+        for w in inner.as_bytes().windows(8) {
+            let w = std::str::from_utf8(w).unwrap();
+            assert!(!joined.contains(w), "{cmd}: {w} of {inner} leaked: {logs}");
+        }
+    }
+    assert!(logs.matches("***").count() >= commands.len(), "{logs}");
+}
+
+/// A step's error can quote what it was given; stored in the step result
+/// and the run, it is masked like output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn step_errors_are_stored_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let oc = engine(&url, ring(&[(1, &KeyBytes::generate().unwrap())]))
+        .await
+        .unwrap();
+    let value = random_value(3);
+    set(&oc, "tok", &value).await;
+    let yaml = "kind: Job\nname: cp\nsecrets: [tok]\nparams:\n  type: object\n  properties:\n    name: {type: string}\n\
+        steps:\n  - copy:\n      dest: \"/nonexistent-opsc-dir/{{ params.name }}\"\n      content: x\n";
+    let batch = opsconductor::spec::parse_str(yaml, "t.yaml", None).unwrap();
+    oc.apply(&batch, &me()).await.unwrap();
+    // A submitter who passes the secret's value where it ends up in an error message.
+    let run = oc
+        .submit(
+            SubmitRequest::new("cp").params(json!({ "name": value })),
+            &me(),
+        )
+        .await
+        .unwrap();
+    let d = oc.execute(run.id).await.unwrap();
+    assert_eq!(d.status, RunStatus::Failed);
+    let d = oc.get(d.id).await.unwrap();
+    let step_error = d.results[0].error.clone().unwrap();
+    assert!(step_error.contains("does not exist"), "{step_error}");
+    assert!(
+        !step_error.contains(&value) && step_error.contains("***"),
+        "{step_error}"
+    );
+    let run_error = d.run.error.unwrap();
+    assert!(
+        !run_error.contains(&value) && run_error.contains("***"),
+        "{run_error}"
+    );
+}
+
+/// Update, delete, key rotation and retirement each write an audit event
+/// with the right action and object; every use by a run names the run, the
+/// step and the target, for declared secrets and target credentials alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_change_and_use_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let k1 = KeyBytes::generate().unwrap();
+    let k2 = KeyBytes::generate().unwrap();
+    let oc = engine(&url, ring(&[(1, &k1)])).await.unwrap();
+    set(&oc, "tok", "first-value-1234").await;
+    set(&oc, "tok", "second-value-5678").await;
+    set(&oc, "box-cred", "credential-value-9").await;
+    let yaml = "kind: Target\nname: box\ncredential: box-cred\nconnection: {type: local}\n---\n\
+        kind: Job\nname: two\ntargets: box\nsecrets: [tok]\nsteps:\n  - name: one\n    exec: 'true'\n  - name: two\n    exec: 'true'\n";
+    let (d, _) = run_job(&oc, yaml, "two").await;
+    assert_eq!(d.run.status, RunStatus::Succeeded, "{:?}", d.run.error);
+
+    let events = |object: &'static str| {
+        let oc = oc.clone();
+        async move { oc.audit_log(Some(object), 100).await.unwrap() }
+    };
+    let tok = events("secret:tok").await;
+    let update = tok.iter().find(|e| e.action == "secret.update").unwrap();
+    assert_eq!(
+        (update.actor.as_str(), &update.detail["version"]),
+        ("tester", &json!(2))
+    );
+    let uses: Vec<_> = tok
+        .iter()
+        .rev()
+        .filter(|e| e.action == "secret.use")
+        .collect();
+    assert_eq!(uses.len(), 2, "one use per step on the one target");
+    for (i, u) in uses.iter().enumerate() {
+        assert_eq!(u.object, "secret:tok");
+        assert_eq!(u.detail["run"], json!(d.run.id));
+        assert_eq!(u.detail["step"], json!(i));
+        assert_eq!(u.detail["step_name"], json!(["one", "two"][i]));
+        assert_eq!(u.detail["target"], json!("box"));
+    }
+    let cred = events("secret:box-cred").await;
+    let cred_uses: Vec<_> = cred.iter().filter(|e| e.action == "secret.use").collect();
+    assert_eq!(cred_uses.len(), 1, "one session per target per run");
+    let c = cred_uses[0];
+    assert_eq!(c.detail["run"], json!(d.run.id));
+    assert_eq!(
+        c.detail["step"],
+        json!(0),
+        "the step that opened the session"
+    );
+    assert_eq!(c.detail["step_name"], json!("one"));
+    assert_eq!(c.detail["target"], json!("box"));
+    assert_eq!(c.detail["as"], json!("credential"));
+
+    oc.delete_secret("tok", true, &me()).await.unwrap();
+    let del = events("secret:tok").await;
+    assert_eq!(del[0].action, "secret.delete", "{:?}", del[0]);
+    assert_eq!(del[0].actor, "tester");
+    drop(oc);
+
+    let oc = engine(&url, ring(&[(1, &k1), (2, &k2)])).await.unwrap();
+    oc.rotate_key(&me()).await.unwrap();
+    let rot = oc.audit_log(Some("key:2"), 10).await.unwrap();
+    assert_eq!(rot.len(), 1, "{rot:?}");
+    assert_eq!(
+        (rot[0].action.as_str(), rot[0].actor.as_str()),
+        ("key.rotate", "tester")
+    );
+    assert_eq!(rot[0].detail["rewrapped"], json!(1));
+    oc.retire_key(1, &me()).await.unwrap();
+    let ret = oc.audit_log(Some("key:1"), 10).await.unwrap();
+    assert_eq!(ret.len(), 1, "{ret:?}");
+    assert_eq!(
+        (ret[0].action.as_str(), ret[0].actor.as_str()),
+        ("key.retire", "tester")
+    );
 }
