@@ -328,3 +328,28 @@ fn database_url_from_the_environment() {
         .stdout("local | via-env\n");
     assert_eq!(env.runs().len(), 1, "the run went into the env's database");
 }
+
+#[test]
+fn no_configuration_means_opsconductor_db_in_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = || {
+        let mut c = assert_cmd::Command::cargo_bin("opsconductor").unwrap();
+        c.current_dir(dir.path())
+            .env_remove("OPSC_DATABASE_URL")
+            .env_remove("OPSC_MASTER_KEY")
+            .env_remove("OPSC_MASTER_KEY_FILE")
+            .env_remove("OPSC_MASTER_PASSPHRASE")
+            .args(["--color", "never"])
+            .timeout(common::HANG_GUARD);
+        c
+    };
+    cli()
+        .args(["exec", "--", "echo zero-config"])
+        .assert()
+        .success()
+        .stdout("local | zero-config\n");
+    assert!(dir.path().join("opsconductor.db").is_file());
+    let out = cli().args(["--json", "runs", "list"]).assert().success();
+    let runs: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+}
