@@ -4,6 +4,9 @@
 # `opsconductor serve` as each role (viewer, operator, admin), then reports
 # how many answers were 5xx — counted by the server itself (/metrics), so
 # the number does not depend on the schemathesis version. It must be 0.
+# It also fails when schemathesis crashed, reported errors of its own, or
+# sent no request at all (the server's request count did not move): a 0
+# from a run that tested nothing proves nothing.
 #
 # The stateful phase is left out: schemathesis 4.32 infers a link from
 # `Location: /api/v1/runs/ID` to `GET /api/v1/users/{name}` and stops on it.
@@ -79,15 +82,22 @@ done
 server_errors() {
   curl -fsS "$base/metrics" | awk '/^opsc_http_requests_total\{/ && /status="5[0-9][0-9]"/ {n += $NF} END {print n + 0}'
 }
+# Requests the server answered, its own /metrics scrapes (these two
+# functions) left out, so that a run of schemathesis that sent nothing shows 0.
 requests() {
-  curl -fsS "$base/metrics" | awk '/^opsc_http_requests_total\{/ {n += $NF} END {print n + 0}'
+  curl -fsS "$base/metrics" | awk '/^opsc_http_requests_total\{/ && !/route="\/metrics"/ {n += $NF} END {print n + 0}'
 }
 
 total_5xx=0
+broken=""
 for role in viewer operator admin; do
   say "schemathesis as $role ($examples examples per operation)"
   before=$(server_errors); sent_before=$(requests)
   # Run from the scratch directory: schemathesis keeps its example database in the working directory.
+  # Its exit status is kept, not ignored: 1 means it found failures (5xx,
+  # counted below from the server's side) or errors; anything else, or a
+  # Python traceback, means it crashed — then its 0 would prove nothing.
+  rc=0
   (cd "$work" && "$st" run "$base/api/v1/openapi.json" \
     --url "$base" \
     --header "Authorization: Bearer ${tokens[$role]}" \
@@ -96,17 +106,35 @@ for role in viewer operator admin; do
     --max-examples "$examples" \
     --workers 2 \
     --exclude-path '/api/v1/runs/{id}/ws' \
-    --no-color >"$work/st-$role.log" 2>&1) || true
+    --no-color >"$work/st-$role.log" 2>&1) || rc=$?
   tail -n 15 "$work/st-$role.log"
   after=$(server_errors); sent_after=$(requests)
   n=$((after - before))
+  sent=$((sent_after - sent_before))
   total_5xx=$((total_5xx + n))
-  echo "$role: $((sent_after - sent_before)) requests, $n answered 5xx"
+  echo "$role: $sent requests, $n answered 5xx (schemathesis exit status $rc)"
+  if [ "$sent" -eq 0 ]; then
+    echo "FAIL: schemathesis sent no request as $role (see $work/st-$role.log; KEEP=1 keeps it)"
+    broken="$broken $role:no-requests"
+  fi
+  if { [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ]; } || grep -q '^Traceback' "$work/st-$role.log"; then
+    echo "FAIL: schemathesis crashed as $role (exit status $rc)"
+    broken="$broken $role:crashed"
+  elif [ "$rc" -eq 1 ] && [ "$n" -eq 0 ]; then
+    # Failures without a 5xx are schemathesis's own errors (network, schema):
+    # the run did not test what it should have.
+    echo "FAIL: schemathesis reported errors as $role, though the server answered no 5xx"
+    broken="$broken $role:errors"
+  fi
 done
 
 say "result"
 echo "5xx answers in total: $total_5xx"
 if [ "$total_5xx" -ne 0 ]; then
   echo "server log (errors):"; grep -i error "$work/server.err" | tail -n 40 || true
+  exit 1
+fi
+if [ -n "$broken" ]; then
+  echo "schemathesis did not run properly:$broken"
   exit 1
 fi
