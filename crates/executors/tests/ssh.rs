@@ -432,7 +432,10 @@ async fn a_targets_own_known_hosts_file_is_honoured() {
         ExecError::Connect(msg) => {
             assert!(msg.contains("unknown host key"), "{msg}");
             assert!(
-                msg.contains(&format!("kh-lacking' ({USER}@{}:{})", server.host, server.port)),
+                msg.contains(&format!(
+                    "kh-lacking' ({USER}@{}:{})",
+                    server.host, server.port
+                )),
                 "names the host: {msg}"
             );
             assert!(
