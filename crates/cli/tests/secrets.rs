@@ -138,11 +138,8 @@ fn short_values_warn_and_bad_kinds_are_refused() {
     set_secret(&env, "empty", "", &[]).code(2);
 }
 
-#[test]
-fn rotation_killed_mid_way_resumes_and_every_secret_decrypts() {
-    let env = Env::new();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let n = 1500;
+/// Creates `n` secrets `s0…` in `env`'s database; returns their values.
+fn make_secrets(rt: &tokio::runtime::Runtime, env: &Env, n: usize) -> Vec<String> {
     let values: Vec<String> = (0..n).map(|i| format!("v{i}-{}", marker())).collect();
     rt.block_on(async {
         let oc = opsconductor::open(&env.url).await.unwrap();
@@ -160,29 +157,80 @@ fn rotation_killed_mid_way_resumes_and_every_secret_decrypts() {
             .unwrap();
         }
     });
-    // Start a rotation and kill -9 it while it re-encrypts.
+    values
+}
+
+/// How many secrets are encrypted with `version`, read straight from the store.
+fn count_at(
+    rt: &tokio::runtime::Runtime,
+    store: &std::sync::Arc<dyn opsconductor::store::Store>,
+    version: u32,
+) -> usize {
+    rt.block_on(async {
+        store
+            .secret_store()
+            .unwrap()
+            .list_secrets()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|s| s.meta.key_version == version)
+            .count()
+    })
+}
+
+/// Starts `secrets rotate-key` and kills it with SIGKILL as soon as the
+/// store shows a first secret re-encrypted. Returns how many of the `n`
+/// secrets were re-encrypted when it died, or `None` if the rotation was not
+/// caught mid-way (it finished, or wrote nothing, before the kill).
+fn kill_rotation_mid_way(rt: &tokio::runtime::Runtime, env: &Env, n: usize) -> Option<usize> {
+    use std::os::unix::process::ExitStatusExt;
+    let store = rt.block_on(opsconductor::open_store(&env.url)).unwrap();
     let mut child = env
         .std_cmd(["secrets", "rotate-key"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let killed_mid_way = wait_until(Duration::from_secs(60), || {
-        let v = env.json(["secrets", "list"]);
-        v.as_array().unwrap().iter().any(|s| s["key_version"] == 2)
-    });
+    let started = std::time::Instant::now();
+    loop {
+        if count_at(rt, &store, 2) > 0 {
+            break;
+        }
+        if child.try_wait().unwrap().is_some() || started.elapsed() > PATIENCE {
+            break;
+        }
+    }
+    // SIGKILL: no chance to finish the current secret or clean up.
     child.kill().unwrap();
-    let _ = child.wait();
-    let versions: Vec<u64> = env
-        .json(["secrets", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["key_version"].as_u64().unwrap())
-        .collect();
-    eprintln!(
-        "killed with {} of {n} secrets re-encrypted (started: {killed_mid_way})",
-        versions.iter().filter(|v| **v == 2).count()
+    let status = child.wait().unwrap();
+    let done = count_at(rt, &store, 2);
+    eprintln!("rotation of {n} secrets: {status:?} with {done} re-encrypted");
+    (status.signal() == Some(9) && done > 0 && done < n).then_some(done)
+}
+
+#[test]
+fn rotation_killed_mid_way_resumes_and_every_secret_decrypts() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Whether the kill lands mid-way depends on timing: when it does not
+    // (a fast machine finished the rotation between two looks), try again
+    // with twice as many secrets instead of passing without having tested it.
+    let mut n = 1500;
+    let (env, values, done) = loop {
+        let env = Env::new();
+        let values = make_secrets(&rt, &env, n);
+        if let Some(done) = kill_rotation_mid_way(&rt, &env, n) {
+            break (env, values, done);
+        }
+        assert!(
+            n < 24_000,
+            "could not kill a rotation mid-way even with {n} secrets"
+        );
+        n *= 2;
+    };
+    assert!(
+        0 < done && done < n,
+        "killed with {done} of {n} secrets re-encrypted"
     );
     // Run it again: it finishes the same rotation.
     let a = env.cmd(["secrets", "rotate-key"]).assert().success();
@@ -195,8 +243,27 @@ fn rotation_killed_mid_way_resumes_and_every_secret_decrypts() {
         .iter()
         .map(|s| s["key_version"].as_u64().unwrap())
         .collect();
+    assert_eq!(versions.len(), n);
     assert!(versions.iter().all(|v| *v == 2));
-    // Every secret still decrypts to its value: a job hashes a sample of them.
+    // Every secret decrypts to its value with the key file as it is now…
+    let ring = opsconductor::secrets::Keyring::from_file(&env.path().join("t.key")).unwrap();
+    let records = rt.block_on(async {
+        let store = opsconductor::open_store(&env.url).await.unwrap();
+        store.secret_store().unwrap().list_secrets().await.unwrap()
+    });
+    assert_eq!(records.len(), n);
+    for rec in &records {
+        let i: usize = rec.meta.name[1..].parse().unwrap();
+        assert_eq!(rec.meta.key_version, 2);
+        let plain = ring.decrypt(&rec.id, "value", &rec.ciphertext).unwrap();
+        assert_eq!(
+            plain,
+            values[i].as_bytes(),
+            "secret {} does not decrypt to its value",
+            rec.meta.name
+        );
+    }
+    // …and a job run by the binary gets the right values (a sample of them).
     let sample: Vec<usize> = (0..n).step_by(97).collect();
     let names: Vec<String> = sample.iter().map(|i| format!("s{i}")).collect();
     let script: String = sample
@@ -240,6 +307,12 @@ fn rotation_killed_mid_way_resumes_and_every_secret_decrypts() {
         "{key}"
     );
     env.cmd(["secrets", "list"]).assert().success();
+    // Both the rotation and the retirement are in the audit log.
+    let audit = stdout_of(&env.cmd(["audit"]).assert().success());
+    assert!(
+        audit.contains("key.rotate") && audit.contains("key.retire"),
+        "{audit}"
+    );
 }
 
 #[test]
