@@ -76,8 +76,9 @@ pub async fn builder_with_keyring(
     Ok(with_executors(b))
 }
 
-/// Registers every executor compiled in.
-fn with_executors(b: ConductorBuilder) -> ConductorBuilder {
+/// Registers every executor compiled in, configured from the environment
+/// the same way for every front end (CLI, server, Python).
+pub fn with_executors(b: ConductorBuilder) -> ConductorBuilder {
     #[cfg(feature = "local")]
     let b = b.executor(LocalExecutor::default());
     // Verifies host keys against each target's pinned `host_key` or

@@ -32,15 +32,9 @@ pub(crate) async fn builder_with_keyring(
     let builder = opsconductor::Conductor::builder()
         .store_arc(store)
         .keyring(keyring);
-    #[cfg(feature = "local")]
-    let builder = builder.executor(opsconductor::LocalExecutor::default());
-    #[cfg(feature = "ssh")]
-    let builder = builder.executor(opsconductor::SshExecutor::default());
-    #[cfg(feature = "docker")]
-    let builder = builder.executor(opsconductor::DockerExecutor::default());
-    #[cfg(feature = "winrm")]
-    let builder = builder.executor(opsconductor::WinRmExecutor::default());
-    Ok(builder)
+    // The facade's registration: SSH known_hosts and the Docker engine come
+    // from the same environment variables as for the CLI and the server.
+    Ok(opsconductor::with_executors(builder))
 }
 
 /// The optional parts compiled into this build (stores and executors).

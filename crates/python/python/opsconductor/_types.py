@@ -119,6 +119,9 @@ class Ssh:
     """Variables available to templates as ``target.vars``."""
     description: str = ""
     """Free text for people."""
+    known_hosts: Optional[str] = None
+    """Absolute path of a known_hosts file to check the host key against
+    (on the worker's machine), when ``host_key`` is not pinned."""
 
     def _document(self) -> Dict[str, Any]:
         conn: Dict[str, Any] = {
@@ -129,6 +132,8 @@ class Ssh:
         }
         if self.host_key is not None:
             conn["host_key"] = self.host_key
+        if self.known_hosts is not None:
+            conn["known_hosts"] = self.known_hosts
         return _common(
             conn, self.name, self.description, self.tags, self.vars, self.credential
         )
@@ -219,6 +224,7 @@ def _target_from_json(t: Mapping[str, Any]) -> Target:
             port=conn.get("port", 22),
             credential=t.get("credential"),
             host_key=conn.get("host_key"),
+            known_hosts=conn.get("known_hosts"),
             **common,
         )
     if kind == "docker":
