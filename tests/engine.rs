@@ -433,6 +433,32 @@ steps:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn step_limits_on_a_target_that_takes_none_are_refused_at_submit() {
+    let env = engine().await;
+    env.apply(
+        r#"
+kind: Job
+name: roomy
+steps:
+  - exec: "true"
+    limits: { memory: 1g }
+"#,
+    )
+    .await;
+    let err = env
+        .oc
+        .submit(SubmitRequest::new("roomy"), &me())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Validation { field: Some(f), .. } if f.contains("steps[0]") && f.contains("limits") && f.contains("local")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("only docker targets"), "{err}");
+    assert!(env.oc.list(&RunFilter::default()).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_submissions_queue_nothing() {
     let env = engine().await;
     env.apply(

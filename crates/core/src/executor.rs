@@ -60,6 +60,9 @@ pub struct StepContext {
     pub deadline: Option<Instant>,
     /// Fired when the run is cancelled.
     pub cancel: CancellationToken,
+    /// The step's overrides of the target's limits (see [`crate::model::Step::limits`]);
+    /// already accepted by [`Executor::check_step_limits`].
+    pub limits: BTreeMap<String, serde_json::Value>,
 }
 
 impl StepContext {
@@ -73,6 +76,7 @@ impl StepContext {
             workdir: None,
             deadline: None,
             cancel: CancellationToken::new(),
+            limits: BTreeMap::new(),
         }
     }
 }
@@ -316,5 +320,24 @@ pub trait Executor: Send + Sync {
     /// `None` for connection kinds without host keys.
     async fn fetch_host_key(&self, _target: &Target) -> Result<Option<String>, ExecError> {
         Ok(None)
+    }
+
+    /// Whether a step may run on `target` with these per-step `limits`
+    /// (called at submit, so a bad limit is the submitter's error). The
+    /// default refuses any: an executor without limits must not silently
+    /// ignore them.
+    fn check_step_limits(
+        &self,
+        _target: &Target,
+        limits: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        if limits.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} targets take no per-step limits (only docker targets do)",
+                self.kind()
+            ))
+        }
     }
 }

@@ -283,6 +283,12 @@ pub struct Step {
     /// like `docker ps --format '{{.Names}}'`). Ad-hoc commands are raw.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub raw: bool,
+    /// Per-step overrides of the target's limits (Docker: `memory`, `cpus`,
+    /// `pids`, `network`, …), for the one step that needs more or less than
+    /// the target's default. Checked at submit against each selected target's
+    /// executor: one that takes no limits refuses them rather than ignore them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, serde_json::Value>,
 }
 
 /// The kinds of step.

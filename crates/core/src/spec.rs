@@ -260,6 +260,8 @@ struct StepDoc {
     workdir: Option<String>,
     #[serde(default)]
     raw: bool,
+    #[serde(default)]
+    limits: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -399,6 +401,7 @@ impl StepDoc {
                 .collect(),
             workdir: self.workdir,
             raw: self.raw,
+            limits: self.limits,
         })
     }
 }

@@ -277,6 +277,43 @@ async fn default_isolation_is_applied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_overrides_its_targets_limits_for_that_step_only() {
+    let _g = TestGuard::new();
+    let exec = DockerExecutor::new();
+    let t = target(&[("memory", json!("256m"))]).await;
+    // Accepted at submit: the same keys as the target's, but not `tmp`.
+    let step: BTreeMap<String, serde_json::Value> = [
+        ("memory".to_owned(), json!("64m")),
+        ("pids".to_owned(), json!(50)),
+        ("network".to_owned(), json!("bridge")),
+    ]
+    .into();
+    exec.check_step_limits(&t, &step).unwrap();
+    let bad: BTreeMap<String, serde_json::Value> = [("memory".to_owned(), json!("lots"))].into();
+    let err = exec.check_step_limits(&t, &bad).unwrap_err();
+    assert!(err.contains("memory"), "{err}");
+    let tmp: BTreeMap<String, serde_json::Value> = [("tmp".to_owned(), json!("session"))].into();
+    let err = exec.check_step_limits(&t, &tmp).unwrap_err();
+    assert!(err.contains("tmp"), "{err}");
+
+    let s = session(&exec, &t).await;
+    let mut ctx = StepContext::new(t.clone());
+    ctx.limits = step;
+    let out = run(&s, &ctx, &shell(PROBE_ISOLATION)).await;
+    let f = facts(&out);
+    assert_eq!(f["memory"], (64u64 << 20).to_string(), "{f:?}");
+    assert_eq!(f["pids"], "50", "{f:?}");
+    assert!(f["ifaces"].contains("eth0"), "the step's network: {f:?}");
+    // The next step without overrides is back to the target's limits.
+    let (_, out) = sh(&s, PROBE_ISOLATION).await;
+    let f = facts(&out);
+    assert_eq!(f["memory"], (256u64 << 20).to_string(), "{f:?}");
+    assert_eq!(f["pids"], "256", "{f:?}");
+    assert_eq!(f["ifaces"], "lo,", "{f:?}");
+    Box::new(s).close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_limit_is_configurable() {
     let _g = TestGuard::new();
     let exec = DockerExecutor::new();

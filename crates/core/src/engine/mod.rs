@@ -600,6 +600,7 @@ impl Conductor {
                 env: Default::default(),
                 workdir: None,
                 raw: true,
+                limits: Default::default(),
             }],
         };
         self.enqueue(
@@ -641,6 +642,19 @@ impl Conductor {
                         m,
                     )
                 })?;
+                if !step.limits.is_empty() {
+                    let kind = t.connection.kind();
+                    let checked = match self.inner.executors.get(kind) {
+                        Some(e) => e.check_step_limits(t, &step.limits),
+                        None => Err(format!("no executor for {kind} targets is built in")),
+                    };
+                    checked.map_err(|m| {
+                        Error::validation(
+                            format!("steps[{i}] ({}).limits on target '{}'", step.name, t.name),
+                            m,
+                        )
+                    })?;
+                }
             }
         }
         let run = Run {

@@ -841,6 +841,7 @@ async fn step_on_target(st: &RunState, si: u32, ti: usize) -> (Outcome, Option<S
             workdir,
             deadline,
             cancel: st.cancel.clone(),
+            limits: step.limits.clone(),
         }
     };
     let result = match rendered {

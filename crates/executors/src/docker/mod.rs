@@ -52,9 +52,9 @@
 //!
 //! Always: `no-new-privileges`, every capability dropped (`cap_drop: ALL`),
 //! the engine's logging driver off (output goes only to the attached
-//! executor, never to the engine's disk), stdin empty. Limits are per target;
-//! per-step overrides are not there yet (a step's `limits` would need a field
-//! in the core's step model).
+//! executor, never to the engine's disk), stdin empty. A step's own `limits`
+//! (the same keys but `tmp`) override its target's for that step's
+//! containers; they are checked when the run is submitted.
 //!
 //! # One container per step, one workspace per session
 //!
@@ -533,6 +533,15 @@ impl Executor for DockerExecutor {
         "docker"
     }
 
+    fn check_step_limits(
+        &self,
+        target: &Target,
+        limits: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        let (_, base) = self.settings_for(target).map_err(|e| e.to_string())?;
+        check_step_overrides(&base, limits).map(|_| ())
+    }
+
     fn capabilities(&self) -> Capabilities {
         let mut caps = Capabilities::default();
         caps.copy = true;
@@ -681,6 +690,12 @@ impl DockerSession {
 }
 
 impl SessionInner {
+    /// The session's isolation with the step's own overrides applied.
+    fn step_limits(&self, ctx: &StepContext) -> Result<Limits, ExecError> {
+        check_step_overrides(&self.limits, &ctx.limits)
+            .map_err(|e| ExecError::Spawn(format!("step limits on target '{}': {e}", self.target)))
+    }
+
     fn labels(&self, ctx: &StepContext, role: &str) -> HashMap<String, String> {
         let mut labels = self.worker.labels();
         labels.insert(sweep::LABEL_RUN.into(), ctx.run_id.to_string());
@@ -743,7 +758,7 @@ impl SessionInner {
             workdir: None,
             script: false,
         };
-        let mut config = self.config(ctx, &spec, Some(volume));
+        let mut config = self.config(ctx, &spec, Some(volume), &self.limits);
         if let Some(host) = config.host_config.as_mut() {
             host.readonly_rootfs = Some(false);
         }
@@ -799,8 +814,8 @@ impl SessionInner {
         ctx: &StepContext,
         spec: &Spec,
         workspace: Option<&str>,
+        l: &Limits,
     ) -> ContainerCreateBody {
-        let l = &self.limits;
         let mut labels = self.labels(ctx, spec.role);
         labels.insert(sweep::LABEL_STEP.into(), ctx.step.to_string());
         let memory = i64::try_from(l.memory).unwrap_or(i64::MAX);
@@ -870,6 +885,7 @@ impl SessionInner {
         spec: Spec,
         extra: Vec<Upload>,
         out: &OutputSink,
+        limits: &Limits,
     ) -> Result<Exit, ExecError> {
         stopped(ctx)?;
         let workspace = self.workspace(ctx).await?;
@@ -877,7 +893,7 @@ impl SessionInner {
         uploads.extend(extra);
         let program = spec.entrypoint.first().cloned().unwrap_or_default();
         let name = format!("opsc-{}-{}", spec.role, RunId::new().0.simple());
-        let config = self.config(ctx, &spec, workspace.as_deref());
+        let config = self.config(ctx, &spec, workspace.as_deref(), limits);
         let container = Container::create(&self.docker, &name, &self.image, config).await?;
         let work = async {
             for up in &uploads {
@@ -914,7 +930,7 @@ impl SessionInner {
             err
         };
         let run = async {
-            let r = self.run(ctx, spec, extra, &sink).await;
+            let r = self.run(ctx, spec, extra, &sink, &self.limits).await;
             drop(sink);
             r
         };
@@ -986,7 +1002,8 @@ impl SessionInner {
             script,
         };
         let program = spec.entrypoint.first().cloned().unwrap_or_default();
-        let exit = self.run(ctx, spec, extra, out).await?;
+        let limits = self.step_limits(ctx)?;
+        let exit = self.run(ctx, spec, extra, out, &limits).await?;
         if let Some(msg) = init_exec_failure(&exit) {
             return Err(ExecError::Spawn(format!(
                 "'{program}' in image '{}': {msg}",
@@ -997,7 +1014,7 @@ impl SessionInner {
         if exit.oom_killed {
             let why = format!(
                 "killed: out of memory (limit {})",
-                limits::human_bytes(self.limits.memory)
+                limits::human_bytes(limits.memory)
             );
             if code != 0 {
                 return Err(ExecError::Io(why));
@@ -1115,7 +1132,7 @@ impl SessionInner {
             script: false,
         };
         let name = format!("opsc-copy-{}", RunId::new().0.simple());
-        let config = self.config(ctx, &spec, None);
+        let config = self.config(ctx, &spec, None, &self.limits);
         let container = Container::create(&self.docker, &name, &self.image, config).await?;
         let mut checked = Ok(());
         for up in &checks {
@@ -1210,6 +1227,27 @@ fn normalize(path: &str) -> Option<String> {
 }
 
 /// The context's stop reason if it already has one.
+/// A step's overrides of its target's limits. `tmp` is the session's (the
+/// workspace volume is shared by every step of the run), so a step cannot
+/// change it.
+fn check_step_overrides(
+    base: &Limits,
+    overrides: &BTreeMap<String, serde_json::Value>,
+) -> Result<Limits, String> {
+    if overrides.is_empty() {
+        return Ok(base.clone());
+    }
+    if overrides.contains_key("tmp") {
+        return Err(
+            "'tmp' is chosen per target (every step of a run shares the session's /tmp); \
+             set it in the target's limits"
+                .into(),
+        );
+    }
+    base.with_overrides(overrides)
+        .map_err(|e| format!("invalid {e}"))
+}
+
 fn stopped(ctx: &StepContext) -> Result<(), ExecError> {
     if ctx.cancel.is_cancelled() {
         return Err(ExecError::Cancelled);
