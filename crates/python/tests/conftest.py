@@ -23,6 +23,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import sshd as sshd_lab  # noqa: E402
 from opsconductor import Conductor  # noqa: E402
 
+# The Ctrl-C tests send SIGINT to this process. Python installs its
+# KeyboardInterrupt handler only when SIGINT is at its default at start-up; a
+# shell that starts the suite in the background without job control (as CI
+# runners and `cmd &` in scripts do) leaves SIGINT ignored, and those tests
+# would wait forever. Install the handler whatever was inherited.
+import signal  # noqa: E402
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def proc_cmdlines() -> List[str]:
     """Every process's command line (NULs as spaces), read from /proc."""
