@@ -301,19 +301,48 @@ pub async fn secrets(oc: &Conductor, out: &Out, cmd: SecretsCmd) -> Result<u8, E
 }
 
 /// `opsconductor audit verify`.
-#[derive(Subcommand, Debug, Clone, Copy)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum AuditCmd {
     /// Recompute the audit hash chain; exits 1 and names the first bad event if it was tampered with.
-    Verify,
+    #[command(
+        after_help = "The chain alone cannot show that the newest events were deleted. Keep the head this\ncommand prints (SEQ:HASH) outside the database and pass it back:\n  opsconductor audit verify --anchor 1842:9f2c…"
+    )]
+    Verify {
+        /// The head (`SEQ:HASH`) of an earlier verification, kept elsewhere: that event
+        /// must still be there with that hash, so deleting the newest events is detected.
+        #[arg(long, value_name = "SEQ:HASH")]
+        anchor: Option<String>,
+    },
 }
 
 /// Checks the audit chain; exit code 0 if intact, 1 if not.
-pub async fn audit_verify(oc: &Conductor, out: &Out) -> Result<u8, Error> {
-    let v = oc.verify_audit().await?;
+pub async fn audit_verify(oc: &Conductor, out: &Out, anchor: Option<&str>) -> Result<u8, Error> {
+    let anchor = match anchor {
+        None => None,
+        Some(a) => {
+            let (seq, hash) = a
+                .split_once(':')
+                .and_then(|(s, h)| Some((s.trim().parse::<u64>().ok()?, h.trim())))
+                .filter(|(_, h)| !h.is_empty())
+                .ok_or_else(|| {
+                    Error::validation(
+                        "--anchor",
+                        format!("{a:?} is not SEQ:HASH (as printed by an earlier `audit verify`)"),
+                    )
+                })?;
+            Some((seq, hash))
+        }
+    };
+    let v = oc.verify_audit_against(anchor).await?;
     if out.json {
         out.json(&v);
     } else if v.ok {
         println!("audit log intact: {} event(s) verified", v.events);
+        if let (Some(seq), Some(hash)) = (v.head_seq, v.head_hash.as_deref()) {
+            println!(
+                "head: {seq}:{hash}\n  keep it outside the database; `audit verify --anchor {seq}:{hash}` later also detects deleted newest events"
+            );
+        }
     } else {
         println!(
             "audit log TAMPERED: event {} — {}",

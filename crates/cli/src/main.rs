@@ -268,9 +268,9 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
     match cli.command {
         Cmd::Secrets(cmd) => admin::secrets(&oc, out, cmd).await,
         Cmd::Audit {
-            check: Some(admin::AuditCmd::Verify),
+            check: Some(admin::AuditCmd::Verify { anchor }),
             ..
-        } => admin::audit_verify(&oc, out).await,
+        } => admin::audit_verify(&oc, out, anchor.as_deref()).await,
         Cmd::Audit { object, limit, .. } => admin::audit(&oc, out, object, limit).await,
         Cmd::Worker(args) => admin::worker(&oc, out, &args).await,
         // Dispatched above: the server builds its own engine.

@@ -278,3 +278,54 @@ fn audit_verify_finds_an_edited_row() {
         "{v}"
     );
 }
+
+#[test]
+fn audit_verify_with_an_anchor_detects_deleted_newest_events() {
+    let env = Env::new();
+    env.apply_examples();
+    let out = env.cmd(["--json", "audit", "verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let anchor = format!(
+        "{}:{}",
+        v["head_seq"].as_u64().unwrap(),
+        v["head_hash"].as_str().unwrap()
+    );
+    // The human form prints the head to keep.
+    let text =
+        String::from_utf8_lossy(&env.cmd(["audit", "verify"]).output().unwrap().stdout).to_string();
+    assert!(text.contains(&format!("head: {anchor}")), "{text}");
+    env.cmd(["audit", "verify", "--anchor", &anchor])
+        .assert()
+        .code(0);
+    // Delete the newest event: the chain that is left still verifies...
+    let db = env.path().join("t.db");
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('DELETE FROM audit_events WHERE seq=(SELECT MAX(seq) FROM audit_events)'); c.commit()",
+            db.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    env.cmd(["audit", "verify"]).assert().code(0);
+    // ...but not against the anchor kept elsewhere.
+    let out = env
+        .cmd(["audit", "verify", "--anchor", &anchor])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A malformed anchor is a usage error naming the flag.
+    let out = env
+        .cmd(["audit", "verify", "--anchor", "nonsense"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--anchor"));
+}
