@@ -1,11 +1,13 @@
 # Run with: crates/python/scripts/test.sh (builds and installs the wheel into
 # target/py-venv), then, as root:
-#   target/py-venv/bin/pip install fabric && target/py-venv/bin/python benches/python_fanout.py
+#   target/py-venv/bin/pip install fabric pyinfra && target/py-venv/bin/python benches/python_fanout.py
 # Settings: OPSC_BENCH_TARGETS (default 50), OPSC_BENCH_ROUNDS (default 5).
 """The same ad-hoc command on N SSH targets from Python: the ``opsconductor``
 module (``Conductor.exec``, end to end: submit, connect, verify host keys,
 authenticate, run, store results and output, read them back) side by side
-with Fabric's ``ThreadingGroup`` (paramiko, one thread per host).
+with Fabric's ``ThreadingGroup`` (paramiko, one thread per host) and
+pyinfra's ad-hoc ``exec`` (its CLI, ``--parallel N``; left out if pyinfra is
+not installed).
 
 Both use the same servers, the same Ed25519 key, and check host keys (ours:
 pinned fingerprints; Fabric: a known_hosts file with ``RejectPolicy``).
@@ -66,6 +68,42 @@ def fabric_round(hosts: List[Tuple[str, int]], key: Path, known_hosts: Path) -> 
     return elapsed
 
 
+def pyinfra_round(hosts: List[Tuple[str, int]], key: Path, known_hosts: Path, work: Path) -> float:
+    """pyinfra's ad-hoc ``exec`` over the same hosts, as its users run it (the
+    CLI, so its start-up counts like ours does inside ``Conductor.exec``'s
+    caller: both include everything between "go" and "all results back")."""
+    import subprocess
+
+    inventory = work / "inventory.py"
+    data = {
+        "ssh_user": sshd_lab.USER,
+        "ssh_key": str(key),
+        "ssh_known_hosts_file": str(known_hosts),
+        "ssh_strict_host_key_checking": "yes",
+        "ssh_look_for_keys": False,
+        "ssh_allow_agent": False,
+    }
+    inventory.write_text(
+        "hosts = "
+        + repr([(h, dict(data, ssh_port=p)) for h, p in hosts])
+        + "\n"
+    )
+    pyinfra = Path(sys.executable).with_name("pyinfra")
+    started = time.perf_counter()
+    out = subprocess.run(
+        [str(pyinfra), "-y", "--parallel", str(len(hosts)), str(inventory), "exec", "--", COMMAND],
+        capture_output=True, text=True, cwd=work,
+    )
+    elapsed = time.perf_counter() - started
+    answered = sum(1 for line in (out.stdout + out.stderr).splitlines() if "Linux" in line)
+    if out.returncode != 0 or answered < len(hosts):
+        raise SystemExit(
+            f"pyinfra: exit {out.returncode}, {answered}/{len(hosts)} answered\n"
+            + (out.stdout + out.stderr)[-2000:]
+        )
+    return elapsed
+
+
 def median_of(rounds: int, f: Callable[[], float]) -> float:
     f()  # warm-up (imports, first-use setup), not counted
     return statistics.median(f() for _ in range(rounds))
@@ -103,6 +141,15 @@ def main() -> int:
                     )
                 t_ours = median_of(rounds, lambda: ours(oc, n))
         t_fabric = median_of(rounds, lambda: fabric_round(hosts, lab.key, known_hosts))
+        t_pyinfra = None
+        try:
+            import pyinfra  # noqa: F401
+
+            t_pyinfra = median_of(
+                rounds, lambda: pyinfra_round(hosts, lab.key, known_hosts, lab.dir)
+            )
+        except ImportError:
+            print("pyinfra is not installed (target/py-venv/bin/pip install pyinfra): left out")
     finally:
         lab.close()
 
@@ -110,6 +157,9 @@ def main() -> int:
     print(f"  opsconductor (Python module) : {t_ours * 1000:8.1f} ms")
     print(f"  Fabric ThreadingGroup        : {t_fabric * 1000:8.1f} ms")
     print(f"  ratio Fabric / opsconductor  : {t_fabric / t_ours:8.2f}x")
+    if t_pyinfra is not None:
+        print(f"  pyinfra exec (CLI)           : {t_pyinfra * 1000:8.1f} ms")
+        print(f"  ratio pyinfra / opsconductor : {t_pyinfra / t_ours:8.2f}x")
     return 0
 
 

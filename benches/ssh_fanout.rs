@@ -4,9 +4,12 @@
 //! `OPSC_BENCH_SERVERS`, default 10).
 //!
 //! `uname -a` on N SSH targets at once, cold connections (connect, verify
-//! the host key, authenticate with an Ed25519 key, run, disconnect), through
-//! [`SshExecutor`], side by side with the tools a user would otherwise reach
-//! for, against the same hosts and key:
+//! the host key, authenticate with an Ed25519 key, run, disconnect), two
+//! ways — [`SshExecutor`] in this process, and the whole product as a user
+//! runs it (`opsconductor exec -t tag:bench` from the release binary, on a
+//! SQLite database holding the targets and the key as a secret; the ratios
+//! are against this one) — side by side with the tools a user would
+//! otherwise reach for, against the same hosts and key:
 //! - `ansible all -m command -a 'uname -a' --forks N` (ansible-core from
 //!   PyPI in `target/bench-venv`, created on first run with `python3 -m
 //!   venv` + `pip install ansible-core`; pipelining on, no SSH connection
@@ -102,6 +105,97 @@ async fn ours(hosts: &[Host], key: &Path) -> Result<Duration, String> {
         }
     }
     Ok(started.elapsed())
+}
+
+/// The released `opsconductor` binary (built here when missing).
+fn cli_binary() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let bin = target.join("release/opsconductor");
+    if !bin.exists() {
+        eprintln!("building the opsconductor CLI (release)…");
+        let _ = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-q", "-p", "opsconductor-cli"])
+            .current_dir(&root)
+            .status();
+    }
+    bin.exists().then_some(bin)
+}
+
+/// The whole product as a user runs it: `opsconductor exec` on a fresh
+/// SQLite database holding the targets and the key as a secret — process
+/// start, store, engine, workers, masking, output — timed like the peers.
+fn ours_cli(cli: &Path, hosts: &[Host], key: &Path, dir: &Path) -> Result<Duration, String> {
+    let work = dir.join(format!("cli-{}", hosts.len()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let url = format!("sqlite://{}", work.join("bench.db").display());
+    let master = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+    let run = |args: &[&str], stdin: Option<&Path>| -> Result<std::process::Output, String> {
+        let mut c = Command::new(cli);
+        c.current_dir(&work)
+            .env("OPSC_MASTER_KEY", master)
+            .args(["--database-url", &url, "--color", "never"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        match stdin {
+            Some(p) => c.stdin(std::fs::File::open(p).map_err(|e| e.to_string())?),
+            None => c.stdin(Stdio::null()),
+        };
+        let out = c.output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(format!(
+                "opsconductor {}: {}\n{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    run(
+        &["secrets", "set", "bench-key", "--kind", "ssh_key"],
+        Some(key),
+    )?;
+    let mut yaml = String::new();
+    for h in hosts {
+        yaml.push_str(&format!(
+            "kind: Target\nname: {}\ntags: [bench]\nconnection: {{ type: ssh, host: \"{}\", port: {}, user: {}, host_key: \"{}\" }}\ncredential: bench-key\n---\n",
+            h.alias, h.host, h.port, sshd::USER, h.fingerprint
+        ));
+    }
+    let file = work.join("targets.yaml");
+    std::fs::write(&file, yaml).map_err(|e| e.to_string())?;
+    run(&["apply", "-f", &file.display().to_string()], None)?;
+    let n = hosts.len().to_string();
+    let started = Instant::now();
+    let out = run(
+        &[
+            "exec",
+            "-t",
+            "tag:bench",
+            "--concurrency",
+            &n,
+            "--",
+            "uname -a",
+        ],
+        None,
+    )?;
+    let took = started.elapsed();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("Linux"))
+        .count();
+    if lines != hosts.len() {
+        return Err(format!(
+            "opsconductor exec: {lines}/{} hosts answered",
+            hosts.len()
+        ));
+    }
+    Ok(took)
 }
 
 fn ssh_options(key: &Path, known_hosts: &Path) -> Vec<String> {
@@ -288,9 +382,10 @@ fn main() {
         "uname -a on N SSH targets, cold connections, {servers} sshd on 127.0.0.2.., {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    let cli_bin = cli_binary();
     println!(
-        "{:>5} | {:>10} | {:>10} {:>7} | {:>10} {:>7}",
-        "N", "ours", "ansible", "ratio", "pssh", "ratio"
+        "{:>5} | {:>10} | {:>10} | {:>10} {:>7} | {:>10} {:>7}",
+        "N", "executor", "CLI", "ansible", "ratio", "pssh", "ratio"
     );
     for &n in &sizes {
         let hosts: Vec<Host> = (0..n)
@@ -313,19 +408,32 @@ fn main() {
             Some(bin) => pssh(bin, &hosts, &key, &known_hosts, &lab.dir),
             None => Err("parallel-ssh could not be installed".into()),
         };
+        let cli = match &cli_bin {
+            Some(bin) => ours_cli(bin, &hosts, &key, &lab.dir),
+            None => Err("the opsconductor CLI could not be built".into()),
+        };
         println!(
-            "{n:>5} | {} | {} {:>7} | {} {:>7}",
+            "{n:>5} | {} | {} | {} {:>7} | {} {:>7}",
             show(&our),
+            show(&cli),
             show(&ans),
-            ratio(&ans, &our),
+            ratio(&ans, &cli),
             show(&ps),
-            ratio(&ps, &our)
+            ratio(&ps, &cli)
         );
-        for (what, r) in [("ours", &our), ("ansible", &ans), ("pssh", &ps)] {
+        for (what, r) in [
+            ("ours", &our),
+            ("cli", &cli),
+            ("ansible", &ans),
+            ("pssh", &ps),
+        ] {
             if let Err(e) = r {
                 eprintln!("  {what} at N={n}: {e}");
             }
         }
     }
-    println!("ratio = peer wall time / ours (above 1: ours is faster)");
+    println!(
+        "executor = SshExecutor in this process; CLI = `opsconductor exec` as a user runs it \
+         (process start, SQLite store, engine); ratio = peer wall time / CLI (above 1: ours is faster)"
+    );
 }
