@@ -1,5 +1,8 @@
-# Run with: crates/python/scripts/test.sh (builds and installs the wheel into
-# target/py-venv), then, as root:
+# Run with: crates/python/scripts/test.sh (creates target/py-venv), then a
+# release wheel (the test command installs a debug one, ~1.5x slower here):
+#   target/py-venv/bin/maturin build --release -m crates/python/Cargo.toml -o target/wheels-release
+#   target/py-venv/bin/pip install --force-reinstall --no-deps target/wheels-release/*.whl
+# then, as root:
 #   target/py-venv/bin/pip install fabric pyinfra && target/py-venv/bin/python benches/python_fanout.py
 # Settings: OPSC_BENCH_TARGETS (default 50), OPSC_BENCH_ROUNDS (default 5).
 """The same ad-hoc command on N SSH targets from Python: the ``opsconductor``
