@@ -37,6 +37,7 @@ fn queued_run(spec: &opsconductor::JobSpec) -> Run {
         created_at: chrono::Utc::now(),
         started_at: None,
         finished_at: None,
+        request_id: None,
     }
 }
 

@@ -462,6 +462,10 @@ pub struct Run {
     pub started_at: Option<DateTime<Utc>>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The id of the request that submitted it (the server's `X-Request-Id`),
+    /// so a run's logs and the API request that made it can be matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// The state of one step on one target.

@@ -218,6 +218,8 @@ pub struct RunView {
     pub started_at: Option<DateTime<Utc>>,
     /// Ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The `X-Request-Id` of the request that submitted it.
+    pub request_id: Option<String>,
 }
 
 impl From<Run> for RunView {
@@ -238,6 +240,7 @@ impl From<Run> for RunView {
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
+            request_id: r.request_id,
         }
     }
 }

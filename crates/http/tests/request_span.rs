@@ -1,7 +1,7 @@
-//! The request's tracing span names the run the request created: the run
-//! record has no request id (the audit event of the submission has it), so
-//! the log joins the two. A test binary of its own: the subscriber is the
-//! process's, and no other test may race it for the callsites' interest.
+//! The request id reaches the run: the request's tracing span names the run
+//! it created, the run record keeps the request id, and the worker's log
+//! lines for the run carry it. A test binary of its own: the subscriber is
+//! the process's, and no other test may race it for the callsites' interest.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -10,13 +10,13 @@ use opsconductor_http::{AppState, ServerConfig, router};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-async fn app() -> axum::Router {
+async fn app() -> (axum::Router, opsconductor::Conductor) {
     let oc = opsconductor::open("sqlite::memory:").await.expect("engine");
     oc.ensure_admin(Some("correct horse battery staple"))
         .await
         .expect("admin");
-    let state = AppState::new(oc, &ServerConfig::default(), &[42u8; 32]).expect("state");
-    router(state)
+    let state = AppState::new(oc.clone(), &ServerConfig::default(), &[42u8; 32]).expect("state");
+    (router(state), oc)
 }
 
 async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, Value) {
@@ -53,8 +53,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
-/// The run record has no request id: the request's span gets the run id,
-/// so the request's log lines name both.
+/// The request's span gets the run id, the run keeps the request id, and
+/// the worker's span for the run names both.
 #[tokio::test]
 async fn the_request_span_names_the_run_it_created() {
     let logs = Captured::default();
@@ -64,7 +64,7 @@ async fn the_request_span_names_the_run_it_created() {
         .with_max_level(tracing::Level::INFO)
         .finish();
     tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
-    let app = app().await;
+    let (app, oc) = app().await;
     let login = Request::post("/api/v1/auth/login")
         .header("content-type", "application/json")
         .body(Body::from(
@@ -91,6 +91,14 @@ async fn the_request_span_names_the_run_it_created() {
     let (status, v) = call(&app, submit).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     let run = v["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        v["request_id"], "trace-me-42",
+        "the run keeps the request id: {v}"
+    );
+    // The worker's lines for the run carry the request id too.
+    let id = opsconductor::RunId(run.parse().expect("uuid"));
+    let done = oc.execute(id).await.expect("execute");
+    assert_eq!(done.request_id.as_deref(), Some("trace-me-42"));
     let text =
         String::from_utf8_lossy(&logs.0.lock().unwrap_or_else(|e| e.into_inner())).to_string();
     let lines: Vec<&str> = text
@@ -101,6 +109,12 @@ async fn the_request_span_names_the_run_it_created() {
         lines
             .iter()
             .any(|l| l.contains("run queued") && l.contains(&format!("run_id={run}"))),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("run started") && l.contains(&format!("run_id={run}"))),
         "{text}"
     );
     // The request's closing line too.

@@ -194,6 +194,7 @@ pub fn queued_run(job: &str, created_at: DateTime<Utc>) -> Run {
         created_at,
         started_at: None,
         finished_at: None,
+        request_id: None,
     }
 }
 
@@ -708,6 +709,7 @@ pub async fn run_round_trips_every_field(store: Arc<dyn Store>) -> Result<()> {
         created_at: at(1),
         started_at: Some(at(2_500)),
         finished_at: Some(at(80_123)),
+        request_id: Some("req-7f3a".into()),
     };
     let mut bare = queued_run("exec", at(5));
     bare.job_version = None;

@@ -16,7 +16,7 @@ use crate::common::corrupt;
 macro_rules! run_columns {
     () => {
         "id, job, job_version, spec, params, targets, status, requested_by, attempt, worker, \
-         lease_until, cancel_requested, error, created_at, started_at, finished_at"
+         lease_until, cancel_requested, error, created_at, started_at, finished_at, request_id"
     };
 }
 pub(crate) use run_columns;
@@ -121,6 +121,7 @@ macro_rules! row_decoders {
                 created_at: from_micros(get(row, "created_at")?)?,
                 started_at: from_micros_opt(get(row, "started_at")?)?,
                 finished_at: from_micros_opt(get(row, "finished_at")?)?,
+                request_id: get(row, "request_id")?,
             })
         }
 

@@ -674,6 +674,7 @@ impl Conductor {
             created_at: chrono::Utc::now(),
             started_at: None,
             finished_at: None,
+            request_id: actor.request_id.clone(),
         };
         self.inner.store.insert_run(&run).await?;
         self.inner.publish(Event::Queued(run.id));

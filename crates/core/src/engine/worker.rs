@@ -277,8 +277,29 @@ enum Outcome {
     Cancelled,
 }
 
-/// Executes a claimed run to its end, unless its lease is lost.
+/// Executes a claimed run inside a tracing span naming the run, its job and
+/// the request that submitted it, so every log line of the run can be
+/// matched with the API request (`request_id`) that made it.
 pub(crate) async fn execute_run(inner: Arc<Inner>, run: Run) {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "run",
+        run_id = %run.id,
+        job = %run.job,
+        attempt = run.attempt,
+        request_id = %run.request_id.as_deref().unwrap_or("-"),
+    );
+    async move {
+        tracing::info!("run started");
+        run_to_end(inner, run).await;
+        tracing::info!("run ended");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Executes a claimed run to its end, unless its lease is lost.
+async fn run_to_end(inner: Arc<Inner>, run: Run) {
     let id = run.id;
     let worker = run
         .worker

@@ -236,7 +236,7 @@ impl RunStore for PostgresStore {
         sqlx::query(concat!(
             "INSERT INTO runs (",
             run_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         ))
         .bind(run.id.to_string())
         .bind(&run.job)
@@ -254,6 +254,7 @@ impl RunStore for PostgresStore {
         .bind(micros(run.created_at))
         .bind(run.started_at.map(micros))
         .bind(run.finished_at.map(micros))
+        .bind(run.request_id.as_deref())
         .execute(&self.pool)
         .await
         .map_err(|e| match &e {

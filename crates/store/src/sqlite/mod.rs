@@ -246,7 +246,7 @@ impl RunStore for SqliteStore {
         sqlx::query(concat!(
             "INSERT INTO runs (",
             run_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(run.id.to_string())
         .bind(&run.job)
@@ -264,6 +264,7 @@ impl RunStore for SqliteStore {
         .bind(micros(run.created_at))
         .bind(run.started_at.map(micros))
         .bind(run.finished_at.map(micros))
+        .bind(run.request_id.as_deref())
         .execute(&self.pool)
         .await
         .map_err(|e| match &e {
