@@ -75,7 +75,10 @@ pub(crate) fn parse(text: &str, host: &str, port: u16) -> Vec<KnownKey> {
                 revoked,
             }),
             Err(e) => {
-                tracing::debug!(line = i + 1, error = %e, "skipping a known_hosts key this client cannot read");
+                // Not fatal (OpenSSH also passes over key types it does not
+                // know), but said loudly: it is a line for this very host, and
+                // without it the host may be refused as unknown.
+                tracing::warn!(host = %name, line = i + 1, error = %e, "ignoring a known_hosts key for this host that this client cannot read");
             }
         }
     }
