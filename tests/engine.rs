@@ -699,6 +699,22 @@ async fn claim_as_dead_worker(oc: &Conductor, id: RunId) -> Run {
     runs.into_iter().next().unwrap()
 }
 
+/// Submits `job`, lets a worker that then "dies" finish step 0 and start
+/// step 1, and waits for a live worker to rescue and end the run.
+async fn rescue_after_a_crash_in_step_1(env: &Env, job: &str) -> (Run, Run) {
+    let run = env.oc.submit(SubmitRequest::new(job), &me()).await.unwrap();
+    let claimed = claim_as_dead_worker(&env.oc, run.id).await;
+    put(&env.oc, &claimed, 0, StepStatus::Succeeded).await;
+    put(&env.oc, &claimed, 1, StepStatus::Running).await;
+    env.oc.start_workers(1);
+    let done = tokio::time::timeout(Duration::from_secs(30), env.oc.wait(run.id))
+        .await
+        .unwrap()
+        .unwrap();
+    env.oc.shutdown().await;
+    (run, done)
+}
+
 async fn put(oc: &Conductor, run: &Run, step: u32, status: StepStatus) {
     let now = chrono::Utc::now();
     oc.store()
@@ -734,22 +750,7 @@ steps:
 "#
     ))
     .await;
-    let run = env
-        .oc
-        .submit(SubmitRequest::new("careful"), &me())
-        .await
-        .unwrap();
-    let claimed = claim_as_dead_worker(&env.oc, run.id).await;
-    // The dead worker had finished step 0 and was in the middle of step 1.
-    put(&env.oc, &claimed, 0, StepStatus::Succeeded).await;
-    put(&env.oc, &claimed, 1, StepStatus::Running).await;
-
-    env.oc.start_workers(1);
-    let done = tokio::time::timeout(Duration::from_secs(30), env.oc.wait(run.id))
-        .await
-        .unwrap()
-        .unwrap();
-    env.oc.shutdown().await;
+    let (run, done) = rescue_after_a_crash_in_step_1(&env, "careful").await;
     assert_eq!(done.status, RunStatus::Failed);
     assert_eq!(done.attempt, 2);
     assert!(done.worker.as_deref().is_some_and(|w| w != "dead-host:1"));
@@ -779,20 +780,7 @@ steps:
 "#
     ))
     .await;
-    let run = env
-        .oc
-        .submit(SubmitRequest::new("safe"), &me())
-        .await
-        .unwrap();
-    let claimed = claim_as_dead_worker(&env.oc, run.id).await;
-    put(&env.oc, &claimed, 0, StepStatus::Succeeded).await;
-    put(&env.oc, &claimed, 1, StepStatus::Running).await;
-    env.oc.start_workers(1);
-    let done = tokio::time::timeout(Duration::from_secs(30), env.oc.wait(run.id))
-        .await
-        .unwrap()
-        .unwrap();
-    env.oc.shutdown().await;
+    let (_, done) = rescue_after_a_crash_in_step_1(&env, "safe").await;
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.error);
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "two\nthree\n");
 }
@@ -814,20 +802,7 @@ steps:
 "#
     ))
     .await;
-    let run = env
-        .oc
-        .submit(SubmitRequest::new("tolerant"), &me())
-        .await
-        .unwrap();
-    let claimed = claim_as_dead_worker(&env.oc, run.id).await;
-    put(&env.oc, &claimed, 0, StepStatus::Succeeded).await;
-    put(&env.oc, &claimed, 1, StepStatus::Running).await;
-    env.oc.start_workers(1);
-    let done = tokio::time::timeout(Duration::from_secs(30), env.oc.wait(run.id))
-        .await
-        .unwrap()
-        .unwrap();
-    env.oc.shutdown().await;
+    let (run, done) = rescue_after_a_crash_in_step_1(&env, "tolerant").await;
     let d = env.oc.get(run.id).await.unwrap();
     // The interrupted step is not repeated (it is not idempotent) but the run
     // goes on, because that step was allowed to fail.

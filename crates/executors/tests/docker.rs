@@ -155,8 +155,8 @@ async fn engine() -> Docker {
         .expect("the Docker engine must be reachable")
 }
 
-/// Ids of containers (all states) with this label.
-async fn containers_labelled(label: &str, value: &str) -> Vec<String> {
+/// Containers (all states) with this label, as the engine lists them.
+async fn containers_with(label: &str, value: &str) -> Vec<bollard::models::ContainerSummary> {
     let filters = HashMap::from([("label", vec![format!("{label}={value}")])]);
     engine()
         .await
@@ -168,12 +168,10 @@ async fn containers_labelled(label: &str, value: &str) -> Vec<String> {
         ))
         .await
         .expect("list containers")
-        .into_iter()
-        .filter_map(|c| c.id)
-        .collect()
 }
 
-async fn volumes_labelled(label: &str, value: &str) -> Vec<String> {
+/// Volumes with this label, as the engine lists them.
+async fn volumes_with(label: &str, value: &str) -> Vec<bollard::models::Volume> {
     let filters = HashMap::from([("label", vec![format!("{label}={value}")])]);
     engine()
         .await
@@ -186,6 +184,21 @@ async fn volumes_labelled(label: &str, value: &str) -> Vec<String> {
         .expect("list volumes")
         .volumes
         .unwrap_or_default()
+}
+
+/// Ids of containers (all states) with this label.
+async fn containers_labelled(label: &str, value: &str) -> Vec<String> {
+    containers_with(label, value)
+        .await
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect()
+}
+
+/// Names of volumes with this label.
+async fn volumes_labelled(label: &str, value: &str) -> Vec<String> {
+    volumes_with(label, value)
+        .await
         .into_iter()
         .map(|v| v.name)
         .collect()
@@ -1202,17 +1215,8 @@ fn ours(objects: Vec<(String, HashMap<String, String>)>) -> Vec<String> {
 /// Every container (all states) with `opsconductor.managed=true`, with its
 /// labels.
 async fn managed_containers() -> Vec<(String, HashMap<String, String>)> {
-    let filters = HashMap::from([("label", vec![format!("{LABEL_MANAGED}=true")])]);
-    engine()
+    containers_with(LABEL_MANAGED, "true")
         .await
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .expect("list containers")
         .into_iter()
         .map(|c| {
             let name = c
@@ -1227,18 +1231,8 @@ async fn managed_containers() -> Vec<(String, HashMap<String, String>)> {
 
 /// Every volume with `opsconductor.managed=true`, with its labels.
 async fn managed_volumes() -> Vec<(String, HashMap<String, String>)> {
-    let filters = HashMap::from([("label", vec![format!("{LABEL_MANAGED}=true")])]);
-    engine()
+    volumes_with(LABEL_MANAGED, "true")
         .await
-        .list_volumes(Some(
-            ListVolumesOptionsBuilder::default()
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .expect("list volumes")
-        .volumes
-        .unwrap_or_default()
         .into_iter()
         .map(|v| (v.name, v.labels))
         .collect()

@@ -60,12 +60,7 @@ async fn audit_chain_detects_tampering(backend: Backend) {
     let viewer = srv.user(Role::Viewer).await;
     assert_eq!(srv.get("/api/v1/users", &viewer.access).await.status(), 403);
 
-    let page: Value = srv
-        .get("/api/v1/audit?limit=500", &srv.admin)
-        .await
-        .json()
-        .await
-        .expect("audit");
+    let page = audit_page(&srv).await;
     let events = page["items"].as_array().expect("items").clone();
     let actions: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
     for a in [
@@ -135,15 +130,7 @@ async fn audit_chain_detects_tampering(backend: Backend) {
     )
     .await;
     let v = verify(&srv).await;
-    assert_eq!(
-        (v["ok"].as_bool(), v["first_bad_seq"].as_u64()),
-        (Some(false), Some(3)),
-        "{v}"
-    );
-    assert!(
-        v["problem"].as_str().unwrap_or("").contains("altered"),
-        "{v}"
-    );
+    assert_broken_at(&v, 3, "altered");
     // Put it back: intact again.
     let actor: String = events
         .iter()
@@ -160,15 +147,7 @@ async fn audit_chain_detects_tampering(backend: Backend) {
     // A deleted row: the next one no longer chains.
     tamper(&srv, "DELETE FROM audit_events WHERE seq = 4").await;
     let v = verify(&srv).await;
-    assert_eq!(
-        (v["ok"].as_bool(), v["first_bad_seq"].as_u64()),
-        (Some(false), Some(5)),
-        "{v}"
-    );
-    assert!(
-        v["problem"].as_str().unwrap_or("").contains("deleted"),
-        "{v}"
-    );
+    assert_broken_at(&v, 5, "deleted");
     // The viewer may verify too (ReadAudit), and sees the same verdict.
     let r = srv.get("/api/v1/audit/verify", &viewer.access).await;
     let vv: Value = r.json().await.expect("json");
@@ -234,15 +213,7 @@ async fn audit_detects_reordering_and_deleted_newest_events(backend: Backend) {
     // Two events swapped: the first of them no longer follows its predecessor.
     swap(&srv, 3, 4).await;
     let v = verify(&srv).await;
-    assert_eq!(
-        (v["ok"].as_bool(), v["first_bad_seq"].as_u64()),
-        (Some(false), Some(3)),
-        "{v}"
-    );
-    assert!(
-        v["problem"].as_str().unwrap_or("").contains("reordered"),
-        "{v}"
-    );
+    assert_broken_at(&v, 3, "reordered");
     swap(&srv, 3, 4).await;
     assert_eq!(verify(&srv).await["ok"], true);
 
@@ -256,15 +227,7 @@ async fn audit_detects_reordering_and_deleted_newest_events(backend: Backend) {
     assert_eq!(v["ok"], true, "the chain alone cannot see it: {v}");
     assert_eq!(v["head_seq"].as_u64(), Some(head_seq - 1), "{v}");
     let v = verify_against(&srv, head_seq, &head_hash).await;
-    assert_eq!(
-        (v["ok"].as_bool(), v["first_bad_seq"].as_u64()),
-        (Some(false), Some(head_seq)),
-        "{v}"
-    );
-    assert!(
-        v["problem"].as_str().unwrap_or("").contains("deleted"),
-        "{v}"
-    );
+    assert_broken_at(&v, head_seq, "deleted");
     // Even when new events were appended since (the chain goes on from the
     // event before the deleted one, and may reuse its number).
     let r = srv.put("/api/v1/targets/t4", &srv.admin, json!({})).await;
@@ -347,12 +310,7 @@ async fn audited_mutations_carry_an_outcome(backend: Backend) {
         .expect("anonymous");
     assert_eq!(r.status(), 401);
 
-    let page: Value = srv
-        .get("/api/v1/audit?limit=500", &srv.admin)
-        .await
-        .json()
-        .await
-        .expect("audit");
+    let page = audit_page(&srv).await;
     let events = page["items"].as_array().expect("items").clone();
     for e in &events {
         let outcome = e["outcome"].as_str().unwrap_or("");
@@ -426,3 +384,22 @@ on_both!(
     audit_detects_reordering_and_deleted_newest_events,
     audited_mutations_carry_an_outcome
 );
+
+/// A verification that failed at event `seq` for the reason `problem` names.
+fn assert_broken_at(v: &Value, seq: u64, problem: &str) {
+    assert_eq!(
+        (v["ok"].as_bool(), v["first_bad_seq"].as_u64()),
+        (Some(false), Some(seq)),
+        "{v}"
+    );
+    assert!(v["problem"].as_str().unwrap_or("").contains(problem), "{v}");
+}
+
+/// The newest 500 audit events as the admin reads them.
+async fn audit_page(srv: &Srv) -> Value {
+    srv.get("/api/v1/audit?limit=500", &srv.admin)
+        .await
+        .json()
+        .await
+        .expect("audit")
+}

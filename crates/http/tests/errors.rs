@@ -603,15 +603,7 @@ async fn health_ready_metrics_and_the_api_description() {
     assert_eq!(run["status"], "succeeded");
     let mut text = String::new();
     for _ in 0..50 {
-        text = srv
-            .client
-            .get(srv.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        text = srv.metrics().await;
         if text.contains("opsc_runs_finished_total{status=\"succeeded\"}") {
             break;
         }
@@ -747,16 +739,7 @@ async fn ready_is_503_while_postgres_is_down() {
         .expect("PostgreSQL test server");
     let url = pg.create_database().await;
     let dir = tempfile::tempdir().expect("dir");
-    let store = opsconductor::open_store(&url).await.expect("open");
-    let ring = opsconductor::secrets::Keyring::create_file(&dir.path().join("master.key"))
-        .expect("keyring");
-    let oc = opsconductor::Conductor::builder()
-        .store_arc(store)
-        .keyring(ring)
-        .executor(opsconductor::LocalExecutor::default())
-        .build()
-        .await
-        .expect("engine");
+    let oc = common::postgres_engine(&url, dir.path()).await;
     let running = opsconductor_http::start_with(oc, common::test_config(url))
         .await
         .expect("server");
@@ -808,17 +791,7 @@ async fn executor_errors_are_counted() {
             .map(|n| n as u64)
             .unwrap_or(0)
     };
-    let metrics = || async {
-        srv.client
-            .get(srv.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
-    };
-    assert_eq!(errors(&metrics().await), 0);
+    assert_eq!(errors(&srv.metrics().await), 0);
     // An SSH target at a closed port: the executor cannot even connect (or,
     // in a build without SSH, there is no executor for it) — either way the
     // step fails without an exit code.
@@ -846,7 +819,7 @@ async fn executor_errors_are_counted() {
     assert_eq!(run["status"], "failed", "{run}");
     let mut text = String::new();
     for _ in 0..50 {
-        text = metrics().await;
+        text = srv.metrics().await;
         if errors(&text) >= 1 {
             break;
         }
@@ -863,7 +836,7 @@ async fn executor_errors_are_counted() {
         .to_string();
     assert_eq!(srv.wait_run(&id).await["status"], "failed");
     for _ in 0..20 {
-        text = metrics().await;
+        text = srv.metrics().await;
         if text.contains("opsc_runs_finished_total{status=\"failed\"} 2") {
             break;
         }

@@ -646,7 +646,9 @@ impl Conductor {
                     let kind = t.connection.kind();
                     let checked = match self.inner.executors.get(kind) {
                         Some(e) => e.check_step_limits(t, &step.limits),
-                        None => Err(format!("no executor for {kind} targets is built in")),
+                        None => Err(format!(
+                            "this build has no executor for {kind} targets (enable the '{kind}' feature)"
+                        )),
                     };
                     checked.map_err(|m| {
                         Error::validation(

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use opsconductor_core::executor::{Credential, ExecError};
@@ -169,10 +169,7 @@ impl CacheState {
 }
 
 fn lock_state(state: &Mutex<CacheState>) -> MutexGuard<'_, CacheState> {
-    match state.lock() {
-        Ok(state) => state,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+    state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// SHA-256 of a credential's bytes (with russh's own implementation).

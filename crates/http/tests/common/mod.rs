@@ -72,6 +72,24 @@ pub fn test_config(backend_url: String) -> ServerConfig {
     }
 }
 
+/// An engine on the PostgreSQL database `url`, built by hand as a
+/// PostgreSQL deployment does (an explicit master key: a key file in `dir`,
+/// so that key rotation works as with SQLite), with the local executor.
+pub async fn postgres_engine(url: &str, dir: &std::path::Path) -> opsconductor::Conductor {
+    let store = opsconductor::open_store(url)
+        .await
+        .expect("open PostgreSQL");
+    let ring =
+        opsconductor::secrets::Keyring::create_file(&dir.join("master.key")).expect("keyring");
+    opsconductor::Conductor::builder()
+        .store_arc(store)
+        .keyring(ring)
+        .executor(opsconductor::LocalExecutor::default())
+        .build()
+        .await
+        .expect("engine")
+}
+
 impl Srv {
     /// A server with the test defaults.
     pub async fn start(backend: Backend) -> Srv {
@@ -105,20 +123,7 @@ impl Srv {
                 .expect("server start"),
             // An engine built by hand: PostgreSQL needs an explicit master key (and JWT secret).
             Backend::Postgres => {
-                let store = opsconductor::open_store(&url)
-                    .await
-                    .expect("open PostgreSQL");
-                // A key file, so that key rotation works as with SQLite.
-                let ring =
-                    opsconductor::secrets::Keyring::create_file(&dir.path().join("master.key"))
-                        .expect("keyring");
-                let oc = opsconductor::Conductor::builder()
-                    .store_arc(store)
-                    .keyring(ring)
-                    .executor(opsconductor::LocalExecutor::default())
-                    .build()
-                    .await
-                    .expect("engine");
+                let oc = postgres_engine(&url, dir.path()).await;
                 opsconductor_http::start_with(oc, config)
                     .await
                     .expect("server start")
@@ -150,6 +155,18 @@ impl Srv {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// `GET /metrics` without a token (the default: metrics are public).
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
     }
 
     pub fn req(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
