@@ -11,6 +11,9 @@
 //!   in one guarded statement: a run that finished meanwhile is never touched.
 //! - `heartbeat` and `finish_run` succeed only for the current owner
 //!   (worker and attempt), so a worker that lost its lease cannot overwrite.
+//!   So do `put_step_result_as` and `append_logs_as`, the writes a worker
+//!   makes while it runs a run (fencing: a rescued run's old holder can
+//!   write nothing); the check and the write are one atomic step.
 //! - Log chunks of a run are read back in `seq` order; appending an existing
 //!   `(run, seq)` is an error-free no-op (a retried batch never duplicates).
 
@@ -146,6 +149,11 @@ pub trait RunStore: Send + Sync {
     async fn request_cancel(&self, id: RunId) -> Result<Option<Run>>;
     /// Inserts or replaces the result of one step on one target.
     async fn put_step_result(&self, result: &StepResult) -> Result<()>;
+    /// [`put_step_result`](Self::put_step_result) for the run's current
+    /// owner only: `worker` and `result.attempt` must hold the run and it
+    /// must still be `running`; otherwise nothing is written and the answer
+    /// is `Ok(false)`.
+    async fn put_step_result_as(&self, worker: &str, result: &StepResult) -> Result<bool>;
     /// All results of a run, by step then target.
     async fn step_results(&self, id: RunId) -> Result<Vec<StepResult>>;
 }
@@ -155,6 +163,11 @@ pub trait RunStore: Send + Sync {
 pub trait LogStore: Send + Sync {
     /// Appends chunks (already numbered by the run's owner).
     async fn append_logs(&self, chunks: &[LogChunk]) -> Result<()>;
+    /// [`append_logs`](Self::append_logs) for the current owner only: every
+    /// chunk belongs to one run, which `worker` must hold at `attempt` while
+    /// it is `running`; otherwise nothing is written and the answer is `Ok(false)`.
+    async fn append_logs_as(&self, worker: &str, attempt: u32, chunks: &[LogChunk])
+    -> Result<bool>;
     /// Chunks with `seq > after`, in order, at most `limit`.
     async fn read_logs(&self, id: RunId, after: u64, limit: usize) -> Result<Vec<LogChunk>>;
     /// The highest `seq` stored for a run (0 if none).

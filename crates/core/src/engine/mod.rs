@@ -250,8 +250,8 @@ pub(crate) struct Inner {
     pub(crate) templates: Templates,
     pub(crate) config: Config,
     pub(crate) shutdown: CancellationToken,
-    /// Cancellation handles of the runs this process executes right now.
-    pub(crate) active: Mutex<HashMap<RunId, CancellationToken>>,
+    /// Stop switches of the runs this process executes right now.
+    pub(crate) active: Mutex<HashMap<RunId, Arc<worker::RunStop>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -745,9 +745,9 @@ impl Conductor {
             .await?
             .ok_or_else(|| Error::not_found("run", id.to_string()))?;
         if let Ok(active) = self.inner.active.lock()
-            && let Some(token) = active.get(&id)
+            && let Some(stop) = active.get(&id)
         {
-            token.cancel();
+            stop.stop(worker::StopReason::Cancel);
         }
         self.inner.publish(Event::CancelRequested(id));
         self.inner
@@ -892,6 +892,58 @@ impl Conductor {
         for h in handles {
             let _ = h.await;
         }
+    }
+
+    /// Graceful stop within `grace`: stops claiming, lets the runs in
+    /// progress end on their own for the first part of the grace period,
+    /// then stops their steps (processes killed) and finishes each such run
+    /// `failed` ("interrupted: the worker was shut down …", stopped steps
+    /// `interrupted`) before returning — nothing is left `running` for
+    /// another node to rescue. The last part of the period (half of it, at
+    /// most 5 s) is kept for that. Returns `true` if every run had ended
+    /// (on its own or interrupted) within `grace`.
+    pub async fn shutdown_within(&self, grace: Duration) -> bool {
+        self.inner.shutdown.cancel();
+        let handles: Vec<JoinHandle<()>> = match self.inner.workers.lock() {
+            Ok(mut h) => h.drain(..).collect(),
+            Err(p) => p.into_inner().drain(..).collect(),
+        };
+        let inner = self.inner.clone();
+        // Also runs executed outside the pools (`execute`): wait until no
+        // run of this process is active.
+        let all = async move {
+            futures::future::join_all(handles).await;
+            while inner.active.lock().map(|a| !a.is_empty()).unwrap_or(false) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::pin!(all);
+        let reserve = (grace / 2).min(Duration::from_secs(5));
+        if tokio::time::timeout(grace.saturating_sub(reserve), &mut all)
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        let stopped = self.stop_active_runs();
+        tracing::warn!(
+            runs = stopped,
+            "shutting down: stopping the runs still in progress; they end as interrupted"
+        );
+        tokio::time::timeout(reserve, &mut all).await.is_ok()
+    }
+
+    /// Stops the steps of every run this process executes now, as for a
+    /// shutdown; returns how many runs that was.
+    pub fn stop_active_runs(&self) -> usize {
+        let active = match self.inner.active.lock() {
+            Ok(a) => a.values().cloned().collect::<Vec<_>>(),
+            Err(p) => p.into_inner().values().cloned().collect(),
+        };
+        for stop in &active {
+            stop.stop(worker::StopReason::Shutdown);
+        }
+        active.len()
     }
 
     /// How many worker pools started by [`Conductor::start_workers`] are

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -254,12 +254,125 @@ async fn rescue(inner: &Inner, worker: &str, claim: &Claim) -> Vec<Run> {
     }
 }
 
+/// Why a run's steps were stopped. The first reason given wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    /// Someone asked to cancel the run.
+    Cancel = 1,
+    /// This worker may no longer hold the run (a heartbeat was refused, or
+    /// none succeeded for too long): it stops and writes nothing more.
+    LeaseLost = 2,
+    /// The process is shutting down and the grace period is running out.
+    Shutdown = 3,
+}
+
+/// A run's stop switch: the token its steps watch and why it was pulled.
+pub(crate) struct RunStop {
+    token: CancellationToken,
+    reason: AtomicU8,
+}
+
+impl RunStop {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            token: CancellationToken::new(),
+            reason: AtomicU8::new(0),
+        })
+    }
+
+    /// Stops the run's steps (their processes are killed) for `reason`,
+    /// unless it was stopped already for another one.
+    pub(crate) fn stop(&self, reason: StopReason) {
+        let _ = self
+            .reason
+            .compare_exchange(0, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    pub(crate) fn reason(&self) -> Option<StopReason> {
+        match self.reason.load(Ordering::SeqCst) {
+            1 => Some(StopReason::Cancel),
+            2 => Some(StopReason::LeaseLost),
+            3 => Some(StopReason::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// How long this worker may still act on a run without a newer successful
+/// heartbeat: the lease it last obtained, minus a safety margin, measured on
+/// the monotonic clock from the moment that heartbeat was *sent*. Past it,
+/// another node may take the run over, so the worker fences itself: it
+/// starts nothing more and kills its steps (see `heartbeat_loop`).
+struct LeaseClock {
+    valid_until: std::sync::Mutex<Instant>,
+    /// The lease minus the margin.
+    valid_for: Duration,
+}
+
+impl LeaseClock {
+    fn new(inner: &Inner, run: &Run) -> Self {
+        let valid_for = inner.config.lease.saturating_sub(fence_margin(inner));
+        // The claim set the first lease end; measure the rest of it from now.
+        let left = run
+            .lease_until
+            .and_then(|until| (until - Utc::now()).to_std().ok())
+            .unwrap_or(inner.config.lease)
+            .saturating_sub(fence_margin(inner));
+        Self {
+            valid_until: std::sync::Mutex::new(after(left)),
+            valid_for,
+        }
+    }
+
+    fn valid_until(&self) -> Instant {
+        match self.valid_until.lock() {
+            Ok(v) => *v,
+            Err(p) => *p.into_inner(),
+        }
+    }
+
+    /// A heartbeat sent at `sent` was accepted.
+    fn renewed(&self, sent: Instant) {
+        let until = after_from(sent, self.valid_for);
+        match self.valid_until.lock() {
+            Ok(mut v) => *v = until,
+            Err(p) => *p.into_inner() = until,
+        }
+    }
+
+    /// True once the lease may have run out (or is about to).
+    fn fenced(&self) -> bool {
+        Instant::now() >= self.valid_until()
+    }
+}
+
+/// The part of the lease a worker never uses: it stops its steps this long
+/// before the lease ends, so they are dead before another node may rescue
+/// the run (and small clock differences between hosts are covered).
+fn fence_margin(inner: &Inner) -> Duration {
+    inner.config.lease / 6
+}
+
+/// `now + d`, or a point so far ahead that it never comes when `d` is too
+/// large to add (a huge time limit means "no practical deadline", never a panic).
+pub(crate) fn after(d: Duration) -> Instant {
+    after_from(Instant::now(), d)
+}
+
+fn after_from(from: Instant, d: Duration) -> Instant {
+    from.checked_add(d)
+        .unwrap_or_else(|| from + Duration::from_secs(86_400 * 365 * 30))
+}
+
 /// Per-run state shared by the step tasks.
 struct RunState {
     inner: Arc<Inner>,
     run: Run,
     worker: String,
     cancel: CancellationToken,
+    stop: Arc<RunStop>,
+    clock: Arc<LeaseClock>,
     run_deadline: Option<Instant>,
     sink: OutputSink,
     targets: Vec<Option<Target>>,
@@ -280,7 +393,12 @@ enum Outcome {
 /// Executes a claimed run inside a tracing span naming the run, its job and
 /// the request that submitted it, so every log line of the run can be
 /// matched with the API request (`request_id`) that made it.
+///
+/// A panic anywhere in the run's execution never leaves it `running`: it is
+/// caught here and the run is finished `failed` with the panic message (its
+/// heartbeat and watcher stop through drop guards while the panic unwinds).
 pub(crate) async fn execute_run(inner: Arc<Inner>, run: Run) {
+    use futures::FutureExt;
     use tracing::Instrument;
     let span = tracing::info_span!(
         "run",
@@ -289,37 +407,113 @@ pub(crate) async fn execute_run(inner: Arc<Inner>, run: Run) {
         attempt = run.attempt,
         request_id = %run.request_id.as_deref().unwrap_or("-"),
     );
+    let (id, attempt) = (run.id, run.attempt);
+    let worker = run
+        .worker
+        .clone()
+        .unwrap_or_else(|| inner.config.worker_name.clone());
     async move {
         tracing::info!("run started");
-        run_to_end(inner, run).await;
+        let ended = std::panic::AssertUnwindSafe(run_to_end(inner.clone(), run))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = ended {
+            let why = format!("internal error: {}", panic_message(panic.as_ref()));
+            tracing::error!(run = %id, "{why}");
+            fail_after_panic(&inner, id, &worker, attempt, &why).await;
+        }
         tracing::info!("run ended");
     }
     .instrument(span)
     .await
 }
 
+/// The text of a panic payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    format!("the worker panicked while running the run: {msg}")
+}
+
+/// After a panic: results still `running` become `failed` and the run is
+/// finished `failed` (both only if this worker still holds the run).
+async fn fail_after_panic(inner: &Inner, id: RunId, worker: &str, attempt: u32, why: &str) {
+    if let Ok(results) = inner.store.step_results(id).await {
+        for mut r in results {
+            if r.status == StepStatus::Running && r.attempt == attempt {
+                r.status = StepStatus::Failed;
+                r.error = Some(why.to_string());
+                r.finished_at = Some(Utc::now());
+                let _ = inner.store.put_step_result_as(worker, &r).await;
+            }
+        }
+    }
+    let finished = persist(inner, "recording the end of the run", || {
+        inner
+            .store
+            .finish_run(id, worker, attempt, RunStatus::Failed, Some(why))
+    })
+    .await;
+    if let Err(e) = finished {
+        tracing::error!(run = %id, error = %e, "recording the end of the run failed");
+    }
+    inner.publish(Event::Updated(id));
+}
+
+/// Removes a run from the process's active runs when dropped (also while a
+/// panic unwinds).
+struct Registered<'a> {
+    inner: &'a Inner,
+    id: RunId,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        match self.inner.active.lock() {
+            Ok(mut a) => a.remove(&self.id),
+            Err(p) => p.into_inner().remove(&self.id),
+        };
+    }
+}
+
 /// Executes a claimed run to its end, unless its lease is lost.
 async fn run_to_end(inner: Arc<Inner>, run: Run) {
+    use futures::FutureExt;
     let id = run.id;
     let worker = run
         .worker
         .clone()
         .unwrap_or_else(|| inner.config.worker_name.clone());
-    let cancel = CancellationToken::new();
+    let stop = RunStop::new();
     if run.cancel_requested {
-        cancel.cancel();
+        stop.stop(StopReason::Cancel);
     }
     if let Ok(mut a) = inner.active.lock() {
-        a.insert(id, cancel.clone());
+        a.insert(id, stop.clone());
     }
-    let lost = Arc::new(AtomicBool::new(false));
+    let _registered = Registered { inner: &inner, id };
+    // Heartbeat and cancel watcher: their own tasks and timers, so neither
+    // log traffic nor step count can delay a heartbeat. Both end when `done`
+    // is cancelled — by the guard, so also when this future unwinds.
     let done = CancellationToken::new();
-    let watcher = tokio::spawn(watch_run(
+    let _done_guard = done.clone().drop_guard();
+    let clock = Arc::new(LeaseClock::new(&inner, &run));
+    let heart = tokio::spawn(heartbeat_loop(
         inner.clone(),
-        run.clone(),
+        run.id,
         worker.clone(),
-        cancel.clone(),
-        lost.clone(),
+        run.attempt,
+        clock.clone(),
+        stop.clone(),
+        done.clone(),
+    ));
+    let watcher = tokio::spawn(watch_cancel(
+        inner.clone(),
+        run.id,
+        stop.clone(),
         done.clone(),
     ));
 
@@ -332,10 +526,8 @@ async fn run_to_end(inner: Arc<Inner>, run: Run) {
     .await
     else {
         done.cancel();
+        let _ = heart.await;
         let _ = watcher.await;
-        if let Ok(mut a) = inner.active.lock() {
-            a.remove(&id);
-        }
         return;
     };
     // Targets and secrets first: the log writer must know every secret value
@@ -346,41 +538,68 @@ async fn run_to_end(inner: Arc<Inner>, run: Run) {
         _ => Masker::none(),
     };
     let (sink, rx) = OutputSink::channel(1024);
-    let writer = tokio::spawn(write_logs(inner.clone(), id, start_seq, masker, rx));
+    let writer = tokio::spawn(write_logs(
+        inner.clone(),
+        id,
+        (worker.clone(), run.attempt),
+        stop.clone(),
+        start_seq,
+        masker,
+        rx,
+    ));
 
+    let attempt = run.attempt;
     let outcome = match prepared {
         Ok(Some((targets, secrets))) => {
-            run_steps(
+            let steps = run_steps(
                 inner.clone(),
                 run,
                 worker.clone(),
-                cancel.clone(),
+                stop.clone(),
+                clock.clone(),
                 sink,
                 targets,
                 secrets,
-            )
-            .await
+            );
+            match std::panic::AssertUnwindSafe(steps).catch_unwind().await {
+                Ok(o) => o,
+                // The run's state (sessions, output sink) was dropped while
+                // unwinding: the writer ends once it stored what came before.
+                Err(panic) => {
+                    let why = format!("internal error: {}", panic_message(panic.as_ref()));
+                    tracing::error!(run = %id, "{why}");
+                    if let Ok(results) = inner.store.step_results(id).await {
+                        for mut r in results {
+                            if r.status == StepStatus::Running && r.attempt == attempt {
+                                r.status = StepStatus::Failed;
+                                r.error = Some(why.clone());
+                                r.finished_at = Some(Utc::now());
+                                let _ = inner.store.put_step_result_as(&worker, &r).await;
+                            }
+                        }
+                    }
+                    Some((RunStatus::Failed, Some(why), attempt))
+                }
+            }
         }
         Ok(None) => None,
         Err(e) => {
             let why = format!("cannot start: {e}");
             sink.write(Stream::System, format!("error: {why}\n")).await;
             drop(sink);
-            Some((RunStatus::Failed, Some(why), run.attempt))
+            Some((RunStatus::Failed, Some(why), attempt))
         }
     };
     // `run_steps` dropped every sink clone; the writer ends once it stored all output.
     let _ = writer.await;
     done.cancel();
+    let _ = heart.await;
     let _ = watcher.await;
-    if let Ok(mut a) = inner.active.lock() {
-        a.remove(&id);
-    }
     let Some((status, error, attempt)) = outcome else {
         return;
     };
-    if lost.load(Ordering::SeqCst) {
-        tracing::warn!(run = %id, "lost the lease; another worker owns this run now");
+    if stop.reason() == Some(StopReason::LeaseLost) {
+        tracing::warn!(run = %id, "lost the lease; another worker may own this run now, so nothing more is recorded");
         return;
     }
     let finished = persist(&inner, "recording the end of the run", || {
@@ -407,15 +626,12 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = crate::error::Result<T>>,
 {
-    let give_up = Instant::now() + inner.config.lease;
+    let give_up = after(inner.config.lease);
     let mut wait = Duration::from_millis(50);
     loop {
         match op().await {
             Ok(v) => return Ok(v),
-            Err(e)
-                if e.kind() == crate::error::ErrorKind::Store
-                    && Instant::now() + wait < give_up =>
-            {
+            Err(e) if e.kind() == crate::error::ErrorKind::Store && after(wait) < give_up => {
                 tracing::warn!(error = %e, "{what} failed; retrying in {wait:?}");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(2));
@@ -425,55 +641,86 @@ where
     }
 }
 
-/// Heartbeats the lease and watches for cancellation until `done`.
-async fn watch_run(
+/// Renews the run's lease every heartbeat interval on its own timer, until
+/// `done`. A refused heartbeat, or none accepted before the lease (minus the
+/// margin) runs out, stops the run's steps as [`StopReason::LeaseLost`]: the
+/// worker fences itself before another node may take the run over.
+async fn heartbeat_loop(
     inner: Arc<Inner>,
-    run: Run,
+    id: RunId,
     worker: String,
-    cancel: CancellationToken,
-    lost: Arc<AtomicBool>,
+    attempt: u32,
+    clock: Arc<LeaseClock>,
+    stop: Arc<RunStop>,
     done: CancellationToken,
 ) {
-    let mut rx = inner.bus.subscribe();
-    let mut last_beat = Instant::now();
+    let every = inner.config.heartbeat;
+    let lease = chrono::Duration::from_std(inner.config.lease)
+        .unwrap_or_else(|_| chrono::Duration::seconds(30));
+    let mut next = after(every);
     loop {
-        let tick = tokio::time::sleep(inner.config.cancel_poll);
+        let fence_at = clock.valid_until();
+        tokio::select! {
+            biased;
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep_until(fence_at) => {
+                tracing::error!(run = %id, "no heartbeat succeeded within the lease; stopping the run's steps before another worker takes it over");
+                stop.stop(StopReason::LeaseLost);
+                return;
+            }
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let sent = Instant::now();
+        let until = Utc::now() + lease;
+        let beat =
+            tokio::time::timeout_at(fence_at, inner.store.heartbeat(id, &worker, attempt, until));
+        match beat.await {
+            Ok(Ok(true)) => {
+                clock.renewed(sent);
+                next = after_from(sent, every);
+            }
+            Ok(Ok(false)) => {
+                tracing::warn!(run = %id, "heartbeat refused: this worker no longer holds the run; stopping its steps");
+                stop.stop(StopReason::LeaseLost);
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(run = %id, error = %e, "heartbeat failed; retrying");
+                next = after((every / 4).max(Duration::from_millis(50)));
+            }
+            // The fence is reached; the next turn of the loop stops the run.
+            Err(_) => {}
+        }
+    }
+}
+
+/// Watches for a cancel request (a wake-up on the bus, or the store polled
+/// on its own fixed interval) until `done`.
+async fn watch_cancel(inner: Arc<Inner>, id: RunId, stop: Arc<RunStop>, done: CancellationToken) {
+    let mut rx = inner.bus.subscribe();
+    let mut poll = tokio::time::interval(inner.config.cancel_poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
         tokio::select! {
             _ = done.cancelled() => return,
-            _ = tick => {}
-            ev = rx.recv() => {
-                if let Ok(Event::CancelRequested(id)) = ev
-                    && id == run.id
+            _ = poll.tick() => {
+                if let Ok(Some(r)) = inner.store.get_run(id).await
+                    && r.cancel_requested
                 {
-                    cancel.cancel();
-                }
-                continue;
-            }
-        }
-        if !cancel.is_cancelled()
-            && let Ok(Some(r)) = inner.store.get_run(run.id).await
-            && r.cancel_requested
-        {
-            cancel.cancel();
-        }
-        if last_beat.elapsed() >= inner.config.heartbeat {
-            last_beat = Instant::now();
-            let until = Utc::now()
-                + chrono::Duration::from_std(inner.config.lease)
-                    .unwrap_or(chrono::Duration::seconds(30));
-            match inner
-                .store
-                .heartbeat(run.id, &worker, run.attempt, until)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    lost.store(true, Ordering::SeqCst);
-                    cancel.cancel();
+                    stop.stop(StopReason::Cancel);
                     return;
                 }
-                Err(e) => tracing::warn!(run = %run.id, error = %e, "heartbeat failed; will retry"),
             }
+            ev = rx.recv() => match ev {
+                Ok(Event::CancelRequested(c)) if c == id => {
+                    stop.stop(StopReason::Cancel);
+                    return;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    rx = inner.bus.subscribe();
+                }
+                _ => {}
+            },
         }
     }
 }
@@ -482,6 +729,8 @@ async fn watch_run(
 async fn write_logs(
     inner: Arc<Inner>,
     id: RunId,
+    (worker, attempt): (String, u32),
+    stop: Arc<RunStop>,
     start: u64,
     masker: Masker,
     mut rx: mpsc::Receiver<OutputEvent>,
@@ -528,9 +777,23 @@ async fn write_logs(
         if batch.is_empty() {
             continue;
         }
-        if let Err(e) = persist(&inner, "storing output", || inner.store.append_logs(&batch)).await
-        {
-            tracing::error!(run = %id, error = %e, "output lost: the store keeps failing");
+        // After the lease was lost nothing is written (the store would refuse
+        // it anyway); the channel is still drained so no producer blocks.
+        if stop.reason() != Some(StopReason::LeaseLost) {
+            match persist(&inner, "storing output", || {
+                inner.store.append_logs_as(&worker, attempt, &batch)
+            })
+            .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(run = %id, "output refused: this worker no longer holds the run; stopping its steps");
+                    stop.stop(StopReason::LeaseLost);
+                }
+                Err(e) => {
+                    tracing::error!(run = %id, error = %e, "output lost: the store keeps failing")
+                }
+            }
         }
         batch.clear();
         inner.publish(Event::Log(id, seq));
@@ -563,11 +826,13 @@ async fn prepare(
     Ok(Some((targets, secrets)))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_steps(
     inner: Arc<Inner>,
     run: Run,
     worker: String,
-    cancel: CancellationToken,
+    stop: Arc<RunStop>,
+    clock: Arc<LeaseClock>,
     sink: OutputSink,
     targets: Vec<Option<Target>>,
     secrets: RunSecrets,
@@ -587,8 +852,9 @@ async fn run_steps(
     let run_deadline = run.spec.timeout.map(|limit| {
         let started = run.started_at.unwrap_or_else(Utc::now);
         let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
-        Instant::now() + limit.saturating_sub(elapsed)
+        after(limit.saturating_sub(elapsed))
     });
+    let cancel = stop.token.clone();
     let n = run.targets.len();
     let state = Arc::new(RunState {
         inner: inner.clone(),
@@ -597,6 +863,8 @@ async fn run_steps(
         run,
         worker,
         cancel: cancel.clone(),
+        stop: stop.clone(),
+        clock,
         run_deadline,
         sink,
         previous,
@@ -672,8 +940,17 @@ async fn run_steps(
                     started_at: now,
                     finished_at: Some(now),
                 };
-                if let Err(e) = state.inner.store.put_step_result(&skipped).await {
-                    tracing::warn!(run = %state.run.id, error = %e, "recording a skipped step failed");
+                match state
+                    .inner
+                    .store
+                    .put_step_result_as(&state.worker, &skipped)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => state.stop.stop(StopReason::LeaseLost),
+                    Err(e) => {
+                        tracing::warn!(run = %state.run.id, error = %e, "recording a skipped step failed")
+                    }
                 }
             }
         }
@@ -684,12 +961,24 @@ async fn run_steps(
         }
     }
     let status = if cancel.is_cancelled() {
-        // Cancelled because the lease was lost is not recorded (see `execute_run`).
-        return Some((
-            RunStatus::Cancelled,
-            Some("cancelled on request".into()),
-            attempt,
-        ));
+        return match state.stop.reason() {
+            // A lost lease records nothing: the run belongs to whoever rescues it.
+            Some(StopReason::LeaseLost) | None => None,
+            Some(StopReason::Shutdown) => Some((
+                RunStatus::Failed,
+                Some(
+                    "interrupted: the worker was shut down before the run ended; \
+                     its running steps were stopped"
+                        .into(),
+                ),
+                attempt,
+            )),
+            Some(StopReason::Cancel) => Some((
+                RunStatus::Cancelled,
+                Some("cancelled on request".into()),
+                attempt,
+            )),
+        };
     } else if deadline_passed(state.run_deadline) {
         let limit = state
             .run
@@ -827,11 +1116,19 @@ async fn step_on_target(st: &RunState, si: u32, ti: usize) -> (Outcome, Option<S
         drop(slot);
         return fail("no session".into()).await;
     };
-    let step_deadline = step.timeout.map(|t| Instant::now() + t);
+    let step_deadline = step.timeout.map(after);
     let deadline = match (step_deadline, st.run_deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    // Fencing: never start a step once the lease may have run out (the
+    // heartbeat task stops the run too, but it may not have run yet, e.g.
+    // right after this process was paused).
+    if st.clock.fenced() || st.stop.reason() == Some(StopReason::LeaseLost) {
+        drop(slot);
+        st.stop.stop(StopReason::LeaseLost);
+        return (Outcome::Cancelled, None);
+    }
     let mut env: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
     env.insert("OPSC_RUN_ID".into(), st.run.id.to_string());
     env.insert("OPSC_JOB".into(), st.run.job.clone());
@@ -958,21 +1255,40 @@ async fn step_on_target(st: &RunState, si: u32, ti: usize) -> (Outcome, Option<S
             .await;
             (Outcome::TimedOut, Some(why))
         }
-        Err(ExecError::Cancelled) => {
-            out.write(Stream::System, "cancelled; the process was killed\n")
+        Err(ExecError::Cancelled) => match st.stop.reason() {
+            // Another node may own the run now: write nothing.
+            Some(StopReason::LeaseLost) => (Outcome::Cancelled, None),
+            Some(StopReason::Shutdown) => {
+                let why = "interrupted: the worker was shut down while the step ran; the process was killed";
+                out.write(Stream::System, format!("{why}\n")).await;
+                record(
+                    st,
+                    si,
+                    name,
+                    StepStatus::Interrupted,
+                    None,
+                    Some(why.into()),
+                    started,
+                )
                 .await;
-            record(
-                st,
-                si,
-                name,
-                StepStatus::Cancelled,
-                None,
-                Some("cancelled".into()),
-                started,
-            )
-            .await;
-            (Outcome::Cancelled, None)
-        }
+                (Outcome::Cancelled, None)
+            }
+            Some(StopReason::Cancel) | None => {
+                out.write(Stream::System, "cancelled; the process was killed\n")
+                    .await;
+                record(
+                    st,
+                    si,
+                    name,
+                    StepStatus::Cancelled,
+                    None,
+                    Some("cancelled".into()),
+                    started,
+                )
+                .await;
+                (Outcome::Cancelled, None)
+            }
+        },
         Err(e) => {
             let why = e.to_string();
             out.write(Stream::System, format!("error: {why}\n")).await;
@@ -1014,12 +1330,24 @@ async fn record(
         started_at: started,
         finished_at: (status != StepStatus::Running).then(Utc::now),
     };
-    if let Err(e) = persist(&st.inner, "recording a step result", || {
-        st.inner.store.put_step_result(&r)
+    if st.stop.reason() == Some(StopReason::LeaseLost) {
+        return;
+    }
+    match persist(&st.inner, "recording a step result", || {
+        st.inner.store.put_step_result_as(&st.worker, &r)
     })
     .await
     {
-        tracing::error!(run = %st.run.id, worker = %st.worker, error = %e, "recording a step result failed");
+        Ok(true) => {}
+        // Fenced by the store: another node holds the run. Stop, write nothing more.
+        Ok(false) => {
+            tracing::warn!(run = %st.run.id, worker = %st.worker, "step result refused: this worker no longer holds the run; stopping its steps");
+            st.stop.stop(StopReason::LeaseLost);
+            return;
+        }
+        Err(e) => {
+            tracing::error!(run = %st.run.id, worker = %st.worker, error = %e, "recording a step result failed")
+        }
     }
     st.inner.publish(Event::Updated(st.run.id));
 }

@@ -139,6 +139,130 @@ impl PostgresStore {
             _ => open::query_error(&endpoint, &op, &e),
         }
     }
+
+    /// Upserts a step result; with `owner`, only while that worker holds the
+    /// run at the result's attempt. The owner's row is locked (`FOR SHARE`)
+    /// by the same statement, so a concurrent take-over either waits for
+    /// this write or makes it refused — never both.
+    async fn put_step_result_guarded(
+        &self,
+        owner: Option<&str>,
+        result: &StepResult,
+    ) -> Result<bool> {
+        let sql = if owner.is_some() {
+            concat!(
+                "WITH owner AS (SELECT 1 FROM runs WHERE id = $11 AND worker = $12 \
+                   AND attempt = $8 AND status = 'running' FOR SHARE) \
+                 INSERT INTO step_results (",
+                step_columns!(),
+                ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM owner \
+                 ON CONFLICT (run_id, step, target) DO UPDATE SET \
+                   status = EXCLUDED.status, exit_code = EXCLUDED.exit_code, \
+                   signal = EXCLUDED.signal, error = EXCLUDED.error, attempt = EXCLUDED.attempt, \
+                   started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at"
+            )
+        } else {
+            concat!(
+                "INSERT INTO step_results (",
+                step_columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (run_id, step, target) DO UPDATE SET \
+                   status = EXCLUDED.status, exit_code = EXCLUDED.exit_code, \
+                   signal = EXCLUDED.signal, error = EXCLUDED.error, attempt = EXCLUDED.attempt, \
+                   started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at"
+            )
+        };
+        let mut q = sqlx::query(sql)
+            .bind(result.run_id.to_string())
+            .bind(i64::from(result.step))
+            .bind(&result.target)
+            .bind(result.status.as_str())
+            .bind(result.exit_code)
+            .bind(result.signal)
+            .bind(result.error.as_deref())
+            .bind(i64::from(result.attempt))
+            .bind(micros(result.started_at))
+            .bind(result.finished_at.map(micros));
+        if let Some(worker) = owner {
+            q = q.bind(result.run_id.to_string()).bind(worker);
+        }
+        let done = q
+            .execute(&self.pool)
+            .await
+            .map_err(self.run_write_fail("recording a step result", &[result.run_id]))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Appends log chunks; with `owner` (worker, attempt), only while that
+    /// worker holds their run — checked (and the run row share-locked)
+    /// inside the write transaction.
+    async fn append_logs_guarded(
+        &self,
+        owner: Option<(&str, u32)>,
+        chunks: &[LogChunk],
+    ) -> Result<bool> {
+        if chunks.is_empty() {
+            return Ok(true);
+        }
+        let run = chunks[0].run_id;
+        if owner.is_some() && chunks.iter().any(|c| c.run_id != run) {
+            return Err(Error::validation(
+                "log chunks",
+                "a guarded append takes the chunks of one run only",
+            ));
+        }
+        let mut encoded = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            encoded.push((
+                c.run_id,
+                seq_to_i64(c.seq)?,
+                c.step.map(i64::from),
+                c.target.as_deref(),
+                c.stream.as_str(),
+                c.data.as_slice(),
+                micros(c.time),
+            ));
+        }
+        let op = "appending log chunks";
+        let mut tx = self.pool.begin().await.map_err(self.fail(op))?;
+        if let Some((worker, attempt)) = owner {
+            let held: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM runs WHERE id = $1 AND worker = $2 AND attempt = $3 \
+                 AND status = 'running' FOR SHARE",
+            )
+            .bind(run.to_string())
+            .bind(worker)
+            .bind(i64::from(attempt))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(self.fail(op))?;
+            if held.is_none() {
+                return Ok(false);
+            }
+        }
+        for batch in encoded.chunks(LOG_ROWS_PER_INSERT) {
+            let mut q =
+                QueryBuilder::<Postgres>::new(concat!("INSERT INTO logs (", log_columns!(), ") "));
+            q.push_values(batch, |mut row, c| {
+                row.push_bind(c.0.to_string())
+                    .push_bind(c.1)
+                    .push_bind(c.2)
+                    .push_bind(c.3)
+                    .push_bind(c.4)
+                    .push_bind(c.5)
+                    .push_bind(c.6);
+            });
+            // A retried batch carries the same (run, seq): keep what is there.
+            q.push(" ON CONFLICT (run_id, seq) DO NOTHING");
+            let ids: Vec<RunId> = batch.iter().map(|c| c.0).collect();
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(self.run_write_fail(op, &ids))?;
+        }
+        tx.commit().await.map_err(self.fail(op))?;
+        Ok(true)
+    }
 }
 
 /// Runs decoded in the order the query returned them.
@@ -518,29 +642,11 @@ impl RunStore for PostgresStore {
     }
 
     async fn put_step_result(&self, result: &StepResult) -> Result<()> {
-        sqlx::query(concat!(
-            "INSERT INTO step_results (",
-            step_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (run_id, step, target) DO UPDATE SET \
-               status = EXCLUDED.status, exit_code = EXCLUDED.exit_code, \
-               signal = EXCLUDED.signal, error = EXCLUDED.error, attempt = EXCLUDED.attempt, \
-               started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at"
-        ))
-        .bind(result.run_id.to_string())
-        .bind(i64::from(result.step))
-        .bind(&result.target)
-        .bind(result.status.as_str())
-        .bind(result.exit_code)
-        .bind(result.signal)
-        .bind(result.error.as_deref())
-        .bind(i64::from(result.attempt))
-        .bind(micros(result.started_at))
-        .bind(result.finished_at.map(micros))
-        .execute(&self.pool)
-        .await
-        .map_err(self.run_write_fail("recording a step result", &[result.run_id]))?;
-        Ok(())
+        self.put_step_result_guarded(None, result).await.map(|_| ())
+    }
+
+    async fn put_step_result_as(&self, worker: &str, result: &StepResult) -> Result<bool> {
+        self.put_step_result_guarded(Some(worker), result).await
     }
 
     async fn step_results(&self, id: RunId) -> Result<Vec<StepResult>> {
@@ -560,44 +666,17 @@ impl RunStore for PostgresStore {
 #[async_trait]
 impl LogStore for PostgresStore {
     async fn append_logs(&self, chunks: &[LogChunk]) -> Result<()> {
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        let mut encoded = Vec::with_capacity(chunks.len());
-        for c in chunks {
-            encoded.push((
-                c.run_id,
-                seq_to_i64(c.seq)?,
-                c.step.map(i64::from),
-                c.target.as_deref(),
-                c.stream.as_str(),
-                c.data.as_slice(),
-                micros(c.time),
-            ));
-        }
-        let op = "appending log chunks";
-        let mut tx = self.pool.begin().await.map_err(self.fail(op))?;
-        for batch in encoded.chunks(LOG_ROWS_PER_INSERT) {
-            let mut q =
-                QueryBuilder::<Postgres>::new(concat!("INSERT INTO logs (", log_columns!(), ") "));
-            q.push_values(batch, |mut row, c| {
-                row.push_bind(c.0.to_string())
-                    .push_bind(c.1)
-                    .push_bind(c.2)
-                    .push_bind(c.3)
-                    .push_bind(c.4)
-                    .push_bind(c.5)
-                    .push_bind(c.6);
-            });
-            // A retried batch carries the same (run, seq): keep what is there.
-            q.push(" ON CONFLICT (run_id, seq) DO NOTHING");
-            let ids: Vec<RunId> = batch.iter().map(|c| c.0).collect();
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(self.run_write_fail(op, &ids))?;
-        }
-        tx.commit().await.map_err(self.fail(op))
+        self.append_logs_guarded(None, chunks).await.map(|_| ())
+    }
+
+    async fn append_logs_as(
+        &self,
+        worker: &str,
+        attempt: u32,
+        chunks: &[LogChunk],
+    ) -> Result<bool> {
+        self.append_logs_guarded(Some((worker, attempt)), chunks)
+            .await
     }
 
     async fn read_logs(&self, id: RunId, after: u64, limit: usize) -> Result<Vec<LogChunk>> {

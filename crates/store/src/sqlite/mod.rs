@@ -48,6 +48,11 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Serialises this process's writers; see the module docs.
     writer: Arc<Mutex<()>>,
+    /// The queue ordinary writers wait in before `writer`, so that a lease
+    /// heartbeat (which goes to `writer` directly) has at most one ordinary
+    /// write ahead of it besides the one in progress — never a backlog of
+    /// log batches.
+    queue: Arc<Mutex<()>>,
     location: Arc<Location>,
     /// Keeps a [`SqliteStore::temporary`] database's directory alive.
     #[cfg(feature = "testing")]
@@ -100,6 +105,7 @@ impl SqliteStore {
         Self {
             pool,
             writer: Arc::new(Mutex::new(())),
+            queue: Arc::new(Mutex::new(())),
             location: Arc::new(location),
             #[cfg(feature = "testing")]
             _temp_dir: None,
@@ -122,12 +128,142 @@ impl SqliteStore {
 
     /// Waits for this process's turn to write.
     async fn writer(&self) -> MutexGuard<'_, ()> {
+        let _turn = self.queue.lock().await;
+        self.writer.lock().await
+    }
+
+    /// Waits for the turn to write ahead of every queued ordinary writer
+    /// (heartbeats: a late one costs the run its lease).
+    async fn urgent_writer(&self) -> MutexGuard<'_, ()> {
         self.writer.lock().await
     }
 
     /// Starts a write transaction holding SQLite's write lock from the start.
     async fn begin_write(&self, op: &str) -> Result<Transaction<'static, Sqlite>> {
         self.pool.begin_with("BEGIN IMMEDIATE").await.ctx(op)
+    }
+
+    /// Upserts a step result; with `owner`, only while that worker holds the
+    /// run at the result's attempt (one statement: check and write are atomic).
+    async fn put_step_result_guarded(
+        &self,
+        owner: Option<&str>,
+        result: &StepResult,
+    ) -> Result<bool> {
+        let sql = if owner.is_some() {
+            concat!(
+                "INSERT INTO step_results (",
+                step_columns!(),
+                ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 \
+                 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?11 AND worker = ?12 \
+                   AND attempt = ?8 AND status = 'running') \
+                 ON CONFLICT (run_id, step, target) DO UPDATE SET \
+                   status = excluded.status, exit_code = excluded.exit_code, \
+                   signal = excluded.signal, error = excluded.error, attempt = excluded.attempt, \
+                   started_at = excluded.started_at, finished_at = excluded.finished_at"
+            )
+        } else {
+            concat!(
+                "INSERT INTO step_results (",
+                step_columns!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                 ON CONFLICT (run_id, step, target) DO UPDATE SET \
+                   status = excluded.status, exit_code = excluded.exit_code, \
+                   signal = excluded.signal, error = excluded.error, attempt = excluded.attempt, \
+                   started_at = excluded.started_at, finished_at = excluded.finished_at"
+            )
+        };
+        let _w = self.writer().await;
+        let mut q = sqlx::query(sql)
+            .bind(result.run_id.to_string())
+            .bind(i64::from(result.step))
+            .bind(&result.target)
+            .bind(result.status.as_str())
+            .bind(result.exit_code)
+            .bind(result.signal)
+            .bind(result.error.as_deref())
+            .bind(i64::from(result.attempt))
+            .bind(micros(result.started_at))
+            .bind(result.finished_at.map(micros));
+        if let Some(worker) = owner {
+            q = q.bind(result.run_id.to_string()).bind(worker);
+        }
+        let done = q
+            .execute(&self.pool)
+            .await
+            .map_err(run_write_error("recording a step result", &[result.run_id]))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Appends log chunks; with `owner` (worker, attempt), only while that
+    /// worker holds their run — checked inside the write transaction.
+    async fn append_logs_guarded(
+        &self,
+        owner: Option<(&str, u32)>,
+        chunks: &[LogChunk],
+    ) -> Result<bool> {
+        if chunks.is_empty() {
+            return Ok(true);
+        }
+        let run = chunks[0].run_id;
+        if owner.is_some() && chunks.iter().any(|c| c.run_id != run) {
+            return Err(Error::validation(
+                "log chunks",
+                "a guarded append takes the chunks of one run only",
+            ));
+        }
+        // Encode everything before taking the write lock.
+        let mut encoded = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            encoded.push((
+                c.run_id,
+                seq_to_i64(c.seq)?,
+                c.step.map(i64::from),
+                c.target.as_deref(),
+                c.stream.as_str(),
+                c.data.as_slice(),
+                micros(c.time),
+            ));
+        }
+        let op = "appending log chunks";
+        let _w = self.writer().await;
+        let mut tx = self.begin_write(op).await?;
+        if let Some((worker, attempt)) = owner {
+            let held: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM runs WHERE id = ? AND worker = ? AND attempt = ? \
+                 AND status = 'running'",
+            )
+            .bind(run.to_string())
+            .bind(worker)
+            .bind(i64::from(attempt))
+            .fetch_optional(&mut *tx)
+            .await
+            .ctx(op)?;
+            if held.is_none() {
+                return Ok(false);
+            }
+        }
+        for batch in encoded.chunks(LOG_ROWS_PER_INSERT) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new(concat!("INSERT INTO logs (", log_columns!(), ") "));
+            q.push_values(batch, |mut row, c| {
+                row.push_bind(c.0.to_string())
+                    .push_bind(c.1)
+                    .push_bind(c.2)
+                    .push_bind(c.3)
+                    .push_bind(c.4)
+                    .push_bind(c.5)
+                    .push_bind(c.6);
+            });
+            // A retried batch carries the same (run, seq): keep what is there.
+            q.push(" ON CONFLICT (run_id, seq) DO NOTHING");
+            q.build().execute(&mut *tx).await.map_err(run_write_error(
+                op,
+                &batch.iter().map(|c| c.0).collect::<Vec<_>>(),
+            ))?;
+        }
+        tx.commit().await.ctx(op)?;
+        Ok(true)
     }
 }
 
@@ -432,7 +568,7 @@ impl RunStore for SqliteStore {
         attempt: u32,
         lease_until: DateTime<Utc>,
     ) -> Result<bool> {
-        let _w = self.writer().await;
+        let _w = self.urgent_writer().await;
         let done = sqlx::query(
             "UPDATE runs SET lease_until = ? \
              WHERE id = ? AND worker = ? AND attempt = ? AND status = 'running'",
@@ -499,30 +635,11 @@ impl RunStore for SqliteStore {
     }
 
     async fn put_step_result(&self, result: &StepResult) -> Result<()> {
-        let _w = self.writer().await;
-        sqlx::query(concat!(
-            "INSERT INTO step_results (",
-            step_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (run_id, step, target) DO UPDATE SET \
-               status = excluded.status, exit_code = excluded.exit_code, \
-               signal = excluded.signal, error = excluded.error, attempt = excluded.attempt, \
-               started_at = excluded.started_at, finished_at = excluded.finished_at"
-        ))
-        .bind(result.run_id.to_string())
-        .bind(i64::from(result.step))
-        .bind(&result.target)
-        .bind(result.status.as_str())
-        .bind(result.exit_code)
-        .bind(result.signal)
-        .bind(result.error.as_deref())
-        .bind(i64::from(result.attempt))
-        .bind(micros(result.started_at))
-        .bind(result.finished_at.map(micros))
-        .execute(&self.pool)
-        .await
-        .map_err(run_write_error("recording a step result", &[result.run_id]))?;
-        Ok(())
+        self.put_step_result_guarded(None, result).await.map(|_| ())
+    }
+
+    async fn put_step_result_as(&self, worker: &str, result: &StepResult) -> Result<bool> {
+        self.put_step_result_guarded(Some(worker), result).await
     }
 
     async fn step_results(&self, id: RunId) -> Result<Vec<StepResult>> {
@@ -542,45 +659,17 @@ impl RunStore for SqliteStore {
 #[async_trait]
 impl LogStore for SqliteStore {
     async fn append_logs(&self, chunks: &[LogChunk]) -> Result<()> {
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        // Encode everything before taking the write lock.
-        let mut encoded = Vec::with_capacity(chunks.len());
-        for c in chunks {
-            encoded.push((
-                c.run_id,
-                seq_to_i64(c.seq)?,
-                c.step.map(i64::from),
-                c.target.as_deref(),
-                c.stream.as_str(),
-                c.data.as_slice(),
-                micros(c.time),
-            ));
-        }
-        let op = "appending log chunks";
-        let _w = self.writer().await;
-        let mut tx = self.begin_write(op).await?;
-        for batch in encoded.chunks(LOG_ROWS_PER_INSERT) {
-            let mut q =
-                QueryBuilder::<Sqlite>::new(concat!("INSERT INTO logs (", log_columns!(), ") "));
-            q.push_values(batch, |mut row, c| {
-                row.push_bind(c.0.to_string())
-                    .push_bind(c.1)
-                    .push_bind(c.2)
-                    .push_bind(c.3)
-                    .push_bind(c.4)
-                    .push_bind(c.5)
-                    .push_bind(c.6);
-            });
-            // A retried batch carries the same (run, seq): keep what is there.
-            q.push(" ON CONFLICT (run_id, seq) DO NOTHING");
-            q.build().execute(&mut *tx).await.map_err(run_write_error(
-                op,
-                &batch.iter().map(|c| c.0).collect::<Vec<_>>(),
-            ))?;
-        }
-        tx.commit().await.ctx(op)
+        self.append_logs_guarded(None, chunks).await.map(|_| ())
+    }
+
+    async fn append_logs_as(
+        &self,
+        worker: &str,
+        attempt: u32,
+        chunks: &[LogChunk],
+    ) -> Result<bool> {
+        self.append_logs_guarded(Some((worker, attempt)), chunks)
+            .await
     }
 
     async fn read_logs(&self, id: RunId, after: u64, limit: usize) -> Result<Vec<LogChunk>> {
