@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Crash soak (not run by CI): kill -9 worker processes mid-step many times on
-# a real PostgreSQL and check that no run is lost, none is left running, and
-# no non-idempotent step ran twice. Usage: scripts/soak.sh [KILLS] (default 200)
+# Soak (not run by CI) on a real PostgreSQL:
+#  - crash: kill -9 worker processes mid-step many times and check that no run
+#    is lost, none is left running, and no non-idempotent step ran twice;
+#  - chatty output: runs printing ~2,000 lines/s for three leases keep their
+#    lease (attempt 1, every line in order), and a long many-step job too;
+# Usage: scripts/soak.sh [KILLS] (default 200) [ROUNDS] (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OPSC_SOAK_KILLS="${1:-200}"
-exec cargo test -p opsconductor-cli --test cluster -- kill_9 --nocapture
+rounds="${2:-5}"
+cargo test -p opsconductor-cli --test cluster -- kill_9 --nocapture
+for i in $(seq "$rounds"); do
+  echo "== chatty output and many steps, round $i of $rounds"
+  cargo test --all-features --test lease -- chatty many_steps --nocapture
+done

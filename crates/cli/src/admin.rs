@@ -402,15 +402,23 @@ pub async fn worker(oc: &Conductor, out: &Out, args: &WorkerArgs) -> Result<u8, 
         "stopping: no new runs; waiting up to {} for runs in progress (signal again to quit now)",
         opsconductor::duration::format(args.drain_timeout)
     ));
-    let drain = oc.shutdown();
+    // Late in the drain period, runs still going are stopped (processes
+    // killed) and recorded as interrupted before the process exits.
+    let drain = oc.shutdown_within(args.drain_timeout);
     tokio::select! {
-        _ = drain => { out.note("all runs in progress finished; bye"); Ok(exit::OK) }
-        _ = tokio::time::sleep(args.drain_timeout) => {
-            out.note("drain timeout: quitting; unfinished runs will be rescued by another worker after their lease");
-            Ok(exit::FAILED)
+        ended = drain => {
+            if ended {
+                out.note("all runs in progress ended (finished or interrupted); bye");
+                Ok(exit::OK)
+            } else {
+                out.note("drain timeout: quitting; unfinished runs will be rescued by another worker after their lease");
+                Ok(exit::FAILED)
+            }
         }
         _ = wait_for_signal() => {
-            out.note("quitting now; unfinished runs will be rescued by another worker after their lease");
+            let n = oc.stop_active_runs();
+            out.note(&format!("quitting now: stopping {n} run(s) in progress"));
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), oc.shutdown()).await;
             Ok(exit::FAILED)
         }
     }
