@@ -43,6 +43,8 @@ pub(super) struct Endpoint {
     database: String,
     /// The user name.
     user: String,
+    /// The host name or address (what a certificate must name).
+    host: String,
 }
 
 impl Endpoint {
@@ -58,6 +60,7 @@ impl Endpoint {
             server,
             database,
             user,
+            host: options.get_host().to_string(),
         }
     }
 }
@@ -163,6 +166,13 @@ fn connect_error(endpoint: &Endpoint, e: &sqlx::Error) -> Error {
             ),
             _ => format!("cannot open {endpoint}: {}", db.message()),
         },
+        sqlx::Error::Tls(tls) => format!(
+            "cannot connect to {endpoint}: TLS failed: {tls} (with sslmode=verify-full the \
+             server's certificate must be signed by the CA in sslrootcert and name the host \
+             '{}' of the URL; sslmode=verify-ca skips the host name; sslmode=require needs a \
+             server with ssl = on)",
+            endpoint.host
+        ),
         other => format!("cannot connect to {endpoint}: {other}"),
     };
     Error::store(message)
