@@ -269,7 +269,10 @@ fn steps_die_with_a_killed_worker(args: &[&str]) {
         "step processes outlived their worker by more than 1 s: {:?}",
         children_with(&m)
     );
-    eprintln!("step processes gone {:?} after SIGKILL", killed_at.elapsed());
+    eprintln!(
+        "step processes gone {:?} after SIGKILL",
+        killed_at.elapsed()
+    );
 }
 
 #[test]

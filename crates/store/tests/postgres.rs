@@ -698,7 +698,10 @@ async fn tls_verify_full_checks_the_ca_and_the_host_name() -> TestResult {
     // The right CA and host name: a store opens, over TLS.
     let good = url("localhost", "verify-full", &ca_file);
     open(&good).await.close().await;
-    assert!(session_uses_tls(&good).await?, "the session is not encrypted");
+    assert!(
+        session_uses_tls(&good).await?,
+        "the session is not encrypted"
+    );
 
     // A host name the certificate does not name.
     let msg = store_error(PostgresStore::open(&url("127.0.0.1", "verify-full", &ca_file)).await);
@@ -724,9 +727,7 @@ async fn tls_verify_full_checks_the_ca_and_the_host_name() -> TestResult {
 
     // `require` against a server without TLS is refused.
     let plain = TestPg::shared();
-    let msg = store_error(
-        PostgresStore::open(&format!("{}?sslmode=require", plain.url())).await,
-    );
+    let msg = store_error(PostgresStore::open(&format!("{}?sslmode=require", plain.url())).await);
     assert!(msg.contains("TLS"), "{msg}");
     Ok(())
 }

@@ -115,7 +115,10 @@ pub(super) fn spawn(
     command: &mut tokio::process::Command,
 ) -> Result<(tokio::process::Child, Registration), SpawnError> {
     let mut slot = REAPER.lock().unwrap_or_else(PoisonError::into_inner);
-    let fd = live(&mut slot).map_err(SpawnError::Reaper)?.sock.as_raw_fd();
+    let fd = live(&mut slot)
+        .map_err(SpawnError::Reaper)?
+        .sock
+        .as_raw_fd();
     // SAFETY: the closure runs in the forked child before `exec`; it only
     // calls `getpid` and `send(2)` with a stack buffer, which are
     // async-signal-safe. `fd` stays open until `spawn` returns: the lock is

@@ -376,7 +376,12 @@ mod tests {
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(framed(program).as_bytes()).unwrap();
         let mut stdout = Vec::new();
-        child.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_end(&mut stdout)
+            .unwrap();
         let status = child.wait().unwrap();
         drop(stdin);
         std::process::Output {
@@ -406,8 +411,13 @@ mod tests {
         use std::os::unix::process::CommandExt;
         let ctx = StepContext::new(Target::local());
         // Running: the connection "drops" (stdin closes) mid-command.
-        let plan = build("/bin/sh", &ctx, &Command::Shell("sleep 30 & sleep 30".into()), "tok")
-            .unwrap();
+        let plan = build(
+            "/bin/sh",
+            &ctx,
+            &Command::Shell("sleep 30 & sleep 30".into()),
+            "tok",
+        )
+        .unwrap();
         let mut child = std::process::Command::new("sh")
             .arg("-c")
             .arg(EXEC_REQUEST)
@@ -428,7 +438,10 @@ mod tests {
         assert!(group_alive(pgid), "the command did not keep running");
         drop(stdin);
         let status = child.wait().unwrap();
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
         let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
         while group_alive(pgid) && std::time::Instant::now() < end {
             std::thread::sleep(std::time::Duration::from_millis(20));

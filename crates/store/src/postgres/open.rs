@@ -179,7 +179,7 @@ fn connect_error(endpoint: &Endpoint, e: &sqlx::Error) -> Error {
 /// A failed TLS handshake, with what each `sslmode` checks.
 fn tls_error(endpoint: &Endpoint, e: &dyn std::fmt::Display) -> String {
     format!(
-            "cannot connect to {endpoint}: TLS failed: {e} (with sslmode=verify-full the \
+        "cannot connect to {endpoint}: TLS failed: {e} (with sslmode=verify-full the \
              server's certificate must be signed by the CA in sslrootcert and name the host \
              '{}' of the URL; sslmode=verify-ca skips the host name; sslmode=require needs a \
              server with ssl = on)",

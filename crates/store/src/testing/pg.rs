@@ -256,9 +256,9 @@ impl TestPg {
         };
         write("server.crt", cert_pem);
         write("server.key", key_pem);
-        if let Err(e) = self.append_conf(
-            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
-        ) {
+        if let Err(e) = self
+            .append_conf("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+        {
             panic!("{e}");
         }
         self.restart();
