@@ -641,8 +641,8 @@ fn the_fixture_cleans_up_on_drop() {
 }
 
 /// A test CA: its issuer (to sign with) and its certificate in PEM.
-fn test_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+fn test_ca(name: &str) -> Result<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, Error> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(internal)?;
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params
         .distinguished_name
@@ -651,7 +651,8 @@ fn test_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
     ];
-    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+    let key = rcgen::KeyPair::generate().map_err(internal)?;
+    rcgen::CertifiedIssuer::self_signed(params, key).map_err(internal)
 }
 
 /// Whether the session of `url` runs over TLS, as the server sees it.
@@ -675,8 +676,8 @@ async fn session_uses_tls(url: &str) -> Result<bool, Error> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_verify_full_checks_the_ca_and_the_host_name() -> TestResult {
     let dir = tempfile::tempdir().map_err(internal)?;
-    let ca = test_ca("opsconductor test CA");
-    let other = test_ca("another CA");
+    let ca = test_ca("opsconductor test CA")?;
+    let other = test_ca("another CA")?;
     let key = rcgen::KeyPair::generate().map_err(internal)?;
     let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).map_err(internal)?;
     let cert = params.signed_by(&key, &ca).map_err(internal)?;
