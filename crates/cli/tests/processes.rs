@@ -226,3 +226,56 @@ fn terminate(child: &std::process::Child) {
         .args(["-TERM", &child.id().to_string()])
         .status();
 }
+
+/// Kills `opsconductor` with SIGKILL while its step runs a command with a
+/// child and a grandchild (each writing its pid to a file), and asserts every
+/// one of them is gone within 1 s of the worker's death.
+fn steps_die_with_a_killed_worker(args: &[&str]) {
+    let env = Env::new();
+    let m = marker();
+    let pids = env.path().join("pids");
+    let step = format!(
+        "sh -c 'sleep 30.{m} & echo $! >> {p}; sleep 30.{m}' & echo $! >> {p}; echo $$ >> {p}; sleep 30.{m}",
+        p = pids.display()
+    );
+    let mut full: Vec<&str> = args.to_vec();
+    full.push(&step);
+    let mut child = env.spawn(full);
+    assert!(
+        wait_until(PATIENCE, || children_with(&m).len() >= 3),
+        "the step's processes never started: {:?}",
+        children_with(&m)
+    );
+    let started: Vec<i32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(started.len(), 3, "{started:?}");
+
+    child.kill().unwrap(); // SIGKILL
+    let killed_at = std::time::Instant::now();
+    child.wait().unwrap();
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z ") && !s.contains(") X "))
+            .unwrap_or(false)
+    };
+    let gone = wait_until(std::time::Duration::from_secs(1), || {
+        children_with(&m).is_empty() && !started.iter().any(|p| alive(*p))
+    });
+    assert!(
+        gone,
+        "step processes outlived their worker by more than 1 s: {:?}",
+        children_with(&m)
+    );
+    eprintln!(
+        "step processes gone {:?} after SIGKILL",
+        killed_at.elapsed()
+    );
+}
+
+#[test]
+fn steps_die_when_exec_is_killed_with_sigkill() {
+    steps_die_with_a_killed_worker(&["exec", "--"]);
+}

@@ -487,3 +487,48 @@ fn host_keys_from_a_targets_known_hosts_file_or_opsc_ssh_known_hosts() {
         "{err}"
     );
 }
+
+/// `kill -9` of `opsconductor exec` while its step runs on an SSH host: the
+/// connection drops, and the remote wrapper kills the command's whole
+/// process group (child and grandchild) within 1 s of the worker's death.
+#[test]
+fn remote_steps_die_when_the_worker_is_killed() {
+    let env = Env::new();
+    let pool = sshd::pool();
+    store_key(&env);
+    env.apply_yaml(
+        "targets.yaml",
+        &target_yaml("doomed", &pool[3], Some(&pool[3].fingerprint)),
+    );
+    let m = marker();
+    let step = format!("sh -c 'sleep 30.{m} & sleep 30.{m}' & sleep 30.{m}");
+    let mut child = env.spawn(["exec", "-t", "doomed", "--", &step]);
+    // The sleeps themselves (not the shells whose command line holds them).
+    let sleeping = format!("sleep 30.{m}");
+    let sleeps = || {
+        procs_with(&sleeping)
+            .into_iter()
+            .filter(|(_, c)| c.starts_with(&sleeping))
+            .count()
+    };
+    assert!(
+        wait_until(PATIENCE, || sleeps() == 3),
+        "the step never started on the server: {:?}",
+        procs_with(&sleeping)
+    );
+    child.kill().unwrap(); // SIGKILL
+    let killed_at = std::time::Instant::now();
+    child.wait().unwrap();
+    let gone = wait_until(std::time::Duration::from_secs(1), || {
+        procs_with(&sleeping).is_empty()
+    });
+    assert!(
+        gone,
+        "remote step processes outlived their worker by more than 1 s: {:?}",
+        procs_with(&sleeping)
+    );
+    eprintln!(
+        "remote step processes gone {:?} after SIGKILL",
+        killed_at.elapsed()
+    );
+}

@@ -639,3 +639,96 @@ fn the_fixture_cleans_up_on_drop() {
         "stopped"
     );
 }
+
+/// A test CA: its issuer (to sign with) and its certificate in PEM.
+fn test_ca(name: &str) -> Result<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, Error> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(internal)?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let key = rcgen::KeyPair::generate().map_err(internal)?;
+    rcgen::CertifiedIssuer::self_signed(params, key).map_err(internal)
+}
+
+/// Whether the session of `url` runs over TLS, as the server sees it.
+async fn session_uses_tls(url: &str) -> Result<bool, Error> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.map_err(internal)?;
+    let (ssl,): (bool,) =
+        sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(internal)?;
+    let _ = conn.close().await;
+    Ok(ssl)
+}
+
+/// PostgreSQL over TLS: `sslmode=verify-full` with the CA that signed the
+/// server's certificate (for `localhost`) connects over TLS; a host name the
+/// certificate is not for, or another CA, is refused with an error saying
+/// it is TLS; `verify-ca` skips the host name; `require` against a server
+/// without TLS is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verify_full_checks_the_ca_and_the_host_name() -> TestResult {
+    let dir = tempfile::tempdir().map_err(internal)?;
+    let ca = test_ca("opsconductor test CA")?;
+    let other = test_ca("another CA")?;
+    let key = rcgen::KeyPair::generate().map_err(internal)?;
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).map_err(internal)?;
+    let cert = params.signed_by(&key, &ca).map_err(internal)?;
+    let ca_file = dir.path().join("ca.crt");
+    let other_file = dir.path().join("other.crt");
+    std::fs::write(&ca_file, ca.pem()).map_err(internal)?;
+    std::fs::write(&other_file, other.pem()).map_err(internal)?;
+
+    let pg = TestPg::start();
+    pg.enable_tls(&cert.pem(), &key.serialize_pem());
+    let url = |host: &str, mode: &str, root: &std::path::Path| {
+        format!(
+            "postgres://postgres@{host}:{}/postgres?sslmode={mode}&sslrootcert={}",
+            pg.port(),
+            root.display()
+        )
+    };
+
+    // The right CA and host name: a store opens, over TLS.
+    let good = url("localhost", "verify-full", &ca_file);
+    open(&good).await.close().await;
+    assert!(
+        session_uses_tls(&good).await?,
+        "the session is not encrypted"
+    );
+
+    // A host name the certificate does not name.
+    let msg = store_error(PostgresStore::open(&url("127.0.0.1", "verify-full", &ca_file)).await);
+    assert!(msg.contains("TLS"), "{msg}");
+    assert!(msg.contains("127.0.0.1"), "{msg}");
+    // ... which verify-ca does not check (the CA still is).
+    let ca_only = url("127.0.0.1", "verify-ca", &ca_file);
+    open(&ca_only).await.close().await;
+    assert!(session_uses_tls(&ca_only).await?);
+
+    // Another CA.
+    let msg = store_error(PostgresStore::open(&url("localhost", "verify-full", &other_file)).await);
+    assert!(msg.contains("TLS"), "{msg}");
+    let msg = store_error(PostgresStore::open(&url("127.0.0.1", "verify-ca", &other_file)).await);
+    assert!(msg.contains("TLS"), "{msg}");
+
+    // `require` encrypts without checking the certificate.
+    let required = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=require",
+        pg.port()
+    );
+    assert!(session_uses_tls(&required).await?);
+
+    // `require` against a server without TLS is refused.
+    let plain = TestPg::shared();
+    let msg = store_error(PostgresStore::open(&format!("{}?sslmode=require", plain.url())).await);
+    assert!(msg.contains("TLS"), "{msg}");
+    Ok(())
+}

@@ -2,12 +2,15 @@
 //!
 //! Every command runs in its own process group, so a deadline or a
 //! cancellation stops the command *and* everything it started (SIGTERM to the
-//! group, then SIGKILL after [`LocalExecutor::kill_grace`]). The worker's own
+//! group, then SIGKILL after [`LocalExecutor::kill_grace`]). Each group is
+//! registered with a per-process reaper that kills it if the worker process
+//! dies while the step runs (see `reaper.rs`). The worker's own
 //! configuration (`OPSC_*` variables) never reaches a job: see [`child_env`].
 
 mod copy;
 mod env;
 mod process;
+mod reaper;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::LocalExecutor;
 use super::env::child_env;
+use super::reaper;
 
 /// Size of one read from a pipe, and so the largest chunk sent to the sink.
 const CHUNK: usize = 8 * 1024;
@@ -95,9 +96,13 @@ pub(super) async fn exec(
     if let Some(dir) = &ctx.workdir {
         command.current_dir(dir);
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| spawn_error(&program, ctx.workdir.as_deref(), &e))?;
+    let (mut child, registration) = reaper::spawn(&mut command).map_err(|e| match e {
+        reaper::SpawnError::Spawn(e) => spawn_error(&program, ctx.workdir.as_deref(), &e),
+        reaper::SpawnError::Reaper(e) => ExecError::Spawn(format!(
+            "cannot start the process reaper ('/bin/sh'), which kills a step's processes \
+             if the worker dies: {e}"
+        )),
+    })?;
     let pgid = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
@@ -105,7 +110,11 @@ pub(super) async fn exec(
         .ok_or_else(|| {
             ExecError::Spawn(format!("'{program}' exited before it could be tracked"))
         })?;
-    let mut group = GroupGuard { pgid, armed: true };
+    let mut group = GroupGuard {
+        pgid,
+        armed: true,
+        _registration: registration,
+    };
     tracing::debug!(%program, pid = pgid.as_raw(), "started local process group");
 
     let (exited_tx, exited_rx) = watch::channel(false);
@@ -369,10 +378,13 @@ fn parse_stat(stat: &str) -> Option<(char, i32)> {
     Some((state, pgrp))
 }
 
-/// Kills the group if `exec` is abandoned half-way (its future dropped).
+/// Kills the group if `exec` is abandoned half-way (its future dropped),
+/// then releases it from the reaper (see [`reaper`]).
 struct GroupGuard {
     pgid: Pid,
     armed: bool,
+    /// Dropped after [`Drop::drop`] below has run.
+    _registration: reaper::Registration,
 }
 
 impl Drop for GroupGuard {

@@ -162,11 +162,11 @@ async fn run(
     let grace = inner.config.kill_grace;
     let channel = open_channel(inner).await?;
     let (mut rx, tx) = channel.split();
-    let program = Bytes::from(plan.program.clone().into_bytes());
-    let mut send = pin!(async {
-        tx.data_bytes(program).await?;
-        tx.eof().await
-    });
+    let program = Bytes::from(wrapper::framed(&plan.program).into_bytes());
+    // No EOF after the program: the open stdin is how the remote wrapper
+    // knows this side is still there (see `wrapper::build`). `tx` lives
+    // until the command has ended.
+    let mut send = pin!(async { tx.data_bytes(program).await });
     let mut sent = false;
     let mut scanner = Scanner::new(&plan.token);
     let mut pid: Option<u32> = None;
@@ -413,7 +413,7 @@ pub(super) async fn run_helper(
     let work = async {
         let channel = open_channel(inner).await?;
         let (mut rx, tx) = channel.split();
-        let program = Bytes::from(program.to_owned().into_bytes());
+        let program = Bytes::from(wrapper::framed(program).into_bytes());
         let send = async {
             tx.data_bytes(program).await?;
             tx.eof().await

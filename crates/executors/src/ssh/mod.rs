@@ -55,10 +55,11 @@
 //! # Running commands
 //!
 //! The `exec` request of every command is the same fixed string,
-//! [`EXEC_REQUEST`] (`exec /bin/sh -c 'eval "$(cat)"'`), run by the user's
-//! login shell. Everything else — the step's environment, the working
-//! directory, the script body, the command line — travels on the channel's
-//! **stdin**, as a small POSIX shell program, followed by EOF. The program:
+//! [`EXEC_REQUEST`], run by the user's login shell: `/bin/sh` reads a length
+//! line and then that many bytes from stdin, and evaluates them. Everything
+//! else — the step's environment, the working directory, the script body,
+//! the command line — travels on the channel's **stdin**, as a small POSIX
+//! shell program. Stdin is *not* closed after it (see step 5). The program:
 //! 1. for a script, creates a private directory (`mkdir` under `umask 077`,
 //!    so 0700) in `$TMPDIR` (or `/tmp`) and writes the body to `script`
 //!    (0700) in it with the `printf` builtin;
@@ -67,9 +68,15 @@
 //!    `/proc/PID/cmdline`), only in the environment of the command itself;
 //! 3. changes to the working directory and checks that the shell or
 //!    interpreter exists, reporting a failure on a status line;
-//! 4. prints one status line with a per-command random token and its PID,
+//! 4. starts a watcher in the background (same process group, not a child
+//!    of the command) that reads the channel's stdin until EOF: stdin
+//!    reaches EOF when the channel closes, and if the command is still alive
+//!    then, the worker's connection was lost, so the watcher SIGKILLs the
+//!    whole group — steps die with their worker. The command's own stdin is
+//!    `/dev/null`;
+//! 5. prints one status line with a per-command random token and its PID,
 //!    which the executor removes from stdout;
-//! 5. `exec`s `SHELL -c COMMAND` (or `INTERPRETER ARGS SCRIPT`), so the
+//! 6. `exec`s `SHELL -c COMMAND` (or `INTERPRETER ARGS SCRIPT`), so the
 //!    command keeps that PID, which sshd made a session and process group
 //!    leader: everything the command starts is in that process group.
 //!
@@ -88,7 +95,7 @@
 //! line), waits up to [`SshExecutor::kill_grace`] for its live members to go
 //! (zombies do not count), then sends SIGKILL. The channel is closed after
 //! that. A connection that is lost half-way cannot deliver any of this;
-//! sshd then closes the command's pipes, which ends most commands.
+//! the watcher (step 4) kills the group then.
 
 mod auth;
 mod copy;

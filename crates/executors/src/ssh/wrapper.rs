@@ -9,9 +9,29 @@ use std::time::Duration;
 use opsconductor_core::executor::{Command, ExecError, StepContext};
 
 /// The `exec` request of every channel: the user's login shell starts
-/// `/bin/sh`, which reads the program to run from stdin (up to EOF) and
-/// evaluates it. Nothing step-specific is ever in it.
-pub const EXEC_REQUEST: &str = r#"exec /bin/sh -c 'eval "$(cat)"'"#;
+/// `/bin/sh`, which reads the program's length (a decimal line) and then
+/// exactly that many bytes from stdin, and evaluates them. Stdin stays open
+/// after that: a step's wrapper watches it to notice a lost connection (see
+/// [`build`]). Nothing step-specific is ever in it.
+pub const EXEC_REQUEST: &str =
+    r#"exec /bin/sh -c 'IFS= read -r _opsc_n && eval "$(head -c "$_opsc_n")"'"#;
+
+/// `program` framed for [`EXEC_REQUEST`]: its length in bytes on a line of
+/// its own, then the program.
+pub(crate) fn framed(program: &str) -> String {
+    format!("{}\n{program}", program.len())
+}
+
+/// Started in the background before the command: waits for the channel's
+/// stdin (kept on fd 3) to reach EOF, which happens when the channel closes.
+/// If the command (`$$`, the process group leader sshd made) is still alive
+/// then, the worker's connection was lost: kill the whole group. The double
+/// fork keeps it from being a child of the command; it ignores HUP, but not
+/// TERM, so stopping the group stops it too.
+const WATCHER: &str = "exec 3<&0 </dev/null\n\
+    ( ( trap '' HUP; cat <&3 >/dev/null 2>&1; \
+    kill -0 $$ 2>/dev/null && kill -KILL -$$ ) >/dev/null 2>&1 & )\n\
+    exec 3<&-\n";
 
 /// A step's command, ready to send.
 #[derive(Debug)]
@@ -145,6 +165,7 @@ pub(crate) fn build(
     if script_dir.is_none() {
         let _ = writeln!(p, "unset _opsc_d");
     }
+    p.push_str(WATCHER);
     let _ = writeln!(p, "printf '%s:ok:%s\\n' {} \"$$\"", quote(token));
     let _ = writeln!(p, "{exec_line}");
     Ok(Plan {
@@ -338,22 +359,117 @@ mod tests {
         assert_eq!(status, Some(Status::Failed("workdir".into())));
     }
 
+    /// Runs `program` as sshd would: the exec request by `sh -c`, as a
+    /// process group leader, the framed program on stdin, which is closed
+    /// once the command has exited and been reaped.
     fn run_locally(program: &str) -> std::process::Output {
-        use std::io::Write;
+        use std::io::{Read, Write};
+        use std::os::unix::process::CommandExt;
         let mut child = std::process::Command::new("sh")
             .arg("-c")
-            .arg(r#"eval "$(cat)""#)
+            .arg(EXEC_REQUEST)
+            .process_group(0)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(framed(program).as_bytes()).unwrap();
+        let mut stdout = Vec::new();
         child
-            .stdin
+            .stdout
             .take()
             .unwrap()
-            .write_all(program.as_bytes())
+            .read_to_end(&mut stdout)
             .unwrap();
-        child.wait_with_output().unwrap()
+        let status = child.wait().unwrap();
+        drop(stdin);
+        std::process::Output {
+            status,
+            stdout,
+            stderr: Vec::new(),
+        }
+    }
+
+    /// Whether a live (non-zombie) process is in group `pgid`.
+    fn group_alive(pgid: u32) -> bool {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                return false;
+            };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                return false;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            f.len() > 2 && f[2] == pgid.to_string() && f[0] != "Z"
+        })
+    }
+
+    #[test]
+    fn a_closed_stdin_kills_the_running_group_but_not_after_exit() {
+        use std::io::{BufRead, Write};
+        use std::os::unix::process::CommandExt;
+        let ctx = StepContext::new(Target::local());
+        // Running: the connection "drops" (stdin closes) mid-command.
+        let plan = build(
+            "/bin/sh",
+            &ctx,
+            &Command::Shell("sleep 30 & sleep 30".into()),
+            "tok",
+        )
+        .unwrap();
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(EXEC_REQUEST)
+            .process_group(0)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pgid = child.id();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(framed(&plan.program).as_bytes()).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, format!("tok:ok:{pgid}\n"));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(group_alive(pgid), "the command did not keep running");
+        drop(stdin);
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while group_alive(pgid) && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!group_alive(pgid), "the background sleep survived");
+
+        // Finished: stdin closing afterwards leaves its daemon alone.
+        let m = format!("4{}", std::process::id());
+        let plan = build(
+            "/bin/sh",
+            &ctx,
+            &Command::Shell(format!("sleep 3.{m} >/dev/null 2>&1 & echo $!")),
+            "tok",
+        )
+        .unwrap();
+        let out = run_locally(&plan.program);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        let daemon: i32 = text.lines().last().unwrap().trim().parse().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            std::path::Path::new(&format!("/proc/{daemon}")).exists(),
+            "a daemon left by a finished command was killed"
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 
     #[test]

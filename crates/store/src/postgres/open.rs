@@ -43,6 +43,8 @@ pub(super) struct Endpoint {
     database: String,
     /// The user name.
     user: String,
+    /// The host name or address (what a certificate must name).
+    host: String,
 }
 
 impl Endpoint {
@@ -58,6 +60,7 @@ impl Endpoint {
             server,
             database,
             user,
+            host: options.get_host().to_string(),
         }
     }
 }
@@ -144,10 +147,6 @@ pub(super) fn listener_pool(options: &PgConnectOptions) -> PgPool {
 /// A failure to connect, explained.
 fn connect_error(endpoint: &Endpoint, e: &sqlx::Error) -> Error {
     let message = match e {
-        sqlx::Error::Io(io) => format!(
-            "cannot connect to {endpoint}: {io} (is the server running and reachable at {}?)",
-            endpoint.server
-        ),
         sqlx::Error::Database(db) => match db.code().as_deref() {
             // invalid_catalog_name
             Some("3D000") => format!(
@@ -163,9 +162,29 @@ fn connect_error(endpoint: &Endpoint, e: &sqlx::Error) -> Error {
             ),
             _ => format!("cannot open {endpoint}: {}", db.message()),
         },
+        // rustls reports a refused certificate as invalid data on the socket.
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            tls_error(endpoint, io)
+        }
+        sqlx::Error::Tls(tls) => tls_error(endpoint, tls),
+        sqlx::Error::Io(io) => format!(
+            "cannot connect to {endpoint}: {io} (is the server running and reachable at {}?)",
+            endpoint.server
+        ),
         other => format!("cannot connect to {endpoint}: {other}"),
     };
     Error::store(message)
+}
+
+/// A failed TLS handshake, with what each `sslmode` checks.
+fn tls_error(endpoint: &Endpoint, e: &dyn std::fmt::Display) -> String {
+    format!(
+        "cannot connect to {endpoint}: TLS failed: {e} (with sslmode=verify-full the \
+             server's certificate must be signed by the CA in sslrootcert and name the host \
+             '{}' of the URL; sslmode=verify-ca skips the host name; sslmode=require needs a \
+             server with ssl = on)",
+        endpoint.host
+    )
 }
 
 /// A failure to apply the migrations, explained.

@@ -238,6 +238,32 @@ impl TestPg {
         self.must(&["start", "-w", "-t", "60", "-l", &self.log_path()]);
     }
 
+    /// Turns TLS on (`ssl = on`) with the PEM certificate (chain) and key
+    /// given, and restarts the server; clients may then use `sslmode`.
+    /// Panics if the files cannot be written or the server refuses them.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) {
+        let data = self.dir.join("data");
+        let write = |name: &str, text: &str| {
+            let path = data.join(name);
+            fs::write(&path, text)
+                .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o600)))
+                .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+            // The server runs as the owner of the data directory.
+            if let Ok(meta) = fs::metadata(&data) {
+                std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()))
+                    .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+            }
+        };
+        write("server.crt", cert_pem);
+        write("server.key", key_pem);
+        if let Err(e) = self
+            .append_conf("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+        {
+            panic!("{e}");
+        }
+        self.restart();
+    }
+
     /// The server log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
