@@ -23,7 +23,7 @@ pub const MAX_YAML_DEPTH: usize = 64;
 /// Most values (scalars and collections, every alias expanded) in one
 /// definition text: bounds "billion laughs" alias bombs and the memory and
 /// time of building the values.
-pub const MAX_YAML_NODES: u64 = 200_000;
+pub const MAX_YAML_NODES: u64 = 100_000;
 
 /// Checks the real structure of YAML text before it is turned into values:
 /// size, nesting depth and the number of values with every alias expanded.
