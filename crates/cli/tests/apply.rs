@@ -546,8 +546,14 @@ fn non_regular_files_and_yaml_bombs_are_refused_fast() {
         ("a FIFO".into(), fifo, "not a regular file"),
     ];
     for (shape, text) in [
-        ("nested flow [", format!("kind: Job\nname: {}", "[".repeat(MB))),
-        ("nested flow {", format!("kind: Job\nname: {}", "{a: ".repeat(MB / 4))),
+        (
+            "nested flow [",
+            format!("kind: Job\nname: {}", "[".repeat(MB)),
+        ),
+        (
+            "nested flow {",
+            format!("kind: Job\nname: {}", "{a: ".repeat(MB / 4)),
+        ),
         (
             "quoted brackets",
             format!(

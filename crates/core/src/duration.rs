@@ -58,9 +58,7 @@ pub fn parse(s: &str) -> Result<Duration, String> {
                 ));
             }
         };
-        total = d
-            .and_then(|d| total.checked_add(d))
-            .ok_or_else(too_large)?;
+        total = d.and_then(|d| total.checked_add(d)).ok_or_else(too_large)?;
     }
     Ok(total)
 }

@@ -243,8 +243,8 @@ pub fn load_path(path: &Path) -> Result<ApplyBatch> {
 pub fn read_file(f: &Path) -> Result<String> {
     use std::io::Read as _;
     let name = || f.display().to_string();
-    let meta = std::fs::metadata(f)
-        .map_err(|e| Error::validation(name(), format!("cannot read: {e}")))?;
+    let meta =
+        std::fs::metadata(f).map_err(|e| Error::validation(name(), format!("cannot read: {e}")))?;
     if !meta.is_file() {
         return Err(Error::validation(
             name(),
@@ -902,12 +902,20 @@ steps:
             t
         };
         vec![
-            ("nested flow [", format!("kind: Job\nname: {}", "[".repeat(MB))),
-            ("nested flow {", format!("kind: Job\nname: {}", "{a: ".repeat(MB / 4))),
+            (
+                "nested flow [",
+                format!("kind: Job\nname: {}", "[".repeat(MB)),
+            ),
+            (
+                "nested flow {",
+                format!("kind: Job\nname: {}", "{a: ".repeat(MB / 4)),
+            ),
             ("nested flow [ on lines", "[\n".repeat(MB / 2)),
             (
                 "nested block mappings",
-                (0..1400).map(|i| format!("{}k:\n", " ".repeat(i))).collect(),
+                (0..1400)
+                    .map(|i| format!("{}k:\n", " ".repeat(i)))
+                    .collect(),
             ),
             (
                 "single-quoted string with quotes and brackets",
@@ -934,7 +942,10 @@ steps:
             println!("{shape}: {} bytes refused in {took:?}", text.len());
             let e = r.err().unwrap_or_else(|| panic!("{shape}: accepted"));
             assert!(e.to_string().starts_with("bomb.yaml"), "{shape}: {e}");
-            assert!(took < std::time::Duration::from_secs(5), "{shape}: {took:?}");
+            assert!(
+                took < std::time::Duration::from_secs(5),
+                "{shape}: {took:?}"
+            );
         }
         // The old text scan was fooled by a `"` inside a single-quoted
         // string; the structure is what counts, in both directions.
@@ -944,12 +955,19 @@ steps:
         let fine = format!("a: '{}'\nb: [[1]]\n", "[[[[\"".repeat(100));
         check_yaml(&fine, "q.yaml").unwrap();
         // An alias is as deep as what it refers to.
-        let nested = format!("a: &a {}1{}\nb: [[[[*a]]]]\n", "[".repeat(62), "]".repeat(62));
+        let nested = format!(
+            "a: &a {}1{}\nb: [[[[*a]]]]\n",
+            "[".repeat(62),
+            "]".repeat(62)
+        );
         let e = check_yaml(&nested, "q.yaml").unwrap_err().to_string();
         assert!(e.contains("*a") && e.contains("deeper"), "{e}");
         // Ordinary anchors and aliases still work.
         let ok = "kind: Job\nname: x\nsteps:\n  - exec: a\n    env: &e {A: 1}\n  - exec: b\n    env: *e\n";
-        assert_eq!(parse_str(ok, "ok.yaml", None).unwrap().jobs[0].steps[1].env["A"], "1");
+        assert_eq!(
+            parse_str(ok, "ok.yaml", None).unwrap().jobs[0].steps[1].env["A"],
+            "1"
+        );
     }
 
     #[test]
@@ -967,9 +985,15 @@ steps:
     fn impossible_timeouts_are_refused_naming_the_field() {
         let t = Templates::new();
         for (yaml, field) in [
-            ("timeout: 18446744073709551615\nsteps: [{exec: a}]", "timeout"),
+            (
+                "timeout: 18446744073709551615\nsteps: [{exec: a}]",
+                "timeout",
+            ),
             ("timeout: 8d\nsteps: [{exec: a}]", "timeout"),
-            ("steps: [{exec: a, timeout: 1000000000000000d}]", "steps[0].timeout"),
+            (
+                "steps: [{exec: a, timeout: 1000000000000000d}]",
+                "steps[0].timeout",
+            ),
             ("steps: [{exec: a, timeout: 0s}]", "steps[0].timeout"),
         ] {
             let text = format!("kind: Job\nname: x\n{yaml}\n");

@@ -225,11 +225,9 @@ impl Lazy {
             // Depth, size and aliases of YAML are checked on the parser's
             // structure by the core (`opsconductor::spec::check_yaml`): a
             // text scan cannot know YAML's quoting rules.
-            Some(m) if is_yaml(m) => {
-                String::from_utf8(bytes.to_vec())
-                    .map(Document::Yaml)
-                    .map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))
-            }
+            Some(m) if is_yaml(m) => String::from_utf8(bytes.to_vec())
+                .map(Document::Yaml)
+                .map_err(|_| ApiError::bad_request("the YAML body is not UTF-8")),
             Some(m) => Err(unsupported(m, "application/json or application/yaml")),
         }
     }

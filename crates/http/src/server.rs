@@ -140,7 +140,8 @@ pub async fn start_with(oc: Conductor, config: ServerConfig) -> Result<Running> 
     let app = crate::api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
     let is_tls = tls.is_some();
-    let limits = crate::conn::ConnLimits::new(config.max_connections, config.max_connections_per_ip);
+    let limits =
+        crate::conn::ConnLimits::new(config.max_connections, config.max_connections_per_ip);
     let task = match tls {
         Some(tls) => {
             let acceptor = crate::conn::LimitAcceptor::new(

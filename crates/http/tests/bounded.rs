@@ -44,7 +44,10 @@ fn slowloris(mut s: TcpStream, every: Duration) -> tokio::task::JoinHandle<()> {
         }
         for i in 0.. {
             tokio::time::sleep(every).await;
-            if s.write_all(format!("X-Slow-{i}: a\r\n").as_bytes()).await.is_err() {
+            if s.write_all(format!("X-Slow-{i}: a\r\n").as_bytes())
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -105,7 +108,11 @@ async fn slow_and_silent_clients_are_dropped_after_the_header_timeout() {
     let drip = tokio::spawn(async move {
         for i in 0..30 {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            if wr.write_all(format!("X-{i}: a\r\n").as_bytes()).await.is_err() {
+            if wr
+                .write_all(format!("X-{i}: a\r\n").as_bytes())
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -122,7 +129,10 @@ async fn slow_and_silent_clients_are_dropped_after_the_header_timeout() {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let took = closed_within(&mut s, Duration::from_secs(5)).await;
     println!("a silent client was dropped after {took:?}");
-    assert!(took.is_some_and(|t| t >= Duration::from_millis(800)), "{took:?}");
+    assert!(
+        took.is_some_and(|t| t >= Duration::from_millis(800)),
+        "{took:?}"
+    );
     // Keep-alive: a finished request does not keep the connection forever.
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -166,12 +176,21 @@ async fn connection_caps_per_address_and_in_total_also_over_tls() {
     );
     // Others still get in, over TLS.
     let t = Instant::now();
-    let r = srv.client.get(srv.url("/health")).send().await.expect("https");
+    let r = srv
+        .client
+        .get(srv.url("/health"))
+        .send()
+        .await
+        .expect("https");
     assert_eq!(r.status(), 200);
     assert!(t.elapsed() < Duration::from_secs(1));
     // Fill the total (50) from other addresses: then new connections are closed.
     for i in 0..30 {
-        held.push(connect_from(3 + (i % 3) as u8, addr).await.expect("connect"));
+        held.push(
+            connect_from(3 + (i % 3) as u8, addr)
+                .await
+                .expect("connect"),
+        );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut extra = connect_from(9, addr).await.expect("connect");
@@ -190,7 +209,12 @@ async fn connection_caps_per_address_and_in_total_also_over_tls() {
     }
     println!("silent TLS connections dropped after {:?}", start.elapsed());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = srv.client.get(srv.url("/health")).send().await.expect("https");
+    let r = srv
+        .client
+        .get(srv.url("/health"))
+        .send()
+        .await
+        .expect("https");
     assert_eq!(r.status(), 200);
     srv.stop().await;
 }
@@ -201,7 +225,10 @@ fn bombs() -> Vec<(&'static str, String)> {
     let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..12 {
         let p = i - 1;
-        laughs.push_str(&format!("a{i}: &a{i} [{}]\n", vec![format!("*a{p}"); 10].join(", ")));
+        laughs.push_str(&format!(
+            "a{i}: &a{i} [{}]\n",
+            vec![format!("*a{p}"); 10].join(", ")
+        ));
     }
     let mut wide = format!("big: &b [{}x]\nuse: [", "x, ".repeat(50_000));
     while wide.len() < MB {
@@ -209,9 +236,20 @@ fn bombs() -> Vec<(&'static str, String)> {
     }
     wide.push_str("]\n");
     vec![
-        ("nested flow [", format!("kind: Job\nname: {}", "[".repeat(MB))),
-        ("nested flow {", format!("kind: Job\nname: {}", "{a: ".repeat(MB / 4))),
-        ("nested block mappings", (0..1400).map(|i| format!("{}k:\n", " ".repeat(i))).collect()),
+        (
+            "nested flow [",
+            format!("kind: Job\nname: {}", "[".repeat(MB)),
+        ),
+        (
+            "nested flow {",
+            format!("kind: Job\nname: {}", "{a: ".repeat(MB / 4)),
+        ),
+        (
+            "nested block mappings",
+            (0..1400)
+                .map(|i| format!("{}k:\n", " ".repeat(i)))
+                .collect(),
+        ),
         (
             "single-quoted string with quotes and brackets",
             format!(
@@ -248,7 +286,10 @@ async fn yaml_bombs_are_refused_in_well_under_a_second() {
         let body = r.text().await.unwrap_or_default();
         let took = t.elapsed();
         println!("{shape}: {} bytes -> {status} in {took:?}", text.len());
-        assert!(matches!(status, 400 | 413 | 422), "{shape}: {status} {body}");
+        assert!(
+            matches!(status, 400 | 413 | 422),
+            "{shape}: {status} {body}"
+        );
         assert!(took < Duration::from_secs(5), "{shape}: {took:?}");
     }
     // The old text scan was fooled by a `"` inside a single-quoted string.
@@ -267,34 +308,64 @@ async fn yaml_bombs_are_refused_in_well_under_a_second() {
         .await
         .expect("apply");
     let e = expect_error(r, 422, "validation").await;
-    assert!(e["error"]["message"].as_str().unwrap_or("").contains("deeper"), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("deeper"),
+        "{e}"
+    );
     srv.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn impossible_durations_are_422_naming_the_field() {
     let srv = Srv::start(Backend::Sqlite).await;
-    for t in ["18446744073709551615", "1000000000000000d", "213503982334602d", "8d", "0s"] {
+    for t in [
+        "18446744073709551615",
+        "1000000000000000d",
+        "213503982334602d",
+        "8d",
+        "0s",
+    ] {
         let r = srv
-            .post("/api/v1/exec", &srv.admin, json!({"command": "true", "timeout": t}))
+            .post(
+                "/api/v1/exec",
+                &srv.admin,
+                json!({"command": "true", "timeout": t}),
+            )
             .await;
         let e = expect_error(r, 422, "validation").await;
         assert_eq!(e["error"]["field"], "timeout", "{t}: {e}");
     }
     for t in ["213503982334602d", "366d", "0s", "99999999999999999999"] {
         let r = srv
-            .post("/api/v1/auth/tokens", &srv.admin, json!({"name": "ci", "expires_in": t}))
+            .post(
+                "/api/v1/auth/tokens",
+                &srv.admin,
+                json!({"name": "ci", "expires_in": t}),
+            )
             .await;
         let e = expect_error(r, 422, "validation").await;
         assert_eq!(e["error"]["field"], "expires_in", "{t}: {e}");
     }
     let r = srv
-        .post("/api/v1/auth/tokens", &srv.admin, json!({"name": "ci", "expires_in": "365d"}))
+        .post(
+            "/api/v1/auth/tokens",
+            &srv.admin,
+            json!({"name": "ci", "expires_in": "365d"}),
+        )
         .await;
     assert_eq!(r.status(), 201);
     for (job, field) in [
-        (json!({"kind": "Job", "name": "t1", "timeout": 18446744073709551615u64, "steps": [{"exec": "true"}]}), "timeout"),
-        (json!({"kind": "Job", "name": "t2", "steps": [{"exec": "true", "timeout": "1000000000000000d"}]}), "steps[0].timeout"),
+        (
+            json!({"kind": "Job", "name": "t1", "timeout": 18446744073709551615u64, "steps": [{"exec": "true"}]}),
+            "timeout",
+        ),
+        (
+            json!({"kind": "Job", "name": "t2", "steps": [{"exec": "true", "timeout": "1000000000000000d"}]}),
+            "steps[0].timeout",
+        ),
     ] {
         let r = srv.post("/api/v1/apply", &srv.admin, job).await;
         let e = expect_error(r, 422, "validation").await;

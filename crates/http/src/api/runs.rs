@@ -178,7 +178,8 @@ pub async fn exec(
     }
     if let Some(t) = body.timeout {
         req.timeout = Some(
-            opsconductor::duration::parse_timeout(&t).map_err(|m| ApiError::invalid("timeout", m))?,
+            opsconductor::duration::parse_timeout(&t)
+                .map_err(|m| ApiError::invalid("timeout", m))?,
         );
     }
     if let Some(c) = body.concurrency {
