@@ -62,8 +62,8 @@ pub struct ExecArgs {
         default_value = "local"
     )]
     targets: String,
-    /// Kill the command on a target after this long (e.g. 30s, 5m).
-    #[arg(long, value_parser = parse_duration)]
+    /// Kill the command on a target after this long (e.g. 30s, 5m; at most 7d).
+    #[arg(long, value_parser = opsconductor::duration::parse_timeout)]
     timeout: Option<Duration>,
     /// How many targets run at once.
     #[arg(long, default_value_t = opsconductor::model::DEFAULT_CONCURRENCY)]

@@ -59,6 +59,18 @@ pub struct ServeArgs {
     /// Take client addresses from X-Forwarded-For (only behind a proxy you trust).
     #[arg(long, env = "OPSC_TRUST_FORWARDED_FOR")]
     trust_forwarded_for: bool,
+    /// Time a client has to send a request's headers (and the TLS handshake) [default: 10s].
+    #[arg(long, env = "OPSC_HEADER_READ_TIMEOUT", value_name = "DURATION")]
+    header_read_timeout: Option<String>,
+    /// Close a connection on which nothing moves for this long [default: 2m].
+    #[arg(long, env = "OPSC_IDLE_TIMEOUT", value_name = "DURATION")]
+    idle_timeout: Option<String>,
+    /// Open connections at most, 0 for no cap [default: 4096].
+    #[arg(long, env = "OPSC_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Open connections per client address at most, 0 for no cap [default: 256].
+    #[arg(long, env = "OPSC_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    max_connections_per_ip: Option<usize>,
 }
 
 /// Whether the database URL was given on the command line or in the
@@ -109,6 +121,19 @@ pub fn config(args: &ServeArgs, database_url: &str) -> Result<ServerConfig, Erro
     }
     if args.trust_forwarded_for {
         c.trust_forwarded_for = true;
+    }
+    if let Some(t) = &args.header_read_timeout {
+        c.header_read_timeout =
+            opsconductor_http::config::parse_duration("--header-read-timeout", t)?;
+    }
+    if let Some(t) = &args.idle_timeout {
+        c.idle_timeout = opsconductor_http::config::parse_duration("--idle-timeout", t)?;
+    }
+    if let Some(n) = args.max_connections {
+        c.max_connections = n;
+    }
+    if let Some(n) = args.max_connections_per_ip {
+        c.max_connections_per_ip = n;
     }
     if let Some(s) = env("OPSC_JWT_SECRET") {
         c.jwt_secret = Some(s);

@@ -515,3 +515,72 @@ fn targets_and_jobs_inspection() {
     let v: Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
     assert_eq!(v["error"]["kind"], "notfound");
 }
+
+/// `apply -f` refuses what is not a regular file (it used to read
+/// `/dev/zero` forever and to block on a FIFO), and 1 MB YAML bombs of
+/// several shapes are refused in well under a second each (exit 2).
+#[test]
+fn non_regular_files_and_yaml_bombs_are_refused_fast() {
+    use std::time::{Duration, Instant};
+    let env = Env::new();
+    let fifo = env.path().join("pipe.yaml");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let zero = std::path::PathBuf::from("/dev/zero");
+    const MB: usize = 1024 * 1024;
+    let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let p = i - 1;
+        laughs.push_str(&format!(
+            "a{i}: &a{i} [{}]\n",
+            vec![format!("*a{p}"); 10].join(", ")
+        ));
+    }
+    let mut cases: Vec<(String, std::path::PathBuf, &str)> = vec![
+        ("/dev/zero".into(), zero, "not a regular file"),
+        ("a FIFO".into(), fifo, "not a regular file"),
+    ];
+    for (shape, text) in [
+        (
+            "nested flow [",
+            format!("kind: Job\nname: {}", "[".repeat(MB)),
+        ),
+        (
+            "nested flow {",
+            format!("kind: Job\nname: {}", "{a: ".repeat(MB / 4)),
+        ),
+        (
+            "quoted brackets",
+            format!(
+                "kind: Job\nname: x\ndescription: '{}'\nsteps: {}",
+                "\"[{''".repeat(MB / 6),
+                "[".repeat(10_000)
+            ),
+        ),
+        ("billion laughs", laughs),
+        ("huge key", format!("{}: 1\n", "k".repeat(MB))),
+    ] {
+        let p = env.write(&format!("bomb-{}.yaml", cases.len()), &text);
+        cases.push((shape.to_string(), p, "bomb-"));
+    }
+    for (shape, path, needle) in cases {
+        let t = Instant::now();
+        let a = env
+            .cmd(["apply", "-f"])
+            .arg(&path)
+            .timeout(Duration::from_secs(20))
+            .assert()
+            .code(2);
+        let took = t.elapsed();
+        let err = stderr_of(&a);
+        println!("{shape}: exit 2 in {took:?}");
+        assert!(err.contains(needle), "{shape}: {err}");
+        assert!(took < Duration::from_secs(10), "{shape}: {took:?}");
+    }
+    env.assert_pristine();
+}

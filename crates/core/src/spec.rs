@@ -16,9 +16,132 @@ use crate::template::Templates;
 /// Largest job file accepted, so a mistaken `-f /dev/zero` fails fast.
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Deepest nesting of collections in a YAML (or JSON) definition, counted on
+/// the parser's structure (an alias counts as deep as what it refers to).
+pub const MAX_YAML_DEPTH: usize = 64;
+
+/// Most values (scalars and collections, every alias expanded) in one
+/// definition text: bounds "billion laughs" alias bombs and the memory and
+/// time of building the values.
+pub const MAX_YAML_NODES: u64 = 100_000;
+
+/// Checks the real structure of YAML text before it is turned into values:
+/// size, nesting depth and the number of values with every alias expanded.
+///
+/// Why a separate pass: the parser behind `serde_yaml_ng` (libyaml) keeps a
+/// list of possible simple keys per flow level and walks it for every
+/// token, so deeply nested flow collections (`[[[[…` or `{a: {a: …`) cost
+/// time quadratic in the input (200 KB took 38 s), and the deserializer
+/// reads all events of a document before its own depth limit applies. This
+/// pass streams events from a safe port of the same libyaml
+/// (`libyaml-safer`) and stops at the first event over a limit, so it does
+/// at most ~`MAX_YAML_DEPTH` work per token: linear in the input. A syntax
+/// error is left to the real parser, which stops at the same place and
+/// words it the way the rest of the errors are worded.
+pub fn check_yaml(text: &str, source: &str) -> Result<()> {
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(Error::validation(
+            source,
+            format!(
+                "the text is {} bytes; the limit is {MAX_FILE_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    use libyaml_safer::EventData as E;
+    struct Open {
+        anchor: Option<String>,
+        nodes_before: u64,
+        depth: usize,
+        max_depth: usize,
+    }
+    let mut input = text.as_bytes();
+    let mut parser = libyaml_safer::Parser::new();
+    parser.set_input_string(&mut input);
+    // Per anchor: (values it expands to, how deep it nests below itself).
+    let mut anchors: std::collections::HashMap<String, (u64, usize)> = Default::default();
+    let mut open: Vec<Open> = Vec::new();
+    let mut nodes: u64 = 0;
+    loop {
+        let Ok(event) = parser.parse() else {
+            return Ok(());
+        };
+        let at = |what: String| {
+            Error::validation(
+                format!(
+                    "{source}:{}:{}",
+                    event.start_mark.line + 1,
+                    event.start_mark.column + 1
+                ),
+                what,
+            )
+        };
+        let depth = open.len();
+        // A value of `size` values nesting `below` levels under this point.
+        let add = |size: u64, below: usize, open: &mut Vec<Open>, nodes: &mut u64| {
+            *nodes = nodes.saturating_add(size);
+            if let Some(o) = open.last_mut() {
+                o.max_depth = o.max_depth.max(depth + below);
+            }
+        };
+        match event.data {
+            E::StreamEnd => return Ok(()),
+            E::DocumentStart { .. } => anchors.clear(),
+            E::Scalar { anchor, .. } => {
+                add(1, 0, &mut open, &mut nodes);
+                if let Some(a) = anchor {
+                    anchors.insert(a, (1, 0));
+                }
+            }
+            E::Alias { anchor } => {
+                let (size, below) = anchors.get(&anchor).copied().unwrap_or((1, 0));
+                if depth + below > MAX_YAML_DEPTH {
+                    return Err(at(format!(
+                        "the alias *{anchor} nests deeper than {MAX_YAML_DEPTH} levels"
+                    )));
+                }
+                add(size, below, &mut open, &mut nodes);
+            }
+            E::SequenceStart { anchor, .. } | E::MappingStart { anchor, .. } => {
+                if depth + 1 > MAX_YAML_DEPTH {
+                    return Err(at(format!(
+                        "nests deeper than {MAX_YAML_DEPTH} levels (the limit for definitions)"
+                    )));
+                }
+                let before = nodes;
+                add(1, 1, &mut open, &mut nodes);
+                open.push(Open {
+                    anchor,
+                    nodes_before: before,
+                    depth: depth + 1,
+                    max_depth: depth + 1,
+                });
+            }
+            E::SequenceEnd | E::MappingEnd => {
+                if let Some(o) = open.pop() {
+                    if let Some(parent) = open.last_mut() {
+                        parent.max_depth = parent.max_depth.max(o.max_depth);
+                    }
+                    if let Some(a) = o.anchor {
+                        anchors.insert(a, (nodes - o.nodes_before, o.max_depth + 1 - o.depth));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if nodes > MAX_YAML_NODES {
+            return Err(at(format!(
+                "more than {MAX_YAML_NODES} values (aliases expanded); split the definitions into several files"
+            )));
+        }
+    }
+}
+
 /// Parses every document of `text`; `source` names it in errors (a path or `<stdin>`).
-/// `base` resolves relative `copy.src` paths.
+/// `base` resolves relative `copy.src` paths. The text is checked by
+/// [`check_yaml`] first.
 pub fn parse_str(text: &str, source: &str, base: Option<&Path>) -> Result<ApplyBatch> {
+    check_yaml(text, source)?;
     // Pass 1: syntax and the `kind` of each document.
     let mut kinds = Vec::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
@@ -81,6 +204,7 @@ pub fn parse_str(text: &str, source: &str, base: Option<&Path>) -> Result<ApplyB
 
 /// Parses one YAML (or JSON) document into JSON, e.g. a parameters file.
 pub fn parse_value(text: &str) -> std::result::Result<serde_json::Value, String> {
+    check_yaml(text, "parameters").map_err(|e| e.to_string())?;
     serde_yaml_ng::from_str::<serde_json::Value>(text).map_err(|e| e.to_string())
 }
 
@@ -105,24 +229,48 @@ pub fn load_path(path: &Path) -> Result<ApplyBatch> {
     }
     let mut batch = ApplyBatch::default();
     for f in files {
-        let meta = std::fs::metadata(&f)
-            .map_err(|e| Error::validation(f.display().to_string(), format!("cannot read: {e}")))?;
-        if meta.len() > MAX_FILE_BYTES {
-            return Err(Error::validation(
-                f.display().to_string(),
-                format!(
-                    "file is {} bytes; the limit is {MAX_FILE_BYTES}",
-                    meta.len()
-                ),
-            ));
-        }
-        let text = std::fs::read_to_string(&f)
-            .map_err(|e| Error::validation(f.display().to_string(), format!("cannot read: {e}")))?;
+        let text = read_file(&f)?;
         let b = parse_str(&text, &f.display().to_string(), f.parent())?;
         batch.targets.extend(b.targets);
         batch.jobs.extend(b.jobs);
     }
     Ok(batch)
+}
+
+/// Reads a definition file: a regular file of at most [`MAX_FILE_BYTES`].
+/// Devices, FIFOs and sockets are refused before they are opened (reading
+/// `/dev/zero` never ends, opening a FIFO blocks until a writer comes).
+pub fn read_file(f: &Path) -> Result<String> {
+    use std::io::Read as _;
+    let name = || f.display().to_string();
+    let meta =
+        std::fs::metadata(f).map_err(|e| Error::validation(name(), format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(Error::validation(
+            name(),
+            "not a regular file (devices, FIFOs and sockets are refused; use `-f -` to read standard input)",
+        ));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(Error::validation(
+            name(),
+            format!(
+                "file is {} bytes; the limit is {MAX_FILE_BYTES}",
+                meta.len()
+            ),
+        ));
+    }
+    let mut text = String::new();
+    std::fs::File::open(f)
+        .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| Error::validation(name(), format!("cannot read: {e}")))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(Error::validation(
+            name(),
+            format!("file grew past the limit of {MAX_FILE_BYTES} bytes while being read"),
+        ));
+    }
+    Ok(text)
 }
 
 fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -451,8 +599,8 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
     if spec.concurrency == 0 {
         return Err(Error::validation("concurrency", "must be at least 1"));
     }
-    if spec.timeout == Some(Duration::ZERO) {
-        return Err(Error::validation("timeout", "must be more than 0"));
+    if let Some(t) = spec.timeout {
+        crate::duration::check_timeout(t).map_err(|m| Error::validation("timeout", m))?;
     }
     let mut names = BTreeSet::new();
     for (i, step) in spec.steps.iter().enumerate() {
@@ -463,8 +611,8 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
                 format!("duplicate step name '{}'", step.name),
             ));
         }
-        if step.timeout == Some(Duration::ZERO) {
-            return Err(Error::validation(here("timeout"), "must be more than 0"));
+        if let Some(t) = step.timeout {
+            crate::duration::check_timeout(t).map_err(|m| Error::validation(here("timeout"), m))?;
         }
         let tpl = |f: String, src: &str| {
             if step.raw {
@@ -730,5 +878,139 @@ steps:
             "{e}"
         );
         assert!(e.contains("known_hosts"), "lists the allowed keys: {e}");
+    }
+
+    /// 1 MB documents of the shapes that were slow, deep or explosive.
+    pub(crate) fn adversarial_documents() -> Vec<(&'static str, String)> {
+        const MB: usize = 1024 * 1024;
+        let laughs = {
+            let mut t = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+            for i in 1..12 {
+                let p = i - 1;
+                t.push_str(&format!(
+                    "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+                ));
+            }
+            t
+        };
+        let wide_alias = {
+            let mut t = format!("big: &b [{}x]\nuse: [", "x, ".repeat(50_000));
+            while t.len() < MB {
+                t.push_str("*b, ");
+            }
+            t.push_str("]\n");
+            t
+        };
+        vec![
+            (
+                "nested flow [",
+                format!("kind: Job\nname: {}", "[".repeat(MB)),
+            ),
+            (
+                "nested flow {",
+                format!("kind: Job\nname: {}", "{a: ".repeat(MB / 4)),
+            ),
+            ("nested flow [ on lines", "[\n".repeat(MB / 2)),
+            (
+                "nested block mappings",
+                (0..1400)
+                    .map(|i| format!("{}k:\n", " ".repeat(i)))
+                    .collect(),
+            ),
+            (
+                "single-quoted string with quotes and brackets",
+                format!(
+                    "kind: Job\nname: x\ndescription: '{}'\nsteps: {}",
+                    "\"[{''".repeat(MB / 6),
+                    "[".repeat(10_000)
+                ),
+            ),
+            ("billion laughs", laughs),
+            ("wide alias expansion", wide_alias),
+            ("huge plain key", format!("{}: 1\n", "k".repeat(MB))),
+            ("huge quoted key", format!("\"{}\": 1\n", "k".repeat(MB))),
+            ("a million values", "- 1\n".repeat(MB / 4)),
+        ]
+    }
+
+    #[test]
+    fn adversarial_yaml_is_refused_fast_on_its_real_structure() {
+        for (shape, text) in adversarial_documents() {
+            let t = std::time::Instant::now();
+            let r = parse_str(&text, "bomb.yaml", None);
+            let took = t.elapsed();
+            println!("{shape}: {} bytes refused in {took:?}", text.len());
+            let e = r.err().unwrap_or_else(|| panic!("{shape}: accepted"));
+            assert!(e.to_string().starts_with("bomb.yaml"), "{shape}: {e}");
+            assert!(
+                took < std::time::Duration::from_secs(5),
+                "{shape}: {took:?}"
+            );
+        }
+        // The old text scan was fooled by a `"` inside a single-quoted
+        // string; the structure is what counts, in both directions.
+        let deep = format!("a: 'x\"y'\nb: {}1{}\n", "[".repeat(65), "]".repeat(65));
+        let e = check_yaml(&deep, "q.yaml").unwrap_err().to_string();
+        assert!(e.contains("deeper than 64"), "{e}");
+        let fine = format!("a: '{}'\nb: [[1]]\n", "[[[[\"".repeat(100));
+        check_yaml(&fine, "q.yaml").unwrap();
+        // An alias is as deep as what it refers to.
+        let nested = format!(
+            "a: &a {}1{}\nb: [[[[*a]]]]\n",
+            "[".repeat(62),
+            "]".repeat(62)
+        );
+        let e = check_yaml(&nested, "q.yaml").unwrap_err().to_string();
+        assert!(e.contains("*a") && e.contains("deeper"), "{e}");
+        // Ordinary anchors and aliases still work.
+        let ok = "kind: Job\nname: x\nsteps:\n  - exec: a\n    env: &e {A: 1}\n  - exec: b\n    env: *e\n";
+        assert_eq!(
+            parse_str(ok, "ok.yaml", None).unwrap().jobs[0].steps[1].env["A"],
+            "1"
+        );
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let e = load_path(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.yaml");
+        std::fs::write(&big, vec![b' '; MAX_FILE_BYTES as usize + 1]).unwrap();
+        let e = load_path(&big).unwrap_err().to_string();
+        assert!(e.contains("limit"), "{e}");
+    }
+
+    #[test]
+    fn impossible_timeouts_are_refused_naming_the_field() {
+        let t = Templates::new();
+        for (yaml, field) in [
+            (
+                "timeout: 18446744073709551615\nsteps: [{exec: a}]",
+                "timeout",
+            ),
+            ("timeout: 8d\nsteps: [{exec: a}]", "timeout"),
+            (
+                "steps: [{exec: a, timeout: 1000000000000000d}]",
+                "steps[0].timeout",
+            ),
+            ("steps: [{exec: a, timeout: 0s}]", "steps[0].timeout"),
+        ] {
+            let text = format!("kind: Job\nname: x\n{yaml}\n");
+            let e = match parse_str(&text, "t.yaml", None) {
+                Ok(mut b) => validate_job(&b.jobs.remove(0), &t).unwrap_err(),
+                Err(e) => e,
+            }
+            .to_string();
+            assert!(e.contains(field), "{yaml}: {e}");
+        }
+        let e = parse_str(
+            "kind: Job\nname: x\ntimeout: 213503982334602d\nsteps: [{exec: a}]\n",
+            "t.yaml",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("too large"), "{e}");
     }
 }

@@ -61,6 +61,18 @@ pub struct ServerConfig {
     pub metrics_public: bool,
     /// How long a graceful shutdown waits for open requests and running runs.
     pub shutdown_timeout: Duration,
+    /// Time a client has to send a request's headers, counted from when the
+    /// server starts waiting for them (so it also ends idle keep-alive
+    /// connections between requests), and for the TLS handshake (default 10s).
+    pub header_read_timeout: Duration,
+    /// A connection on which nothing moves in either direction for this long
+    /// is closed (default 2m; live log streams send a keep-alive every 15s).
+    pub idle_timeout: Duration,
+    /// Open connections at most; more are closed at once (default 4096; 0: no cap).
+    pub max_connections: usize,
+    /// Open connections per client address at most (default 256; 0: no cap).
+    /// Behind a proxy every connection comes from the proxy: raise it or use 0.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +99,10 @@ impl Default for ServerConfig {
             trust_forwarded_for: false,
             metrics_public: true,
             shutdown_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 4096,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -119,6 +135,10 @@ impl fmt::Debug for ServerConfig {
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("metrics_public", &self.metrics_public)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
             .finish()
     }
 }
@@ -167,6 +187,10 @@ struct FileConfig {
     trust_forwarded_for: Option<bool>,
     metrics_public: Option<bool>,
     shutdown_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
 }
 
 /// Parses a listen address, with a message saying what is expected.
@@ -179,14 +203,9 @@ pub fn parse_listen(field: &str, text: &str) -> Result<SocketAddr> {
     })
 }
 
-/// Parses a duration (`15m`, `7d`, `90s` or seconds).
+/// Parses a duration (`15m`, `7d`, `90s` or seconds) with the core's
+/// parser (checked arithmetic); the error names `field`.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration> {
-    let text = text.trim();
-    if let Some(days) = text.strip_suffix('d')
-        && let Ok(n) = days.parse::<u64>()
-    {
-        return Ok(Duration::from_secs(n * 24 * 3600));
-    }
     opsconductor::duration::parse(text).map_err(|m| Error::validation(field, m))
 }
 
@@ -258,6 +277,18 @@ impl ServerConfig {
         if let Some(v) = file.shutdown_timeout {
             c.shutdown_timeout = parse_duration(&field("shutdown_timeout"), &v)?;
         }
+        if let Some(v) = file.header_read_timeout {
+            c.header_read_timeout = parse_duration(&field("header_read_timeout"), &v)?;
+        }
+        if let Some(v) = file.idle_timeout {
+            c.idle_timeout = parse_duration(&field("idle_timeout"), &v)?;
+        }
+        if let Some(v) = file.max_connections {
+            c.max_connections = v;
+        }
+        if let Some(v) = file.max_connections_per_ip {
+            c.max_connections_per_ip = v;
+        }
         Ok(c)
     }
 
@@ -317,11 +348,33 @@ impl ServerConfig {
             ));
         }
         if self.refresh_token_ttl < self.access_token_ttl
-            || self.refresh_token_ttl > Duration::from_secs(366 * 24 * 3600)
+            || self.refresh_token_ttl > opsconductor::duration::MAX_TOKEN_LIFETIME
         {
             return Err(Error::validation(
                 "refresh_token_ttl",
-                "must be at least the access token lifetime and at most 366d",
+                "must be at least the access token lifetime and at most 365d",
+            ));
+        }
+        if self.header_read_timeout < Duration::from_millis(100)
+            || self.header_read_timeout > Duration::from_secs(600)
+        {
+            return Err(Error::validation(
+                "header_read_timeout",
+                "must be between 100ms and 10m",
+            ));
+        }
+        if self.idle_timeout < self.header_read_timeout
+            || self.idle_timeout > Duration::from_secs(24 * 3600)
+        {
+            return Err(Error::validation(
+                "idle_timeout",
+                "must be at least the header read timeout and at most 24h",
+            ));
+        }
+        if self.max_connections_per_ip > self.max_connections && self.max_connections > 0 {
+            return Err(Error::validation(
+                "max_connections_per_ip",
+                "must not be more than max_connections",
             ));
         }
         if self.body_limit < 1024 || self.body_limit > 256 * 1024 * 1024 {

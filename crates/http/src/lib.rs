@@ -20,6 +20,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+mod conn;
 pub mod docs;
 pub mod dto;
 pub mod error;

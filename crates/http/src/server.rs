@@ -145,17 +145,36 @@ pub async fn start_with(oc: Conductor, config: ServerConfig) -> Result<Running> 
     let app = crate::api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
     let is_tls = tls.is_some();
+    let limits =
+        crate::conn::ConnLimits::new(config.max_connections, config.max_connections_per_ip);
     let task = match tls {
         Some(tls) => {
-            let server = axum_server::from_tcp_rustls(listener, tls)
+            let acceptor = crate::conn::LimitAcceptor::new(
+                axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                    .handshake_timeout(config.header_read_timeout),
+                limits,
+                config.header_read_timeout,
+                config.idle_timeout,
+            );
+            let mut server = axum_server::from_tcp(listener)
                 .map_err(|e| Error::Internal(format!("listener: {e}")))?
+                .acceptor(acceptor)
                 .handle(handle.clone());
+            bound_http(server.http_builder(), &config);
             tokio::spawn(async move { server.serve(app).await })
         }
         None => {
-            let server = axum_server::from_tcp(listener)
+            let acceptor = crate::conn::LimitAcceptor::new(
+                axum_server::accept::DefaultAcceptor::new(),
+                limits,
+                config.header_read_timeout,
+                config.idle_timeout,
+            );
+            let mut server = axum_server::from_tcp(listener)
                 .map_err(|e| Error::Internal(format!("listener: {e}")))?
+                .acceptor(acceptor)
                 .handle(handle.clone());
+            bound_http(server.http_builder(), &config);
             tokio::spawn(async move { server.serve(app).await })
         }
     };
@@ -171,6 +190,24 @@ pub async fn start_with(oc: Conductor, config: ServerConfig) -> Result<Running> 
         admin_password,
         shutdown_timeout: config.shutdown_timeout,
     })
+}
+
+/// hyper's own limits: without a timer its header-read timeout does
+/// nothing, so one is set here.
+fn bound_http(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    config: &ServerConfig,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(config.idle_timeout / 2))
+        .keep_alive_timeout(config.header_read_timeout);
 }
 
 fn rustls_config(

@@ -159,16 +159,28 @@ pub(crate) fn is_pathlike(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
 }
 
 /// A time limit: `None`, seconds (int or float), a `timedelta`, or a string
-/// in the job-file syntax (`"30s"`, `"1h30m"`, `"500ms"`).
+/// in the job-file syntax (`"30s"`, `"1h30m"`, `"500ms"`). At most the
+/// core's maximum time limit (7 days); NaN, infinities, negative and huge
+/// values are a `ValidationError` (a `ValueError`), never a panic.
 pub(crate) fn duration(obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Duration>> {
+    use opsconductor::duration::{MAX_TIMEOUT, format, from_secs_f64, parse};
     let Some(obj) = obj else { return Ok(None) };
     if obj.is_none() {
         return Ok(None);
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return opsconductor::duration::parse(&s.to_cow()?)
-            .map(Some)
-            .map_err(|m| crate::errors::validation(what, &m));
+        let d = parse(&s.to_cow()?).map_err(|m| crate::errors::validation(what, &m))?;
+        if d > MAX_TIMEOUT {
+            return Err(crate::errors::validation(
+                what,
+                &format!(
+                    "{} is longer than the maximum time limit of {}",
+                    format(d),
+                    format(MAX_TIMEOUT)
+                ),
+            ));
+        }
+        return Ok(Some(d));
     }
     if obj.is_instance_of::<PyBool>() {
         return Err(PyTypeError::new_err(format!(
@@ -177,6 +189,9 @@ pub(crate) fn duration(obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<O
     }
     let secs: f64 = if obj.hasattr("total_seconds")? {
         obj.call_method0("total_seconds")?.extract()?
+    } else if obj.is_instance_of::<pyo3::types::PyInt>() {
+        // An int too large for a float is too large for a time limit.
+        obj.extract().unwrap_or(f64::INFINITY)
     } else {
         obj.extract().map_err(|_| {
             PyTypeError::new_err(format!(
@@ -184,13 +199,9 @@ pub(crate) fn duration(obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<O
             ))
         })?
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(crate::errors::validation(
-            what,
-            &format!("{secs} is not a usable time limit (it must be zero or more seconds)"),
-        ));
-    }
-    Ok(Some(Duration::from_secs_f64(secs)))
+    from_secs_f64(secs, MAX_TIMEOUT)
+        .map(Some)
+        .map_err(|m| crate::errors::validation(what, &m))
 }
 
 /// A target selector: a string (`"web-*,!web-3"`, `"tag:web"`) or a list of them.

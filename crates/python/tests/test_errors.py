@@ -149,3 +149,28 @@ def test_every_class_is_exported() -> None:
     ):
         cls = getattr(opsconductor, name)
         assert issubclass(cls, OpsConductorError)
+
+
+def test_impossible_time_limits_are_value_errors_not_panics(oc: Conductor) -> None:
+    # Each of these panicked (PyO3 PanicException) or was accepted before.
+    for bad in (
+        float("nan"),
+        float("inf"),
+        -1.0,
+        1e300,
+        18446744073709551615,
+        10**400,
+        8 * 86400,
+        "1000000000000000d",
+        "213503982334602d",
+        "18446744073709551615",
+        "8d",
+    ):
+        with pytest.raises(ValidationError) as e:
+            oc.exec("true", timeout=bad)  # type: ignore[arg-type]
+        assert isinstance(e.value, ValueError)
+        assert e.value.field == "timeout", (bad, e.value.field)
+    with pytest.raises(ValidationError):
+        oc.exec("true", timeout="0s")
+    with pytest.raises(ValidationError):
+        oc.define_job({"name": "huge", "steps": [{"exec": "true", "timeout": "8d"}]})

@@ -579,6 +579,9 @@ impl Conductor {
         if req.concurrency == 0 {
             return Err(Error::validation("concurrency", "must be at least 1"));
         }
+        if let Some(t) = req.timeout {
+            crate::duration::check_timeout(t).map_err(|m| Error::validation("timeout", m))?;
+        }
         let spec = JobSpec {
             name: ADHOC_JOB.into(),
             description: String::new(),

@@ -208,11 +208,10 @@ pub async fn create_token(
     let expires_at = match &body.expires_in {
         None => None,
         Some(text) => {
-            let d = crate::config::parse_duration("expires_in", text)?;
+            let d = opsconductor::duration::parse_lifetime(text)
+                .map_err(|m| ApiError::invalid("expires_in", m))?;
             let d = chrono::Duration::from_std(d)
-                .ok()
-                .filter(|d| *d > chrono::Duration::zero() && *d <= chrono::Duration::days(3660))
-                .ok_or_else(|| ApiError::invalid("expires_in", "must be between 1s and 3660d"))?;
+                .map_err(|_| ApiError::invalid("expires_in", "too large"))?;
             Some(chrono::Utc::now() + d)
         }
     };

@@ -223,7 +223,13 @@ pub async fn apply(
             ));
         }
     };
-    let batch = opsconductor::spec::parse_str(&text, "body", None)?;
+    // Parsing is bounded (linear, with limits) but still CPU work: off the reactor.
+    let batch =
+        tokio::task::spawn_blocking(move || opsconductor::spec::parse_str(&text, "body", None))
+            .await
+            .map_err(|e| {
+                ApiError::from(opsconductor::Error::Internal(format!("parsing: {e}")))
+            })??;
     if batch.jobs.is_empty() && batch.targets.is_empty() {
         return Err(ApiError::invalid(
             "body",

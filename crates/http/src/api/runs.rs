@@ -177,7 +177,10 @@ pub async fn exec(
         req.targets = t;
     }
     if let Some(t) = body.timeout {
-        req.timeout = Some(crate::config::parse_duration("timeout", &t)?);
+        req.timeout = Some(
+            opsconductor::duration::parse_timeout(&t)
+                .map_err(|m| ApiError::invalid("timeout", m))?,
+        );
     }
     if let Some(c) = body.concurrency {
         req.concurrency = c;
