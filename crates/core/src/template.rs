@@ -602,4 +602,100 @@ mod tests {
             Quoting::PowerShell
         );
     }
+
+    /// PowerShell cannot run here (pwsh is not installed on the build
+    /// machines), so its rules are checked as rules: what each context emits
+    /// for hostile values, and that the lexer refuses what it cannot escape.
+    #[test]
+    fn powershell_contexts() {
+        let t = Templates::new();
+        let r = |src: &str, v: &str| t.render(src, Quoting::PowerShell, &json!({"v": v}));
+        // Bare: single quotes, every single-quote character doubled.
+        assert_eq!(
+            r("echo {{ v }}", "a'b\u{2019}c").unwrap(),
+            "echo 'a''b\u{2019}\u{2019}c'"
+        );
+        // Bare with a newline: still one single-quoted string.
+        assert_eq!(
+            r("echo {{ v }}", "a\n$(x)`\"").unwrap(),
+            "echo 'a\n$(x)`\"'"
+        );
+        // Inside '...': doubled single quotes only.
+        assert_eq!(
+            r("echo 'x{{ v }}y'", "'$(x)\n").unwrap(),
+            "echo 'x''$(x)\ny'"
+        );
+        // Inside "...": backtick before $, ` and every double-quote character.
+        assert_eq!(
+            r("echo \"x{{ v }}y\"", "$(x)`\"\u{201C}\u{201D}\u{201E}'\n").unwrap(),
+            "echo \"x`$(x)```\"`\u{201C}`\u{201D}`\u{201E}'\ny\""
+        );
+        // Smart double quotes open and close strings too.
+        assert_eq!(
+            r("echo \u{201C}x{{ v }}\u{201D}", "$a").unwrap(),
+            "echo \u{201C}x`$a\u{201D}"
+        );
+        // $(...) inside "..." is code again.
+        assert_eq!(
+            r("echo \"$(Get-X {{ v }})\"", "a b").unwrap(),
+            "echo \"$(Get-X 'a b')\""
+        );
+        // Expandable here-string: escaped like "...", so no line can start with "@.
+        assert_eq!(
+            r("$s = @\"\n{{ v }}\n\"@\n", "\"@\n$(x)").unwrap(),
+            "$s = @\"\n`\"@\n`$(x)\n\"@\n"
+        );
+        // Literal here-string: verbatim, unless a line of the value would end it.
+        assert_eq!(
+            r("$s = @'\n{{ v }}\n'@\n", "$(x) \"@ '").unwrap(),
+            "$s = @'\n$(x) \"@ '\n'@\n"
+        );
+        for bad in ["'@", "a\n'@ x", "a\n\u{2019}@"] {
+            assert!(
+                r("$s = @'\n{{ v }}\n'@\n", bad)
+                    .unwrap_err()
+                    .contains("would end"),
+                "{bad:?}"
+            );
+        }
+        // Comments: one line, # escaped, so neither a newline nor #> escapes.
+        assert_eq!(r("# {{ v }}\nx", "a\n#>b").unwrap(), "# \"a`n`#>b\"\nx");
+        assert_eq!(r("<# {{ v }} #>", "#>x").unwrap(), "<# \"`#>x\" #>");
+        // Refused: ${...}, after a backtick, after $, after # inside a word.
+        for src in [
+            "echo ${ {{ v }} }",
+            "echo `{{ v }}",
+            "echo ${{ v }}",
+            "echo a#b {{ v }}",
+        ] {
+            assert!(r(src, "x").unwrap_err().contains("cannot go here"), "{src}");
+        }
+        // Booleans and numbers stay bare.
+        let ctx = json!({"b": true, "n": 3});
+        assert_eq!(
+            t.render("f {{ b }} {{ n }}", Quoting::PowerShell, &ctx)
+                .unwrap(),
+            "f $true 3"
+        );
+    }
+
+    #[test]
+    fn rendered_context_follows_control_flow() {
+        let t = Templates::new();
+        let ctx = json!({"q": true, "v": "$(x)"});
+        // The quoting state is that of the rendered text, not of the source.
+        assert_eq!(
+            t.render(
+                "echo {% if q %}\"{% endif %}{{ v }}{% if q %}\"{% endif %}",
+                Quoting::Shell,
+                &ctx
+            )
+            .unwrap(),
+            "echo \"\\$(x)\""
+        );
+        // A marker character in the template text cannot forge a value.
+        let forged = format!("echo {OPEN}0{CLOSE} {{{{ v }}}}");
+        let out = t.render(&forged, Quoting::Shell, &ctx).unwrap();
+        assert_eq!(out, "echo '$(x)' '$(x)'");
+    }
 }

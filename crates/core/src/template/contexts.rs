@@ -998,14 +998,11 @@ pub(crate) fn ps_double_body(v: &str, one_line: bool) -> String {
     o
 }
 
-/// A PowerShell string literal: single-quoted if the value is one line,
-/// else a one-line double-quoted string with `` `n`` escapes.
+/// A PowerShell string literal: single quotes, nothing inside is special
+/// but the single-quote characters, which are doubled. (Comments, where a
+/// newline would end the comment, get the one-line form instead.)
 pub(crate) fn ps_literal(v: &str) -> String {
-    if v.contains(['\n', '\r']) {
-        format!("\"{}\"", ps_double_body(v, true))
-    } else {
-        format!("'{}'", ps_single_body(v))
-    }
+    format!("'{}'", ps_single_body(v))
 }
 
 fn powershell(sc: &mut Scan<'_>) -> Result<(), Refusal> {
