@@ -279,8 +279,16 @@ impl Templates {
                 SAFE_REFUSED,
             ))
         });
-        env.add_filter("shell_quote", |v: Value| {
-            Value::from_object(RawText(contexts::sh_single(&v.to_string())))
+        // In verbatim text (e.g. a script written by `copy.content`) this
+        // single-quotes for a shell; in quoted steps the value is quoted for
+        // its context anyway, so the filter steps aside (a pre-quoted value
+        // inside "..." would not be safe).
+        env.add_filter("shell_quote", |state: &minijinja::State, v: Value| {
+            if Quoting::from_name(state.name()) == Quoting::None {
+                Value::from_object(RawText(contexts::sh_single(&v.to_string())))
+            } else {
+                Value::from(v.to_string())
+            }
         });
         Self { env }
     }
@@ -692,6 +700,18 @@ mod tests {
             )
             .unwrap(),
             "echo \"\\$(x)\""
+        );
+        // `| shell_quote` quotes verbatim text; in a quoted step it steps aside.
+        let c = json!({"v": "a'b $(x)"});
+        assert_eq!(
+            t.render("echo {{ v | shell_quote }}", Quoting::None, &c)
+                .unwrap(),
+            "echo 'a'\\''b $(x)'"
+        );
+        assert_eq!(
+            t.render("echo \"{{ v | shell_quote }}\"", Quoting::Shell, &c)
+                .unwrap(),
+            "echo \"a'b \\$(x)\""
         );
         // A marker character in the template text cannot forge a value.
         let forged = format!("echo {OPEN}0{CLOSE} {{{{ v }}}}");

@@ -6,6 +6,8 @@
 //! make safe are refused with a line and column. (PowerShell is not installed
 //! here; its rules are unit-tested in `template::tests`.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is the failure report.
+
 use std::path::Path;
 use std::process::Command;
 
@@ -217,9 +219,9 @@ fn round_trip(case: &Case, interps: &[&str]) {
     }
     let mut src = case.preamble.to_string();
     let mut expect = String::new();
-    for i in 0..kept.len() {
+    for (i, v) in kept.iter().enumerate() {
         src.push_str(&case.line.replace('P', &format!("{{{{ params.p[{i}] }}}}")));
-        expect.push_str(&case.expect.replace('V', &kept[i]));
+        expect.push_str(&case.expect.replace('V', v));
         expect.push(SEP);
     }
     let script = t
