@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::model::{Action, Connection, DEFAULT_CONCURRENCY, JobSpec, JobStatus, Step, Target};
 use crate::store::ApplyBatch;
-use crate::template::Templates;
+use crate::template::{Quoting, Templates};
 
 /// Largest job file accepted, so a mistaken `-f /dev/zero` fails fast.
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
@@ -614,26 +614,42 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
         if let Some(t) = step.timeout {
             crate::duration::check_timeout(t).map_err(|m| Error::validation(here("timeout"), m))?;
         }
-        let tpl = |f: String, src: &str| {
+        let tpl_in = |f: String, src: &str, q: &[Quoting]| {
             if step.raw {
                 return Ok(());
             }
-            templates
-                .check(src)
-                .map_err(|m| Error::validation(f, format!("template error: {m}")))
+            // Any of the quotings this text may be rendered with will do;
+            // submit re-checks with the target's own.
+            let mut res = templates.check(src);
+            if let (Ok(()), Some((&first, others))) = (&res, q.split_first()) {
+                res = templates.check_for(src, first);
+                if others.iter().any(|&o| templates.check_for(src, o).is_ok()) {
+                    res = Ok(());
+                }
+            }
+            res.map_err(|m| Error::validation(f, format!("template error: {m}")))
         };
+        let tpl = |f: String, src: &str| tpl_in(f, src, &[]);
         match &step.action {
             Action::Exec { command } => {
                 if command.trim().is_empty() {
                     return Err(Error::validation(here("exec"), "empty command"));
                 }
-                tpl(here("exec"), command)?;
+                tpl_in(
+                    here("exec"),
+                    command,
+                    &[Quoting::Shell, Quoting::PowerShell],
+                )?;
             }
             Action::Script { interpreter, body } => {
                 if interpreter.trim().is_empty() {
                     return Err(Error::validation(here("interpreter"), "empty interpreter"));
                 }
-                tpl(here("script"), body)?;
+                tpl_in(
+                    here("script"),
+                    body,
+                    &[Quoting::for_interpreter(interpreter)],
+                )?;
             }
             Action::Copy {
                 dest,

@@ -631,20 +631,35 @@ impl Conductor {
         // Render every template for every target now, so a template error is
         // the submitter's error, not a failed run later.
         let id = RunId::new();
+        // Rendering is CPU work bounded by the template budget (fuel and
+        // output size); it runs on the blocking pool, never on the reactor.
+        let (inner, spec, targets, params) = {
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || {
+                for t in &targets {
+                    for (i, step) in spec.steps.iter().enumerate() {
+                        worker::render_step(
+                            &inner.templates,
+                            step,
+                            t,
+                            &worker::template_context(id, &spec, version, 1, &params, t),
+                        )
+                        .map_err(|m| {
+                            Error::validation(
+                                format!("steps[{i}] ({}) on target '{}'", step.name, t.name),
+                                m,
+                            )
+                        })?;
+                    }
+                }
+                Ok::<_, Error>((inner, spec, targets, params))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("rendering templates: {e}")))??
+        };
+        drop(inner);
         for t in &targets {
             for (i, step) in spec.steps.iter().enumerate() {
-                worker::render_step(
-                    &self.inner.templates,
-                    step,
-                    t,
-                    &worker::template_context(id, &spec, version, 1, &params, t),
-                )
-                .map_err(|m| {
-                    Error::validation(
-                        format!("steps[{i}] ({}) on target '{}'", step.name, t.name),
-                        m,
-                    )
-                })?;
                 if !step.limits.is_empty() {
                     let kind = t.connection.kind();
                     let checked = match self.inner.executors.get(kind) {
