@@ -61,6 +61,11 @@ pub struct ServerConfig {
     pub metrics_public: bool,
     /// How long a graceful shutdown waits for open requests and running runs.
     pub shutdown_timeout: Duration,
+    /// Roles that may run steps on the server's own host: targets with the
+    /// `local` connection and `copy.src` (TOML `[local] allow_roles`,
+    /// `OPSC_LOCAL_ALLOW_ROLES`). Default: admin only, since such steps can
+    /// read the server's keys and database.
+    pub local_allow_roles: Vec<opsconductor::auth::Role>,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +92,7 @@ impl Default for ServerConfig {
             trust_forwarded_for: false,
             metrics_public: true,
             shutdown_timeout: Duration::from_secs(30),
+            local_allow_roles: vec![opsconductor::auth::Role::Admin],
         }
     }
 }
@@ -119,6 +125,7 @@ impl fmt::Debug for ServerConfig {
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("metrics_public", &self.metrics_public)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("local_allow_roles", &self.local_allow_roles)
             .finish()
     }
 }
@@ -167,6 +174,38 @@ struct FileConfig {
     trust_forwarded_for: Option<bool>,
     metrics_public: Option<bool>,
     shutdown_timeout: Option<String>,
+    local: Option<LocalSection>,
+}
+
+/// `[local]`: who may run steps on the server's own host.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocalSection {
+    allow_roles: Option<Vec<String>>,
+}
+
+/// Parses role names (`admin`, `operator`, `viewer`) for `local.allow_roles`.
+pub fn parse_roles<S: AsRef<str>>(
+    field: &str,
+    names: &[S],
+) -> Result<Vec<opsconductor::auth::Role>> {
+    let mut roles = Vec::new();
+    for n in names {
+        let n = n.as_ref().trim();
+        if n.is_empty() {
+            continue;
+        }
+        let r: opsconductor::auth::Role = n.parse().map_err(|_| {
+            Error::validation(
+                field,
+                format!("unknown role '{n}' (expected admin, operator or viewer)"),
+            )
+        })?;
+        if !roles.contains(&r) {
+            roles.push(r);
+        }
+    }
+    Ok(roles)
 }
 
 /// Parses a listen address, with a message saying what is expected.
@@ -257,6 +296,9 @@ impl ServerConfig {
         }
         if let Some(v) = file.shutdown_timeout {
             c.shutdown_timeout = parse_duration(&field("shutdown_timeout"), &v)?;
+        }
+        if let Some(v) = file.local.and_then(|l| l.allow_roles) {
+            c.local_allow_roles = parse_roles(&field("local.allow_roles"), &v)?;
         }
         Ok(c)
     }
@@ -379,6 +421,25 @@ mod tests {
         assert!(e.to_string().contains("listn"), "{e}");
         let e = ServerConfig::from_toml_str("listen = \"nope\"\n", "ops.toml").unwrap_err();
         assert!(e.to_string().contains("ops.toml: listen"), "{e}");
+        let c = ServerConfig::from_toml_str(
+            "[local]\nallow_roles = [\"admin\", \"operator\"]\n",
+            "ops.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.local_allow_roles,
+            [
+                opsconductor::auth::Role::Admin,
+                opsconductor::auth::Role::Operator
+            ]
+        );
+        assert_eq!(
+            ServerConfig::default().local_allow_roles,
+            [opsconductor::auth::Role::Admin]
+        );
+        let e = ServerConfig::from_toml_str("[local]\nallow_roles = [\"root\"]\n", "ops.toml")
+            .unwrap_err();
+        assert!(e.to_string().contains("local.allow_roles"), "{e}");
     }
 
     #[test]
