@@ -297,3 +297,129 @@ async fn allow_roles_with_operator_lets_the_operator_use_local() {
     .await;
     srv.stop().await;
 }
+
+/// A parameter cannot move a `copy.dest` out of the directory the job names:
+/// hostile values are refused at submit with the field named, nothing is
+/// written; honest ones (also with a harmless `..` inside) still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_parameters_cannot_move_a_copy_dest() {
+    let srv = Srv::start(Backend::Sqlite).await;
+    let out = srv.dir.path().join("out");
+    std::fs::create_dir_all(out.join("sub")).expect("out dir");
+    let yaml = format!(
+        "kind: Job\nname: drop\ntargets: [local]\nparams:\n  type: object\n  properties:\n    name: {{type: string}}\n  required: [name]\nsteps:\n  - name: first\n    exec: 'true'\n  - name: write\n    copy:\n      dest: \"{}/{{{{ params.name }}}}\"\n      content: x\n---\nkind: Job\nname: anywhere\ntargets: [local]\nparams:\n  type: object\n  properties:\n    path: {{type: string}}\nsteps:\n  - copy:\n      dest: \"{{{{ params.path }}}}\"\n      content: x\n",
+        out.display()
+    );
+    srv.job(&yaml).await;
+    let outside = srv.dir.path().join("escaped");
+    let hostile = [
+        "../../etc/passwd".to_string(),
+        "a/../../b".to_string(),
+        "..".to_string(),
+        "x/..".to_string(),
+        "../escaped".to_string(),
+        "sub/../../escaped".to_string(),
+        format!("../{}", "../".repeat(20)),
+    ];
+    for name in &hostile {
+        let r = srv
+            .post(
+                "/api/v1/runs",
+                &srv.admin,
+                json!({"job": "drop", "params": {"name": name}}),
+            )
+            .await;
+        let v = expect_error(r, 422, "validation").await;
+        assert_eq!(v["error"]["field"], "steps[1].copy.dest", "{name}: {v}");
+    }
+    // The whole path from a parameter: absolute or climbing paths are refused.
+    for path in [
+        "/etc/passwd".to_string(),
+        format!("{}", outside.display()),
+        "../x".to_string(),
+    ] {
+        let r = srv
+            .post(
+                "/api/v1/runs",
+                &srv.admin,
+                json!({"job": "anywhere", "params": {"path": path}}),
+            )
+            .await;
+        let v = expect_error(r, 422, "validation").await;
+        assert_eq!(v["error"]["field"], "steps[0].copy.dest", "{path}: {v}");
+    }
+    assert!(!outside.exists(), "nothing was written outside");
+    // An absolute path inside the directory stays inside it (`out//tmp/x`).
+    let r = srv
+        .post(
+            "/api/v1/runs",
+            &srv.admin,
+            json!({"job": "drop", "params": {"name": outside.display().to_string()}}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    // Honest values still work, normalised.
+    for (name, file) in [("ok.txt", "ok.txt"), ("sub/../ok2.txt", "ok2.txt")] {
+        let id = srv.submit("drop", json!({"name": name})).await;
+        assert_eq!(srv.wait_run(&id).await["status"], "succeeded", "{name}");
+        assert!(out.join(file).is_file(), "{name} wrote {file}");
+    }
+    srv.stop().await;
+}
+
+/// The audit event of an ad-hoc command records the command, with the
+/// values of the secrets the run holds (its targets' credentials) masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exec_audit_event_records_the_masked_command() {
+    let srv = Srv::start(Backend::Sqlite).await;
+    let secret = "hunter2-credential-value";
+    let r = srv
+        .put(
+            "/api/v1/secrets/box-cred",
+            &srv.admin,
+            json!({"value": secret}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let r = srv
+        .put(
+            "/api/v1/targets/box",
+            &srv.admin,
+            json!({"connection": {"type": "local"}, "credential": "box-cred"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let command = format!("echo {secret} && echo visible-part");
+    let r = srv
+        .post(
+            "/api/v1/exec",
+            &srv.admin,
+            json!({"command": command, "targets": ["box"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.expect("run")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let audit: Value = srv
+        .get(&format!("/api/v1/audit?object=run:{id}"), &srv.admin)
+        .await
+        .json()
+        .await
+        .expect("audit");
+    let submit = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|e| e["action"] == "run.submit")
+        .unwrap_or_else(|| panic!("run.submit in {audit}"))
+        .clone();
+    assert_eq!(
+        submit["detail"]["command"], "echo *** && echo visible-part",
+        "{submit}"
+    );
+    assert!(!submit.to_string().contains(secret), "{submit}");
+    srv.wait_run(&id).await;
+    srv.stop().await;
+}
