@@ -423,3 +423,39 @@ async fn exec_audit_event_records_the_masked_command() {
     srv.wait_run(&id).await;
     srv.stop().await;
 }
+
+/// An operator who edits a job that an admin runs on `local` does not
+/// borrow the admin's reach: a version written by a role that may not use
+/// the server's host is refused there for everyone, until an admin stores
+/// a reviewed version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_version_written_by_an_operator_does_not_run_on_local_for_an_admin() {
+    let (srv, files) = server(vec![Role::Admin]).await;
+    let op = srv.user(Role::Operator).await;
+    let jwt = files[0].display().to_string();
+    let yaml = format!(
+        "kind: Job\nname: nightly\ntargets: [local]\nsteps:\n  - exec: cp {jwt} /tmp/opsc-leaked-key\n"
+    );
+    let r = apply_yaml(&srv, &op.access, &yaml).await;
+    assert_eq!(r.status(), 200);
+    let r = srv
+        .post("/api/v1/runs", &srv.admin, json!({"job": "nightly"}))
+        .await;
+    let v = expect_error(r, 403, "forbidden").await;
+    let m = v["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        m.contains("operator-user") && m.contains("local.allow_roles"),
+        "{m}"
+    );
+    // The admin reviews it and stores a new version: it runs.
+    let r = apply_yaml(
+        &srv,
+        &srv.admin,
+        "kind: Job\nname: nightly\ntargets: [local]\nsteps:\n  - exec: 'true'\n",
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let id = srv.submit("nightly", json!({})).await;
+    assert_eq!(srv.wait_run(&id).await["status"], "succeeded");
+    srv.stop().await;
+}

@@ -70,6 +70,30 @@ impl LocalPolicy {
         Ok(())
     }
 
+    /// True if a run of `spec` on `targets` reaches the server's host.
+    pub fn reaches_host(&self, spec: &JobSpec, targets: &[Target]) -> bool {
+        targets
+            .iter()
+            .any(|t| matches!(t.connection, Connection::Local))
+            || spec
+                .steps
+                .iter()
+                .any(|s| matches!(&s.action, Action::Copy { src: Some(_), .. }))
+    }
+
+    /// Refuses a run (by anyone) on the server's host of a job version
+    /// written by a user whose role may not reach it.
+    pub fn check_author(&self, job: &str, version: u32, author: &str, role: Role) -> Result<()> {
+        if self.allow_roles.contains(&role) {
+            return Ok(());
+        }
+        Err(Error::Forbidden(format!(
+            "job '{job}' version {version} was written by '{author}' ({role}), a role that may not \
+             run steps on the server's own host; an admin must review it and store a new version \
+             (with a change: an unchanged spec is not a new version) before it runs there ({HOW})"
+        )))
+    }
+
     /// Refuses creating a `local` target, or changing one that is `local` now.
     pub fn check_target(
         &self,

@@ -603,8 +603,15 @@ impl Conductor {
             .targets
             .clone()
             .unwrap_or_else(|| job.spec.targets.clone());
-        self.enqueue(job.spec, Some(job.version), params, &selector, actor)
-            .await
+        let author = job.created_by.clone();
+        self.enqueue(
+            job.spec,
+            Some((job.version, author.as_str())),
+            params,
+            &selector,
+            actor,
+        )
+        .await
     }
 
     /// Queues an ad-hoc command (listed under the job name `exec`).
@@ -653,13 +660,25 @@ impl Conductor {
     async fn enqueue(
         &self,
         spec: JobSpec,
-        version: Option<u32>,
+        version: Option<(u32, &str)>,
         params: Value,
         selector: &[String],
         actor: &Actor,
     ) -> Result<Run> {
+        let (version, author) = version.unzip();
         let targets = selector::resolve(selector, &self.targets().await?)?;
-        self.local_policy().check_run(actor, &spec, &targets)?;
+        let policy = self.local_policy();
+        policy.check_run(actor, &spec, &targets)?;
+        // A job version written by a role that may not reach the server's
+        // host is not run there by anyone else either (an operator editing
+        // a job an admin runs would otherwise borrow the admin's reach).
+        if let (Some(author), Some(users)) = (author, self.inner.store.user_store())
+            && author != actor.name
+            && policy.reaches_host(&spec, &targets)
+            && let Some(u) = users.get_user(author).await?
+        {
+            policy.check_author(&spec.name, version.unwrap_or(0), &u.username, u.role)?;
+        }
         self.inner
             .check_secrets_exist(&spec.secrets, &targets)
             .await?;
