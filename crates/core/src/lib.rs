@@ -21,8 +21,8 @@ pub mod spec;
 pub mod template;
 
 pub use engine::{
-    AuditVerification, Conductor, ConductorBuilder, Config, ExecRequest, LocalPolicy, LogStream, Login,
-    MAX_SECRET_BYTES, RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome,
+    AuditVerification, Conductor, ConductorBuilder, Config, ExecRequest, LocalPolicy, LogStream,
+    Login, MAX_SECRET_BYTES, RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome,
     SubmitRequest, TargetCheck,
 };
 pub use model::*;
