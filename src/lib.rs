@@ -28,6 +28,8 @@ pub use opsconductor_executors::SshExecutor;
 pub use opsconductor_executors::WinRmExecutor;
 #[cfg(feature = "sqlite")]
 pub use opsconductor_store::SqliteStore;
+#[cfg(feature = "sqlite")]
+pub use opsconductor_store::sqlite_file;
 pub use opsconductor_store::{DEFAULT_DATABASE_URL, open as open_store};
 
 /// Opens the store named by `url` and builds an engine with every executor

@@ -251,11 +251,40 @@ fn init_tracing(verbose: u8) {
         .try_init();
 }
 
+/// Whether a command only reads (or changes) what a database already holds:
+/// such commands refuse a missing SQLite file instead of creating an empty
+/// one (and a master key file) and reporting success on it. Commands that
+/// create state (apply, run, exec, secrets set, worker, serve) create it.
+fn reads_existing_state(cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::Apply { .. } | Cmd::Run(_) | Cmd::Exec(_) | Cmd::Worker(_) | Cmd::Serve(_) => false,
+        Cmd::Secrets(s) => !matches!(s, admin::SecretsCmd::Set { .. }),
+        Cmd::Runs(_) | Cmd::Jobs(_) | Cmd::Targets(_) | Cmd::Audit { .. } => true,
+    }
+}
+
 async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
     let cli = match cli.command {
         Cmd::Serve(args) => return serve::run(args, &cli.global.database_url, out).await,
         command => Cli { command, ..cli },
     };
+    if reads_existing_state(&cli.command)
+        && let Some(path) = opsconductor::sqlite_file(&cli.global.database_url)
+        && !path.exists()
+        // A missing directory is the store's clearer error (exit 1).
+        && path
+            .parent()
+            .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir())
+    {
+        return Err(Error::validation(
+            "database url",
+            format!(
+                "no database at {}: this command reads an existing database and does not create one \
+                 (check --database-url / OPSC_DATABASE_URL; `opsconductor apply` creates a database)",
+                path.display()
+            ),
+        ));
+    }
     let (builder, notice) = opsconductor::builder_with_notice(&cli.global.database_url).await?;
     if let Some(n) = notice {
         out.note(&n);

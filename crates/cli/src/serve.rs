@@ -20,6 +20,8 @@ use crate::output::Out;
 First start: with no users, creates 'admin' with OPSC_ADMIN_PASSWORD or a generated password printed once.
 Secrets of the server never go on the command line: OPSC_JWT_SECRET (or OPSC_JWT_SECRET_FILE),
 OPSC_ADMIN_PASSWORD, OPSC_MASTER_KEY… are read from the environment (or the TOML file).
+Steps on the server's own host (`local` targets, copy.src) are for admins only; allow more roles
+deliberately with OPSC_LOCAL_ALLOW_ROLES=admin,operator (or `[local] allow_roles` in the TOML file).
 
 Examples:
   opsconductor serve                                   # 127.0.0.1:8080, SQLite, 4 workers
@@ -141,6 +143,12 @@ pub fn config(args: &ServeArgs, database_url: &str) -> Result<ServerConfig, Erro
     } else if let Some(p) = env("OPSC_JWT_SECRET_FILE") {
         c.jwt_secret_file = Some(PathBuf::from(p));
         c.jwt_secret = None;
+    }
+    if let Ok(v) = std::env::var("OPSC_LOCAL_ALLOW_ROLES") {
+        // Empty: no role may (only trusted local use); admin must be listed to keep it.
+        let names: Vec<&str> = v.split(',').collect();
+        c.local_allow_roles =
+            opsconductor_http::config::parse_roles("OPSC_LOCAL_ALLOW_ROLES", &names)?;
     }
     if let Some(p) = env("OPSC_ADMIN_PASSWORD") {
         c.admin_password = Some(p);

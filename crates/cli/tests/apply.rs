@@ -461,6 +461,16 @@ fn apply_needs_a_file() {
 #[test]
 fn targets_and_jobs_inspection() {
     let env = Env::new();
+    // No database yet: reading commands do not create one.
+    env.cmd(["targets", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no database at"));
+    // A dry run creates the database and stores nothing.
+    env.cmd(["apply", "--dry-run", "-f"])
+        .arg(common::examples())
+        .assert()
+        .success();
     // Before anything: only the implicit local target, no jobs.
     env.cmd(["targets", "list"])
         .assert()

@@ -353,3 +353,36 @@ fn no_configuration_means_opsconductor_db_in_the_working_directory() {
     let runs: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
 }
+
+/// Read-only commands refuse a database that does not exist (exit 2, "no
+/// database at …") instead of creating an empty one and reporting success
+/// on it (an empty audit log "verifies"); commands that create state still
+/// create it.
+#[test]
+fn read_only_commands_refuse_a_missing_database() {
+    let env = Env::new();
+    let db = env.path().join("t.db");
+    for args in [
+        vec!["audit", "verify"],
+        vec!["audit"],
+        vec!["runs", "list"],
+        vec!["runs", "show", "0123abcd"],
+        vec!["jobs", "list"],
+        vec!["targets", "list"],
+        vec!["secrets", "list"],
+        vec!["secrets", "keys"],
+    ] {
+        let out = env.cmd(&args).assert().code(2);
+        let err = stderr_of(&out);
+        assert!(
+            err.contains(&format!("no database at {}", db.display())),
+            "{args:?}: {err}"
+        );
+        assert!(!db.exists(), "{args:?} created {}", db.display());
+    }
+    // Creating state creates the database; then reading works.
+    env.apply_examples();
+    assert!(db.exists());
+    env.cmd(["runs", "list"]).assert().success();
+    env.cmd(["audit", "verify"]).assert().success();
+}

@@ -14,14 +14,15 @@ pub mod bus;
 pub mod engine;
 pub mod mask;
 pub mod params;
+pub mod paths;
 pub mod secrets;
 pub mod selector;
 pub mod spec;
 pub mod template;
 
 pub use engine::{
-    AuditVerification, Conductor, ConductorBuilder, Config, ExecRequest, LogStream, Login,
-    MAX_SECRET_BYTES, RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome,
+    AuditVerification, Conductor, ConductorBuilder, Config, ExecRequest, LocalPolicy, LogStream,
+    Login, MAX_SECRET_BYTES, RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome,
     SubmitRequest, TargetCheck,
 };
 pub use model::*;

@@ -250,6 +250,9 @@ pub trait UserStore: Send + Sync {
     async fn revoke_family(&self, family: &str) -> Result<()>;
     /// True if the family was revoked (its access tokens are void too).
     async fn is_family_revoked(&self, family: &str) -> Result<bool>;
+    /// The user a login family was issued to (`None` if unknown), so an
+    /// access token naming one user's login for another is refused.
+    async fn family_owner(&self, family: &str) -> Result<Option<String>>;
     /// Revokes every family of a user (password change, disabling).
     async fn revoke_user_families(&self, username: &str) -> Result<()>;
     /// Stores a new API token.

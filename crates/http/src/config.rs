@@ -73,6 +73,11 @@ pub struct ServerConfig {
     /// Open connections per client address at most (default 256; 0: no cap).
     /// Behind a proxy every connection comes from the proxy: raise it or use 0.
     pub max_connections_per_ip: usize,
+    /// Roles that may run steps on the server's own host: targets with the
+    /// `local` connection and `copy.src` (TOML `[local] allow_roles`,
+    /// `OPSC_LOCAL_ALLOW_ROLES`). Default: admin only, since such steps can
+    /// read the server's keys and database.
+    pub local_allow_roles: Vec<opsconductor::auth::Role>,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +108,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(120),
             max_connections: 4096,
             max_connections_per_ip: 256,
+            local_allow_roles: vec![opsconductor::auth::Role::Admin],
         }
     }
 }
@@ -139,6 +145,7 @@ impl fmt::Debug for ServerConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("local_allow_roles", &self.local_allow_roles)
             .finish()
     }
 }
@@ -191,6 +198,38 @@ struct FileConfig {
     idle_timeout: Option<String>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
+    local: Option<LocalSection>,
+}
+
+/// `[local]`: who may run steps on the server's own host.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocalSection {
+    allow_roles: Option<Vec<String>>,
+}
+
+/// Parses role names (`admin`, `operator`, `viewer`) for `local.allow_roles`.
+pub fn parse_roles<S: AsRef<str>>(
+    field: &str,
+    names: &[S],
+) -> Result<Vec<opsconductor::auth::Role>> {
+    let mut roles = Vec::new();
+    for n in names {
+        let n = n.as_ref().trim();
+        if n.is_empty() {
+            continue;
+        }
+        let r: opsconductor::auth::Role = n.parse().map_err(|_| {
+            Error::validation(
+                field,
+                format!("unknown role '{n}' (expected admin, operator or viewer)"),
+            )
+        })?;
+        if !roles.contains(&r) {
+            roles.push(r);
+        }
+    }
+    Ok(roles)
 }
 
 /// Parses a listen address, with a message saying what is expected.
@@ -288,6 +327,8 @@ impl ServerConfig {
         }
         if let Some(v) = file.max_connections_per_ip {
             c.max_connections_per_ip = v;
+        if let Some(v) = file.local.and_then(|l| l.allow_roles) {
+            c.local_allow_roles = parse_roles(&field("local.allow_roles"), &v)?;
         }
         Ok(c)
     }
@@ -432,6 +473,25 @@ mod tests {
         assert!(e.to_string().contains("listn"), "{e}");
         let e = ServerConfig::from_toml_str("listen = \"nope\"\n", "ops.toml").unwrap_err();
         assert!(e.to_string().contains("ops.toml: listen"), "{e}");
+        let c = ServerConfig::from_toml_str(
+            "[local]\nallow_roles = [\"admin\", \"operator\"]\n",
+            "ops.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.local_allow_roles,
+            [
+                opsconductor::auth::Role::Admin,
+                opsconductor::auth::Role::Operator
+            ]
+        );
+        assert_eq!(
+            ServerConfig::default().local_allow_roles,
+            [opsconductor::auth::Role::Admin]
+        );
+        let e = ServerConfig::from_toml_str("[local]\nallow_roles = [\"root\"]\n", "ops.toml")
+            .unwrap_err();
+        assert!(e.to_string().contains("local.allow_roles"), "{e}");
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl JwtKeys {
     /// Verifies a token's algorithm, signature and claims.
     pub fn verify(&self, token: &str) -> Result<Claims> {
         use jsonwebtoken::errors::ErrorKind as K;
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| {
                 let why = match e.kind() {
@@ -136,7 +136,29 @@ impl JwtKeys {
                     _ => "the access token is malformed",
                 };
                 Error::Unauthenticated(why.into())
-            })
+            })?;
+        self.check_times(&claims, chrono::Utc::now().timestamp())?;
+        Ok(claims)
+    }
+
+    /// What the library does not check: a token is never issued in the
+    /// future (beyond the leeway), and never lives longer than this server
+    /// issues tokens for — a token that does was not made by this server's
+    /// rules, whoever holds the key.
+    fn check_times(&self, claims: &Claims, now: i64) -> Result<()> {
+        let leeway = i64::try_from(self.validation.leeway).unwrap_or(i64::MAX);
+        if claims.iat > now.saturating_add(leeway) {
+            return Err(Error::Unauthenticated(
+                "the access token was issued in the future".into(),
+            ));
+        }
+        if claims.exp.saturating_sub(claims.iat) > self.ttl.num_seconds() {
+            return Err(Error::Unauthenticated(format!(
+                "the access token lives longer than this server's limit ({} s)",
+                self.ttl.num_seconds()
+            )));
+        }
+        Ok(())
     }
 }
 

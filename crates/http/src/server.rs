@@ -121,6 +121,11 @@ pub async fn start_with(oc: Conductor, config: ServerConfig) -> Result<Running> 
     let (secret, notice) = crate::jwt::resolve_secret(&config, oc.store().backend())?;
     notices.extend(notice);
     let admin_password = oc.ensure_admin(config.admin_password.as_deref()).await?;
+    // Steps on the server's own host reach its keys and database: only the
+    // configured roles may run them (see `local_allow_roles`).
+    oc.set_local_policy(opsconductor::LocalPolicy {
+        allow_roles: config.local_allow_roles.clone(),
+    });
     let state = AppState::new(oc.clone(), &config, &secret)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(rustls_config(cert, key)?),

@@ -403,3 +403,71 @@ async fn audit_page(srv: &Srv) -> Value {
         .await
         .expect("audit")
 }
+
+/// A failed login is recorded with the name tried and no role (not
+/// `trusted`); what was typed as a username (it may be a mistyped password)
+/// is shown to admins only: viewers and operators see it redacted, in the
+/// whole page and when they filter by the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_logins_have_no_role_and_the_name_tried_is_for_admins_only() {
+    let srv = Srv::start(Backend::Sqlite).await;
+    let viewer = srv.user(Role::Viewer).await;
+    let operator = srv.user(Role::Operator).await;
+    let typed = "Tr0ub4dor-typed-as-a-name";
+    let r = srv
+        .req(reqwest::Method::POST, "/api/v1/auth/login", None)
+        .json(&json!({"username": typed, "password": "whatever it was"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 401);
+    // The admin sees the name tried, the outcome, and no role.
+    let page = audit_page(&srv).await;
+    let failed = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|e| e["action"] == "auth.login" && e["outcome"] == "failed")
+        .unwrap_or_else(|| panic!("a failed login in {page}"))
+        .clone();
+    assert_eq!(failed["actor"], typed, "{failed}");
+    assert_eq!(failed["object"], format!("user:{typed}"), "{failed}");
+    assert!(failed["detail"]["role"].is_null(), "no role: {failed}");
+    // A successful login carries the user's role.
+    let ok = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|e| e["action"] == "auth.login" && e["actor"] == "viewer-user")
+        .expect("the viewer's login")
+        .clone();
+    assert_eq!(ok["detail"]["role"], "viewer", "{ok}");
+    // Viewers and operators never see it, whichever way they ask.
+    for token in [&viewer.access, &operator.access] {
+        for path in [
+            "/api/v1/audit?limit=500".to_string(),
+            format!("/api/v1/audit?object=user:{typed}"),
+        ] {
+            let r = srv.get(&path, token).await;
+            assert_eq!(r.status(), 200);
+            let text = r.text().await.expect("text");
+            assert!(!text.contains(typed), "{path} shows the name tried: {text}");
+        }
+        let page: Value = srv
+            .get("/api/v1/audit?limit=500", token)
+            .await
+            .json()
+            .await
+            .expect("json");
+        let redacted = page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|e| e["action"] == "auth.login" && e["outcome"] == "failed")
+            .expect("the failed login, redacted")
+            .clone();
+        assert_eq!(redacted["actor"], "[redacted]", "{redacted}");
+        assert_eq!(redacted["object"], "user:[redacted]", "{redacted}");
+    }
+    srv.stop().await;
+}

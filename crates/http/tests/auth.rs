@@ -393,7 +393,12 @@ async fn password_change_and_disabling_end_logins(backend: Backend) {
 }
 
 async fn api_tokens(backend: Backend) {
-    let srv = Srv::start(backend).await;
+    // The token runs a job on `local`: allow operators there (the local
+    // policy itself is tested by `tests/local.rs`).
+    let srv = Srv::start_with(backend, |c| {
+        c.local_allow_roles = vec![Role::Admin, Role::Operator];
+    })
+    .await;
     let op = srv.user(Role::Operator).await;
     // Not above one's own role.
     let r = srv
@@ -600,5 +605,148 @@ async fn api_rate_limit_per_user() {
     expect_error(r, 429, "rate_limited").await;
     // Per user: another user is not slowed down.
     assert_eq!(me(&srv, &srv.admin).await.status(), 200);
+    srv.stop().await;
+}
+
+/// Tokens signed with the server's real key are still refused when their
+/// claims break the server's own rules: a login (`sid`) of another user, an
+/// `iat` in the future, a lifetime longer than the configured maximum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_claims_with_the_real_key_are_refused() {
+    let srv = Srv::start(Backend::Sqlite).await;
+    let op = srv.user(Role::Operator).await;
+    let admin_sid = sid_of(&srv.admin);
+    let op_sid = sid_of(&op.access);
+    let key = JWT_SECRET.as_bytes();
+    // The control: well-formed claims with the real key are accepted.
+    let good = sign(Algorithm::HS256, &claims("admin", &admin_sid), key);
+    assert_eq!(me(&srv, &good).await.status(), 200);
+    // An operator's login presented as the admin's: 401, not admin.
+    let swapped = sign(Algorithm::HS256, &claims("admin", &op_sid), key);
+    let body = expect_error(me(&srv, &swapped).await, 401, "unauthenticated").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("another user"),
+        "{body}"
+    );
+    let now = chrono::Utc::now().timestamp();
+    // Issued an hour from now (the leeway is 5 s), valid now by `nbf`.
+    let mut future = claims("admin", &admin_sid);
+    future["iat"] = json!(now + 3600);
+    future["exp"] = json!(now + 3600 + 600);
+    let body = expect_error(
+        me(&srv, &sign(Algorithm::HS256, &future, key)).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("future"),
+        "{body}"
+    );
+    // Thirty days of life where the server issues 15 minutes.
+    let mut long = claims("admin", &admin_sid);
+    long["exp"] = json!(now + 30 * 86400);
+    let body = expect_error(
+        me(&srv, &sign(Algorithm::HS256, &long, key)).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("longer"),
+        "{body}"
+    );
+    srv.stop().await;
+}
+
+/// API tokens cannot create tokens (403 naming why), and an owner's password
+/// change or disabling revokes their tokens for good (re-enabling does not
+/// bring them back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_tokens_cannot_mint_and_die_with_password_change_or_disabling() {
+    let srv = Srv::start(Backend::Sqlite).await;
+    let op = srv.user(Role::Operator).await;
+    let mint = |access: String| {
+        let srv = &srv;
+        async move {
+            let r = srv
+                .post("/api/v1/auth/tokens", &access, json!({"name": "ci"}))
+                .await;
+            assert_eq!(r.status(), 201);
+            let v: Value = r.json().await.expect("json");
+            v["token"].as_str().expect("token").to_string()
+        }
+    };
+    let t1 = mint(op.access.clone()).await;
+    assert_eq!(me(&srv, &t1).await.status(), 200);
+    // A token cannot mint a child token, whatever role it asks for.
+    for role in ["viewer", "operator"] {
+        let r = srv
+            .post(
+                "/api/v1/auth/tokens",
+                &t1,
+                json!({"name": "child", "role": role}),
+            )
+            .await;
+        let body = expect_error(r, 403, "forbidden").await;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("cannot create API tokens"),
+            "{body}"
+        );
+    }
+    // The owner's password changes: the token is revoked.
+    let r = srv
+        .post(
+            "/api/v1/users/operator-user/password",
+            &op.access,
+            json!({"current_password": PASSWORD, "new_password": "brand new password 2"}),
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    let body = expect_error(me(&srv, &t1).await, 401, "unauthenticated").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("password changed"),
+        "{body}"
+    );
+    // A new token; the owner is disabled and enabled again: the token stays dead.
+    let fresh = srv.login("operator-user", "brand new password 2").await;
+    let t2 = mint(fresh.access).await;
+    assert_eq!(me(&srv, &t2).await.status(), 200);
+    for disabled in [true, false] {
+        let r = srv
+            .req(
+                Method::PATCH,
+                "/api/v1/users/operator-user",
+                Some(&srv.admin),
+            )
+            .json(&json!({"disabled": disabled}))
+            .send()
+            .await
+            .expect("patch");
+        assert_eq!(r.status(), 200);
+    }
+    let body = expect_error(me(&srv, &t2).await, 401, "unauthenticated").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("revoked"),
+        "{body}"
+    );
     srv.stop().await;
 }

@@ -309,7 +309,13 @@ async fn own_token(srv: &Srv, token: &str) -> String {
 }
 
 async fn every_endpoint_for_every_role(backend: Backend) {
-    let srv = Srv::start(backend).await;
+    // The cases run jobs and create targets on `local`; the local policy
+    // (admin only by default) is tested by `tests/local.rs`, so this table
+    // tests the permission matrix alone with operators allowed there too.
+    let srv = Srv::start_with(backend, |c| {
+        c.local_allow_roles = vec![Role::Admin, Role::Operator];
+    })
+    .await;
     let run = fixtures(&srv).await;
     let table = cases();
     for role in Role::ALL {

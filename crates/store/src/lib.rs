@@ -100,6 +100,17 @@ fn scheme(url: &str) -> Option<&str> {
     (valid && scheme.len() > 1).then_some(scheme)
 }
 
+/// The database file a SQLite URL names (`None` for other backends and
+/// in-memory databases), so a front end can tell a missing database from an
+/// empty one before opening creates it.
+#[cfg(feature = "sqlite")]
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    match Backend::from_url(url).ok()? {
+        Backend::Sqlite => sqlite::database_file(url),
+        _ => None,
+    }
+}
+
 /// Opens the store a URL names: `sqlite://PATH`, `sqlite:PATH`,
 /// `sqlite::memory:` or a plain path → SQLite; `postgres://…` or
 /// `postgresql://…` → PostgreSQL (when built in). Migrations are applied on open.

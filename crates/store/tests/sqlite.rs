@@ -236,6 +236,41 @@ async fn urls_paths_and_persistence() -> TestResult {
     Ok(())
 }
 
+/// A new database file and its `-wal` and `-shm` files are private to the
+/// server's user (mode 0600), like the key files: they hold password and
+/// token hashes and encrypted secrets.
+#[cfg(unix)]
+#[tokio::test]
+async fn database_files_are_created_private() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir();
+    let path = dir.path().join("private.db");
+    let store = opsconductor_store::open(&format!("sqlite://{}", path.display())).await?;
+    // A write makes sure the WAL and shared-memory files exist.
+    store
+        .apply(
+            &ApplyBatch {
+                targets: vec![],
+                jobs: vec![job_spec("private")],
+            },
+            "alice",
+        )
+        .await?;
+    for suffix in ["", "-wal", "-shm"] {
+        let p = dir.path().join(format!("private.db{suffix}"));
+        let meta = std::fs::metadata(&p)
+            .unwrap_or_else(|e| panic!("{} should exist while open: {e}", p.display()));
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{} must be 0600",
+            p.display()
+        );
+    }
+    drop(store);
+    Ok(())
+}
+
 /// An in-memory store keeps its data for its lifetime (one connection), and
 /// two in-memory stores are separate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -122,12 +122,16 @@ impl Conductor {
         let outcome = if result.is_ok() { "success" } else { "failure" };
         let mut who = actor_source.clone();
         who.name = username.to_string();
+        // The role is the user's on success, and none on failure: the name
+        // is only what was typed (it may even be a mistyped password, which
+        // is why the audit API shows it to admins only).
+        let role = result.as_ref().ok().map(|u| u.role);
         self.inner
             .audit_as(
                 &who,
                 "auth.login",
                 format!("user:{username}"),
-                serde_json::json!({"outcome": outcome}),
+                serde_json::json!({"outcome": outcome, "role": role}),
             )
             .await;
         result
@@ -240,6 +244,13 @@ impl Conductor {
                 "this login was revoked (logged out)".into(),
             ));
         }
+        // A login names its user: a token whose `sid` is another user's
+        // login is forged or mixed up, never valid.
+        if us.family_owner(family).await?.as_deref() != Some(username) {
+            return Err(Error::Unauthenticated(
+                "the access token's login belongs to another user".into(),
+            ));
+        }
         let user = us
             .get_user(username)
             .await?
@@ -334,6 +345,12 @@ impl Conductor {
         us.update_user(&user).await?;
         if user.disabled {
             us.revoke_user_families(username).await?;
+            // API tokens die with the account: re-enabling it does not bring them back.
+            for t in us.list_api_tokens(Some(username)).await? {
+                if t.revoked_at.is_none() {
+                    us.revoke_api_token(&t.id, Utc::now()).await?;
+                }
+            }
         }
         self.inner
             .audit_as(
@@ -392,6 +409,14 @@ impl Conductor {
         expires_at: Option<DateTime<Utc>>,
         actor: &Actor,
     ) -> Result<(ApiToken, String)> {
+        // A token cannot mint tokens: a leaked token would otherwise be able
+        // to outlive its own revocation or expiry through its children.
+        if actor.via.as_deref() == Some("api_token") {
+            return Err(Error::Forbidden(
+                "an API token cannot create API tokens; log in with a password to create one"
+                    .into(),
+            ));
+        }
         if let Some(mine) = actor.role
             && role > mine
         {
@@ -453,6 +478,13 @@ impl Conductor {
             .await?
             .filter(|u| !u.disabled)
             .ok_or_else(|| Error::Unauthenticated("the token's owner is disabled".into()))?;
+        // A password change revokes the owner's API tokens, as it ends their logins.
+        if token.created_at < user.password_changed_at {
+            return Err(Error::Unauthenticated(
+                "this API token was revoked: its owner's password changed since it was created"
+                    .into(),
+            ));
+        }
         Ok((token, user))
     }
 

@@ -3,10 +3,12 @@
 //! lease, and streams their logs.
 
 mod auth;
+mod local;
 mod secrets;
 mod targets;
 mod worker;
 
+pub use local::LocalPolicy;
 pub use targets::TargetCheck;
 
 pub use auth::{AuditVerification, Login, token_hash};
@@ -88,9 +90,17 @@ pub struct ConductorBuilder {
     config: Config,
     workers: usize,
     keyring: Option<crate::secrets::Keyring>,
+    local_policy: LocalPolicy,
 }
 
 impl ConductorBuilder {
+    /// Which roles may run steps on the engine's own host (`local` targets,
+    /// `copy.src`); default: admin only. Trusted actors are not affected.
+    pub fn local_policy(mut self, policy: LocalPolicy) -> Self {
+        self.local_policy = policy;
+        self
+    }
+
     /// The master keys for secrets. Checked against the database on build:
     /// a wrong or missing key is an error then, not later.
     pub fn keyring(mut self, keyring: crate::secrets::Keyring) -> Self {
@@ -196,6 +206,7 @@ impl ConductorBuilder {
                 keyring: tokio::sync::RwLock::new(keyring),
                 bus,
                 templates: Templates::new(),
+                local_policy: std::sync::RwLock::new(self.local_policy),
                 config,
                 shutdown: CancellationToken::new(),
                 active: Mutex::new(HashMap::new()),
@@ -248,6 +259,7 @@ pub(crate) struct Inner {
     pub(crate) executors: HashMap<&'static str, Arc<dyn Executor>>,
     pub(crate) bus: Bus,
     pub(crate) templates: Templates,
+    local_policy: std::sync::RwLock<LocalPolicy>,
     pub(crate) config: Config,
     pub(crate) shutdown: CancellationToken,
     /// Stop switches of the runs this process executes right now.
@@ -369,6 +381,24 @@ impl Conductor {
             config: Config::default(),
             workers: 0,
             keyring: None,
+            local_policy: LocalPolicy::default(),
+        }
+    }
+
+    /// Replaces the policy for the engine's own host (see
+    /// [`ConductorBuilder::local_policy`]); servers set it from their config.
+    pub fn set_local_policy(&self, policy: LocalPolicy) {
+        match self.inner.local_policy.write() {
+            Ok(mut p) => *p = policy,
+            Err(poisoned) => *poisoned.into_inner() = policy,
+        }
+    }
+
+    /// The policy for the engine's own host.
+    pub fn local_policy(&self) -> LocalPolicy {
+        match self.inner.local_policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -397,6 +427,13 @@ impl Conductor {
         }
         if !batch.targets.is_empty() {
             actor.require(crate::auth::Permission::ManageTargets)?;
+            if actor.role.is_some() {
+                let policy = self.local_policy();
+                for t in &batch.targets {
+                    let existing = self.target(&t.name).await.ok();
+                    policy.check_target(actor, t, existing.as_ref())?;
+                }
+            }
         }
         self.validate(batch)?;
         let items = self.inner.store.apply(batch, &actor.name).await?;
@@ -566,8 +603,15 @@ impl Conductor {
             .targets
             .clone()
             .unwrap_or_else(|| job.spec.targets.clone());
-        self.enqueue(job.spec, Some(job.version), params, &selector, actor)
-            .await
+        let author = job.created_by.clone();
+        self.enqueue(
+            job.spec,
+            Some((job.version, author.as_str())),
+            params,
+            &selector,
+            actor,
+        )
+        .await
     }
 
     /// Queues an ad-hoc command (listed under the job name `exec`).
@@ -619,12 +663,25 @@ impl Conductor {
     async fn enqueue(
         &self,
         spec: JobSpec,
-        version: Option<u32>,
+        version: Option<(u32, &str)>,
         params: Value,
         selector: &[String],
         actor: &Actor,
     ) -> Result<Run> {
+        let (version, author) = version.unzip();
         let targets = selector::resolve(selector, &self.targets().await?)?;
+        let policy = self.local_policy();
+        policy.check_run(actor, &spec, &targets)?;
+        // A job version written by a role that may not reach the server's
+        // host is not run there by anyone else either (an operator editing
+        // a job an admin runs would otherwise borrow the admin's reach).
+        if let (Some(author), Some(users)) = (author, self.inner.store.user_store())
+            && author != actor.name
+            && policy.reaches_host(&spec, &targets)
+            && let Some(u) = users.get_user(author).await?
+        {
+            policy.check_author(&spec.name, version.unwrap_or(0), &u.username, u.role)?;
+        }
         self.inner
             .check_secrets_exist(&spec.secrets, &targets)
             .await?;
@@ -645,6 +702,15 @@ impl Conductor {
                             &worker::template_context(id, &spec, version, 1, &params, t),
                         )
                         .map_err(|m| {
+                            // Paths name their own field (`steps[1].copy.dest`).
+                            for field in ["copy.dest", "workdir"] {
+                                if let Some(why) = m.strip_prefix(&format!("{field}: ")) {
+                                    return Error::validation(
+                                        format!("steps[{i}].{field}"),
+                                        format!("{why} (step '{}', target '{}')", step.name, t.name),
+                                    );
+                                }
+                            }
                             Error::validation(
                                 format!("steps[{i}] ({}) on target '{}'", step.name, t.name),
                                 m,
@@ -683,7 +749,7 @@ impl Conductor {
             job_version: version,
             spec,
             params,
-            targets: targets.into_iter().map(|t| t.name).collect(),
+            targets: targets.iter().map(|t| t.name.clone()).collect(),
             status: RunStatus::Queued,
             requested_by: actor.name.clone(),
             attempt: 0,
@@ -696,10 +762,23 @@ impl Conductor {
             finished_at: None,
             request_id: actor.request_id.clone(),
         };
+        // An ad-hoc command is recorded in the audit log, masked with the
+        // secrets the run will hold (its targets' credentials).
+        let command = match (&run.job_version, run.spec.steps.first().map(|s| &s.action)) {
+            (None, Some(Action::Exec { command })) if run.job == ADHOC_JOB => {
+                Some(self.inner.mask_for_audit(&run, &targets, command).await)
+            }
+            _ => None,
+        };
         self.inner.store.insert_run(&run).await?;
         self.inner.publish(Event::Queued(run.id));
+        let mut detail =
+            serde_json::json!({"job": run.job, "version": run.job_version, "targets": run.targets});
+        if let (Some(c), Some(m)) = (command, detail.as_object_mut()) {
+            m.insert("command".into(), Value::String(c));
+        }
         self.inner
-            .audit_as(actor, "run.submit", format!("run:{}", run.id), serde_json::json!({"job": run.job, "version": run.job_version, "targets": run.targets}))
+            .audit_as(actor, "run.submit", format!("run:{}", run.id), detail)
             .await;
         Ok(run)
     }

@@ -282,6 +282,18 @@ impl Inner {
 }
 
 impl Inner {
+    /// `text` with the values of the secrets `run` will hold masked, for the
+    /// audit log. If they cannot be loaded, the text is not recorded at all.
+    pub(crate) async fn mask_for_audit(&self, run: &Run, targets: &[Target], text: &str) -> String {
+        let targets: Vec<Option<Target>> = targets.iter().cloned().map(Some).collect();
+        match self.run_secrets(run, &targets).await {
+            Ok(s) => s.masker.mask_str(text),
+            Err(e) => {
+                format!("[not recorded: the secrets to mask it with could not be loaded: {e}]")
+            }
+        }
+    }
+
     /// Decrypts the credentials of `targets` (for checks).
     pub(crate) async fn run_secrets_for_targets(
         &self,

@@ -108,7 +108,7 @@ pub(crate) fn render_step(
     let workdir = step
         .workdir
         .as_deref()
-        .map(plain)
+        .map(|w| plain(w).and_then(|r| crate::paths::confine(w, &r)))
         .transpose()
         .map_err(|m| format!("workdir: {m}"))?;
     Ok(match &step.action {
@@ -131,7 +131,9 @@ pub(crate) fn render_step(
             src,
             mode,
         } => Rendered::Copy {
-            dest: plain(dest).map_err(|m| format!("copy.dest: {m}"))?,
+            dest: plain(dest)
+                .and_then(|r| crate::paths::confine(dest, &r))
+                .map_err(|m| format!("copy.dest: {m}"))?,
             content: content
                 .as_deref()
                 .map(|c| r(c, Quoting::None))

@@ -96,10 +96,34 @@ pub async fn list(
             (events, next)
         }
     };
+    // What was typed as a username on a failed login may be a mistyped
+    // password: only admins (who manage users) see it.
+    let sees_attempts = caller.require(Permission::ManageUsers).is_ok();
     Ok(Json(AuditPage {
-        items: events.into_iter().map(AuditEventView::from).collect(),
+        items: events
+            .into_iter()
+            .map(|e| {
+                let mut v = AuditEventView::from(e);
+                if !sees_attempts {
+                    redact_attempted_user(&mut v);
+                }
+                v
+            })
+            .collect(),
         next_cursor,
     }))
+}
+
+/// Shown instead of the name tried on a failed login.
+pub const REDACTED: &str = "[redacted]";
+
+/// Hides the name tried on a failed login (actor and object). The hashes
+/// stay those of the stored event (the chain is verified on the server).
+fn redact_attempted_user(v: &mut AuditEventView) {
+    if v.action == "auth.login" && v.outcome != "success" {
+        v.actor = REDACTED.to_string();
+        v.object = format!("user:{REDACTED}");
+    }
 }
 
 /// Recompute the hash chain and report the first event that is not what

@@ -245,6 +245,14 @@ impl UserStore for PostgresStore {
         Ok(!matches!(row, Some(None)))
     }
 
+    async fn family_owner(&self, family: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT username FROM login_families WHERE family = $1")
+            .bind(family)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx("checking a login")
+    }
+
     async fn revoke_user_families(&self, username: &str) -> Result<()> {
         sqlx::query(
             "UPDATE login_families SET revoked_at = $1 WHERE username = $2 AND revoked_at IS NULL",

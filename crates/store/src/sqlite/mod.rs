@@ -67,6 +67,14 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
+/// The file `url_or_path` names, if it names one (not in memory).
+pub(crate) fn database_file(url_or_path: &str) -> Option<std::path::PathBuf> {
+    match open::parse(url_or_path).ok()? {
+        (Location::File(p), _) => Some(p),
+        (Location::Memory, _) => None,
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if missing) the database named by `url_or_path`:
     /// `sqlite://path`, `sqlite:path`, `sqlite::memory:` or a bare file path.

@@ -95,6 +95,7 @@ pub(super) async fn connect(
     let pool_options = match location {
         Location::File(path) => {
             check_path(path)?;
+            create_private(path)?;
             SqlitePoolOptions::new().max_connections(FILE_POOL_SIZE)
         }
         // Each connection to `:memory:` would be a database of its own (and
@@ -157,6 +158,26 @@ fn check_path(path: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Creates a missing database file with mode 0600 before SQLite opens it.
+/// The database holds password hashes, token hashes and encrypted secrets;
+/// SQLite gives its `-wal` and `-shm` files the mode of the database file,
+/// so they are private too. An existing file keeps its mode (the operator
+/// chose it).
+fn create_private(path: &Path) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::store(format!(
+            "cannot create SQLite database '{}': {e}",
+            path.display()
+        ))),
+    }
 }
 
 /// Why opening failed.

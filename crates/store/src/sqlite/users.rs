@@ -250,6 +250,14 @@ impl UserStore for SqliteStore {
         Ok(!matches!(row, Some(None)))
     }
 
+    async fn family_owner(&self, family: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT username FROM login_families WHERE family = ?")
+            .bind(family)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx("checking a login")
+    }
+
     async fn revoke_user_families(&self, username: &str) -> Result<()> {
         let _w = self.writer().await;
         sqlx::query(
