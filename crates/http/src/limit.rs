@@ -131,7 +131,10 @@ impl KnownClients {
             let ttl = self.ttl;
             map.retain(|_, at| now.duration_since(*at) < ttl);
             if map.len() >= self.max_entries
-                && let Some(oldest) = map.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone())
+                && let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone())
             {
                 map.remove(&oldest);
             }

@@ -769,9 +769,16 @@ async fn undeclared_secrets_never_show(backend: Backend) {
         .await
         .expect("logs");
     for (what, text) in [("stored", &stored), ("live", &live)] {
-        assert!(text.contains("v=***") && text.contains("w=***"), "{what}: {text}");
+        assert!(
+            text.contains("v=***") && text.contains("w=***"),
+            "{what}: {text}"
+        );
         let leaked: Vec<usize> = (0..100).filter(|i| text.contains(&value(*i))).collect();
-        assert!(leaked.is_empty(), "{what}: {} values leaked: {leaked:?}", leaked.len());
+        assert!(
+            leaked.is_empty(),
+            "{what}: {} values leaked: {leaked:?}",
+            leaked.len()
+        );
         assert!(!text.contains("leakcheck-"), "{what}: {text}");
     }
     // A job declaring `db` writes it to a file; any later run printing the file sees it masked.
@@ -779,7 +786,11 @@ async fn undeclared_secrets_never_show(backend: Backend) {
     let file = dir.path().join("creds.txt");
     let file = file.to_str().expect("path");
     let r = srv
-        .put("/api/v1/secrets/db", &srv.admin, json!({"value": "first-db-pass-71"}))
+        .put(
+            "/api/v1/secrets/db",
+            &srv.admin,
+            json!({"value": "first-db-pass-71"}),
+        )
         .await;
     assert_eq!(r.status(), 201);
     srv.job(&format!(
@@ -805,7 +816,10 @@ async fn undeclared_secrets_never_show(backend: Backend) {
                 .text()
                 .await
                 .expect("logs");
-            assert!(!logs.contains(expect_masked), "{expect_masked} leaked: {logs}");
+            assert!(
+                !logs.contains(expect_masked),
+                "{expect_masked} leaked: {logs}"
+            );
             match expect_clear {
                 Some(clear) => assert!(logs.contains(clear), "{logs}"),
                 None => assert!(logs.contains("password=***"), "{logs}"),
@@ -821,7 +835,11 @@ async fn undeclared_secrets_never_show(backend: Backend) {
     cat("first-db-pass-71", None).await;
     // An update: the next runs mask the new value.
     let r = srv
-        .put("/api/v1/secrets/db", &srv.admin, json!({"value": "second-db-pass-72"}))
+        .put(
+            "/api/v1/secrets/db",
+            &srv.admin,
+            json!({"value": "second-db-pass-72"}),
+        )
         .await;
     assert_eq!(r.status(), 200);
     let run = srv.submit("writes-db", json!({})).await;
@@ -829,7 +847,11 @@ async fn undeclared_secrets_never_show(backend: Backend) {
     cat("second-db-pass-72", None).await;
     // Deleted: no longer a secret, so no longer masked.
     let r = srv
-        .req(Method::DELETE, "/api/v1/secrets/db?force=true", Some(&srv.admin))
+        .req(
+            Method::DELETE,
+            "/api/v1/secrets/db?force=true",
+            Some(&srv.admin),
+        )
         .send()
         .await
         .expect("delete");
@@ -838,4 +860,11 @@ async fn undeclared_secrets_never_show(backend: Backend) {
     srv.stop().await;
 }
 
-on_both!(targets, jobs, secrets, runs, users, undeclared_secrets_never_show);
+on_both!(
+    targets,
+    jobs,
+    secrets,
+    runs,
+    users,
+    undeclared_secrets_never_show
+);

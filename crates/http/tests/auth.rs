@@ -585,7 +585,7 @@ async fn login_rate_limits_per_account_and_per_address() {
             break;
         }
         assert_eq!(r.status(), 401);
-        r = attempt(*name).await;
+        r = attempt(name).await;
     }
     assert!(r.headers().get("retry-after").is_some());
     let body = expect_error(r, 429, "rate_limited").await;
@@ -635,9 +635,15 @@ async fn guessing_cannot_lock_out_the_real_user_from_their_address() {
     assert_eq!(login_from(&srv, "10.0.0.1", "alice", PASSWORD).await, 200);
     // An attacker: 2 guesses from one address, then that address is held back...
     for _ in 0..2 {
-        assert_eq!(login_from(&srv, "10.9.0.1", "ALICE", "wrong password 1").await, 401);
+        assert_eq!(
+            login_from(&srv, "10.9.0.1", "ALICE", "wrong password 1").await,
+            401
+        );
     }
-    assert_eq!(login_from(&srv, "10.9.0.1", "Alice", "wrong password 1").await, 429);
+    assert_eq!(
+        login_from(&srv, "10.9.0.1", "Alice", "wrong password 1").await,
+        429
+    );
     // ... even with the right password (the limit is checked first).
     assert_eq!(login_from(&srv, "10.9.0.1", "alice", PASSWORD).await, 429);
     // More addresses: the per-account limit (3/min over all unknown addresses).
@@ -649,7 +655,10 @@ async fn guessing_cannot_lock_out_the_real_user_from_their_address() {
             refused |= s == 429;
         }
     }
-    assert!(refused, "the per-account limit holds distributed guessing back");
+    assert!(
+        refused,
+        "the per-account limit holds distributed guessing back"
+    );
     assert_eq!(login_from(&srv, "10.9.9.9", "alice", PASSWORD).await, 429);
     // The real user, from their usual address, is not locked out.
     assert_eq!(login_from(&srv, "10.0.0.1", "Alice", PASSWORD).await, 200);
@@ -670,11 +679,15 @@ async fn password_change_guesses_share_the_login_limits() {
         let srv = &srv;
         let access = viewer.access.clone();
         async move {
-            srv.req(Method::POST, "/api/v1/users/VIEWER-user/password", Some(&access))
-                .json(&json!({"current_password": current, "new_password": "another good password 9"}))
-                .send()
-                .await
-                .expect("password")
+            srv.req(
+                Method::POST,
+                "/api/v1/users/VIEWER-user/password",
+                Some(&access),
+            )
+            .json(&json!({"current_password": current, "new_password": "another good password 9"}))
+            .send()
+            .await
+            .expect("password")
         }
     };
     let mut answers = Vec::new();
@@ -717,7 +730,12 @@ async fn usernames_ignore_case(backend: Backend) {
         .await;
     expect_error(r, 409, "conflict").await;
     let t = srv.login("BOB.SMITH", PASSWORD).await;
-    let me: Value = srv.get("/api/v1/auth/me", &t.access).await.json().await.expect("me");
+    let me: Value = srv
+        .get("/api/v1/auth/me", &t.access)
+        .await
+        .json()
+        .await
+        .expect("me");
     assert_eq!(me["username"], "Bob.Smith");
     assert_eq!(me["role"], "viewer");
     let r = srv.get("/api/v1/users/bob.smith", &srv.admin).await;

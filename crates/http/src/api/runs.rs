@@ -7,8 +7,8 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Json;
 use axum::Extension;
+use axum::Json;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -20,10 +20,10 @@ use opsconductor::model::{RunId, RunStatus};
 use opsconductor::store::RunFilter;
 use opsconductor::{ExecRequest, SubmitRequest};
 
+use crate::auth::{BearerToken, Principal, STREAM_RECHECK, still_authorized};
 use crate::dto::{
     ExecRequestBody, LogChunkView, LogPage, RunDetailView, RunPage, RunView, SubmitRunRequest,
 };
-use crate::auth::{BearerToken, Principal, STREAM_RECHECK, still_authorized};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Caller, Lazy, P, Q};
 use crate::page;
@@ -355,10 +355,8 @@ impl StreamGuard {
     }
 
     fn ticker() -> tokio::time::Interval {
-        let mut t = tokio::time::interval_at(
-            tokio::time::Instant::now() + STREAM_RECHECK,
-            STREAM_RECHECK,
-        );
+        let mut t =
+            tokio::time::interval_at(tokio::time::Instant::now() + STREAM_RECHECK, STREAM_RECHECK);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     }
