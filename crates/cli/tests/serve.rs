@@ -191,7 +191,7 @@ fn admin_password_from_the_environment_and_settings_from_a_file() {
     let env = Env::new();
     let cfg = env.write(
         "server.toml",
-        "workers = 0\naccess_token_ttl = \"2m\"\nlogin_per_account_per_minute = 2\n",
+        "workers = 0\naccess_token_ttl = \"2m\"\nlogin_per_account_address_per_minute = 2\n",
     );
     let srv = start(
         &env,

@@ -274,6 +274,12 @@ pub fn random_token() -> Result<String> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
 
+/// True if two usernames name one account: names ignore letter case
+/// (ASCII only, as [`check_username`] allows).
+pub fn same_user(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
 /// Checks a username: 1–64 of letters, digits, `_ . - @`.
 pub fn check_username(name: &str) -> Result<()> {
     let ok = !name.is_empty()

@@ -95,17 +95,23 @@ impl Masker {
     /// Masks each value and its forms (see the module docs).
     pub fn new<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Self {
         let mut list: Vec<Pattern> = Vec::new();
+        // Index of each pattern in `list`: every stored secret may be here
+        // (see engine::secrets), so deduplication must not be quadratic.
+        let mut index: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
         let mut add = |bytes: &[u8], breaks: bool, min: usize| {
             if bytes.len() < min.max(MIN_MASK_LEN) {
                 return;
             }
-            match list.iter_mut().find(|p| p.bytes == bytes) {
+            match index.get(bytes) {
                 // Also a base64 form of some value: let it match across breaks too.
-                Some(p) => p.breaks |= breaks,
-                None => list.push(Pattern {
-                    bytes: bytes.to_vec(),
-                    breaks,
-                }),
+                Some(&i) => list[i].breaks |= breaks,
+                None => {
+                    index.insert(bytes.to_vec(), list.len());
+                    list.push(Pattern {
+                        bytes: bytes.to_vec(),
+                        breaks,
+                    });
+                }
             }
         };
         for v in values {

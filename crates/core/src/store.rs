@@ -234,9 +234,9 @@ pub trait Store: TargetStore + JobStore + RunStore + LogStore {
 /// tokens and unknown tokens are `Invalid`.
 #[async_trait]
 pub trait UserStore: Send + Sync {
-    /// Stores a new user.
+    /// Stores a new user; `Conflict` if the name is taken in any letter case.
     async fn create_user(&self, user: &User) -> Result<()>;
-    /// One user.
+    /// One user, by name ignoring ASCII letter case.
     async fn get_user(&self, username: &str) -> Result<Option<User>>;
     /// All users, by name.
     async fn list_users(&self) -> Result<Vec<User>>;

@@ -29,6 +29,39 @@ pub struct Principal {
     pub token_id: Option<String>,
 }
 
+/// The bearer token a request authenticated with, kept in the request's
+/// extensions so that long-lived responses (live log streams) can check
+/// again that it still stands. Never printed.
+#[derive(Clone)]
+pub struct BearerToken(pub(crate) std::sync::Arc<str>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(***)")
+    }
+}
+
+/// How often a live log stream checks that its caller's login still stands.
+pub const STREAM_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Checks again that `token` still stands for `principal` with the same
+/// role (after logout, token revocation, disabling, a password or a role
+/// change it does not). `Err` carries the reason, for the stream's last message.
+pub async fn still_authorized(
+    state: &AppState,
+    token: &BearerToken,
+    principal: &Principal,
+) -> Result<(), ApiError> {
+    let now = principal_of(state, &token.0).await?;
+    if now.username != principal.username || now.role != principal.role {
+        return Err(ApiError::unauthenticated(format!(
+            "the role of '{}' changed; reconnect",
+            principal.username
+        )));
+    }
+    Ok(())
+}
+
 /// The bearer token of a request, if any.
 fn bearer(req: &Request) -> Result<Option<String>, ApiError> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
@@ -111,5 +144,6 @@ pub async fn require_auth(State(state): State<AppState>, mut req: Request, next:
         .into_response();
     }
     req.extensions_mut().insert(principal);
+    req.extensions_mut().insert(BearerToken(token.into()));
     next.run(req).await
 }

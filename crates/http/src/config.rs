@@ -49,7 +49,13 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// Deepest JSON nesting accepted (default 32).
     pub json_depth: usize,
-    /// Login attempts per account per minute (0: unlimited).
+    /// Login (and password-change) attempts per account and client address
+    /// per minute (0: unlimited). The strict limit on guessing.
+    pub login_per_account_address_per_minute: u32,
+    /// Login attempts per account per minute from all addresses together,
+    /// except addresses that logged in to that account successfully in the
+    /// last 30 days (0: unlimited). Bounds distributed guessing without
+    /// letting it lock out the real user.
     pub login_per_account_per_minute: u32,
     /// Login attempts per client address per minute (0: unlimited).
     pub login_per_ip_per_minute: u32,
@@ -98,7 +104,8 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             body_limit: 1024 * 1024,
             json_depth: 32,
-            login_per_account_per_minute: 10,
+            login_per_account_address_per_minute: 5,
+            login_per_account_per_minute: 20,
             login_per_ip_per_minute: 30,
             api_per_user_per_minute: 1200,
             trust_forwarded_for: false,
@@ -132,6 +139,10 @@ impl fmt::Debug for ServerConfig {
             .field("cors_origins", &self.cors_origins)
             .field("body_limit", &self.body_limit)
             .field("json_depth", &self.json_depth)
+            .field(
+                "login_per_account_address_per_minute",
+                &self.login_per_account_address_per_minute,
+            )
             .field(
                 "login_per_account_per_minute",
                 &self.login_per_account_per_minute,
@@ -188,6 +199,7 @@ struct FileConfig {
     cors_origins: Option<Vec<String>>,
     body_limit: Option<usize>,
     json_depth: Option<usize>,
+    login_per_account_address_per_minute: Option<u32>,
     login_per_account_per_minute: Option<u32>,
     login_per_ip_per_minute: Option<u32>,
     api_per_user_per_minute: Option<u32>,
@@ -297,6 +309,9 @@ impl ServerConfig {
         }
         if let Some(v) = file.json_depth {
             c.json_depth = v;
+        }
+        if let Some(v) = file.login_per_account_address_per_minute {
+            c.login_per_account_address_per_minute = v;
         }
         if let Some(v) = file.login_per_account_per_minute {
             c.login_per_account_per_minute = v;

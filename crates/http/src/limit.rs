@@ -1,14 +1,16 @@
 //! Rate limits: a token bucket per key (an account, a client address, a
 //! user), refilled continuously. A refused request learns how long to wait
 //! (`Retry-After`). Buckets live in this process; behind a load balancer
-//! each server limits on its own.
+//! each server limits on its own. Memory is bounded: at most
+//! [`MAX_ENTRIES`] keys per limiter; past that, full buckets are dropped
+//! first, then the least recently used.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Buckets kept before idle full ones are dropped.
-const PRUNE_AT: usize = 10_000;
+/// Keys kept per limiter (and per [`KnownClients`]) at most.
+pub const MAX_ENTRIES: usize = 10_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -20,15 +22,39 @@ struct Bucket {
 #[derive(Debug)]
 pub struct RateLimiter {
     per_minute: u32,
+    max_entries: usize,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 impl RateLimiter {
     /// A limiter; `per_minute == 0` never limits.
     pub fn new(per_minute: u32) -> Self {
+        Self::bounded(per_minute, MAX_ENTRIES)
+    }
+
+    /// A limiter keeping at most `max_entries` keys.
+    pub fn bounded(per_minute: u32, max_entries: usize) -> Self {
         Self {
             per_minute,
+            max_entries: max_entries.max(1),
             buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Keys held now (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True if no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Bucket>> {
+        match self.buckets.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
         }
     }
 
@@ -40,12 +66,20 @@ impl RateLimiter {
         let cap = f64::from(self.per_minute);
         let rate = cap / 60.0; // tokens per second
         let now = Instant::now();
-        let mut map = match self.buckets.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        if map.len() >= PRUNE_AT {
+        let mut map = self.lock();
+        if map.len() >= self.max_entries && !map.contains_key(key) {
+            // Full buckets hold no information: drop them first.
             map.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < cap);
+            if map.len() >= self.max_entries {
+                // Still full (many keys under attack): forget the least
+                // recently used half. A forgotten key starts full again,
+                // which only ever helps a key nobody used for the longest.
+                let mut ages: Vec<Instant> = map.values().map(|b| b.at).collect();
+                let mid = ages.len() / 2;
+                ages.select_nth_unstable(mid);
+                let cut = ages[mid];
+                map.retain(|_, b| b.at > cut);
+            }
         }
         let b = map.entry(key.to_string()).or_insert(Bucket {
             tokens: cap,
@@ -59,6 +93,70 @@ impl RateLimiter {
         } else {
             Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
         }
+    }
+}
+
+/// Client addresses that logged in successfully to an account recently
+/// (key: account and address), so the per-account limit that holds back
+/// guessing from everywhere else does not lock the real user out.
+#[derive(Debug)]
+pub struct KnownClients {
+    ttl: Duration,
+    max_entries: usize,
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl KnownClients {
+    /// Remembers a success for `ttl`, at most `max_entries` of them.
+    pub fn new(ttl: Duration, max_entries: usize) -> Self {
+        Self {
+            ttl,
+            max_entries: max_entries.max(1),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        match self.seen.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Records a successful login of `key`.
+    pub fn remember(&self, key: &str) {
+        let now = Instant::now();
+        let mut map = self.lock();
+        if map.len() >= self.max_entries && !map.contains_key(key) {
+            let ttl = self.ttl;
+            map.retain(|_, at| now.duration_since(*at) < ttl);
+            if map.len() >= self.max_entries
+                && let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(key.to_string(), now);
+    }
+
+    /// True if `key` logged in successfully within the time to live.
+    pub fn knows(&self, key: &str) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|at| at.elapsed() < self.ttl)
+    }
+
+    /// Keys held now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True if no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -85,5 +183,25 @@ mod tests {
         assert!(l.check("b").is_ok(), "keys are independent");
         assert!(RateLimiter::new(0).check("a").is_ok());
         assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_busy_keys_survive() {
+        let l = RateLimiter::bounded(2, 100);
+        // A key the attacker keeps empty.
+        l.check("victim").unwrap();
+        l.check("victim").unwrap();
+        for i in 0..10_000 {
+            let _ = l.check(&format!("spray{i}"));
+            let _ = l.check(&format!("spray{i}"));
+            assert!(l.len() <= 100, "{} keys held", l.len());
+        }
+        let k = KnownClients::new(Duration::from_secs(60), 50);
+        for i in 0..1000 {
+            k.remember(&format!("a{i}"));
+            assert!(k.len() <= 50);
+        }
+        assert!(k.knows("a999"));
+        assert!(!k.knows("a0"), "the oldest was evicted");
     }
 }

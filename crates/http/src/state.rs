@@ -9,7 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::jwt::JwtKeys;
-use crate::limit::RateLimiter;
+use crate::limit::{KnownClients, RateLimiter};
+
+/// How long a successful login exempts its (account, address) from the
+/// per-account limit.
+const KNOWN_CLIENT_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 use crate::metrics::Metrics;
 
 /// The state behind the router. Cheap to clone.
@@ -23,7 +27,10 @@ pub(crate) struct Inner {
     pub oc: Conductor,
     pub jwt: JwtKeys,
     pub refresh_ttl: chrono::Duration,
+    pub login_per_account_address: RateLimiter,
     pub login_per_account: RateLimiter,
+    /// (account, address) pairs that logged in lately: exempt from `login_per_account`.
+    pub known_clients: KnownClients,
     pub login_per_ip: RateLimiter,
     pub api_per_user: RateLimiter,
     pub metrics: Arc<Metrics>,
@@ -64,7 +71,11 @@ impl AppState {
                 oc,
                 jwt,
                 refresh_ttl,
+                login_per_account_address: RateLimiter::new(
+                    config.login_per_account_address_per_minute,
+                ),
                 login_per_account: RateLimiter::new(config.login_per_account_per_minute),
+                known_clients: KnownClients::new(KNOWN_CLIENT_TTL, crate::limit::MAX_ENTRIES),
                 login_per_ip: RateLimiter::new(config.login_per_ip_per_minute),
                 api_per_user: RateLimiter::new(config.api_per_user_per_minute),
                 metrics: Arc::new(Metrics::new()),

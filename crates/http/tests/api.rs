@@ -724,4 +724,147 @@ async fn users(backend: Backend) {
     srv.stop().await;
 }
 
-on_both!(targets, jobs, secrets, runs, users);
+/// Every stored secret's value is masked in every run's output, declared or
+/// not: 100 secrets printed by a run that declares none never appear in its
+/// stored logs nor to a live follower; a value one job wrote to a file is
+/// masked when a later ad-hoc command prints the file; updates, key rotation
+/// and deletion are seen by the next run.
+async fn undeclared_secrets_never_show(backend: Backend) {
+    let srv = Srv::start(backend).await;
+    let value = |i: usize| format!("leakcheck-{i}-Zq9x");
+    for i in 0..100 {
+        let r = srv
+            .put(
+                &format!("/api/v1/secrets/s{i}"),
+                &srv.admin,
+                json!({"value": value(i)}),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+    }
+    srv.job(concat!(
+        "kind: Job\nname: prints-all\nsteps:\n  - exec: ",
+        "'i=0; while [ $i -lt 100 ]; do echo \"v=leakcheck-$i-Zq9x\"; i=$((i+1)); done; sleep 0.5; ",
+        "i=0; while [ $i -lt 100 ]; do echo \"w=leakcheck-$i-Zq9x\"; i=$((i+1)); done'\n"
+    ))
+    .await;
+    let id = srv.submit("prints-all", json!({})).await;
+    // A live follower from the start.
+    let live = srv
+        .client
+        .get(srv.url(&format!("/api/v1/runs/{id}/logs")))
+        .bearer_auth(&srv.admin)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("sse")
+        .text()
+        .await
+        .expect("sse text");
+    assert_eq!(srv.wait_run(&id).await["status"], "succeeded");
+    let stored = srv
+        .get(&format!("/api/v1/runs/{id}/logs?limit=5000"), &srv.admin)
+        .await
+        .text()
+        .await
+        .expect("logs");
+    for (what, text) in [("stored", &stored), ("live", &live)] {
+        assert!(
+            text.contains("v=***") && text.contains("w=***"),
+            "{what}: {text}"
+        );
+        let leaked: Vec<usize> = (0..100).filter(|i| text.contains(&value(*i))).collect();
+        assert!(
+            leaked.is_empty(),
+            "{what}: {} values leaked: {leaked:?}",
+            leaked.len()
+        );
+        assert!(!text.contains("leakcheck-"), "{what}: {text}");
+    }
+    // A job declaring `db` writes it to a file; any later run printing the file sees it masked.
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("creds.txt");
+    let file = file.to_str().expect("path");
+    let r = srv
+        .put(
+            "/api/v1/secrets/db",
+            &srv.admin,
+            json!({"value": "first-db-pass-71"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    srv.job(&format!(
+        "kind: Job\nname: writes-db\nsecrets: [db]\nsteps:\n  - exec: 'echo password=$DB > {file}'\n"
+    ))
+    .await;
+    let cat = |expect_masked: &'static str, expect_clear: Option<&'static str>| {
+        let srv = &srv;
+        async move {
+            let r = srv
+                .post(
+                    "/api/v1/exec",
+                    &srv.admin,
+                    json!({"command": format!("cat {file}"), "timeout": "30s"}),
+                )
+                .await;
+            assert_eq!(r.status(), 201);
+            let exec_id = json_of(r).await["id"].as_str().expect("id").to_string();
+            assert_eq!(srv.wait_run(&exec_id).await["status"], "succeeded");
+            let logs = srv
+                .get(&format!("/api/v1/runs/{exec_id}/logs"), &srv.admin)
+                .await
+                .text()
+                .await
+                .expect("logs");
+            assert!(
+                !logs.contains(expect_masked),
+                "{expect_masked} leaked: {logs}"
+            );
+            match expect_clear {
+                Some(clear) => assert!(logs.contains(clear), "{logs}"),
+                None => assert!(logs.contains("password=***"), "{logs}"),
+            }
+        }
+    };
+    let run = srv.submit("writes-db", json!({})).await;
+    assert_eq!(srv.wait_run(&run).await["status"], "succeeded");
+    cat("first-db-pass-71", None).await;
+    // Key rotation re-encrypts: still masked.
+    let r = srv.post("/api/v1/keys/rotate", &srv.admin, json!({})).await;
+    assert_eq!(r.status(), 200);
+    cat("first-db-pass-71", None).await;
+    // An update: the next runs mask the new value.
+    let r = srv
+        .put(
+            "/api/v1/secrets/db",
+            &srv.admin,
+            json!({"value": "second-db-pass-72"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let run = srv.submit("writes-db", json!({})).await;
+    assert_eq!(srv.wait_run(&run).await["status"], "succeeded");
+    cat("second-db-pass-72", None).await;
+    // Deleted: no longer a secret, so no longer masked.
+    let r = srv
+        .req(
+            Method::DELETE,
+            "/api/v1/secrets/db?force=true",
+            Some(&srv.admin),
+        )
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    cat("first-db-pass-71", Some("password=second-db-pass-72")).await;
+    srv.stop().await;
+}
+
+on_both!(
+    targets,
+    jobs,
+    secrets,
+    runs,
+    users,
+    undeclared_secrets_never_show
+);

@@ -539,6 +539,7 @@ async fn api_tokens(backend: Backend) {
 }
 
 on_both!(
+    usernames_ignore_case,
     refresh_rotation_reuse_and_logout,
     password_change_and_disabling_end_logins,
     api_tokens
@@ -579,9 +580,18 @@ async fn login_rate_limits_per_account_and_per_address() {
             .unwrap_or("")
             .contains("account")
     );
-    // Other accounts from the same address: the address limit (6/min) stops them.
-    assert_eq!(attempt("dave").await.status(), 401);
-    let r = attempt("erin").await;
+    // Other accounts from the same address: the address limit (6/min) stops
+    // them (within a few attempts: Argon2 on a loaded machine may let the
+    // bucket refill one token every 10 s).
+    let names = ["dave", "erin", "frank", "grace", "heidi", "ivan"];
+    let mut r = attempt(names[0]).await;
+    for name in &names[1..] {
+        if r.status() == 429 {
+            break;
+        }
+        assert_eq!(r.status(), 401);
+        r = attempt(name).await;
+    }
     assert!(r.headers().get("retry-after").is_some());
     let body = expect_error(r, 429, "rate_limited").await;
     assert!(
@@ -590,6 +600,151 @@ async fn login_rate_limits_per_account_and_per_address() {
             .unwrap_or("")
             .contains("address")
     );
+    srv.stop().await;
+}
+
+/// A login attempt from client address `ip` (the server trusts `X-Forwarded-For`).
+async fn login_from(srv: &Srv, ip: &str, user: &str, password: &str) -> u16 {
+    srv.req(Method::POST, "/api/v1/auth/login", None)
+        .header("x-forwarded-for", ip)
+        .json(&json!({"username": user, "password": password}))
+        .send()
+        .await
+        .expect("login")
+        .status()
+        .as_u16()
+}
+
+/// Guessing cannot lock the real user out from the address they use: the
+/// strict limit is per (account, address); the per-account limit holds back
+/// every other address together but not one that logged in lately. Names
+/// ignore case, so `ALICE` and `alice` share every limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guessing_cannot_lock_out_the_real_user_from_their_address() {
+    let srv = Srv::start_with(Backend::Sqlite, |c| {
+        c.trust_forwarded_for = true;
+        // Low limits: a token comes back only every 20-30 s, longer than this test.
+        c.login_per_account_address_per_minute = 2;
+        c.login_per_account_per_minute = 3;
+    })
+    .await;
+    let r = srv
+        .post(
+            "/api/v1/users",
+            &srv.admin,
+            json!({"username": "alice", "password": PASSWORD, "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    // The real user logs in from home.
+    assert_eq!(login_from(&srv, "10.0.0.1", "alice", PASSWORD).await, 200);
+    // An attacker: 2 guesses from one address, then that address is held back...
+    for _ in 0..2 {
+        assert_eq!(
+            login_from(&srv, "10.9.0.1", "ALICE", "wrong password 1").await,
+            401
+        );
+    }
+    assert_eq!(
+        login_from(&srv, "10.9.0.1", "Alice", "wrong password 1").await,
+        429
+    );
+    // ... even with the right password (the limit is checked first).
+    assert_eq!(login_from(&srv, "10.9.0.1", "alice", PASSWORD).await, 429);
+    // More addresses: the per-account limit (3/min over all unknown addresses).
+    let mut refused = false;
+    for i in 2..6 {
+        for _ in 0..2 {
+            let s = login_from(&srv, &format!("10.9.0.{i}"), "alice", "wrong password 2").await;
+            assert!(s == 401 || s == 429, "{s}");
+            refused |= s == 429;
+        }
+    }
+    assert!(
+        refused,
+        "the per-account limit holds distributed guessing back"
+    );
+    assert_eq!(login_from(&srv, "10.9.9.9", "alice", PASSWORD).await, 429);
+    // The real user, from their usual address, is not locked out.
+    assert_eq!(login_from(&srv, "10.0.0.1", "Alice", PASSWORD).await, 200);
+    srv.stop().await;
+}
+
+/// Checking the current password in a password change is a guess like a
+/// login: the same limiter answers 429 after the per-(account, address) limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn password_change_guesses_share_the_login_limits() {
+    let srv = Srv::start_with(Backend::Sqlite, |c| {
+        // 2 per minute: a token comes back every 30 s, longer than this test.
+        c.login_per_account_address_per_minute = 2;
+    })
+    .await;
+    let viewer = srv.user(Role::Viewer).await; // one login attempt used
+    let change = |current: &'static str| {
+        let srv = &srv;
+        let access = viewer.access.clone();
+        async move {
+            srv.req(
+                Method::POST,
+                "/api/v1/users/VIEWER-user/password",
+                Some(&access),
+            )
+            .json(&json!({"current_password": current, "new_password": "another good password 9"}))
+            .send()
+            .await
+            .expect("password")
+        }
+    };
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(change("not my password 1").await.status().as_u16());
+    }
+    assert_eq!(answers, vec![401, 429, 429, 429, 429, 429], "{answers:?}");
+    let r = change(PASSWORD).await;
+    assert!(r.headers().get("retry-after").is_some());
+    expect_error(r, 429, "rate_limited").await;
+    // The login limiter is the same one.
+    let r = srv
+        .req(Method::POST, "/api/v1/auth/login", None)
+        .json(&json!({"username": "viewer-user", "password": PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 429);
+    srv.stop().await;
+}
+
+/// Usernames ignore letter case: one account per name in any case (409),
+/// and login in any case gives the account's own name.
+async fn usernames_ignore_case(backend: Backend) {
+    let srv = Srv::start(backend).await;
+    let r = srv
+        .post(
+            "/api/v1/users",
+            &srv.admin,
+            json!({"username": "Bob.Smith", "password": PASSWORD, "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let r = srv
+        .post(
+            "/api/v1/users",
+            &srv.admin,
+            json!({"username": "bob.smith", "password": PASSWORD, "role": "admin"}),
+        )
+        .await;
+    expect_error(r, 409, "conflict").await;
+    let t = srv.login("BOB.SMITH", PASSWORD).await;
+    let me: Value = srv
+        .get("/api/v1/auth/me", &t.access)
+        .await
+        .json()
+        .await
+        .expect("me");
+    assert_eq!(me["username"], "Bob.Smith");
+    assert_eq!(me["role"], "viewer");
+    let r = srv.get("/api/v1/users/bob.smith", &srv.admin).await;
+    assert_eq!(r.status(), 200);
     srv.stop().await;
 }
 

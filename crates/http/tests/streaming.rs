@@ -373,3 +373,168 @@ async fn shutdown_ends_live_streams() {
     assert!(text.contains("event: shutdown"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(12));
 }
+
+/// Reads an SSE stream to its end; returns the text.
+fn sse_to_end(srv: &Srv, path: &str, token: &str) -> tokio::task::JoinHandle<String> {
+    let client = srv.client.clone();
+    let url = format!("{}{path}", srv.base);
+    let token = token.to_string();
+    tokio::spawn(async move {
+        let r = client
+            .get(url)
+            .bearer_auth(&token)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .expect("sse");
+        assert_eq!(r.status(), 200);
+        let mut s = r.bytes_stream();
+        let mut text = String::new();
+        while let Some(Ok(b)) = s.next().await {
+            text.push_str(&String::from_utf8_lossy(&b));
+        }
+        text
+    })
+}
+
+/// Reads a WebSocket to its close; returns the close code (0 if none) and the last text message.
+fn ws_to_close(srv: &Srv, path: &str, token: &str) -> tokio::task::JoinHandle<(u16, String)> {
+    let base = srv.base.clone();
+    let path = path.to_string();
+    let token = token.to_string();
+    tokio::spawn(async move {
+        let mut ws = ws_connect(&base, &path, &token).await;
+        let mut last = String::new();
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Text(t)) => last = t.to_string(),
+                Ok(Message::Close(f)) => return (f.map_or(0, |f| u16::from(f.code)), last),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        (0, last)
+    })
+}
+
+/// A live stream outlives the request that opened it: logout, revoking the
+/// API token, disabling the user and changing their role each end the
+/// user's SSE and WebSocket streams within 5 s (the server re-checks every 2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_end_when_the_login_no_longer_stands() {
+    let srv = Srv::start(Backend::Sqlite).await;
+    srv.job(COUNTER_JOB).await;
+    let id = srv
+        .submit("counter", json!({"n": 1000, "delay": 0.1}))
+        .await;
+    let logs = format!("/api/v1/runs/{id}/logs");
+    let ws = format!("/api/v1/runs/{id}/ws");
+    let mut tokens = Vec::new();
+    for name in ["s-logout", "s-disable", "s-role"] {
+        let r = srv
+            .post(
+                "/api/v1/users",
+                &srv.admin,
+                json!({"username": name, "password": common::PASSWORD, "role": "viewer"}),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        tokens.push(srv.login(name, common::PASSWORD).await.access);
+    }
+    // One stream uses an API token (owned by the admin; no password hashing).
+    let r = srv
+        .post(
+            "/api/v1/auth/tokens",
+            &srv.admin,
+            json!({"name": "stream", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.expect("token");
+    let api_token = created["token"].as_str().expect("token").to_string();
+    let api_token_id = created["id"].as_str().expect("id").to_string();
+    let creds = [
+        tokens[0].clone(),
+        api_token.clone(),
+        tokens[1].clone(),
+        tokens[2].clone(),
+    ];
+    let mut streams = Vec::new();
+    for c in &creds {
+        streams.push((sse_to_end(&srv, &logs, c), ws_to_close(&srv, &ws, c)));
+    }
+    // Every stream is live and still open after a few re-checks.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for (s, w) in &streams {
+        assert!(
+            !s.is_finished() && !w.is_finished(),
+            "streams stay open while the login stands"
+        );
+    }
+    let started = std::time::Instant::now();
+    let r = srv
+        .req(Method::POST, "/api/v1/auth/logout", Some(&tokens[0]))
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(r.status(), 204);
+    let r = srv
+        .req(
+            Method::DELETE,
+            &format!("/api/v1/auth/tokens/{api_token_id}"),
+            Some(&srv.admin),
+        )
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 204);
+    for (name, change) in [
+        ("s-disable", json!({"disabled": true})),
+        ("s-role", json!({"role": "operator"})),
+    ] {
+        let r = srv
+            .req(
+                Method::PATCH,
+                &format!("/api/v1/users/{name}"),
+                Some(&srv.admin),
+            )
+            .json(&change)
+            .send()
+            .await
+            .expect("patch");
+        assert_eq!(r.status(), 200);
+    }
+    for (i, (s, w)) in streams.into_iter().enumerate() {
+        let text = tokio::time::timeout(Duration::from_secs(10), s)
+            .await
+            .unwrap_or_else(|_| panic!("SSE stream {i} did not end"))
+            .expect("sse reader");
+        assert!(
+            text.contains("event: error") && text.contains("unauthenticated"),
+            "stream {i}: {}",
+            &text[text.len().saturating_sub(300)..]
+        );
+        let (code, last) = tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .unwrap_or_else(|_| panic!("WebSocket {i} did not close"))
+            .expect("ws reader");
+        assert_eq!(code, 1008, "stream {i}: policy close; last message {last}");
+        assert!(last.contains("\"type\":\"error\""), "stream {i}: {last}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "all streams ended in {took:?}"
+    );
+    let r = srv
+        .req(
+            Method::POST,
+            &format!("/api/v1/runs/{id}/cancel"),
+            Some(&srv.admin),
+        )
+        .send()
+        .await
+        .expect("cancel");
+    assert!(r.status().is_success());
+    srv.stop().await;
+}

@@ -244,6 +244,7 @@ impl Conductor {
                 "this login was revoked (logged out)".into(),
             ));
         }
+        // Lookups ignore case; a token names the account exactly as stored.
         // A login names its user: a token whose `sid` is another user's
         // login is forged or mixed up, never valid.
         if us.family_owner(family).await?.as_deref() != Some(username) {
@@ -254,6 +255,7 @@ impl Conductor {
         let user = us
             .get_user(username)
             .await?
+            .filter(|u| u.username == username)
             .ok_or_else(|| Error::Unauthenticated("unknown user".into()))?;
         if user.disabled {
             return Err(Error::Unauthenticated("the account is disabled".into()));
@@ -274,7 +276,7 @@ impl Conductor {
 
     /// One user: admins, or the user themself.
     pub async fn user(&self, username: &str, actor: &Actor) -> Result<User> {
-        if actor.name != username {
+        if !auth::same_user(&actor.name, username) {
             actor.require(Permission::ManageUsers)?;
         }
         users_of(&self.inner)?
@@ -329,7 +331,7 @@ impl Conductor {
             .get_user(username)
             .await?
             .ok_or_else(|| Error::not_found("user", username))?;
-        if username == actor.name
+        if auth::same_user(&user.username, &actor.name)
             && (disabled == Some(true) || role.is_some_and(|r| r != Role::Admin))
         {
             return Err(Error::Conflict(
@@ -344,9 +346,9 @@ impl Conductor {
         }
         us.update_user(&user).await?;
         if user.disabled {
-            us.revoke_user_families(username).await?;
+            us.revoke_user_families(&user.username).await?;
             // API tokens die with the account: re-enabling it does not bring them back.
-            for t in us.list_api_tokens(Some(username)).await? {
+            for t in us.list_api_tokens(Some(&user.username)).await? {
                 if t.revoked_at.is_none() {
                     us.revoke_api_token(&t.id, Utc::now()).await?;
                 }
@@ -372,7 +374,7 @@ impl Conductor {
         new: &str,
         actor: &Actor,
     ) -> Result<()> {
-        if actor.name != username {
+        if !auth::same_user(&actor.name, username) {
             actor.require(Permission::ManageUsers)?;
         }
         let us = users_of(&self.inner)?;
@@ -380,7 +382,9 @@ impl Conductor {
             .get_user(username)
             .await?
             .ok_or_else(|| Error::not_found("user", username))?;
-        if actor.name == username && !auth::verify_password(current, &user.password_hash) {
+        if auth::same_user(&actor.name, &user.username)
+            && !auth::verify_password(current, &user.password_hash)
+        {
             return Err(Error::Unauthenticated(
                 "the current password is wrong".into(),
             ));
@@ -388,7 +392,7 @@ impl Conductor {
         user.password_hash = auth::hash_password(new)?;
         user.password_changed_at = Utc::now();
         us.update_user(&user).await?;
-        us.revoke_user_families(username).await?;
+        us.revoke_user_families(&user.username).await?;
         self.inner
             .audit_as(
                 actor,

@@ -1,7 +1,7 @@
 //! Secrets through the engine: write-only values, the keyring check at
 //! start-up, rotation, and decrypting what a run needs (and nothing else).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -219,7 +219,8 @@ impl Inner {
     }
 
     /// Decrypts what a run needs: the job's declared secrets and the
-    /// credentials of its targets.
+    /// credentials of its targets; its masker hides those and every other
+    /// stored secret (see [`Self::all_secret_values`]).
     pub(crate) async fn run_secrets(
         &self,
         run: &Run,
@@ -231,14 +232,16 @@ impl Inner {
             .filter_map(|t| t.credential.as_deref().map(|c| (t.name.as_str(), c)))
             .collect();
         if run.spec.secrets.is_empty() && creds_needed.is_empty() {
+            let others = self.all_secret_values(&HashSet::new()).await?;
             return Ok(RunSecrets {
                 env: vec![],
                 names: vec![],
                 creds: HashMap::new(),
-                masker: Masker::none(),
+                masker: Masker::new(others.iter().map(Vec::as_slice)),
             });
         }
         let ss = store_of(self)?;
+        let mut seen: HashSet<String> = HashSet::new();
         let mut values: Vec<Vec<u8>> = Vec::new();
         let mut env = Vec::new();
         for name in &run.spec.secrets {
@@ -254,6 +257,7 @@ impl Inner {
             })?;
             env.push((env_name(name), text));
             values.push(v);
+            seen.insert(name.clone());
         }
         let mut creds = HashMap::new();
         for (target, name) in creds_needed {
@@ -263,6 +267,7 @@ impl Inner {
                 .ok_or_else(|| missing_secret(name))?;
             let v = self.decrypt(&rec).await?;
             values.push(v.clone());
+            seen.insert(name.to_string());
             creds.insert(
                 target.to_string(),
                 Credential {
@@ -271,6 +276,7 @@ impl Inner {
                 },
             );
         }
+        values.extend(self.all_secret_values(&seen).await?);
         let masker = Masker::new(values.iter().map(Vec::as_slice));
         Ok(RunSecrets {
             env,
@@ -292,6 +298,36 @@ impl Inner {
                 format!("[not recorded: the secrets to mask it with could not be loaded: {e}]")
             }
         }
+    }
+
+    /// The value of every stored secret not named in `skip`, for masking:
+    /// a value must never show in any run's output, declared or not (a job
+    /// may have written it to a file that a later run prints). Read at the
+    /// start of each run, so set, rotate and delete are seen by the next run.
+    /// Trade-off: each run's worker holds every secret value in memory for
+    /// the run's length (the keyed-fingerprint alternative is in
+    /// docs/server.md, "Secrets in output"). Without a master key nothing
+    /// can be decrypted: a warning, and only the run's own values are masked.
+    pub(crate) async fn all_secret_values(&self, skip: &HashSet<String>) -> Result<Vec<Vec<u8>>> {
+        let Some(ss) = self.store.secret_store() else {
+            return Ok(Vec::new());
+        };
+        let records = ss.list_secrets().await?;
+        if records.iter().all(|r| skip.contains(&r.meta.name)) {
+            return Ok(Vec::new());
+        }
+        let Some(ring) = self.keyring.read().await.clone() else {
+            tracing::warn!(
+                secrets = records.len(),
+                "no master key: stored secrets cannot be masked in run output"
+            );
+            return Ok(Vec::new());
+        };
+        let mut values = Vec::with_capacity(records.len());
+        for rec in records.iter().filter(|r| !skip.contains(&r.meta.name)) {
+            values.push(ring.decrypt(&rec.id, "value", &rec.ciphertext)?);
+        }
+        Ok(values)
     }
 
     /// Decrypts the credentials of `targets` (for checks).

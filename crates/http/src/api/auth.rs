@@ -34,9 +34,41 @@ fn tokens_for(state: &AppState, login: opsconductor::Login) -> ApiResult<TokenRe
     })
 }
 
-/// Log in with a username and password.
+/// Limits on password guesses (login and password change), before the
+/// password is checked. Returns the (account, address) key to remember on
+/// success. In order: per client address over all accounts (spraying), per
+/// account and address (the strict limit), and per account over every
+/// address that has not logged in to it lately (distributed guessing; the
+/// real user's usual address is exempt, so guessing cannot lock them out).
+pub(crate) fn guard_password_guess(
+    state: &AppState,
+    username: &str,
+    ip: &str,
+) -> ApiResult<String> {
+    let account = username.to_ascii_lowercase();
+    let key = format!("{account}\u{0}{ip}");
+    if let Err(wait) = state.inner.login_per_account_address.check(&key) {
+        return Err(ApiError::rate_limited(
+            "too many password attempts for this account from this address; wait and try again",
+            retry_after_secs(wait),
+        ));
+    }
+    if !state.inner.known_clients.knows(&key)
+        && let Err(wait) = state.inner.login_per_account.check(&account)
+    {
+        return Err(ApiError::rate_limited(
+            "too many login attempts for this account; wait and try again (addresses that logged in to it recently are not held back)",
+            retry_after_secs(wait),
+        ));
+    }
+    Ok(key)
+}
+
+/// Log in with a username and password (the name ignores letter case).
 ///
-/// Rate-limited per account and per client address (429 with `Retry-After`).
+/// Rate-limited per client address, per account and address, and per
+/// account from addresses that have not logged in to it lately (429 with
+/// `Retry-After`; see docs/server.md, "Logins and throttling").
 /// An unknown user, a wrong password and a disabled account give the same
 /// answer after the same work.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", security(()),
@@ -61,19 +93,14 @@ pub async fn login(
     if body.username.len() > 256 || body.password.len() > 4096 {
         return Err(ApiError::invalid("username", "too long"));
     }
-    let account = body.username.to_lowercase();
-    if let Err(wait) = state.inner.login_per_account.check(&account) {
-        return Err(ApiError::rate_limited(
-            "too many login attempts for this account; wait and try again",
-            retry_after_secs(wait),
-        ));
-    }
+    let key = guard_password_guess(&state, &body.username, &source.ip)?;
     let actor = source.actor(&body.username);
     let user = state
         .inner
         .oc
         .authenticate(&body.username, &body.password, &actor)
         .await?;
+    state.inner.known_clients.remember(&key);
     let login = state
         .inner
         .oc

@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -19,6 +20,7 @@ use opsconductor::model::{RunId, RunStatus};
 use opsconductor::store::RunFilter;
 use opsconductor::{ExecRequest, SubmitRequest};
 
+use crate::auth::{BearerToken, Principal, STREAM_RECHECK, still_authorized};
 use crate::dto::{
     ExecRequestBody, LogChunkView, LogPage, RunDetailView, RunPage, RunView, SubmitRunRequest,
 };
@@ -280,6 +282,7 @@ fn wants_sse(headers: &HeaderMap) -> bool {
 pub async fn logs(
     State(state): State<AppState>,
     caller: Caller,
+    token: Option<Extension<BearerToken>>,
     P(id): P<String>,
     Q(q): Q<LogQuery>,
     headers: HeaderMap,
@@ -289,7 +292,8 @@ pub async fn logs(
     let after = after_of(&headers, &q)?;
     if wants_sse(&headers) {
         let stream = state.inner.oc.follow(id, after).await?;
-        return Ok(sse(state, id, after, stream).into_response());
+        let guard = StreamGuard::new(&caller, token)?;
+        return Ok(sse(state, id, after, stream, guard).into_response());
     }
     let limit = match q.limit {
         None => 1000,
@@ -327,16 +331,52 @@ async fn end_message(state: &AppState, id: RunId, last_seq: u64) -> serde_json::
     serde_json::json!({"type": "end", "status": status, "last_seq": last_seq})
 }
 
+/// What a live stream needs to check, every [`STREAM_RECHECK`], that its
+/// caller may still read: a stream outlives the request that opened it, so
+/// logout, revocation, disabling or a role change must end it too.
+struct StreamGuard {
+    principal: Principal,
+    token: BearerToken,
+}
+
+impl StreamGuard {
+    fn new(caller: &Caller, token: Option<Extension<BearerToken>>) -> ApiResult<Self> {
+        let Some(Extension(token)) = token else {
+            return Err(ApiError::unauthenticated("authentication required"));
+        };
+        Ok(Self {
+            principal: caller.principal.clone(),
+            token,
+        })
+    }
+
+    /// `Err(body)` once the caller's login no longer stands (or lost `Read`).
+    async fn check(&self, state: &AppState) -> Result<(), ErrorBody> {
+        still_authorized(state, &self.token, &self.principal)
+            .await
+            .map_err(|e| e.body())
+    }
+
+    fn ticker() -> tokio::time::Interval {
+        let mut t =
+            tokio::time::interval_at(tokio::time::Instant::now() + STREAM_RECHECK, STREAM_RECHECK);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    }
+}
+
 fn sse(
     state: AppState,
     id: RunId,
     after: u64,
     mut follow: opsconductor::LogStream,
+    guard: StreamGuard,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let stop = state.inner.shutdown.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
     tokio::spawn(async move {
         let mut last = after;
+        let mut recheck = StreamGuard::ticker();
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => {
@@ -344,6 +384,14 @@ fn sse(
                     return;
                 }
                 _ = tx.closed() => return,
+                _ = recheck.tick() => {
+                    if let Err(body) = guard.check(&state).await {
+                        let data = serde_json::to_string(&body).unwrap_or_default();
+                        let _ = tx.send(SseEvent::default().event("error").data(data)).await;
+                        return;
+                    }
+                    continue;
+                }
                 n = follow.next() => n,
             };
             let ev = match next {
@@ -395,6 +443,7 @@ fn sse(
 pub async fn ws(
     State(state): State<AppState>,
     caller: Caller,
+    token: Option<Extension<BearerToken>>,
     P(id): P<String>,
     Q(q): Q<LogQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -409,10 +458,11 @@ pub async fn ws(
         )
     })?;
     let after = q.after.unwrap_or(0);
+    let guard = StreamGuard::new(&caller, token)?;
     let follow = state.inner.oc.follow(id, after).await?;
     Ok(upgrade
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| stream_ws(state, id, after, follow, socket)))
+        .on_upgrade(move |socket| stream_ws(state, id, after, follow, socket, guard)))
 }
 
 async fn stream_ws(
@@ -421,12 +471,28 @@ async fn stream_ws(
     after: u64,
     mut follow: opsconductor::LogStream,
     socket: WebSocket,
+    guard: StreamGuard,
 ) {
     let (mut tx, mut rx) = socket.split();
     let stop = state.inner.shutdown.clone();
     let mut last = after;
+    let mut recheck = StreamGuard::ticker();
     loop {
         tokio::select! {
+            _ = recheck.tick() => {
+                if let Err(body) = guard.check(&state).await {
+                    let mut v = serde_json::to_value(body).unwrap_or_default();
+                    if let Some(m) = v.as_object_mut() {
+                        m.insert("type".into(), "error".into());
+                    }
+                    let _ = tx.send(Message::text(v.to_string())).await;
+                    let _ = tx.send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                        code: axum::extract::ws::close_code::POLICY,
+                        reason: "the login no longer stands".into(),
+                    }))).await;
+                    return;
+                }
+            }
             _ = stop.cancelled() => {
                 let _ = tx.send(Message::Close(Some(axum::extract::ws::CloseFrame {
                     code: axum::extract::ws::close_code::AWAY,

@@ -8,10 +8,11 @@ use axum::response::{IntoResponse, Response};
 
 use crate::dto::{CreateUserRequest, PasswordRequest, UpdateUserRequest, UserPage, UserView};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{Caller, Lazy, P, Q};
+use crate::extract::{Caller, Lazy, P, Q, Source};
 use crate::page;
 use crate::state::AppState;
 use opsconductor::auth::Permission;
+use opsconductor::auth::same_user;
 
 /// Query of the user list.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -168,23 +169,30 @@ pub async fn update(
         (status = 401, description = "The current password is wrong", body = ErrorBody),
         (status = 403, description = "Another user (admins only)", body = ErrorBody),
         (status = 422, description = "Weak password", body = ErrorBody),
+        (status = 429, description = "Too many attempts (the login limits)", body = ErrorBody),
     ))]
 pub async fn password(
     State(state): State<AppState>,
     caller: Caller,
+    source: Source,
     P(name): P<String>,
     body: Lazy,
 ) -> ApiResult<StatusCode> {
-    if caller.principal.username != name {
+    let own = same_user(&caller.principal.username, &name);
+    if !own {
         caller.require(Permission::ManageUsers)?;
     }
     let body: PasswordRequest = body.json().await?;
     let current = body.current_password.unwrap_or_default();
-    if caller.principal.username == name && current.is_empty() {
+    if own && current.is_empty() {
         return Err(ApiError::invalid(
             "current_password",
             "give your current password to change it",
         ));
+    }
+    if own {
+        // Checking the current password is a guess like a login: same limits.
+        crate::api::auth::guard_password_guess(&state, &caller.principal.username, &source.ip)?;
     }
     state
         .inner

@@ -64,6 +64,7 @@ pub fn test_config(backend_url: String) -> ServerConfig {
         workers: 2,
         jwt_secret: Some(JWT_SECRET.into()),
         admin_password: Some(PASSWORD.into()),
+        login_per_account_address_per_minute: 1000,
         login_per_account_per_minute: 1000,
         login_per_ip_per_minute: 10_000,
         api_per_user_per_minute: 100_000,

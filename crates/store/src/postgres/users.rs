@@ -72,7 +72,7 @@ impl UserStore for PostgresStore {
         let done = sqlx::query(concat!(
             "INSERT INTO users (",
             user_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (username) DO NOTHING"
+            ") VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING"
         ))
         .bind(&user.username)
         .bind(user.role.as_str())
@@ -96,7 +96,7 @@ impl UserStore for PostgresStore {
         let row = sqlx::query(concat!(
             "SELECT ",
             user_columns!(),
-            " FROM users WHERE username = $1"
+            " FROM users WHERE lower(username) = lower($1)"
         ))
         .bind(username)
         .fetch_optional(&self.pool)

@@ -73,7 +73,7 @@ impl UserStore for SqliteStore {
         let done = sqlx::query(concat!(
             "INSERT INTO users (",
             user_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (username) DO NOTHING"
+            ") VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
         ))
         .bind(&user.username)
         .bind(user.role.as_str())
@@ -97,7 +97,7 @@ impl UserStore for SqliteStore {
         let row = sqlx::query(concat!(
             "SELECT ",
             user_columns!(),
-            " FROM users WHERE username = ?"
+            " FROM users WHERE lower(username) = lower(?)"
         ))
         .bind(username)
         .fetch_optional(&self.pool)
