@@ -3,11 +3,14 @@
 //! lease, and streams their logs.
 
 mod auth;
+mod retention;
 mod secrets;
 mod targets;
 mod worker;
 
 pub use targets::TargetCheck;
+
+pub use retention::{AuditExport, DEFAULT_PRUNE_BATCH, PruneReport, PruneRequest, Retention};
 
 pub use auth::{AuditVerification, Login, token_hash};
 
@@ -88,6 +91,7 @@ pub struct ConductorBuilder {
     config: Config,
     workers: usize,
     keyring: Option<crate::secrets::Keyring>,
+    retention: Retention,
 }
 
 impl ConductorBuilder {
@@ -149,6 +153,14 @@ impl ConductorBuilder {
         self
     }
 
+    /// How long finished runs, their logs and audit events are kept. When any
+    /// is set, a pruner removes older data every `retention.interval` while the
+    /// engine runs (default: keep everything, no pruner).
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
     /// Builds the engine and starts its workers. Must run inside a tokio runtime.
     pub async fn build(self) -> Result<Conductor> {
         let store = self.store.ok_or_else(|| {
@@ -203,6 +215,15 @@ impl ConductorBuilder {
             }),
         };
         oc.start_workers(self.workers);
+        if self.retention.is_active() {
+            if self.retention.interval.is_zero() {
+                return Err(Error::validation(
+                    "retention.interval",
+                    "must be longer than zero",
+                ));
+            }
+            tokio::spawn(retention::pruner(oc.inner.clone(), self.retention));
+        }
         Ok(oc)
     }
 }
@@ -369,6 +390,7 @@ impl Conductor {
             config: Config::default(),
             workers: 0,
             keyring: None,
+            retention: Retention::default(),
         }
     }
 
