@@ -61,6 +61,10 @@ pub struct ServerConfig {
     pub metrics_public: bool,
     /// How long a graceful shutdown waits for open requests and running runs.
     pub shutdown_timeout: Duration,
+    /// How long finished runs, their logs and audit events are kept (the
+    /// `[retention]` table; default: forever). With any set, the server prunes
+    /// every `retention.interval`.
+    pub retention: opsconductor::Retention,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +91,7 @@ impl Default for ServerConfig {
             trust_forwarded_for: false,
             metrics_public: true,
             shutdown_timeout: Duration::from_secs(30),
+            retention: opsconductor::Retention::default(),
         }
     }
 }
@@ -119,6 +124,7 @@ impl fmt::Debug for ServerConfig {
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("metrics_public", &self.metrics_public)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -167,6 +173,19 @@ struct FileConfig {
     trust_forwarded_for: Option<bool>,
     metrics_public: Option<bool>,
     shutdown_timeout: Option<String>,
+    retention: Option<RetentionFile>,
+}
+
+/// The `[retention]` table: durations like `90d`, `12h`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    runs: Option<String>,
+    logs: Option<String>,
+    audit: Option<String>,
+    audit_require_export: Option<bool>,
+    interval: Option<String>,
+    batch: Option<usize>,
 }
 
 /// Parses a listen address, with a message saying what is expected.
@@ -257,6 +276,24 @@ impl ServerConfig {
         }
         if let Some(v) = file.shutdown_timeout {
             c.shutdown_timeout = parse_duration(&field("shutdown_timeout"), &v)?;
+        }
+        if let Some(r) = file.retention {
+            let age = |name: &str, v: Option<String>| {
+                v.map(|v| parse_duration(&field(&format!("retention.{name}")), &v))
+                    .transpose()
+            };
+            c.retention.runs = age("runs", r.runs)?;
+            c.retention.logs = age("logs", r.logs)?;
+            c.retention.audit = age("audit", r.audit)?;
+            if let Some(v) = age("interval", r.interval)? {
+                c.retention.interval = v;
+            }
+            if let Some(v) = r.audit_require_export {
+                c.retention.audit_require_export = v;
+            }
+            if let Some(v) = r.batch {
+                c.retention.batch = v;
+            }
         }
         Ok(c)
     }
