@@ -39,7 +39,9 @@ pub struct PruneArgs {
 
 /// Runs a prune; prints the counts (or JSON).
 pub async fn prune(oc: &Conductor, out: &Out, args: &PruneArgs) -> Result<u8, Error> {
-    if args.older_than.is_none() && args.logs_older_than.is_none() && args.audit_older_than.is_none()
+    if args.older_than.is_none()
+        && args.logs_older_than.is_none()
+        && args.audit_older_than.is_none()
     {
         return Err(Error::validation(
             "prune",
@@ -65,7 +67,11 @@ pub async fn prune(oc: &Conductor, out: &Out, args: &PruneArgs) -> Result<u8, Er
     let c = report.counts;
     println!(
         "{} {} run(s), {} step result(s), {} log chunk(s), {} audit event(s)",
-        if report.dry_run { "would remove" } else { "removed" },
+        if report.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        },
         c.runs,
         c.results,
         c.logs,
@@ -120,7 +126,8 @@ pub async fn audit_export(
             "exported {} audit event(s){}",
             export.events,
             match (export.first_seq, export.last_seq) {
-                (Some(a), Some(b)) => format!(" (seq {a}..={b}); audit pruning may now go up to {b}"),
+                (Some(a), Some(b)) =>
+                    format!(" (seq {a}..={b}); audit pruning may now go up to {b}"),
                 _ => String::new(),
             }
         ));

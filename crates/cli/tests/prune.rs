@@ -41,12 +41,19 @@ fn prune_dry_run_counts_and_prune_removes_only_finished_runs() {
     assert_eq!(dry["counts"]["runs"], 2, "{dry}");
     assert!(dry["counts"]["logs"].as_u64().unwrap() >= 2, "{dry}");
     assert_eq!(env.runs().len(), 3, "a dry run removes nothing");
-    let text = stdout_of(&env.cmd(["prune", "--older-than", "0s", "--dry-run"]).assert().success());
+    let text = stdout_of(
+        &env.cmd(["prune", "--older-than", "0s", "--dry-run"])
+            .assert()
+            .success(),
+    );
     assert!(text.contains("would remove 2 run(s)"), "{text}");
 
     let done = env.json(["prune", "--older-than", "0s", "--batch", "1"]);
     assert_eq!(done["counts"]["runs"], 2, "{done}");
-    assert!(done["batches"].as_u64().unwrap() >= 4, "batches of one row: {done}");
+    assert!(
+        done["batches"].as_u64().unwrap() >= 4,
+        "batches of one row: {done}"
+    );
     let left = env.runs();
     assert_eq!(left.len(), 1, "the queued run stays");
     assert_eq!(left[0]["status"], "queued");
@@ -67,29 +74,46 @@ fn audit_export_then_prune_verifies_from_the_checkpoint_and_tampering_fails() {
     let env = Env::new();
     env.apply_examples();
     for i in 0..3 {
-        env.cmd(["exec", "--", &format!("echo {i}")]).assert().success();
+        env.cmd(["exec", "--", &format!("echo {i}")])
+            .assert()
+            .success();
     }
     // Not exported yet: audit pruning keeps everything and says why.
     let held = env.json(["prune", "--audit-older-than", "0s"]);
     assert_eq!(held["counts"]["audit_events"], 0, "{held}");
-    assert!(held["audit_kept_unexported"].as_u64().unwrap() > 0, "{held}");
+    assert!(
+        held["audit_kept_unexported"].as_u64().unwrap() > 0,
+        "{held}"
+    );
 
     let file = env.path().join("audit.jsonl");
-    env.cmd(["audit", "export", "-o"]).arg(&file).assert().success();
+    env.cmd(["audit", "export", "-o"])
+        .arg(&file)
+        .assert()
+        .success();
     let exported: Vec<Value> = std::fs::read_to_string(&file)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(exported.len() >= 4, "{exported:?}");
-    let seqs: Vec<u64> = exported.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "in order, no gaps: {seqs:?}");
+    let seqs: Vec<u64> = exported
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, no gaps: {seqs:?}"
+    );
 
     let pruned = env.json(["prune", "--audit-older-than", "0s"]);
     let n = pruned["counts"]["audit_events"].as_u64().unwrap();
     assert!(n >= 3, "{pruned}");
     let cp = &pruned["audit_checkpoint"];
-    assert!(cp["seq"].as_u64().unwrap() <= *seqs.last().unwrap(), "never past the export: {pruned}");
+    assert!(
+        cp["seq"].as_u64().unwrap() <= *seqs.last().unwrap(),
+        "never past the export: {pruned}"
+    );
 
     let v = env.json(["audit", "verify"]);
     assert_eq!(v["ok"], true, "{v}");
@@ -101,7 +125,12 @@ fn audit_export_then_prune_verifies_from_the_checkpoint_and_tampering_fails() {
         "UPDATE audit_events SET actor = 'mallory' WHERE seq = (SELECT MIN(seq) FROM audit_events)",
     );
     let out = env.cmd(["--json", "audit", "verify"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);
 }
@@ -111,11 +140,19 @@ fn a_rewritten_checkpoint_fails_verification() {
     let env = Env::new();
     env.apply_examples();
     env.cmd(["exec", "--", "echo x"]).assert().success();
-    env.cmd(["prune", "--audit-older-than", "0s", "--audit-without-export"])
-        .assert()
-        .success();
+    env.cmd([
+        "prune",
+        "--audit-older-than",
+        "0s",
+        "--audit-without-export",
+    ])
+    .assert()
+    .success();
     assert_eq!(env.json(["audit", "verify"])["ok"], true);
-    sql(&env, "UPDATE audit_retention SET checkpoint_hash = 'forged'");
+    sql(
+        &env,
+        "UPDATE audit_retention SET checkpoint_hash = 'forged'",
+    );
     let out = env.cmd(["audit", "verify"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
 }

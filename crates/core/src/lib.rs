@@ -22,7 +22,6 @@ pub mod template;
 pub use engine::{
     AuditExport, AuditVerification, Conductor, ConductorBuilder, Config, DEFAULT_PRUNE_BATCH,
     ExecRequest, LogStream, Login, MAX_SECRET_BYTES, PruneReport, PruneRequest, Retention,
-    RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome, SubmitRequest,
-    TargetCheck,
+    RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome, SubmitRequest, TargetCheck,
 };
 pub use model::*;

@@ -672,7 +672,8 @@ async fn run_detail_pages_results(srv: &Srv) {
     assert_eq!(steps, ["s1", "s2", "s3", "s4", "s5"]);
     for bad in ["results_limit=0", "results_limit=5001", "results_after=x"] {
         expect_error(
-            srv.get(&format!("/api/v1/runs/{id}?{bad}"), &srv.admin).await,
+            srv.get(&format!("/api/v1/runs/{id}?{bad}"), &srv.admin)
+                .await,
             422,
             "validation",
         )

@@ -2179,19 +2179,45 @@ pub async fn prune_keeps_unfinished_and_recent_runs(store: Arc<dyn Store>) -> Re
         run_with_data(&*store, run, 3).await?;
     }
     let counts = r.count_prunable(Some(cut), None).await?;
-    assert_eq!((counts.runs, counts.results, counts.logs), (4, 4, 12), "dry counts");
+    assert_eq!(
+        (counts.runs, counts.results, counts.logs),
+        (4, 4, 12),
+        "dry counts"
+    );
     assert_eq!(r.prune_logs(cut, 1000).await?, 12, "logs of the old runs");
-    assert_eq!(r.prune_results(cut, 1000).await?, 4, "results of the old runs");
+    assert_eq!(
+        r.prune_results(cut, 1000).await?,
+        4,
+        "results of the old runs"
+    );
     assert_eq!(r.prune_runs(cut, 1000).await?, 4, "the old runs");
     assert_eq!(r.prune_runs(cut, 1000).await?, 0, "nothing left");
     for run in &old {
-        assert!(store.get_run(run.id).await?.is_none(), "{} pruned", run.status);
+        assert!(
+            store.get_run(run.id).await?.is_none(),
+            "{} pruned",
+            run.status
+        );
         assert!(store.read_logs(run.id, 0, 100).await?.is_empty());
     }
     for run in &keep {
-        assert!(store.get_run(run.id).await?.is_some(), "{} kept", run.status);
-        assert_eq!(store.read_logs(run.id, 0, 100).await?.len(), 3, "{} logs kept", run.status);
-        assert_eq!(store.step_results(run.id).await?.len(), 1, "{} results kept", run.status);
+        assert!(
+            store.get_run(run.id).await?.is_some(),
+            "{} kept",
+            run.status
+        );
+        assert_eq!(
+            store.read_logs(run.id, 0, 100).await?.len(),
+            3,
+            "{} logs kept",
+            run.status
+        );
+        assert_eq!(
+            store.step_results(run.id).await?.len(),
+            1,
+            "{} results kept",
+            run.status
+        );
     }
     // Queued work is still claimable.
     assert_eq!(store.claim_queued(&claim("w2", 10)).await?.len(), 1);
@@ -2236,11 +2262,25 @@ pub async fn prune_logs_before_runs(store: Arc<dyn Store>) -> Result<()> {
     }
     let (runs_cut, logs_cut) = (at(10_000), at(20_000));
     let counts = r.count_prunable(Some(runs_cut), Some(logs_cut)).await?;
-    assert_eq!((counts.runs, counts.logs), (1, 8), "one run; the logs of two");
+    assert_eq!(
+        (counts.runs, counts.logs),
+        (1, 8),
+        "one run; the logs of two"
+    );
     assert_eq!(r.prune_logs(logs_cut, 1000).await?, 8);
-    assert!(store.read_logs(newer.id, 0, 100).await?.is_empty(), "logs gone");
-    assert!(store.get_run(newer.id).await?.is_some(), "the run record stays");
-    assert_eq!(store.step_results(newer.id).await?.len(), 1, "its results stay");
+    assert!(
+        store.read_logs(newer.id, 0, 100).await?.is_empty(),
+        "logs gone"
+    );
+    assert!(
+        store.get_run(newer.id).await?.is_some(),
+        "the run record stays"
+    );
+    assert_eq!(
+        store.step_results(newer.id).await?.len(),
+        1,
+        "its results stay"
+    );
     assert_eq!(store.read_logs(recent.id, 0, 100).await?.len(), 4);
     assert_eq!(r.prune_results(runs_cut, 1000).await?, 1);
     assert_eq!(r.prune_runs(runs_cut, 1000).await?, 1);
@@ -2258,19 +2298,30 @@ pub async fn audit_prune_keeps_a_checkpoint(store: Arc<dyn Store>) -> Result<()>
     let a = found(store.audit_store(), "the audit store")?;
     assert!(r.audit_checkpoint().await?.is_none());
     for i in 0..10 {
-        a.append_audit(&AuditEvent::now("alice", "test.append", format!("obj:{i}"), json!({})))
-            .await?;
+        a.append_audit(&AuditEvent::now(
+            "alice",
+            "test.append",
+            format!("obj:{i}"),
+            json!({}),
+        ))
+        .await?;
     }
     let all = a.audit_after(0, 100).await?;
     let fourth = &all[3];
     assert_eq!(r.prune_audit(fourth.seq, 3).await?, 3, "a batch");
     let cp = found(r.audit_checkpoint().await?, "the checkpoint")?;
-    assert_eq!((cp.seq, cp.hash.as_str()), (fourth.seq, fourth.hash.as_str()));
+    assert_eq!(
+        (cp.seq, cp.hash.as_str()),
+        (fourth.seq, fourth.hash.as_str())
+    );
     assert_eq!(r.prune_audit(fourth.seq, 3).await?, 1, "the rest up to it");
     assert_eq!(r.prune_audit(fourth.seq, 3).await?, 0);
     let kept = a.audit_after(0, 100).await?;
     assert_eq!(kept.len(), 6);
-    assert_eq!(kept[0].prev_hash, cp.hash, "the first kept event chains to the checkpoint");
+    assert_eq!(
+        kept[0].prev_hash, cp.hash,
+        "the first kept event chains to the checkpoint"
+    );
 
     assert_eq!(r.prune_audit(u64::MAX, 100).await?, 5, "all but the newest");
     assert_eq!(a.audit_after(0, 100).await?.len(), 1);

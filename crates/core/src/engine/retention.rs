@@ -189,10 +189,8 @@ impl Inner {
                 done.runs = drain(batch, &mut batches, |n| store.prune_runs(before, n)).await?;
             }
             if audit_through > 0 {
-                done.audit_events = drain(batch, &mut batches, |n| {
-                    store.prune_audit(audit_through, n)
-                })
-                .await?;
+                done.audit_events =
+                    drain(batch, &mut batches, |n| store.prune_audit(audit_through, n)).await?;
             }
             counts = done;
         }
@@ -251,7 +249,9 @@ pub(crate) async fn pruner(inner: std::sync::Arc<Inner>, retention: Retention) {
                 audit_events = r.counts.audit_events,
                 "retention: pruned old data"
             ),
-            Err(e) => tracing::warn!(error = %e, "retention: pruning failed (tried again next interval)"),
+            Err(e) => {
+                tracing::warn!(error = %e, "retention: pruning failed (tried again next interval)")
+            }
         }
     }
 }

@@ -247,7 +247,11 @@ pub async fn get_one(
             ));
         }
     };
-    let after = q.results_after.as_deref().map(parse_results_cursor).transpose()?;
+    let after = q
+        .results_after
+        .as_deref()
+        .map(parse_results_cursor)
+        .transpose()?;
     let id = resolve(&state, &id).await?;
     let mut detail = state.inner.oc.get(id).await?;
     // By step, then target, in byte order (the cursor's order on every backend).
@@ -262,7 +266,12 @@ pub async fn get_one(
     let more = detail.results.len() > limit;
     detail.results.truncate(limit);
     let next = more
-        .then(|| detail.results.last().map(|r| results_cursor(r.step, &r.target)))
+        .then(|| {
+            detail
+                .results
+                .last()
+                .map(|r| results_cursor(r.step, &r.target))
+        })
         .flatten();
     let mut view: RunDetailView = detail.into();
     view.results_next = next;
