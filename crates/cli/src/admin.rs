@@ -83,6 +83,27 @@ pub struct WorkerArgs {
     /// How long to wait for runs in progress on shutdown.
     #[arg(long, value_parser = crate::commands::parse_duration, default_value = "5m")]
     pub drain_timeout: Duration,
+    /// Prune finished runs older than this, periodically (default: keep forever).
+    #[arg(long, env = "OPSC_RETENTION_RUNS", value_parser = crate::commands::parse_duration, value_name = "DURATION")]
+    pub retention_runs: Option<Duration>,
+    /// Prune logs of finished runs older than this, periodically (may be shorter than runs).
+    #[arg(long, env = "OPSC_RETENTION_LOGS", value_parser = crate::commands::parse_duration, value_name = "DURATION")]
+    pub retention_logs: Option<Duration>,
+    /// How often the pruner runs when a retention is set.
+    #[arg(long, value_parser = crate::commands::parse_duration, default_value = "1h")]
+    pub retention_interval: Duration,
+}
+
+impl WorkerArgs {
+    /// The engine's retention from the flags.
+    pub fn retention(&self) -> opsconductor::Retention {
+        opsconductor::Retention {
+            runs: self.retention_runs,
+            logs: self.retention_logs,
+            interval: self.retention_interval,
+            ..opsconductor::Retention::default()
+        }
+    }
 }
 
 fn read_value(
@@ -312,6 +333,16 @@ pub enum AuditCmd {
         /// must still be there with that hash, so deleting the newest events is detected.
         #[arg(long, value_name = "SEQ:HASH")]
         anchor: Option<String>,
+    },
+    /// Write the audit events (after the pruning checkpoint) as JSON lines, and record
+    /// that they were exported: audit pruning never goes past the last export.
+    Export {
+        /// Only events up to this seq.
+        #[arg(long, value_name = "SEQ")]
+        until: Option<u64>,
+        /// Write to this file (default: stdout).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
     },
 }
 

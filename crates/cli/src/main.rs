@@ -4,6 +4,7 @@
 mod admin;
 mod commands;
 mod output;
+mod prune;
 mod serve;
 
 use std::path::PathBuf;
@@ -100,6 +101,8 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Remove finished runs, their logs and (optionally) old audit events, in batches.
+    Prune(prune::PruneArgs),
     /// Execute queued runs (and rescue runs whose worker died) until stopped.
     Worker(admin::WorkerArgs),
     /// Serve the REST API (users, tokens, live logs, audit) with workers in-process.
@@ -290,7 +293,7 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
         out.note(&n);
     }
     let builder = match &cli.command {
-        Cmd::Worker(w) => builder.lease(w.lease).poll(w.poll),
+        Cmd::Worker(w) => builder.lease(w.lease).poll(w.poll).retention(w.retention()),
         _ => builder,
     };
     let oc = builder.build().await?;
@@ -300,6 +303,11 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
             check: Some(admin::AuditCmd::Verify { anchor }),
             ..
         } => admin::audit_verify(&oc, out, anchor.as_deref()).await,
+        Cmd::Audit {
+            check: Some(admin::AuditCmd::Export { until, output }),
+            ..
+        } => prune::audit_export(&oc, out, until, output.as_ref()).await,
+        Cmd::Prune(args) => prune::prune(&oc, out, &args).await,
         Cmd::Audit { object, limit, .. } => admin::audit(&oc, out, object, limit).await,
         Cmd::Worker(args) => admin::worker(&oc, out, &args).await,
         // Dispatched above: the server builds its own engine.

@@ -21,8 +21,8 @@ pub mod spec;
 pub mod template;
 
 pub use engine::{
-    AuditVerification, Conductor, ConductorBuilder, Config, ExecRequest, LocalPolicy, LogStream,
-    Login, MAX_SECRET_BYTES, RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome,
-    SubmitRequest, TargetCheck,
+    AuditExport, AuditVerification, Conductor, ConductorBuilder, Config, DEFAULT_PRUNE_BATCH,
+    ExecRequest, LocalPolicy, LogStream, Login, MAX_SECRET_BYTES, PruneReport, PruneRequest, Retention,
+    RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome, SubmitRequest, TargetCheck,
 };
 pub use model::*;

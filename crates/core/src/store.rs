@@ -222,6 +222,78 @@ pub trait Store: TargetStore + JobStore + RunStore + LogStore {
     fn user_store(&self) -> Option<&dyn UserStore> {
         None
     }
+
+    /// The backend's retention operations (pruning old data), if it has them.
+    fn retention_store(&self) -> Option<&dyn RetentionStore> {
+        None
+    }
+}
+
+/// How much old data a prune would remove (or removed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PruneCounts {
+    /// Finished runs (with their step results).
+    pub runs: u64,
+    /// Step results of those runs.
+    pub results: u64,
+    /// Log chunks.
+    pub logs: u64,
+    /// Audit events.
+    pub audit_events: u64,
+}
+
+/// The oldest kept point of the audit chain once older events were pruned:
+/// verification starts after `seq`, expecting `hash` as the predecessor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AuditCheckpoint {
+    /// The `seq` of the newest pruned event.
+    pub seq: u64,
+    /// Its hash (the `prev_hash` the first kept event must carry).
+    pub hash: String,
+    /// When the checkpoint was set.
+    pub at: DateTime<Utc>,
+}
+
+/// Removing old data in bounded batches.
+///
+/// Rules: only runs in a final state (`succeeded`, `failed`, `cancelled`,
+/// `timed_out`) whose `finished_at` is before the cut-off are touched — never
+/// queued or running ones; each call removes at most `limit` rows in one short
+/// statement/transaction and returns how many it removed (0: nothing left), so
+/// callers loop and claims are never blocked for long. `prune_runs` removes
+/// runs together with whatever results and logs they still have (callers
+/// prune logs and results first to keep each statement bounded).
+/// `prune_audit` first stores the checkpoint (the event at `through`), then
+/// deletes events with `seq <= through`; the chain verifies from the
+/// checkpoint at every moment in between.
+#[async_trait]
+pub trait RetentionStore: Send + Sync {
+    /// What pruning with these cut-offs would remove (runs/results: runs
+    /// finished before `runs_before`; logs: of runs finished before
+    /// `logs_before`, plus those of the runs that go).
+    async fn count_prunable(
+        &self,
+        runs_before: Option<DateTime<Utc>>,
+        logs_before: Option<DateTime<Utc>>,
+    ) -> Result<PruneCounts>;
+    /// Deletes up to `limit` log chunks of runs finished before `before`.
+    async fn prune_logs(&self, before: DateTime<Utc>, limit: usize) -> Result<u64>;
+    /// Deletes up to `limit` step results of runs finished before `before`.
+    async fn prune_results(&self, before: DateTime<Utc>, limit: usize) -> Result<u64>;
+    /// Deletes up to `limit` runs finished before `before`.
+    async fn prune_runs(&self, before: DateTime<Utc>, limit: usize) -> Result<u64>;
+    /// The `seq` of the newest audit event older than `before` (0 if none).
+    async fn audit_seq_before(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// The current audit checkpoint, if events were ever pruned.
+    async fn audit_checkpoint(&self) -> Result<Option<AuditCheckpoint>>;
+    /// The highest `seq` recorded as exported (0 if none).
+    async fn audit_exported_through(&self) -> Result<u64>;
+    /// Records that events up to `seq` were exported (never lowers it).
+    async fn set_audit_exported_through(&self, seq: u64) -> Result<()>;
+    /// Sets the checkpoint to the event at `through` (if it exists and is
+    /// newer than the current checkpoint) and deletes up to `limit` events
+    /// with `seq <= through`. Returns how many it deleted.
+    async fn prune_audit(&self, through: u64, limit: usize) -> Result<u64>;
 }
 
 /// Users, login (refresh-token) families and API tokens. Tokens are stored

@@ -84,6 +84,10 @@ pub struct ServerConfig {
     /// `OPSC_LOCAL_ALLOW_ROLES`). Default: admin only, since such steps can
     /// read the server's keys and database.
     pub local_allow_roles: Vec<opsconductor::auth::Role>,
+    /// How long finished runs, their logs and audit events are kept (the
+    /// `[retention]` table; default: forever). With any set, the server prunes
+    /// every `retention.interval`.
+    pub retention: opsconductor::Retention,
 }
 
 impl Default for ServerConfig {
@@ -116,6 +120,7 @@ impl Default for ServerConfig {
             max_connections: 4096,
             max_connections_per_ip: 256,
             local_allow_roles: vec![opsconductor::auth::Role::Admin],
+            retention: opsconductor::Retention::default(),
         }
     }
 }
@@ -157,6 +162,7 @@ impl fmt::Debug for ServerConfig {
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("local_allow_roles", &self.local_allow_roles)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -211,6 +217,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     local: Option<LocalSection>,
+    retention: Option<RetentionFile>,
 }
 
 /// `[local]`: who may run steps on the server's own host.
@@ -242,6 +249,18 @@ pub fn parse_roles<S: AsRef<str>>(
         }
     }
     Ok(roles)
+}
+
+/// The `[retention]` table: durations like `90d`, `12h`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    runs: Option<String>,
+    logs: Option<String>,
+    audit: Option<String>,
+    audit_require_export: Option<bool>,
+    interval: Option<String>,
+    batch: Option<usize>,
 }
 
 /// Parses a listen address, with a message saying what is expected.
@@ -342,8 +361,27 @@ impl ServerConfig {
         }
         if let Some(v) = file.max_connections_per_ip {
             c.max_connections_per_ip = v;
+        }
         if let Some(v) = file.local.and_then(|l| l.allow_roles) {
             c.local_allow_roles = parse_roles(&field("local.allow_roles"), &v)?;
+        }
+        if let Some(r) = file.retention {
+            let age = |name: &str, v: Option<String>| {
+                v.map(|v| parse_duration(&field(&format!("retention.{name}")), &v))
+                    .transpose()
+            };
+            c.retention.runs = age("runs", r.runs)?;
+            c.retention.logs = age("logs", r.logs)?;
+            c.retention.audit = age("audit", r.audit)?;
+            if let Some(v) = age("interval", r.interval)? {
+                c.retention.interval = v;
+            }
+            if let Some(v) = r.audit_require_export {
+                c.retention.audit_require_export = v;
+            }
+            if let Some(v) = r.batch {
+                c.retention.batch = v;
+            }
         }
         Ok(c)
     }

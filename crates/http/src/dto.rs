@@ -254,8 +254,13 @@ pub struct RunDetailView {
     /// The job definition it runs (a snapshot taken at submission).
     #[schema(value_type = Object)]
     pub spec: Value,
-    /// Results by step, then target.
+    /// Results by step, then target (a page of at most `results_limit`, 1000
+    /// by default, for large runs).
     pub results: Vec<StepResultView>,
+    /// Present only when more results follow: pass it as `results_after` for
+    /// the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results_next: Option<String>,
 }
 
 impl From<RunDetail> for RunDetailView {
@@ -268,6 +273,7 @@ impl From<RunDetail> for RunDetailView {
                 .into_iter()
                 .map(|r| StepResultView::new(r, &names))
                 .collect(),
+            results_next: None,
             run: d.run.into(),
         }
     }
@@ -843,6 +849,13 @@ pub struct AuditVerifyView {
     pub head_seq: Option<u64>,
     /// The hash of the newest event checked.
     pub head_hash: Option<String>,
+    /// When older events were pruned: the stored checkpoint (the newest
+    /// pruned event's seq) verification started after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_seq: Option<u64>,
+    /// The checkpoint's hash: the first kept event must chain to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_hash: Option<String>,
 }
 
 /// Liveness.

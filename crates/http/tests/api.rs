@@ -633,7 +633,52 @@ async fn runs(backend: Backend) {
         "validation",
     )
     .await;
+    run_detail_pages_results(&srv).await;
     srv.stop().await;
+}
+
+/// A large run's detail comes in pages of results (`results_limit`,
+/// `results_after` = the previous page's `results_next`); a small run's
+/// detail keeps its shape (no `results_next`); bad paging is a 422.
+async fn run_detail_pages_results(srv: &Srv) {
+    srv.job(
+        "kind: Job\nname: five\nsteps:\n  - {name: s1, exec: 'true'}\n  - {name: s2, exec: 'true'}\n  - {name: s3, exec: 'true'}\n  - {name: s4, exec: 'true'}\n  - {name: s5, exec: 'true'}\n",
+    )
+    .await;
+    let id = srv.submit("five", json!({})).await;
+    let all = srv.wait_run(&id).await;
+    assert_eq!(all["status"], "succeeded", "{all}");
+    assert_eq!(all["results"].as_array().expect("results").len(), 5);
+    assert!(all.get("results_next").is_none(), "one page: no cursor");
+    let mut steps = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &after {
+            None => format!("/api/v1/runs/{id}?results_limit=2"),
+            Some(c) => format!("/api/v1/runs/{id}?results_limit=2&results_after={c}"),
+        };
+        let page = json_of(srv.get(&path, &srv.admin).await).await;
+        pages += 1;
+        for r in page["results"].as_array().expect("results") {
+            steps.push(r["step_name"].as_str().expect("step_name").to_string());
+        }
+        match page.get("results_next").and_then(|v| v.as_str()) {
+            Some(c) => after = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(steps, ["s1", "s2", "s3", "s4", "s5"]);
+    for bad in ["results_limit=0", "results_limit=5001", "results_after=x"] {
+        expect_error(
+            srv.get(&format!("/api/v1/runs/{id}?{bad}"), &srv.admin)
+                .await,
+            422,
+            "validation",
+        )
+        .await;
+    }
 }
 
 async fn users(backend: Backend) {

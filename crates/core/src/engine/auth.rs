@@ -49,6 +49,9 @@ pub struct AuditVerification {
     pub head_seq: Option<u64>,
     /// The hash of the newest event checked.
     pub head_hash: Option<String>,
+    /// Where verification started when older events were pruned: the
+    /// stored checkpoint `(seq, hash)` of the newest pruned event.
+    pub checkpoint: Option<crate::store::AuditCheckpoint>,
 }
 
 fn users_of(inner: &Inner) -> Result<&dyn UserStore> {
@@ -561,10 +564,37 @@ impl Conductor {
             .store
             .audit_store()
             .ok_or_else(|| Error::Conflict("this store keeps no audit log".into()))?;
-        let mut prev = String::new();
-        let mut last_seq = 0u64;
+        // After pruning, the chain starts at the stored checkpoint: the first
+        // kept event must chain to its hash.
+        let checkpoint = match self.inner.store.retention_store() {
+            Some(r) => r.audit_checkpoint().await?,
+            None => None,
+        };
+        let mut prev = checkpoint
+            .as_ref()
+            .map(|c| c.hash.clone())
+            .unwrap_or_default();
+        let mut last_seq = checkpoint.as_ref().map_or(0, |c| c.seq);
         let mut count = 0u64;
         let mut anchor_seen = false;
+        if let (Some((anchor_seq, anchor_hash)), Some(c)) = (anchor, &checkpoint)
+            && anchor_seq <= c.seq
+        {
+            // The anchor's event was pruned; an anchor at the checkpoint itself
+            // must match it, older ones are covered by the archived export.
+            if anchor_seq == c.seq && anchor_hash != c.hash {
+                return Ok(AuditVerification {
+                    events: 0,
+                    ok: false,
+                    first_bad_seq: Some(anchor_seq),
+                    problem: Some("the checkpoint is not the event the anchor recorded (another hash): the checkpoint was rewritten".to_string()),
+                    head_seq: None,
+                    head_hash: None,
+                    checkpoint,
+                });
+            }
+            anchor_seen = true;
+        }
         let bad = |count: u64, seq: u64, head: Option<(u64, String)>, p: String| {
             let (head_seq, head_hash) = head.unzip();
             AuditVerification {
@@ -574,6 +604,7 @@ impl Conductor {
                 problem: Some(p),
                 head_seq,
                 head_hash,
+                checkpoint: checkpoint.clone(),
             }
         };
         loop {
@@ -584,7 +615,9 @@ impl Conductor {
             for e in &page {
                 count += 1;
                 let problem = if e.prev_hash != prev {
-                    Some(if count == 1 && !e.prev_hash.is_empty() {
+                    Some(if count == 1 && checkpoint.is_some() {
+                        "it does not chain to the checkpoint of the pruned events: events after the checkpoint were deleted, or the checkpoint was altered".to_string()
+                    } else if count == 1 && !e.prev_hash.is_empty() {
                         "the chain does not start at the first event: events before it were deleted"
                             .to_string()
                     } else {
@@ -642,6 +675,7 @@ impl Conductor {
             problem: None,
             head_seq,
             head_hash,
+            checkpoint,
         })
     }
 }

@@ -4,12 +4,15 @@
 
 mod auth;
 mod local;
+mod retention;
 mod secrets;
 mod targets;
 mod worker;
 
 pub use local::LocalPolicy;
 pub use targets::TargetCheck;
+
+pub use retention::{AuditExport, DEFAULT_PRUNE_BATCH, PruneReport, PruneRequest, Retention};
 
 pub use auth::{AuditVerification, Login, token_hash};
 
@@ -91,6 +94,7 @@ pub struct ConductorBuilder {
     workers: usize,
     keyring: Option<crate::secrets::Keyring>,
     local_policy: LocalPolicy,
+    retention: Retention,
 }
 
 impl ConductorBuilder {
@@ -159,6 +163,14 @@ impl ConductorBuilder {
         self
     }
 
+    /// How long finished runs, their logs and audit events are kept. When any
+    /// is set, a pruner removes older data every `retention.interval` while the
+    /// engine runs (default: keep everything, no pruner).
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
     /// Builds the engine and starts its workers. Must run inside a tokio runtime.
     pub async fn build(self) -> Result<Conductor> {
         let store = self.store.ok_or_else(|| {
@@ -214,6 +226,15 @@ impl ConductorBuilder {
             }),
         };
         oc.start_workers(self.workers);
+        if self.retention.is_active() {
+            if self.retention.interval.is_zero() {
+                return Err(Error::validation(
+                    "retention.interval",
+                    "must be longer than zero",
+                ));
+            }
+            tokio::spawn(retention::pruner(oc.inner.clone(), self.retention));
+        }
         Ok(oc)
     }
 }
@@ -382,6 +403,7 @@ impl Conductor {
             workers: 0,
             keyring: None,
             local_policy: LocalPolicy::default(),
+            retention: Retention::default(),
         }
     }
 

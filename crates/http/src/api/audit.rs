@@ -167,5 +167,7 @@ pub async fn verify(
         problem: v.problem,
         head_seq: v.head_seq,
         head_hash: v.head_hash,
+        checkpoint_seq: v.checkpoint.as_ref().map(|c| c.seq),
+        checkpoint_hash: v.checkpoint.map(|c| c.hash),
     }))
 }

@@ -195,9 +195,42 @@ async fn resolve(state: &AppState, id: &str) -> ApiResult<RunId> {
     Ok(state.inner.oc.resolve_run_id(id).await?)
 }
 
-/// One run with its definition and per step × target results.
+/// Paging of a run's results (large runs have one per step × target).
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RunDetailQuery {
+    /// Only results after this cursor (`results_next` of the previous page).
+    pub results_after: Option<String>,
+    /// At most this many results (1-5000, default 1000).
+    pub results_limit: Option<usize>,
+}
+
+/// Default and largest page of results in a run detail.
+const RESULTS_PAGE: usize = 1000;
+const RESULTS_PAGE_MAX: usize = 5000;
+
+fn results_cursor(step: u32, target: &str) -> String {
+    format!("{step}:{target}")
+}
+
+fn parse_results_cursor(text: &str) -> ApiResult<(u32, String)> {
+    text.split_once(':')
+        .and_then(|(s, t)| Some((s.parse::<u32>().ok()?, t.to_string())))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "results_after",
+                format!("'{text}' is not a cursor (STEP:TARGET, as given in results_next)"),
+            )
+        })
+}
+
+/// One run with its definition and per step × target results. Results come
+/// in pages (`results_limit`, default 1000, at most 5000); when more follow,
+/// `results_next` is the cursor for `results_after`. Logs are paged by
+/// `GET /api/v1/runs/{id}/logs`.
 #[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs",
-    params(("id" = String, Path, description = "Run id, or a unique prefix of at least 4 characters")),
+    params(("id" = String, Path, description = "Run id, or a unique prefix of at least 4 characters"), RunDetailQuery),
     responses(
         (status = 200, description = "The run", body = RunDetailView),
         (status = 404, description = "No such run", body = ErrorBody),
@@ -206,10 +239,48 @@ pub async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
     P(id): P<String>,
+    Q(q): Q<RunDetailQuery>,
 ) -> ApiResult<Json<RunDetailView>> {
     caller.require(Permission::Read)?;
+    let limit = match q.results_limit {
+        None => RESULTS_PAGE,
+        Some(n) if (1..=RESULTS_PAGE_MAX).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError::invalid(
+                "results_limit",
+                format!("{n} is out of range (1-{RESULTS_PAGE_MAX})"),
+            ));
+        }
+    };
+    let after = q
+        .results_after
+        .as_deref()
+        .map(parse_results_cursor)
+        .transpose()?;
     let id = resolve(&state, &id).await?;
-    Ok(Json(state.inner.oc.get(id).await?.into()))
+    let mut detail = state.inner.oc.get(id).await?;
+    // By step, then target, in byte order (the cursor's order on every backend).
+    detail
+        .results
+        .sort_by(|a, b| (a.step, a.target.as_str()).cmp(&(b.step, b.target.as_str())));
+    if let Some((step, target)) = &after {
+        detail
+            .results
+            .retain(|r| (r.step, r.target.as_str()) > (*step, target.as_str()));
+    }
+    let more = detail.results.len() > limit;
+    detail.results.truncate(limit);
+    let next = more
+        .then(|| {
+            detail
+                .results
+                .last()
+                .map(|r| results_cursor(r.step, &r.target))
+        })
+        .flatten();
+    let mut view: RunDetailView = detail.into();
+    view.results_next = next;
+    Ok(Json(view))
 }
 
 /// Stop a run: a queued run is cancelled at once, a running one has its

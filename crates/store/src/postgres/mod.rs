@@ -20,6 +20,7 @@
 
 mod listen;
 mod open;
+mod retention;
 mod rows;
 mod secrets;
 mod users;
@@ -730,6 +731,10 @@ impl Store for PostgresStore {
     }
 
     fn audit_store(&self) -> Option<&dyn opsconductor_core::store::AuditStore> {
+        Some(self)
+    }
+
+    fn retention_store(&self) -> Option<&dyn opsconductor_core::store::RetentionStore> {
         Some(self)
     }
 

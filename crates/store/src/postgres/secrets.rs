@@ -15,7 +15,7 @@ use super::PostgresStore;
 use crate::common::{Context, from_micros, from_micros_opt, micros, to_u32};
 
 /// The advisory lock key serialising audit appends (`opsc:aud` in ASCII).
-const AUDIT_LOCK: i64 = 0x6f70_7363_3a61_7564;
+pub(super) const AUDIT_LOCK: i64 = 0x6f70_7363_3a61_7564;
 
 /// The secret columns, as a literal so queries stay `&'static str` (sqlx refuses built strings).
 macro_rules! secret_columns {

@@ -9,6 +9,7 @@
 //! are single `UPDATE … RETURNING` statements, atomic on their own.
 
 mod open;
+mod retention;
 mod rows;
 mod secrets;
 mod users;
@@ -729,6 +730,10 @@ impl Store for SqliteStore {
     }
 
     fn user_store(&self) -> Option<&dyn opsconductor_core::store::UserStore> {
+        Some(self)
+    }
+
+    fn retention_store(&self) -> Option<&dyn opsconductor_core::store::RetentionStore> {
         Some(self)
     }
 
