@@ -262,7 +262,7 @@ fn reads_existing_state(cmd: &Cmd) -> bool {
     match cmd {
         Cmd::Apply { .. } | Cmd::Run(_) | Cmd::Exec(_) | Cmd::Worker(_) | Cmd::Serve(_) => false,
         Cmd::Secrets(s) => !matches!(s, admin::SecretsCmd::Set { .. }),
-        Cmd::Runs(_) | Cmd::Jobs(_) | Cmd::Targets(_) | Cmd::Audit { .. } => true,
+        Cmd::Runs(_) | Cmd::Jobs(_) | Cmd::Targets(_) | Cmd::Audit { .. } | Cmd::Prune(_) => true,
     }
 }
 

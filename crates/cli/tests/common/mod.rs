@@ -175,6 +175,11 @@ impl Env {
     pub fn wait_for_running_run(&self) -> String {
         let mut id = None;
         let found = wait_until(PATIENCE, || {
+            // Read-only commands refuse a database that does not exist yet
+            // (the run being waited for creates it).
+            if !self.dir.path().join("t.db").exists() {
+                return false;
+            }
             let v = self.json(["runs", "list", "--status", "running"]);
             id = v
                 .as_array()

@@ -729,7 +729,10 @@ impl Conductor {
                                 if let Some(why) = m.strip_prefix(&format!("{field}: ")) {
                                     return Error::validation(
                                         format!("steps[{i}].{field}"),
-                                        format!("{why} (step '{}', target '{}')", step.name, t.name),
+                                        format!(
+                                            "{why} (step '{}', target '{}')",
+                                            step.name, t.name
+                                        ),
                                     );
                                 }
                             }

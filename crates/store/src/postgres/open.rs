@@ -98,6 +98,11 @@ pub(super) fn parse(url: &str) -> Result<(Endpoint, PgConnectOptions)> {
 /// Connects once (failing fast, with a clear message), then applies the
 /// migrations through a pool that connects lazily, and returns that pool.
 pub(super) async fn connect(endpoint: &Endpoint, options: PgConnectOptions) -> Result<PgPool> {
+    // rustls picks a process-wide crypto provider only when exactly one is
+    // compiled in; a binary with WinRM (reqwest with aws-lc-rs) has two, and
+    // sqlx's TLS would panic. Installing ring first is harmless when another
+    // provider was installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
         // Closing politely is not important; the server notices either way.
         Ok(Ok(conn)) => drop(conn.close().await),
