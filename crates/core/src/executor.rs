@@ -43,6 +43,16 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// `d` from now, without overflow: a limit too large for the clock means no
+/// practical deadline (30 years), never a panic. Every deadline an executor
+/// computes from a configured or requested duration goes through this.
+pub fn deadline_after(d: std::time::Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(86_400 * 365 * 30)))
+        .unwrap_or(now)
+}
+
 /// Everything an executor needs to run one step on one target.
 #[derive(Debug, Clone)]
 pub struct StepContext {
@@ -339,5 +349,30 @@ pub trait Executor: Send + Sync {
                 self.kind()
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn deadlines_from_impossible_durations_do_not_panic() {
+        let now = Instant::now();
+        for d in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX),
+            Duration::from_secs(1u64 << 62),
+        ] {
+            let at = deadline_after(d);
+            assert!(
+                at > now + Duration::from_secs(86_400 * 365),
+                "{d:?}: {at:?}"
+            );
+        }
+        let near = deadline_after(Duration::from_secs(5));
+        assert!(near >= now + Duration::from_secs(5) && near < now + Duration::from_secs(60));
     }
 }

@@ -10,7 +10,6 @@ use opsconductor_core::executor::ExecError;
 use russh::client;
 use russh::keys::{Algorithm, HashAlg, PublicKey, PublicKeyOrCertificate};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use super::known_hosts::{self, KnownKey};
 use super::{Destination, SshExecutor};
@@ -291,7 +290,7 @@ pub(crate) async fn handshake(
     handler: Client,
     timeout: Duration,
 ) -> Result<client::Handle<Client>, ExecError> {
-    let deadline = Instant::now() + timeout;
+    let deadline = opsconductor_core::executor::deadline_after(timeout);
     let label = dest.label();
     let tcp = match tokio::time::timeout_at(
         deadline,

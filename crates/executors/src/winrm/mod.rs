@@ -169,7 +169,6 @@ use opsconductor_core::executor::{
 };
 use opsconductor_core::model::Target;
 use opsconductor_core::template::Quoting;
-use tokio::time::Instant;
 
 pub use plan::WinShell;
 use remote::{Done, Job, run_job};
@@ -265,7 +264,9 @@ impl WinRmExecutor {
     ) -> Result<WinRmSession, ExecError> {
         let settings = Arc::new(Settings::new(self, target, cred)?);
         let mut ctx = StepContext::new(target.clone());
-        ctx.deadline = Some(Instant::now() + self.setup_limit());
+        ctx.deadline = Some(opsconductor_core::executor::deadline_after(
+            self.setup_limit(),
+        ));
         match run_job(settings.clone(), &ctx, Vec::new(), None, Job::Nothing).await {
             Ok(_) => Ok(WinRmSession { settings }),
             Err(ExecError::TimedOut) => Err(self.no_answer(&settings)),
@@ -293,7 +294,9 @@ impl WinRmExecutor {
 
     /// How long connecting, probing or proving a target may take.
     fn setup_limit(&self) -> Duration {
-        self.connect_timeout + self.operation_timeout * 2 + self.cleanup_timeout
+        self.connect_timeout
+            .saturating_add(self.operation_timeout.saturating_mul(2))
+            .saturating_add(self.cleanup_timeout)
     }
 
     fn no_answer(&self, settings: &Settings) -> ExecError {
@@ -334,7 +337,9 @@ impl Executor for WinRmExecutor {
     async fn check(&self, target: &Target, cred: Option<&Credential>) -> Result<Probe, ExecError> {
         let settings = Arc::new(Settings::new(self, target, cred)?);
         let mut ctx = StepContext::new(target.clone());
-        ctx.deadline = Some(Instant::now() + self.setup_limit());
+        ctx.deadline = Some(opsconductor_core::executor::deadline_after(
+            self.setup_limit(),
+        ));
         let probe = plan::probe_command(settings.shell);
         let out = match run_job(settings.clone(), &ctx, Vec::new(), None, Job::Probe(probe)).await {
             Ok(Done::Output(out)) => out,

@@ -93,7 +93,7 @@ impl Limits {
     /// Limits for clean-up work after the job's own limits fired.
     fn cleanup(timeout: Duration) -> Self {
         Self {
-            deadline: Some(Instant::now() + timeout),
+            deadline: Some(opsconductor_core::executor::deadline_after(timeout)),
             cancel: CancellationToken::new(),
         }
     }
