@@ -393,3 +393,77 @@ fn a_submission_wakes_a_worker_in_another_process_without_polling() {
     let _ = w.wait();
     assert_eq!(status, Some(opsconductor::RunStatus::Succeeded));
 }
+
+#[test]
+fn sigterm_finishes_the_runs_it_stopped_before_the_worker_exits() {
+    let env = Env::new();
+    let rt = rt();
+    let url = rt.block_on(fresh_database());
+    let oc = rt.block_on(async {
+        let oc = engine(&url).await;
+        apply(
+            &oc,
+            "kind: Job\nname: long\nsteps:\n  - name: sleep\n    exec: sleep 60\n",
+        )
+        .await;
+        oc.submit(SubmitRequest::new("long"), &Actor::new("t"))
+            .await
+            .unwrap();
+        oc
+    });
+    // A long lease: nobody else could rescue the run before the test ends,
+    // so only the stopping worker itself can finish it.
+    let mut w = std::process::Command::new(bin())
+        .current_dir(env.path())
+        .env("OPSC_MASTER_KEY", KEY)
+        .args(["--database-url", &url, "--color", "never", "worker"])
+        .args(["--lease", "5m", "--drain-timeout", "2s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while rt
+        .block_on(statuses(&oc))
+        .get("running")
+        .copied()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the run never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &w.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(s) = w.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the worker did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("worker exited {exit:?} {:?} after SIGTERM", start.elapsed());
+    // The moment the process is gone, the run is already finished.
+    let runs = rt
+        .block_on(oc.list(&opsconductor::store::RunFilter {
+            limit: 10,
+            ..Default::default()
+        }))
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(run.status.as_str(), "failed", "{run:?}");
+    assert_eq!(run.attempt, 1, "{run:?}");
+}
