@@ -467,3 +467,127 @@ fn sigterm_finishes_the_runs_it_stopped_before_the_worker_exits() {
     assert_eq!(run.status.as_str(), "failed", "{run:?}");
     assert_eq!(run.attempt, 1, "{run:?}");
 }
+
+/// Issue 12 §1(c): a worker frozen (SIGSTOP) past its lease while it runs an
+/// idempotent step. Another worker rescues the run and runs the step again;
+/// the frozen worker's step must be dead before that (the reaper, which is
+/// not frozen with it, kills it when the keepalive stops), so the two
+/// executions never overlap. The step records a timestamp every 0.1 s.
+fn frozen_worker_never_overlaps_an_idempotent_step(env: &Env, url: &str) {
+    let rt = rt();
+    let ticks = env.path().join("ticks");
+    let oc = rt.block_on(async {
+        let oc = engine(url).await;
+        apply(
+            &oc,
+            &format!(
+                "kind: Job\nname: frozen\nsteps:\n  - name: tick\n    idempotent: true\n    \
+                 exec: i=0; while [ $i -lt 40 ]; do echo \"$$ $(date +%s%N)\" >> {}; i=$((i+1)); sleep 0.1; done\n",
+                ticks.display()
+            ),
+        )
+        .await;
+        oc.submit(SubmitRequest::new("frozen"), &Actor::new("t"))
+            .await
+            .unwrap();
+        oc
+    });
+    // Lease 3 s: heartbeat 1 s, the step dies 1.5 s after the freeze.
+    let mut a = worker(env, url, 2, "3s");
+    let started = wait_until(PATIENCE, || count_lines(&ticks) > 0);
+    assert!(started, "the step never started");
+    let mut b = worker(env, url, 2, "3s");
+    let pid = a.id().to_string();
+    let signal = |sig: &str| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let frozen_at = Instant::now();
+    // Until the rescuer runs the step (a second shell writes).
+    let executions = |ticks: &Path| -> Vec<(String, u128, u128)> {
+        let text = std::fs::read_to_string(ticks).unwrap_or_default();
+        let mut spans: Vec<(String, u128, u128)> = Vec::new();
+        for line in text.lines() {
+            let mut w = line.split_whitespace();
+            let (Some(p), Some(t)) = (w.next(), w.next()) else {
+                continue;
+            };
+            let t: u128 = t.parse().unwrap();
+            match spans.iter_mut().find(|s| s.0 == p) {
+                Some(s) => {
+                    s.1 = s.1.min(t);
+                    s.2 = s.2.max(t);
+                }
+                None => spans.push((p.to_owned(), t, t)),
+            }
+        }
+        spans.sort_by_key(|s| s.1);
+        spans
+    };
+    let rescued = wait_until(PATIENCE, || executions(&ticks).len() >= 2);
+    // Resume the frozen worker while the rescuer runs the step, a while
+    // after it started it (so a surviving first execution would overlap).
+    std::thread::sleep(Duration::from_secs(1));
+    signal("-CONT");
+    assert!(
+        rescued,
+        "no other worker rescued the run: {:?}",
+        executions(&ticks)
+    );
+    eprintln!("rescued {:?} after the freeze", frozen_at.elapsed());
+    let s = rt.block_on(wait_all_terminal(&oc, 1, Duration::from_secs(60)));
+    // The resumed worker had time to act on what it saw: it changed nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    for w in [&mut a, &mut b] {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let spans = executions(&ticks);
+    for pair in spans.windows(2) {
+        assert!(
+            pair[0].2 < pair[1].1,
+            "two executions of the step overlapped: {spans:?}"
+        );
+    }
+    let gaps: Vec<f64> = spans
+        .windows(2)
+        .map(|p| (p[1].1 - p[0].2) as f64 / 1e9)
+        .collect();
+    eprintln!("executions {}: gaps between them {gaps:?} s", spans.len());
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert_eq!(s.get("succeeded"), Some(&1), "{s:?}");
+    let runs = rt
+        .block_on(oc.list(&opsconductor::store::RunFilter {
+            limit: 10,
+            ..Default::default()
+        }))
+        .unwrap();
+    assert_eq!(runs[0].attempt, 2, "{:?}", runs[0]);
+    let detail = rt.block_on(oc.get(runs[0].id)).unwrap();
+    assert!(
+        detail
+            .results
+            .iter()
+            .all(|r| r.status == opsconductor::StepStatus::Succeeded),
+        "{:?}",
+        detail.results
+    );
+}
+
+#[test]
+fn frozen_worker_never_overlaps_an_idempotent_step_postgres() {
+    let env = Env::new();
+    let url = rt().block_on(fresh_database());
+    frozen_worker_never_overlaps_an_idempotent_step(&env, &url);
+}
+
+#[test]
+fn frozen_worker_never_overlaps_an_idempotent_step_sqlite() {
+    let env = Env::new();
+    let url = env.url.clone();
+    frozen_worker_never_overlaps_an_idempotent_step(&env, &url);
+}

@@ -73,6 +73,13 @@ pub struct StepContext {
     /// The step's overrides of the target's limits (see [`crate::model::Step::limits`]);
     /// already accepted by [`Executor::check_step_limits`].
     pub limits: BTreeMap<String, serde_json::Value>,
+    /// The step's processes must not outlive a worker that has been frozen
+    /// (e.g. SIGSTOP) this long: past it another node may rescue the run and
+    /// run the step again. A stopped worker runs no code, so the session
+    /// feeds a keepalive to something next to the step that is not frozen
+    /// with it (the local reaper, the SSH wrapper), which kills the step when
+    /// the keepalive stops for this long. `None`: no such bound (ad hoc use).
+    pub lease_margin: Option<std::time::Duration>,
 }
 
 impl StepContext {
@@ -87,6 +94,7 @@ impl StepContext {
             deadline: None,
             cancel: CancellationToken::new(),
             limits: BTreeMap::new(),
+            lease_margin: None,
         }
     }
 }

@@ -356,6 +356,20 @@ fn fence_margin(inner: &Inner) -> Duration {
     inner.config.lease / 6
 }
 
+/// How long a step's processes may outlive a frozen worker's last
+/// keepalive (see [`StepContext::lease_margin`]). The worker may have been
+/// frozen up to one heartbeat after its last accepted one, and the lease runs
+/// from that heartbeat: what is left after the heartbeat interval and the
+/// fence margin (half the lease with the defaults) ends before any other node
+/// may rescue the run.
+fn lease_margin(inner: &Inner) -> Duration {
+    let lease = inner.config.lease;
+    lease
+        .saturating_sub(inner.config.heartbeat)
+        .saturating_sub(fence_margin(inner))
+        .max(lease / 4)
+}
+
 /// `now + d`, or a point so far ahead that it never comes when `d` is too
 /// large to add (a huge time limit means "no practical deadline", never a panic).
 pub(crate) fn after(d: Duration) -> Instant {
@@ -1162,6 +1176,7 @@ async fn step_on_target(st: &RunState, si: u32, ti: usize) -> (Outcome, Option<S
             deadline,
             cancel: st.cancel.clone(),
             limits: step.limits.clone(),
+            lease_margin: Some(lease_margin(&st.inner)),
         }
     };
     let result = match rendered {

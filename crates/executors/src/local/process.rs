@@ -96,13 +96,14 @@ pub(super) async fn exec(
     if let Some(dir) = &ctx.workdir {
         command.current_dir(dir);
     }
-    let (mut child, registration) = reaper::spawn(&mut command).map_err(|e| match e {
-        reaper::SpawnError::Spawn(e) => spawn_error(&program, ctx.workdir.as_deref(), &e),
-        reaper::SpawnError::Reaper(e) => ExecError::Spawn(format!(
-            "cannot start the process reaper ('/bin/sh'), which kills a step's processes \
+    let (mut child, registration) =
+        reaper::spawn(&mut command, ctx.lease_margin).map_err(|e| match e {
+            reaper::SpawnError::Spawn(e) => spawn_error(&program, ctx.workdir.as_deref(), &e),
+            reaper::SpawnError::Reaper(e) => ExecError::Spawn(format!(
+                "cannot start the process reaper ('/bin/sh'), which kills a step's processes \
              if the worker dies: {e}"
-        )),
-    })?;
+            )),
+        })?;
     let pgid = child
         .id()
         .and_then(|id| i32::try_from(id).ok())

@@ -18,6 +18,16 @@
 //! it; descendants a step leaves behind after its main process exited
 //! normally are daemons by intent and are not killed (as before).
 //!
+//! A worker that is *frozen* (SIGSTOP, a VM paused) keeps its socket open, so
+//! end-of-file never comes, yet past its lease another node rescues the run
+//! and may run the step again. A frozen process runs no code, so fencing in
+//! the engine cannot stop the step; the reaper, a separate process, can. A
+//! step spawned with a lease margin is *watched*: while it runs, the worker
+//! sends a keepalive line every quarter margin, and the reaper kills every
+//! watched group once no keepalive came for the margin. After SIGCONT the
+//! worker sees its step killed and finds its lease lost; the rescuer's run of
+//! the step starts only after the lease ended, so the two never overlap.
+//!
 //! Why not `PR_SET_PDEATHSIG`: it fires when the *thread* that spawned the
 //! child exits (tokio's threads come and go), and it reaches only the direct
 //! child, not the grandchildren in its group.
@@ -34,23 +44,50 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 /// The reaper program (see the module docs). Removing a group removes one
 /// registration, so a reused id registered again is kept.
+///
+/// A ticker process adds a `t` line every [`TICK`] to what the worker sends
+/// (dash, Debian's `/bin/sh`, has no `read -t`); `e` marks the worker's
+/// end-of-file. `=PGID:N` puts a registered group under the keepalive: it is
+/// killed once more than `N` ticks pass without a `k` line from the worker (a
+/// registration counts as one).
 const SCRIPT: &str = r#"trap '' INT TERM HUP QUIT PIPE
-g=' '
+{ while :; do sleep 0.25 2>/dev/null || sleep 1; echo t || exit 0; done &
+  cat; echo e; kill $! 2>/dev/null; } | {
+g=' '; w=' '; n=0
+drop() {
+  k=' '; d=
+  for p in $g; do
+    if [ -z "$d" ] && [ "$p" = "$1" ]; then d=1; else k="$k$p "; fi
+  done
+  g=$k; k=' '; d=
+  for p in $w; do
+    if [ -z "$d" ] && [ "${p%:*}" = "$1" ]; then d=1; else k="$k$p "; fi
+  done
+  w=$k
+}
 while IFS= read -r l; do
   case $l in
+    t) n=$((n + 1))
+       for p in $w; do
+         if [ "$n" -gt "${p#*:}" ]; then kill -KILL -${p%:*} 2>/dev/null; drop "${p%:*}"; fi
+       done ;;
+    k) n=0 ;;
+    e) break ;;
     +*) g="$g${l#+} " ;;
-    -*) k=' '; d=
-        for p in $g; do
-          if [ -z "$d" ] && [ "$p" = "${l#-}" ]; then d=1; else k="$k$p "; fi
-        done
-        g=$k ;;
+    =*) w="$w${l#=} "; n=0 ;;
+    -*) drop "${l#-}" ;;
   esac
 done
 for p in $g; do kill -KILL -$p 2>/dev/null; done
+}
 "#;
+
+/// The ticker's period in [`SCRIPT`].
+const TICK: Duration = Duration::from_millis(250);
 
 /// The shell that runs the reaper.
 const SHELL: &str = "/bin/sh";
@@ -93,14 +130,19 @@ fn start() -> io::Result<Reaper> {
     Ok(Reaper { child, sock: ours })
 }
 
-/// A step's process group, registered with the reaper; released on drop.
+/// A step's process group, registered with the reaper; released on drop
+/// (which also stops its keepalive).
 #[derive(Debug)]
 pub(super) struct Registration {
     pgid: u32,
+    keepalive: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        if let Some(k) = self.keepalive.take() {
+            k.abort();
+        }
         let mut slot = REAPER.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(r) = slot.as_mut() {
             // A failure means the reaper is gone; the next spawn replaces it.
@@ -110,9 +152,13 @@ impl Drop for Registration {
 }
 
 /// Spawns `command` (which must start a new process group, leader = child)
-/// with its group registered with the reaper before it `exec`s.
+/// with its group registered with the reaper before it `exec`s. With a
+/// `lease_margin`, the group is also put under the keepalive: the reaper
+/// kills it when this process sends no keepalive for that long (it was
+/// frozen, e.g. by SIGSTOP, and another node may take the run over).
 pub(super) fn spawn(
     command: &mut tokio::process::Command,
+    lease_margin: Option<Duration>,
 ) -> Result<(tokio::process::Child, Registration), SpawnError> {
     let mut slot = REAPER.lock().unwrap_or_else(PoisonError::into_inner);
     let fd = live(&mut slot)
@@ -130,9 +176,43 @@ pub(super) fn spawn(
         });
     }
     let child = command.spawn().map_err(SpawnError::Spawn)?;
-    drop(slot);
     let pgid = child.id().unwrap_or_default();
-    Ok((child, Registration { pgid }))
+    let keepalive = match (lease_margin, slot.as_mut()) {
+        (Some(margin), Some(r)) => {
+            // A failure means the reaper is gone; the group is unwatched, as
+            // after any reaper death.
+            let _ = r
+                .sock
+                .write_all(format!("={pgid}:{}\n", ticks(margin)).as_bytes());
+            tokio::runtime::Handle::try_current()
+                .ok()
+                .map(|rt| rt.spawn(keepalive((margin / 4).max(Duration::from_millis(50)))))
+        }
+        _ => None,
+    };
+    drop(slot);
+    Ok((child, Registration { pgid, keepalive }))
+}
+
+/// The ticks after which a watched group dies: the reaper kills after more
+/// than this many ticks without a keepalive, so within `margin` of it.
+fn ticks(margin: Duration) -> u128 {
+    (margin.as_millis() / TICK.as_millis())
+        .saturating_sub(1)
+        .max(1)
+}
+
+/// Tells the reaper every `period` that this process still runs.
+async fn keepalive(period: Duration) {
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let mut slot = REAPER.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(r) = slot.as_mut() {
+            let _ = r.sock.write_all(b"k\n");
+        }
+    }
 }
 
 /// In the forked child: writes `+PID\n`. Errors are ignored (the reaper
