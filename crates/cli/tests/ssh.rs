@@ -532,3 +532,60 @@ fn remote_steps_die_when_the_worker_is_killed() {
         killed_at.elapsed()
     );
 }
+
+/// Issue 12 §1(c) over SSH: a worker frozen by SIGSTOP keeps its connection
+/// open, so the remote wrapper sees no end-of-file; it kills the command's
+/// group when the worker's keepalive stops for the lease margin (1.5 s with
+/// a 3 s lease), before another node could rescue the run.
+#[test]
+fn remote_steps_die_when_the_worker_is_frozen_past_its_lease() {
+    let env = Env::new();
+    let pool = sshd::pool();
+    store_key(&env);
+    let m = marker();
+    env.apply_yaml(
+        "frozen.yaml",
+        &format!(
+            "{}kind: Job\nname: frozen\ntargets: frozen\nsteps:\n  - exec: sh -c 'sleep 30.{m} & sleep 30.{m}'\n",
+            target_yaml("frozen", &pool[4], Some(&pool[4].fingerprint))
+        ),
+    );
+    env.cmd(["run", "frozen", "--detach"]).assert().success();
+    let mut worker = env.spawn(["worker", "--lease", "3s"]);
+    let sleeping = format!("sleep 30.{m}");
+    let sleeps = || {
+        procs_with(&sleeping)
+            .into_iter()
+            .filter(|(_, c)| c.starts_with(&sleeping))
+            .count()
+    };
+    assert!(
+        wait_until(PATIENCE, || sleeps() == 2),
+        "the step never started on the server: {:?}",
+        procs_with(&sleeping)
+    );
+    let signal = |sig: &str| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &worker.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let frozen_at = std::time::Instant::now();
+    let gone = wait_until(std::time::Duration::from_secs(10), || {
+        procs_with(&sleeping).is_empty()
+    });
+    let after = frozen_at.elapsed();
+    signal("-CONT");
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(
+        gone,
+        "remote step processes outlived their frozen worker: {:?}",
+        procs_with(&sleeping)
+    );
+    eprintln!("remote step processes gone {after:?} after SIGSTOP");
+    // Dead before the lease (3 s from the last heartbeat) could end.
+    assert!(after < std::time::Duration::from_millis(2500), "{after:?}");
+}

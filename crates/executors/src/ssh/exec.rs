@@ -176,6 +176,10 @@ async fn run(
     let mut draining: Option<Draining> = None;
     let mut refused = false;
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    // Proof of life for the remote watcher (see `wrapper::watcher`).
+    let mut keepalive = ctx
+        .lease_margin
+        .map(|m| tokio::time::interval((m / 4).max(Duration::from_millis(50))));
 
     loop {
         let deadline = ctx.deadline.unwrap_or(far);
@@ -240,6 +244,11 @@ async fn run(
                     }
                     ChannelMsg::Close => break,
                     _ => {}
+                }
+            }
+            () = tick(keepalive.as_mut()), if sent && exit.is_none() => {
+                if let Err(e) = tx.data_bytes(Bytes::from_static(wrapper::KEEPALIVE)).await {
+                    tracing::debug!(%label, error = %e, "cannot send a keepalive");
                 }
             }
             sent_result = &mut send, if !sent => {
@@ -309,6 +318,16 @@ async fn run(
         (_, None) => Err(ExecError::Io(format!(
             "{label}: the channel closed without an exit status"
         ))),
+    }
+}
+
+/// The next tick of `every`, or never.
+async fn tick(every: Option<&mut tokio::time::Interval>) {
+    match every {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

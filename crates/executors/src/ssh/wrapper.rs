@@ -28,10 +28,47 @@ pub(crate) fn framed(program: &str) -> String {
 /// then, the worker's connection was lost: kill the whole group. The double
 /// fork keeps it from being a child of the command; it ignores HUP, but not
 /// TERM, so stopping the group stops it too.
-const WATCHER: &str = "exec 3<&0 </dev/null\n\
-    ( ( trap '' HUP; cat <&3 >/dev/null 2>&1; \
-    kill -0 $$ 2>/dev/null && kill -KILL -$$ ) >/dev/null 2>&1 & )\n\
-    exec 3<&-\n";
+///
+/// With a lease margin (see [`StepContext::lease_margin`]) the worker also
+/// sends a keepalive line on stdin every quarter margin, and the watcher
+/// kills the group when none came for the margin: a frozen worker (SIGSTOP)
+/// keeps its connection open, yet another node may rescue the run. `read -t`
+/// is not POSIX (dash lacks it), so a ticker adds a `t` line every
+/// [`TICK_MS`] (four per second where `sleep` takes only whole seconds).
+fn watcher(lease_margin: Option<Duration>) -> String {
+    let Some(margin) = lease_margin else {
+        return "exec 3<&0 </dev/null\n\
+            ( ( trap '' HUP; cat <&3 >/dev/null 2>&1; \
+            kill -0 $$ 2>/dev/null && kill -KILL -$$ ) >/dev/null 2>&1 & )\n\
+            exec 3<&-\n"
+            .to_owned();
+    };
+    let ticks = (margin.as_millis() / TICK_MS).saturating_sub(1).max(1);
+    format!(
+        r#"exec 3<&0 </dev/null
+( ( trap '' HUP
+  {{ while :; do sleep 0.25 2>/dev/null || {{ sleep 1; echo t; echo t; echo t; }}; echo t || exit 0; done &
+    cat <&3; echo e; kill $! 2>/dev/null; }} | {{
+    _n=0
+    while IFS= read -r _l; do
+      case $_l in
+        t) _n=$((_n + 1)); [ "$_n" -gt {ticks} ] && break ;;
+        e) break ;;
+        *) _n=0 ;;
+      esac
+    done
+    kill -0 $$ 2>/dev/null && kill -KILL -$$
+  }} ) >/dev/null 2>&1 & )
+exec 3<&-
+"#
+    )
+}
+
+/// The watcher's tick, in milliseconds.
+const TICK_MS: u128 = 250;
+
+/// What the worker sends on a command's stdin to say it is alive.
+pub(crate) const KEEPALIVE: &[u8] = b"k\n";
 
 /// A step's command, ready to send.
 #[derive(Debug)]
@@ -165,7 +202,7 @@ pub(crate) fn build(
     if script_dir.is_none() {
         let _ = writeln!(p, "unset _opsc_d");
     }
-    p.push_str(WATCHER);
+    p.push_str(&watcher(ctx.lease_margin));
     let _ = writeln!(p, "printf '%s:ok:%s\\n' {} \"$$\"", quote(token));
     let _ = writeln!(p, "{exec_line}");
     Ok(Plan {
