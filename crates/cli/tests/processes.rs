@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../executors/tests/support/docker.rs"]
+mod docker_support;
 
 use std::io::{BufRead, BufReader, Read};
 
@@ -278,4 +280,84 @@ fn steps_die_with_a_killed_worker(args: &[&str]) {
 #[test]
 fn steps_die_when_exec_is_killed_with_sigkill() {
     steps_die_with_a_killed_worker(&["exec", "--"]);
+}
+
+/// Containers (any state) labelled with `target`, by id.
+fn containers_of(target: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-a", "-q", "--no-trunc", "--filter"])
+        .arg(format!("label=opsconductor.target={target}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes a test's containers whatever happened.
+struct RemoveContainers(String);
+
+impl Drop for RemoveContainers {
+    fn drop(&mut self) {
+        for id in containers_of(&self.0) {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", &id])
+                .output();
+        }
+    }
+}
+
+/// Issue 12 §2, Docker: `kill -9` of a worker mid-step leaves its container
+/// running (nothing on the host watches it; the engine does not know the
+/// worker died). The orphan sweeper removes it the first time any later
+/// worker process on the host uses the Docker executor: its labels name a
+/// worker (host, pid, start time) that is gone.
+#[test]
+fn a_killed_workers_container_is_removed_by_the_next_workers_sweeper() {
+    let image = docker_support::ensure_test_image().unwrap();
+    let env = Env::new();
+    let box_name = format!("box-{}", marker());
+    let _cleanup = RemoveContainers(box_name.clone());
+    env.apply_yaml(
+        "box.yaml",
+        &format!(
+            "kind: Target\nname: {box_name}\nconnection:\n  type: docker\n  image: {image}\n---\n\
+             kind: Job\nname: long\ntargets: {box_name}\nsteps:\n  - exec: sleep 300\n---\n\
+             kind: Job\nname: short\ntargets: {box_name}\nsteps:\n  - exec: echo hi\n"
+        ),
+    );
+    env.cmd(["run", "long", "--detach"]).assert().success();
+    let mut first = env.spawn(["worker"]);
+    assert!(
+        wait_until(PATIENCE, || containers_of(&box_name).len() == 1),
+        "the step's container never started"
+    );
+    let orphan = containers_of(&box_name).remove(0);
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(
+        containers_of(&box_name),
+        vec![orphan.clone()],
+        "the container outlives a killed worker until a sweep"
+    );
+    // Any later worker: its first Docker step sweeps first.
+    let mut second = env.spawn(["worker"]);
+    let swept_from = std::time::Instant::now();
+    env.cmd(["run", "short", "--detach"]).assert().success();
+    let gone = wait_until(PATIENCE, || !containers_of(&box_name).contains(&orphan));
+    terminate(&second);
+    let _ = second.wait();
+    assert!(gone, "the orphan sweeper left {orphan}");
+    eprintln!(
+        "orphan removed {:?} after the next worker started",
+        swept_from.elapsed()
+    );
 }

@@ -144,11 +144,202 @@ struct Stopping {
     killer: Option<tokio::task::JoinHandle<()>>,
 }
 
+impl Stopping {
+    /// When the stop timer fires next: the channel SIGKILL, then giving up.
+    fn next_at(&self) -> Instant {
+        if self.killed {
+            self.give_up
+        } else {
+            self.kill_at.min(self.give_up)
+        }
+    }
+}
+
 /// State after the exit status arrived.
 struct Draining {
     idle_until: Instant,
     until: Instant,
     bytes: usize,
+}
+
+impl Draining {
+    /// Counts `n` more bytes read; true once the byte limit is reached.
+    fn read(&mut self, n: usize) -> bool {
+        self.bytes += n;
+        self.idle_until = Instant::now() + DRAIN_IDLE;
+        self.bytes >= DRAIN_MAX_BYTES
+    }
+
+    fn ends_at(&self) -> Instant {
+        self.idle_until.min(self.until)
+    }
+}
+
+/// Where a command's channel is. Every phase reads output; the transitions
+/// are: `Running` → `Draining` on the exit status; `Running` → `Stopping`
+/// on the deadline or cancellation; `Stopping` keeps its stop going and
+/// drains once the exit status came.
+enum Phase {
+    /// Waiting for the command to end.
+    Running,
+    /// Stopping it (deadline or cancel); `drain` once it exited.
+    Stopping {
+        stop: Stopping,
+        drain: Option<Draining>,
+    },
+    /// It exited; reading what is left, bounded in time and bytes.
+    Draining(Draining),
+}
+
+impl Phase {
+    fn drain(&mut self) -> Option<&mut Draining> {
+        match self {
+            Phase::Running => None,
+            Phase::Stopping { drain, .. } => drain.as_mut(),
+            Phase::Draining(d) => Some(d),
+        }
+    }
+
+    fn stopping(&mut self) -> Option<&mut Stopping> {
+        match self {
+            Phase::Stopping { stop, .. } => Some(stop),
+            _ => None,
+        }
+    }
+
+    /// The exit status arrived: start draining (once).
+    fn exited(&mut self) {
+        match self {
+            Phase::Running => *self = Phase::Draining(start_draining()),
+            Phase::Stopping { drain, .. } => {
+                drain.get_or_insert_with(start_draining);
+            }
+            Phase::Draining(_) => {}
+        }
+    }
+}
+
+/// Why reading the channel ended.
+enum End {
+    /// The channel closed (or the connection did).
+    Closed,
+    /// The server refused the exec request.
+    Refused,
+    /// Draining is over (idle, time or byte limit).
+    Drained,
+    /// A stopped command's channel never closed.
+    GaveUp,
+}
+
+/// What the channel told about the command so far.
+#[derive(Default)]
+struct Seen {
+    /// The PID from the status line: the command started.
+    pid: Option<u32>,
+    /// The wrapper's failure from the status line.
+    failure: Option<String>,
+    /// The exit status or signal.
+    exit: Option<ExitStatus>,
+}
+
+/// One command's exchange on its channel: the phase, what was seen, and the
+/// status-line scanner.
+struct Exchange<'a> {
+    inner: &'a Arc<Inner>,
+    out: &'a OutputSink,
+    guard: &'a mut Abandoned,
+    scanner: Scanner,
+    seen: Seen,
+    phase: Phase,
+}
+
+impl Exchange<'_> {
+    /// Handles one channel message; `Some` ends the reading.
+    async fn on_message(&mut self, msg: ChannelMsg) -> Option<End> {
+        match msg {
+            ChannelMsg::Data { data } => {
+                let (output, status) = self.scanner.feed(&data);
+                let full = self.phase.drain().is_some_and(|d| d.read(data.len()));
+                if full {
+                    self.out.write(Stream::Stdout, output).await;
+                    return Some(End::Drained);
+                }
+                match status {
+                    Some(Status::Started(p)) => self.started(p),
+                    Some(Status::Failed(what)) => self.seen.failure = Some(what),
+                    None => {}
+                }
+                self.out.write(Stream::Stdout, output).await;
+            }
+            ChannelMsg::ExtendedData { data, ext } => {
+                if let Some(d) = self.phase.drain() {
+                    d.read(data.len());
+                }
+                if ext == 1 {
+                    self.out.write(Stream::Stderr, data).await;
+                }
+            }
+            ChannelMsg::ExitStatus { exit_status } => {
+                self.seen.exit = Some(ExitStatus::code(
+                    i32::try_from(exit_status).unwrap_or(i32::MAX),
+                ));
+                self.phase.exited();
+            }
+            ChannelMsg::ExitSignal { signal_name, .. } => {
+                self.seen.exit = Some(ExitStatus {
+                    code: None,
+                    signal: signal_number(&signal_name),
+                });
+                self.phase.exited();
+            }
+            ChannelMsg::Failure => return Some(End::Refused),
+            ChannelMsg::Close => return Some(End::Closed),
+            _ => {}
+        }
+        None
+    }
+
+    /// The status line named the command's PID; a stop already under way
+    /// can now kill its group.
+    fn started(&mut self, pid: u32) {
+        self.seen.pid = Some(pid);
+        self.guard.pid = Some(pid);
+        if let Some(s) = self.phase.stopping()
+            && s.killer.is_none()
+        {
+            s.killer = Some(spawn_killer(self.inner, pid));
+        }
+    }
+
+    /// The deadline passed or the run was cancelled.
+    async fn stop(&mut self, tx: &russh::ChannelWriteHalf<russh::client::Msg>, reason: Reason) {
+        let stop = begin_stop(
+            self.inner,
+            tx,
+            reason,
+            self.seen.pid,
+            self.inner.config.kill_grace,
+        )
+        .await;
+        self.phase = Phase::Stopping { stop, drain: None };
+    }
+
+    /// The stop timer fired: send the channel SIGKILL, or give up.
+    async fn on_stop_timer(
+        &mut self,
+        tx: &russh::ChannelWriteHalf<russh::client::Msg>,
+    ) -> Option<End> {
+        let label = self.inner.dest.label();
+        let s = self.phase.stopping()?;
+        if !s.killed && Instant::now() >= s.kill_at {
+            s.killed = true;
+            let _ = tx.signal(Sig::KILL).await;
+            None
+        } else {
+            tracing::warn!(%label, "the stopped command's channel did not close; giving up on it");
+            Some(End::GaveUp)
+        }
+    }
 }
 
 async fn run(
@@ -159,7 +350,6 @@ async fn run(
     guard: &mut Abandoned,
 ) -> Result<ExitStatus, ExecError> {
     let label = inner.dest.label();
-    let grace = inner.config.kill_grace;
     let channel = open_channel(inner).await?;
     let (mut rx, tx) = channel.split();
     let program = Bytes::from(wrapper::framed(&plan.program).into_bytes());
@@ -168,85 +358,32 @@ async fn run(
     // until the command has ended.
     let mut send = pin!(async { tx.data_bytes(program).await });
     let mut sent = false;
-    let mut scanner = Scanner::new(&plan.token);
-    let mut pid: Option<u32> = None;
-    let mut failure: Option<String> = None;
-    let mut exit: Option<ExitStatus> = None;
-    let mut stopping: Option<Stopping> = None;
-    let mut draining: Option<Draining> = None;
-    let mut refused = false;
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     // Proof of life for the remote watcher (see `wrapper::watcher`).
     let mut keepalive = ctx
         .lease_margin
         .map(|m| tokio::time::interval((m / 4).max(Duration::from_millis(50))));
+    let mut x = Exchange {
+        inner,
+        out,
+        guard,
+        scanner: Scanner::new(&plan.token),
+        seen: Seen::default(),
+        phase: Phase::Running,
+    };
 
-    loop {
-        let deadline = ctx.deadline.unwrap_or(far);
-        let waiting = stopping.is_none() && exit.is_none();
-        let drain_at = draining.as_ref().map_or(far, |d| d.idle_until.min(d.until));
-        let stop_at = stopping.as_ref().map_or(far, |s| {
-            if s.killed {
-                s.give_up
-            } else {
-                s.kill_at.min(s.give_up)
-            }
-        });
+    let end = loop {
+        let running = matches!(x.phase, Phase::Running);
+        let drain_at = x.phase.drain().map(|d| d.ends_at());
+        let stop_at = x.phase.stopping().map(|s| s.next_at());
         tokio::select! {
             msg = rx.wait() => {
-                let Some(msg) = msg else { break };
-                match msg {
-                    ChannelMsg::Data { data } => {
-                        let (output, status) = scanner.feed(&data);
-                        if let Some(d) = draining.as_mut() {
-                            d.bytes += data.len();
-                            d.idle_until = Instant::now() + DRAIN_IDLE;
-                            if d.bytes >= DRAIN_MAX_BYTES {
-                                out.write(Stream::Stdout, output).await;
-                                break;
-                            }
-                        }
-                        match status {
-                            Some(Status::Started(p)) => {
-                                pid = Some(p);
-                                guard.pid = Some(p);
-                                if let Some(s) = stopping.as_mut()
-                                    && s.killer.is_none()
-                                {
-                                    s.killer = Some(spawn_killer(inner, p));
-                                }
-                            }
-                            Some(Status::Failed(what)) => failure = Some(what),
-                            None => {}
-                        }
-                        out.write(Stream::Stdout, output).await;
-                    }
-                    ChannelMsg::ExtendedData { data, ext } => {
-                        if let Some(d) = draining.as_mut() {
-                            d.bytes += data.len();
-                            d.idle_until = Instant::now() + DRAIN_IDLE;
-                        }
-                        if ext == 1 {
-                            out.write(Stream::Stderr, data).await;
-                        }
-                    }
-                    ChannelMsg::ExitStatus { exit_status } => {
-                        exit = Some(ExitStatus::code(i32::try_from(exit_status).unwrap_or(i32::MAX)));
-                        draining.get_or_insert_with(start_draining);
-                    }
-                    ChannelMsg::ExitSignal { signal_name, .. } => {
-                        exit = Some(ExitStatus { code: None, signal: signal_number(&signal_name) });
-                        draining.get_or_insert_with(start_draining);
-                    }
-                    ChannelMsg::Failure => {
-                        refused = true;
-                        break;
-                    }
-                    ChannelMsg::Close => break,
-                    _ => {}
+                let Some(msg) = msg else { break End::Closed };
+                if let Some(end) = x.on_message(msg).await {
+                    break end;
                 }
             }
-            () = tick(keepalive.as_mut()), if sent && exit.is_none() => {
+            () = tick(keepalive.as_mut()), if sent && x.seen.exit.is_none() => {
                 if let Err(e) = tx.data_bytes(Bytes::from_static(wrapper::KEEPALIVE)).await {
                     tracing::debug!(%label, error = %e, "cannot send a keepalive");
                 }
@@ -258,54 +395,55 @@ async fn run(
                     tracing::debug!(%label, error = %e, "cannot send the wrapper");
                 }
             }
-            () = tokio::time::sleep_until(deadline), if waiting && ctx.deadline.is_some() => {
-                stopping = Some(begin_stop(inner, &tx, Reason::TimedOut, pid, grace).await);
+            () = tokio::time::sleep_until(ctx.deadline.unwrap_or(far)), if running && ctx.deadline.is_some() => {
+                x.stop(&tx, Reason::TimedOut).await;
             }
-            () = ctx.cancel.cancelled(), if waiting => {
-                stopping = Some(begin_stop(inner, &tx, Reason::Cancelled, pid, grace).await);
+            () = ctx.cancel.cancelled(), if running => {
+                x.stop(&tx, Reason::Cancelled).await;
             }
-            () = tokio::time::sleep_until(drain_at), if draining.is_some() => {
+            () = tokio::time::sleep_until(drain_at.unwrap_or(far)), if drain_at.is_some() => {
                 tracing::debug!(%label, "stopped reading: a background process holds the output open");
-                break;
+                break End::Drained;
             }
-            () = tokio::time::sleep_until(stop_at), if stopping.is_some() => {
-                if let Some(s) = stopping.as_mut() {
-                    if !s.killed && Instant::now() >= s.kill_at {
-                        s.killed = true;
-                        let _ = tx.signal(Sig::KILL).await;
-                    } else {
-                        tracing::warn!(%label, "the stopped command's channel did not close; giving up on it");
-                        break;
-                    }
+            () = tokio::time::sleep_until(stop_at.unwrap_or(far)), if stop_at.is_some() => {
+                if let Some(end) = x.on_stop_timer(&tx).await {
+                    break end;
                 }
             }
         }
-    }
+    };
+    let Exchange {
+        mut scanner,
+        seen,
+        phase,
+        guard,
+        ..
+    } = x;
     if !scanner.found() {
         out.write(Stream::Stdout, scanner.take()).await;
     }
     if let Err(e) = tx.close().await {
         tracing::debug!(%label, error = %e, "cannot close the channel");
     }
-    if let Some(s) = stopping {
-        if let Some(killer) = s.killer
+    if let Phase::Stopping { stop, .. } = phase {
+        if let Some(killer) = stop.killer
             && tokio::time::timeout(HELPER_LIMIT, killer).await.is_err()
         {
             tracing::warn!(%label, "stopping the remote process group took too long");
         }
         guard.pid = None;
-        return Err(s.reason.error());
+        return Err(stop.reason.error());
     }
     guard.pid = None;
-    if refused {
+    if matches!(end, End::Refused) {
         return Err(ExecError::Spawn(format!(
             "{label}: the server refused to run a command (exec request denied)"
         )));
     }
-    if let Some(what) = failure {
+    if let Some(what) = seen.failure {
         return Err(wrapper_failure(inner, ctx, plan, &what));
     }
-    match (pid, exit) {
+    match (seen.pid, seen.exit) {
         (Some(_), Some(status)) => Ok(status),
         (None, Some(status)) => Err(ExecError::Spawn(format!(
             "{label}: the login shell of user '{}' did not start the command ({status}); \

@@ -96,6 +96,14 @@
 //! (zombies do not count), then sends SIGKILL. The channel is closed after
 //! that. A connection that is lost half-way cannot deliver any of this;
 //! the watcher (step 4) kills the group then.
+//!
+//! A worker that is frozen (SIGSTOP, a paused VM) keeps its connection, so
+//! the watcher sees no EOF; yet past the lease another node may rescue the
+//! run and start the step again. With [`StepContext::lease_margin`] set (the
+//! engine always sets it) the executor writes a keepalive line on the
+//! command's stdin every quarter margin, and the watcher kills the group
+//! when none came for the margin — before the lease can end. dash has no
+//! `read -t`, so a ticker process feeds the watcher's loop its clock.
 
 mod auth;
 mod copy;
