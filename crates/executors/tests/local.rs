@@ -313,3 +313,16 @@ async fn check_reports_host_details() {
     );
     assert!(probe.details.contains_key("hostname"), "{probe:?}");
 }
+
+/// A watched step (a lease margin, as the engine always sets) lives as long
+/// as this process sends keepalives to the reaper: three times the margin
+/// here; the reaper's ticker does not kill it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_step_outlives_its_lease_margin_while_keepalives_come() {
+    let session = LocalExecutor::default().session();
+    let mut ctx = ctx();
+    ctx.lease_margin = Some(Duration::from_millis(800));
+    let out = run(&session, &ctx, &shell("sleep 2.5; echo survived")).await;
+    out.assert_success();
+    assert_eq!(out.stdout(), "survived\n");
+}

@@ -995,3 +995,25 @@ async fn non_ssh_targets_are_refused() {
         "{err:?}"
     );
 }
+
+/// A watched step (a lease margin, as the engine always sets) lives as long
+/// as the worker's keepalives come: three times the margin here, with a
+/// timeout and a cancel of other steps unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_step_outlives_its_lease_margin_while_keepalives_come() {
+    let fx = key_pinned().await;
+    let session = fx.session().await;
+    let mut ctx = fx.ctx();
+    ctx.lease_margin = Some(Duration::from_millis(800));
+    let out = run(&*session, &ctx, &sh("sleep 2.5; echo survived")).await;
+    out.assert_success();
+    assert_eq!(out.stdout(), "survived\n");
+    // Stopping still works on a watched step.
+    ctx.deadline = Some(Instant::now() + Duration::from_millis(500));
+    let out = run(&*session, &ctx, &sh("sleep 30")).await;
+    assert!(
+        matches!(out.result, Err(ExecError::TimedOut)),
+        "{:?}",
+        out.result
+    );
+}
