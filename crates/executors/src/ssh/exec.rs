@@ -145,6 +145,15 @@ struct Stopping {
 }
 
 impl Stopping {
+    /// Waits (bounded) for the group killer to be done.
+    async fn finish(&mut self, label: &str) {
+        if let Some(killer) = self.killer.take()
+            && tokio::time::timeout(HELPER_LIMIT, killer).await.is_err()
+        {
+            tracing::warn!(%label, "stopping the remote process group took too long");
+        }
+    }
+
     /// When the stop timer fires next: the channel SIGKILL, then giving up.
     fn next_at(&self) -> Instant {
         if self.killed {
@@ -425,16 +434,24 @@ async fn run(
     if let Err(e) = tx.close().await {
         tracing::debug!(%label, error = %e, "cannot close the channel");
     }
-    if let Phase::Stopping { stop, .. } = phase {
-        if let Some(killer) = stop.killer
-            && tokio::time::timeout(HELPER_LIMIT, killer).await.is_err()
-        {
-            tracing::warn!(%label, "stopping the remote process group took too long");
-        }
+    if let Phase::Stopping { mut stop, .. } = phase {
+        stop.finish(&label).await;
         guard.pid = None;
         return Err(stop.reason.error());
     }
     guard.pid = None;
+    outcome(inner, ctx, plan, &end, seen)
+}
+
+/// What a command that was not stopped came to.
+fn outcome(
+    inner: &Inner,
+    ctx: &StepContext,
+    plan: &Plan,
+    end: &End,
+    seen: Seen,
+) -> Result<ExitStatus, ExecError> {
+    let label = inner.dest.label();
     if matches!(end, End::Refused) {
         return Err(ExecError::Spawn(format!(
             "{label}: the server refused to run a command (exec request denied)"
