@@ -1658,12 +1658,7 @@ pub async fn logs_and_step_results_need_an_existing_run(store: Arc<dyn Store>) -
 
 /// The backend's user store, which these rules need.
 fn users_of(store: &dyn Store) -> Result<&dyn opsconductor_core::store::UserStore> {
-    store.user_store().ok_or_else(|| {
-        Error::Internal(format!(
-            "behaviour suite: the {} store has no user store (Store::user_store)",
-            store.backend()
-        ))
-    })
+    Ok(store.user_store())
 }
 
 /// A user fixture (the hash is opaque to the store).
@@ -1944,9 +1939,7 @@ pub async fn api_tokens_crud(store: Arc<dyn Store>) -> Result<()> {
 }
 
 fn secrets_of(store: &dyn Store) -> Result<&dyn opsconductor_core::store::SecretStore> {
-    store
-        .secret_store()
-        .ok_or_else(|| opsconductor_core::Error::Store("this backend has no secret store".into()))
+    Ok(store.secret_store())
 }
 
 fn secret_record(
@@ -2069,9 +2062,7 @@ pub async fn audit_chain_stays_linear_under_concurrent_appends(
     for t in 0..8 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            let a = store
-                .audit_store()
-                .ok_or_else(|| opsconductor_core::Error::Store("no audit store".into()))?;
+            let a = store.audit_store();
             for i in 0..10 {
                 a.append_audit(&AuditEvent::now(
                     &format!("task{t}"),
@@ -2088,9 +2079,7 @@ pub async fn audit_chain_stays_linear_under_concurrent_appends(
         t.await
             .map_err(|e| opsconductor_core::Error::Internal(e.to_string()))??;
     }
-    let a = store
-        .audit_store()
-        .ok_or_else(|| opsconductor_core::Error::Store("no audit store".into()))?;
+    let a = store.audit_store();
     let all = a.audit_after(0, 1000).await?;
     assert_eq!(all.len(), 80);
     let mut prev = String::new();
@@ -2151,9 +2140,7 @@ async fn run_with_data(store: &dyn Store, run: &Run, logs: u64) -> Result<()> {
 }
 
 fn retention_of(store: &dyn Store) -> Result<&dyn opsconductor_core::store::RetentionStore> {
-    store
-        .retention_store()
-        .ok_or_else(|| Error::Internal("behaviour suite: the store has no retention".into()))
+    Ok(store.retention_store())
 }
 
 /// Pruning touches only runs in a final state finished before the cut-off:
@@ -2295,7 +2282,7 @@ pub async fn prune_logs_before_runs(store: Arc<dyn Store>) -> Result<()> {
 pub async fn audit_prune_keeps_a_checkpoint(store: Arc<dyn Store>) -> Result<()> {
     use opsconductor_core::model::AuditEvent;
     let r = retention_of(&*store)?;
-    let a = found(store.audit_store(), "the audit store")?;
+    let a = store.audit_store();
     assert!(r.audit_checkpoint().await?.is_none());
     for i in 0..10 {
         a.append_audit(&AuditEvent::now(
