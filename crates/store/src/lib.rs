@@ -65,10 +65,10 @@ mod postgres;
     )
 )]
 mod rows;
-#[cfg(feature = "sqlite")]
-mod sqlite;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 #[cfg(feature = "testing")]
 pub mod behaviour;

@@ -241,8 +241,7 @@ macro_rules! row_decoders {
                 object: get(row, "object")?,
                 // Kept as text if it is not JSON any more: the verifier must
                 // see what is stored.
-                detail: serde_json::from_str(&detail)
-                    .unwrap_or(serde_json::Value::String(detail)),
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
                 seq: u64::try_from(seq).unwrap_or(0),
                 prev_hash: get(row, "prev_hash")?,
                 hash: get(row, "hash")?,

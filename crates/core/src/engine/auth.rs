@@ -557,7 +557,12 @@ impl Conductor {
         let a = self.inner.store.audit_store();
         // After pruning, the chain starts at the stored checkpoint: the first
         // kept event must chain to its hash.
-        let checkpoint = self.inner.store.retention_store().audit_checkpoint().await?;
+        let checkpoint = self
+            .inner
+            .store
+            .retention_store()
+            .audit_checkpoint()
+            .await?;
         let mut prev = checkpoint
             .as_ref()
             .map(|c| c.hash.clone())

@@ -271,7 +271,12 @@ impl Conductor {
     ) -> Result<AuditExport> {
         actor.require(Permission::ReadAudit)?;
         let audit = self.inner.store.audit_store();
-        let checkpoint = self.inner.store.retention_store().audit_checkpoint().await?;
+        let checkpoint = self
+            .inner
+            .store
+            .retention_store()
+            .audit_checkpoint()
+            .await?;
         let until = until.unwrap_or(u64::MAX);
         let mut after = checkpoint.as_ref().map_or(0, |c| c.seq);
         let mut export = AuditExport {

@@ -211,4 +211,9 @@ impl SqliteStore {
 
 // Every statement but the claims above: the shared SQL (`crate::sql`).
 // SQLite serialises writers, so it needs no row-lock clauses.
-crate::sql::store_sql!(SqliteStore, sqlx::Sqlite, owner_lock = "", refresh_lock = "");
+crate::sql::store_sql!(
+    SqliteStore,
+    sqlx::Sqlite,
+    owner_lock = "",
+    refresh_lock = ""
+);
