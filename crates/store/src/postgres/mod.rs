@@ -10,13 +10,21 @@
 //!   and state.
 //! - **`apply`** is one transaction, serialised between processes by a
 //!   transaction-scoped advisory lock (two processes adding a version to the
-//!   same job would otherwise both compute the same version number).
+//!   same job would otherwise both compute the same version number); so are
+//!   audit appends and prunes (the hash chain stays linear). Guarded writes
+//!   share-lock the owner's run row; a refresh-token use locks its token and
+//!   family (`FOR UPDATE`).
 //! - **Wake-ups** are `NOTIFY opsconductor` with [`Event::encode`] payloads;
-//!   [`listen`](opsconductor_core::store::Store::listen) streams them and re-subscribes by itself after
-//!   a lost connection or a server restart (see the `listen` module).
+//!   [`listen`](opsconductor_core::store::Store::listen) streams them and
+//!   re-subscribes by itself after a lost connection or a server restart
+//!   (see the `listen` module).
 //! - **Restarts**: the pool pings a connection before handing it out, so
 //!   connections killed by a restart are replaced on the next query; while
 //!   the server is down, queries wait (up to the acquire timeout) for it.
+//!
+//! Everything else is the shared SQL of `crate::sql`, given the row-lock
+//! clauses above; this module holds opening, the locks and the claim
+//! statements.
 
 mod listen;
 mod open;

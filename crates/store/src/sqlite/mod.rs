@@ -7,6 +7,9 @@
 //! multi-statement write starts with `BEGIN IMMEDIATE`, so a transaction never
 //! has to upgrade a read lock — the case the busy timeout cannot cover. Claims
 //! are single `UPDATE … RETURNING` statements, atomic on their own.
+//!
+//! Everything else is the shared SQL of `crate::sql`; this module holds
+//! opening, the writer turn and the claim statements.
 
 mod open;
 
