@@ -145,9 +145,7 @@ pub async fn keyring_for(
     if let Some(p) = var("OPSC_MASTER_PASSPHRASE") {
         return Ok((Some(Keyring::from_passphrase(p.as_bytes())?), None));
     }
-    let Some(ss) = store.secret_store() else {
-        return Ok((None, None));
-    };
+    let ss = store.secret_store();
     if store.backend() != "sqlite" {
         return Ok((None, None));
     }

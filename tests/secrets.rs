@@ -118,7 +118,7 @@ async fn assert_no_value_at_rest(
     when: &str,
 ) {
     let files = db_files(dir);
-    let ss = oc.store().secret_store().unwrap();
+    let ss = oc.store().secret_store();
     let last = ss.get_secret(newest).await.unwrap().unwrap();
     assert!(
         found(&files.wal, &[&last.ciphertext])[0],
@@ -234,7 +234,6 @@ async fn values_never_reach_the_database_file_in_clear() {
     let last = oc
         .store()
         .secret_store()
-        .unwrap()
         .list_secrets()
         .await
         .unwrap()
@@ -260,7 +259,7 @@ async fn swapped_or_altered_ciphertexts_fail() {
     let oc = engine(&url, ring(&[(1, &k)])).await.unwrap();
     set(&oc, "a", "value-of-a-1234").await;
     set(&oc, "b", "value-of-b-5678").await;
-    let ss = oc.store().secret_store().unwrap();
+    let ss = oc.store().secret_store();
     let a = ss.get_secret("a").await.unwrap().unwrap();
     let mut b = ss.get_secret("b").await.unwrap().unwrap();
     // Move a's ciphertext into b's row (as an attacker with database access could).
@@ -338,7 +337,7 @@ async fn interrupted_rotation_resumes_and_every_secret_still_decrypts() {
     // what `rotate_key` does, stopping half-way.
     let both = ring(&[(1, &k1), (2, &k2)]);
     let oc = engine(&url, both.clone()).await.unwrap();
-    let ss = oc.store().secret_store().unwrap();
+    let ss = oc.store().secret_store();
     for s in ss.list_secrets().await.unwrap().into_iter().take(7) {
         let plain = both.decrypt(&s.id, "value", &s.ciphertext).unwrap();
         let ct = both.encrypt_with(2, &s.id, "value", &plain).unwrap();

@@ -171,7 +171,6 @@ fn count_at(
     rt.block_on(async {
         store
             .secret_store()
-            .unwrap()
             .list_secrets()
             .await
             .unwrap()
@@ -251,7 +250,7 @@ fn rotation_killed_mid_way_resumes_and_every_secret_decrypts() {
     let ring = opsconductor::secrets::Keyring::from_file(&env.path().join("t.key")).unwrap();
     let records = rt.block_on(async {
         let store = opsconductor::open_store(&env.url).await.unwrap();
-        store.secret_store().unwrap().list_secrets().await.unwrap()
+        store.secret_store().list_secrets().await.unwrap()
     });
     assert_eq!(records.len(), n);
     for rec in &records {

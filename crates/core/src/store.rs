@@ -156,6 +156,18 @@ pub trait RunStore: Send + Sync {
     async fn put_step_result_as(&self, worker: &str, result: &StepResult) -> Result<bool>;
     /// All results of a run, by step then target.
     async fn step_results(&self, id: RunId) -> Result<Vec<StepResult>>;
+    /// One page of a run's results in the order of
+    /// [`step_results`](Self::step_results): those strictly after the
+    /// `(step, target)` cursor `after` (from the start when `None`), at most
+    /// `limit` (0 means 1000). Read by the database, so a page of a run with
+    /// many steps × targets costs only the page; ask for one more than you
+    /// show to learn whether more follow.
+    async fn step_results_page(
+        &self,
+        id: RunId,
+        after: Option<(u32, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StepResult>>;
 }
 
 /// The ordered output of runs.
@@ -208,25 +220,18 @@ pub trait Store: TargetStore + JobStore + RunStore + LogStore {
         Ok(None)
     }
 
-    /// The backend's secret storage, if it has one.
-    fn secret_store(&self) -> Option<&dyn SecretStore> {
-        None
-    }
+    /// The backend's secret storage.
+    fn secret_store(&self) -> &dyn SecretStore;
 
-    /// The backend's audit log, if it has one.
-    fn audit_store(&self) -> Option<&dyn AuditStore> {
-        None
-    }
+    /// The backend's audit log. Every backend has one, so
+    /// nothing is silently skipped (an audit event is never dropped).
+    fn audit_store(&self) -> &dyn AuditStore;
 
-    /// The backend's users, logins and API tokens, if it has them.
-    fn user_store(&self) -> Option<&dyn UserStore> {
-        None
-    }
+    /// The backend's users, logins and API tokens.
+    fn user_store(&self) -> &dyn UserStore;
 
-    /// The backend's retention operations (pruning old data), if it has them.
-    fn retention_store(&self) -> Option<&dyn RetentionStore> {
-        None
-    }
+    /// The backend's retention operations (pruning old data).
+    fn retention_store(&self) -> &dyn RetentionStore;
 }
 
 /// How much old data a prune would remove (or removed).

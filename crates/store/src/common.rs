@@ -1,5 +1,4 @@
-//! Helpers every backend shares: error context for database failures, the
-//! conversions between model values and column values, the limits the
+//! Helpers every backend shares: the conversions between model values and column values, the limits the
 //! trait leaves to the backend, and the checks `apply` makes on a batch.
 
 use std::collections::HashSet;
@@ -14,22 +13,6 @@ pub(crate) const DEFAULT_LIST_LIMIT: usize = 50;
 pub(crate) const MAX_LIST_LIMIT: usize = 1000;
 /// `read_logs` limit when the caller passes 0.
 pub(crate) const DEFAULT_LOG_LIMIT: usize = 1000;
-
-/// Names the operation that failed, so a database error says what was being done.
-#[cfg_attr(
-    not(feature = "sqlite"),
-    allow(dead_code, reason = "PostgreSQL names its server in errors instead")
-)]
-pub(crate) trait Context<T> {
-    /// Turns a database error into [`Error::Store`] prefixed with `op` ("claiming runs: …").
-    fn ctx(self, op: &str) -> Result<T>;
-}
-
-impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
-    fn ctx(self, op: &str) -> Result<T> {
-        self.map_err(|e| Error::store(format!("{op}: {e}")))
-    }
-}
 
 /// A corrupt or unexpected value read from the database.
 pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {

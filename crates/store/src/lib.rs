@@ -7,6 +7,31 @@
 //!   of processes and hosts: the queue (`FOR UPDATE SKIP LOCKED`) and the
 //!   cross-process wake-up channel (`LISTEN`/`NOTIFY`).
 //!
+//! # One SQL for both backends
+//!
+//! Every statement is written once, in `sql` (with `$N` placeholders, which
+//! sqlx's SQLite driver accepts), and decoded once, in `rows`; a backend
+//! module holds only opening, its pool and what really differs. The
+//! statements and mechanisms that differ on purpose:
+//!
+//! - **Claims** (`claim_queued`, `claim_expired`): SQLite takes runs with one
+//!   `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING`, atomic because
+//!   SQLite has one writer; PostgreSQL picks them in a `MATERIALIZED` CTE
+//!   with `FOR UPDATE SKIP LOCKED`, so concurrent claimers neither wait for
+//!   nor double-take each other and the `LIMIT` is evaluated once.
+//! - **Row locks**: PostgreSQL's guarded writes (`put_step_result_as`,
+//!   `append_logs_as`) read the owner's run `FOR SHARE`, and a refresh-token
+//!   use reads its token and family `FOR UPDATE OF t, f`; SQLite needs no
+//!   clause (the same statements, with the clause empty).
+//! - **Write serialisation**: SQLite writers of a process queue on a mutex
+//!   (heartbeats ahead of the queue) and transactions start with
+//!   `BEGIN IMMEDIATE`; PostgreSQL writes concurrently and serialises only
+//!   `apply` and the audit chain (append and prune), with transaction-scoped
+//!   advisory locks (`SELECT pg_advisory_xact_lock`).
+//! - **Wake-ups**: PostgreSQL's `pg_notify` and `LISTEN` stream; SQLite has none.
+//! - **Opening**: file and pragmas vs server, TLS and pool; each backend maps
+//!   database errors in one place (PostgreSQL naming the server).
+//!
 //! Every backend passes the one behaviour suite, `behaviour` (feature
 //! `testing`), run by `store_behaviour_suite!`. With `testing` and
 //! `postgres`, `testing::pg` starts throwaway PostgreSQL servers for tests.
@@ -40,6 +65,8 @@ mod postgres;
     )
 )]
 mod rows;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 

@@ -45,6 +45,39 @@ macro_rules! log_columns {
 }
 pub(crate) use log_columns;
 
+/// The columns `secret` reads (a literal, so queries stay `&'static str`).
+macro_rules! secret_columns {
+    () => {
+        "name, id, kind, description, version, key_version, ciphertext, created_at, created_by, \
+         updated_at, updated_by"
+    };
+}
+pub(crate) use secret_columns;
+
+/// The columns `audit_event` reads, in insert order.
+macro_rules! audit_columns {
+    () => {
+        "seq, time, actor, action, object, detail, prev_hash, hash"
+    };
+}
+pub(crate) use audit_columns;
+
+/// The columns `user` reads.
+macro_rules! user_columns {
+    () => {
+        "username, role, disabled, password_hash, created_at, password_changed_at"
+    };
+}
+pub(crate) use user_columns;
+
+/// The columns `api_token` reads.
+macro_rules! token_columns {
+    () => {
+        "id, name, role, username, token_hash, created_at, expires_at, revoked_at, last_used_at"
+    };
+}
+pub(crate) use token_columns;
+
 /// A model value encoded for a JSON (text) column.
 pub(crate) fn to_json<T: serde::Serialize>(what: &str, value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Internal(format!("encoding {what}: {e}")))
@@ -59,19 +92,23 @@ pub(crate) fn run_id(text: &str) -> Result<RunId> {
 
 /// Writes, for one backend's row type, the functions that decode rows of
 /// [`run_columns!`], [`job_columns!`], [`step_columns!`] and
-/// [`log_columns!`] (`run`, `job`, `step_result`, `log_chunk`), and `json`
-/// for a single JSON column. Invoked once per backend in its `rows` module.
+/// [`log_columns!`] (`run`, `job`, `step_result`, `log_chunk`), of the
+/// secrets, audit and user tables (`secret`, `secret_change`, `key_record`,
+/// `audit_event`, `user`, `api_token`), `json` for a single JSON column and
+/// `get` for any column. Invoked once per backend by `crate::sql::store_sql!`.
 macro_rules! row_decoders {
     ($row:ty, $db:ty) => {
         use opsconductor_core::Error as __Error;
-        use opsconductor_core::model::{Job, LogChunk, Run, StepResult};
+        use opsconductor_core::auth::{ApiToken, Role, User};
+        use opsconductor_core::model::{AuditEvent, Job, LogChunk, Run, StepResult};
+        use opsconductor_core::secrets::{KeyRecord, SecretChange, SecretMeta, SecretRecord};
         use sqlx::Row as _;
 
         use $crate::common::{corrupt, from_micros, from_micros_opt, to_u32};
         use $crate::rows::run_id;
 
         /// A column, with a store error naming it when it cannot be read.
-        fn get<'r, T>(row: &'r $row, column: &str) -> opsconductor_core::Result<T>
+        pub(super) fn get<'r, T>(row: &'r $row, column: &str) -> opsconductor_core::Result<T>
         where
             T: sqlx::Decode<'r, $db> + sqlx::Type<$db>,
         {
@@ -149,6 +186,98 @@ macro_rules! row_decoders {
                 attempt: to_u32("attempt", get(row, "attempt")?)?,
                 started_at: from_micros(get(row, "started_at")?)?,
                 finished_at: from_micros_opt(get(row, "finished_at")?)?,
+            })
+        }
+
+        /// A row of `secret_columns!`.
+        pub(super) fn secret(row: &$row) -> opsconductor_core::Result<SecretRecord> {
+            Ok(SecretRecord {
+                id: get(row, "id")?,
+                ciphertext: get(row, "ciphertext")?,
+                meta: SecretMeta {
+                    name: get(row, "name")?,
+                    kind: get(row, "kind")?,
+                    description: get(row, "description")?,
+                    version: to_u32("secret version", get(row, "version")?)?,
+                    key_version: to_u32("key version", get(row, "key_version")?)?,
+                    created_at: from_micros(get(row, "created_at")?)?,
+                    created_by: get(row, "created_by")?,
+                    updated_at: from_micros(get(row, "updated_at")?)?,
+                    updated_by: get(row, "updated_by")?,
+                },
+            })
+        }
+
+        /// A row of `secret_history` (name, version, action, by_user, at).
+        pub(super) fn secret_change(row: &$row) -> opsconductor_core::Result<SecretChange> {
+            Ok(SecretChange {
+                name: get(row, "name")?,
+                version: to_u32("secret version", get(row, "version")?)?,
+                action: get(row, "action")?,
+                by: get(row, "by_user")?,
+                at: from_micros(get(row, "at")?)?,
+            })
+        }
+
+        /// A row of `master_keys`.
+        pub(super) fn key_record(row: &$row) -> opsconductor_core::Result<KeyRecord> {
+            Ok(KeyRecord {
+                version: to_u32("key version", get(row, "version")?)?,
+                salt: get(row, "salt")?,
+                check: get(row, "check_value")?,
+                created_at: from_micros(get(row, "created_at")?)?,
+                retired_at: from_micros_opt(get(row, "retired_at")?)?,
+            })
+        }
+
+        /// A row of `audit_columns!`.
+        pub(super) fn audit_event(row: &$row) -> opsconductor_core::Result<AuditEvent> {
+            let detail: String = get(row, "detail")?;
+            let seq: i64 = get(row, "seq")?;
+            Ok(AuditEvent {
+                time: from_micros(get(row, "time")?)?,
+                actor: get(row, "actor")?,
+                action: get(row, "action")?,
+                object: get(row, "object")?,
+                // Kept as text if it is not JSON any more: the verifier must
+                // see what is stored.
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+                seq: u64::try_from(seq).unwrap_or(0),
+                prev_hash: get(row, "prev_hash")?,
+                hash: get(row, "hash")?,
+            })
+        }
+
+        /// A role column.
+        fn role(row: &$row, column: &str) -> opsconductor_core::Result<Role> {
+            let text: String = get(row, column)?;
+            text.parse().map_err(|_| corrupt("role", &text))
+        }
+
+        /// A row of `user_columns!`.
+        pub(super) fn user(row: &$row) -> opsconductor_core::Result<User> {
+            Ok(User {
+                username: get(row, "username")?,
+                role: role(row, "role")?,
+                disabled: get(row, "disabled")?,
+                password_hash: get(row, "password_hash")?,
+                created_at: from_micros(get(row, "created_at")?)?,
+                password_changed_at: from_micros(get(row, "password_changed_at")?)?,
+            })
+        }
+
+        /// A row of `token_columns!`.
+        pub(super) fn api_token(row: &$row) -> opsconductor_core::Result<ApiToken> {
+            Ok(ApiToken {
+                id: get(row, "id")?,
+                name: get(row, "name")?,
+                role: role(row, "role")?,
+                username: get(row, "username")?,
+                token_hash: get(row, "token_hash")?,
+                created_at: from_micros(get(row, "created_at")?)?,
+                expires_at: from_micros_opt(get(row, "expires_at")?)?,
+                revoked_at: from_micros_opt(get(row, "revoked_at")?)?,
+                last_used_at: from_micros_opt(get(row, "last_used_at")?)?,
             })
         }
 

@@ -697,7 +697,8 @@ impl Conductor {
         // A job version written by a role that may not reach the server's
         // host is not run there by anyone else either (an operator editing
         // a job an admin runs would otherwise borrow the admin's reach).
-        if let (Some(author), Some(users)) = (author, self.inner.store.user_store())
+        let users = self.inner.store.user_store();
+        if let Some(author) = author
             && author != actor.name
             && policy.reaches_host(&spec, &targets)
             && let Some(u) = users.get_user(author).await?

@@ -107,12 +107,7 @@ pub struct AuditExport {
 }
 
 fn retention_of(inner: &Inner) -> Result<&dyn RetentionStore> {
-    inner.store.retention_store().ok_or_else(|| {
-        Error::Conflict(format!(
-            "the {} store cannot prune old data",
-            inner.store.backend()
-        ))
-    })
+    Ok(inner.store.retention_store())
 }
 
 fn cutoff(now: DateTime<Utc>, age: Option<Duration>, what: &str) -> Result<Option<DateTime<Utc>>> {
@@ -275,15 +270,13 @@ impl Conductor {
         actor: &Actor,
     ) -> Result<AuditExport> {
         actor.require(Permission::ReadAudit)?;
-        let audit = self
+        let audit = self.inner.store.audit_store();
+        let checkpoint = self
             .inner
             .store
-            .audit_store()
-            .ok_or_else(|| Error::Conflict("this store keeps no audit log".into()))?;
-        let checkpoint = match self.inner.store.retention_store() {
-            Some(r) => r.audit_checkpoint().await?,
-            None => None,
-        };
+            .retention_store()
+            .audit_checkpoint()
+            .await?;
         let until = until.unwrap_or(u64::MAX);
         let mut after = checkpoint.as_ref().map_or(0, |c| c.seq);
         let mut export = AuditExport {
@@ -313,7 +306,8 @@ impl Conductor {
         }
         out.flush()
             .map_err(|e| Error::invalid(format!("writing the audit export: {e}")))?;
-        if let (Some(last), Some(r)) = (export.last_seq, self.inner.store.retention_store()) {
+        if let Some(last) = export.last_seq {
+            let r = self.inner.store.retention_store();
             r.set_audit_exported_through(last).await?;
         }
         self.inner

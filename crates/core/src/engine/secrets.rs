@@ -91,20 +91,13 @@ pub(crate) struct RunSecrets {
 }
 
 fn store_of(inner: &Inner) -> Result<&dyn SecretStore> {
-    inner.store.secret_store().ok_or_else(|| {
-        Error::Conflict(format!(
-            "the {} store does not support secrets",
-            inner.store.backend()
-        ))
-    })
+    Ok(inner.store.secret_store())
 }
 
 /// Checks the keyring against the database at start-up and registers new
 /// key versions. A wrong or missing key is a clear error, never silent.
 pub(crate) async fn verify_keyring(store: &dyn Store, keyring: Option<&mut Keyring>) -> Result<()> {
-    let Some(ss) = store.secret_store() else {
-        return Ok(());
-    };
+    let ss = store.secret_store();
     let records = ss.key_records().await?;
     let live: Vec<&KeyRecord> = records.iter().filter(|r| r.retired_at.is_none()).collect();
     let Some(ring) = keyring else {
@@ -199,9 +192,7 @@ impl Inner {
     }
 
     pub(crate) async fn audit(&self, ev: AuditEvent) {
-        if let Some(a) = self.store.audit_store()
-            && let Err(e) = a.append_audit(&ev).await
-        {
+        if let Err(e) = self.store.audit_store().append_audit(&ev).await {
             tracing::error!(error = %e, action = %ev.action, "recording an audit event failed");
         }
     }
@@ -309,9 +300,7 @@ impl Inner {
     /// docs/server.md, "Secrets in output"). Without a master key nothing
     /// can be decrypted: a warning, and only the run's own values are masked.
     pub(crate) async fn all_secret_values(&self, skip: &HashSet<String>) -> Result<Vec<Vec<u8>>> {
-        let Some(ss) = self.store.secret_store() else {
-            return Ok(Vec::new());
-        };
+        let ss = self.store.secret_store();
         let records = ss.list_secrets().await?;
         if records.iter().all(|r| skip.contains(&r.meta.name)) {
             return Ok(Vec::new());
@@ -697,11 +686,7 @@ impl Conductor {
 
     /// The audit log, newest first.
     pub async fn audit_log(&self, object: Option<&str>, limit: usize) -> Result<Vec<AuditEvent>> {
-        let a = self
-            .inner
-            .store
-            .audit_store()
-            .ok_or_else(|| Error::Conflict("this store keeps no audit log".into()))?;
+        let a = self.inner.store.audit_store();
         a.list_audit(object, limit).await
     }
 

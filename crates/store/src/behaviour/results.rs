@@ -1,0 +1,160 @@
+//! Step results: upserts, order and pages.
+
+use super::*;
+
+/// Step results are upserted by (run, step, target) and read back by step,
+/// then target, with every field intact.
+pub async fn step_results_upsert_and_order(store: Arc<dyn Store>) -> Result<()> {
+    let run = queued_run("deploy", at(0));
+    let other = queued_run("deploy", at(1));
+    insert_all(&*store, vec![run.clone(), other.clone()]).await?;
+    let result = |step: u32, target: &str| StepResult {
+        run_id: run.id,
+        step,
+        target: target.into(),
+        status: StepStatus::Running,
+        exit_code: None,
+        signal: None,
+        error: None,
+        attempt: 1,
+        started_at: at(1_000 + i64::from(step)),
+        finished_at: None,
+    };
+    for (step, target) in [
+        (1, "web-2"),
+        (0, "web-2"),
+        (1, "db"),
+        (0, "web-1"),
+        (10, "a"),
+        (2, "a"),
+    ] {
+        store.put_step_result(&result(step, target)).await?;
+    }
+    store
+        .put_step_result(&StepResult {
+            run_id: other.id,
+            ..result(0, "web-1")
+        })
+        .await?;
+    let order: Vec<_> = store
+        .step_results(run.id)
+        .await?
+        .into_iter()
+        .map(|r| (r.step, r.target))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            (0, "web-1".to_string()),
+            (0, "web-2".into()),
+            (1, "db".into()),
+            (1, "web-2".into()),
+            (2, "a".into()),
+            (10, "a".into()),
+        ],
+        "by step (numerically), then target; only this run's"
+    );
+
+    let done = StepResult {
+        status: StepStatus::Failed,
+        exit_code: Some(-1),
+        signal: Some(9),
+        error: Some("killed by signal 9 — out of memory?".into()),
+        attempt: 2,
+        started_at: at(5_000),
+        finished_at: Some(at(6_789)),
+        ..result(1, "db")
+    };
+    store.put_step_result(&done).await?;
+    let results = store.step_results(run.id).await?;
+    assert_eq!(results.len(), 6, "an upsert adds no row");
+    assert_eq!(results[2], done, "replaced, every field intact");
+    assert_eq!(results[0], result(0, "web-1"));
+    assert!(store.step_results(RunId::new()).await?.is_empty());
+    Ok(())
+}
+
+/// A result fixture: `step` of `run` on `target`, running since `at(step)`.
+fn running_result(run: RunId, step: u32, target: &str) -> StepResult {
+    StepResult {
+        run_id: run,
+        step,
+        target: target.into(),
+        status: StepStatus::Running,
+        exit_code: None,
+        signal: None,
+        error: None,
+        attempt: 1,
+        started_at: at(i64::from(step)),
+        finished_at: None,
+    }
+}
+
+/// `step_results_page` walks a run's results in the order of
+/// `step_results` (by step numerically, then target), strictly after the
+/// `(step, target)` cursor, at most `limit` a page; the pages together are
+/// every result exactly once, and only this run's.
+pub async fn step_results_page_walks_every_result_once(store: Arc<dyn Store>) -> Result<()> {
+    let run = queued_run("deploy", at(0));
+    let other = queued_run("deploy", at(1));
+    insert_all(&*store, vec![run.clone(), other.clone()]).await?;
+    for step in [0, 1, 2, 10] {
+        for target in ["web-2", "db", "web-1"] {
+            store
+                .put_step_result(&running_result(run.id, step, target))
+                .await?;
+        }
+    }
+    store
+        .put_step_result(&running_result(other.id, 0, "db"))
+        .await?;
+    let all = store.step_results(run.id).await?;
+    assert_eq!(all.len(), 12);
+
+    let mut walked = Vec::new();
+    let mut after: Option<(u32, String)> = None;
+    let mut pages = 0;
+    loop {
+        let cursor = after.as_ref().map(|(s, t)| (*s, t.as_str()));
+        let page = store.step_results_page(run.id, cursor, 5).await?;
+        assert!(page.len() <= 5, "a page holds at most `limit` results");
+        let Some(last) = page.last() else { break };
+        after = Some((last.step, last.target.clone()));
+        walked.extend(page);
+        pages += 1;
+        assert!(pages <= 3, "12 results in pages of 5 take 3 pages");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(walked, all, "the pages, in order, are every result once");
+
+    let first = store.step_results_page(run.id, None, 0).await?;
+    assert_eq!(first, all, "limit 0 is the default page (1000)");
+    let mid = &all[4];
+    let rest = store
+        .step_results_page(run.id, Some((mid.step, &mid.target)), 100)
+        .await?;
+    assert_eq!(rest, all[5..], "strictly after the cursor");
+    let past = store
+        .step_results_page(run.id, Some((2, "zzz")), 100)
+        .await?;
+    assert_eq!(
+        past.iter().map(|r| r.step).collect::<Vec<_>>(),
+        vec![10, 10, 10],
+        "a cursor that names no result still orders by (step, target)"
+    );
+    let last = &all[11];
+    assert!(
+        store
+            .step_results_page(run.id, Some((last.step, &last.target)), 100)
+            .await?
+            .is_empty(),
+        "nothing after the last result"
+    );
+    assert!(
+        store
+            .step_results_page(RunId::new(), None, 10)
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
