@@ -16,10 +16,6 @@ pub(crate) const MAX_LIST_LIMIT: usize = 1000;
 pub(crate) const DEFAULT_LOG_LIMIT: usize = 1000;
 
 /// Names the operation that failed, so a database error says what was being done.
-#[cfg_attr(
-    not(feature = "sqlite"),
-    allow(dead_code, reason = "PostgreSQL names its server in errors instead")
-)]
 pub(crate) trait Context<T> {
     /// Turns a database error into [`Error::Store`] prefixed with `op` ("claiming runs: …").
     fn ctx(self, op: &str) -> Result<T>;
