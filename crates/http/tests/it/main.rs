@@ -11,11 +11,14 @@
     reason = "tests: a panic is the failure report, and printing is how a test explains itself"
 )]
 
+// First: its `on_both!` macro is used by the modules below.
+#[macro_use]
+mod common;
+
 mod api;
 mod audit;
 mod auth;
 mod bounded;
-mod common;
 mod errors;
 mod inprocess;
 mod local;
