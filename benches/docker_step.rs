@@ -11,7 +11,14 @@
 //! step so engine load affects them alike. Prints the mean and median
 //! milliseconds per step of each and the ratios.
 
-#[path = "../crates/executors/tests/support/docker.rs"]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::expect_used,
+    reason = "a benchmark or example reports by printing, and a broken fixture ends it"
+)]
+
+#[path = "../crates/executors/tests/it/support/docker.rs"]
 mod docker_support;
 
 use std::collections::BTreeMap;

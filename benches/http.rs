@@ -13,6 +13,13 @@
 //! `BENCH_SECS` (default 10) sets each measurement's length,
 //! `BENCH_CONNECTIONS` (default 32) the concurrent connections.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::expect_used,
+    reason = "a benchmark or example reports by printing, and a broken fixture ends it"
+)]
+
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -9,6 +9,13 @@
 //! p50/p99/max during the prune next to the same loop without a prune.
 //! Goal: p99 under 50 ms on PostgreSQL.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::expect_used,
+    reason = "a benchmark or example reports by printing, and a broken fixture ends it"
+)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -12,6 +12,13 @@
 //!
 //! Prints runs/s, the ratio to pgbench TPS and the latencies.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::expect_used,
+    reason = "a benchmark or example reports by printing, and a broken fixture ends it"
+)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -22,7 +22,14 @@
 //! per server). Prints the wall time of each tool and ours as a ratio. A
 //! peer that cannot be installed is reported as unavailable, not faked.
 
-#[path = "../crates/executors/tests/support/sshd.rs"]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::expect_used,
+    reason = "a benchmark or example reports by printing, and a broken fixture ends it"
+)]
+
+#[path = "../crates/executors/tests/it/support/sshd.rs"]
 #[allow(missing_docs, unused)]
 mod sshd;
 

@@ -7,6 +7,13 @@
 //! parallelism. Prints runs/s for both, the ratio, and the engine's per-run
 //! overhead in milliseconds (engine time per run minus bare time per run).
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::expect_used,
+    reason = "a benchmark or example reports by printing, and a broken fixture ends it"
+)]
+
 use std::time::{Duration, Instant};
 
 use opsconductor::{Actor, RunStatus, SubmitRequest};

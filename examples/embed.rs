@@ -4,6 +4,13 @@
 //! parameter, runs it on the local host, streams its output live and reads
 //! the per-step results — the public API end to end, nothing else running.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::expect_used,
+    reason = "a benchmark or example reports by printing, and a broken fixture ends it"
+)]
+
 use futures::StreamExt;
 use opsconductor::store::ApplyBatch;
 use opsconductor::{Actor, RunStatus, SubmitRequest};

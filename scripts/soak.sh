@@ -13,10 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OPSC_SOAK_KILLS="${1:-200}"
 rounds="${2:-5}"
-cargo test -p opsconductor-cli --test cluster -- kill_9 --nocapture
+cargo test -p opsconductor-cli --test it -- cluster::kill_9 --nocapture
 for i in $(seq "$rounds"); do
   echo "== chatty output and many steps, round $i of $rounds"
-  cargo test --all-features --test lease -- chatty many_steps --nocapture
+  cargo test --all-features --test it -- chatty many_steps --nocapture
 done
 for i in $(seq "$rounds"); do
   echo "== stop/continue, round $i of $rounds"

@@ -149,7 +149,7 @@ pub async fn keyring_for(
     if store.backend() != "sqlite" {
         return Ok((None, None));
     }
-    let Some(path) = sqlite_key_path(url) else {
+    let Some(path) = sqlite_sibling_file(url, "key") else {
         // An in-memory database: a key that lives as long as it does.
         let k = secrets::KeyBytes::generate()?;
         return Ok((
@@ -180,15 +180,44 @@ pub async fn keyring_for(
     Ok((Some(ring), Some(notice)))
 }
 
-/// `sqlite://dir/ops.db` → `dir/ops.key`; `None` for in-memory databases.
-fn sqlite_key_path(url: &str) -> Option<std::path::PathBuf> {
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let path = path.split('?').next().unwrap_or(path);
-    if path.is_empty() || path.contains(":memory:") || path.starts_with("file::memory") {
-        return None;
+/// A file that belongs next to a SQLite database, named after it with
+/// another extension: `sqlite://dir/ops.db` → `dir/ops.key` (the master
+/// key), `dir/ops.jwt` (the server's token key). `None` for in-memory
+/// databases and other backends. The URL is read by the store's own parser
+/// ([`sqlite_file`]), so the file is always the one the store opens.
+pub fn sqlite_sibling_file(url: &str, extension: &str) -> Option<std::path::PathBuf> {
+    #[cfg(feature = "sqlite")]
+    {
+        sqlite_file(url).map(|p| p.with_extension(extension))
     }
-    Some(std::path::Path::new(path).with_extension("key"))
+    #[cfg(not(feature = "sqlite"))]
+    {
+        let _ = (url, extension);
+        None
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::sqlite_sibling_file;
+
+    #[test]
+    fn sibling_files_sit_next_to_the_database() {
+        assert_eq!(
+            sqlite_sibling_file("sqlite://x/ops.db", "jwt"),
+            Some(PathBuf::from("x/ops.jwt"))
+        );
+        assert_eq!(
+            sqlite_sibling_file("sqlite:///abs/ops.db?mode=rwc", "key"),
+            Some(PathBuf::from("/abs/ops.key"))
+        );
+        assert_eq!(
+            sqlite_sibling_file("ops.db", "key"),
+            Some(PathBuf::from("ops.key"))
+        );
+        assert_eq!(sqlite_sibling_file("sqlite::memory:", "jwt"), None);
+        assert_eq!(sqlite_sibling_file("postgres://db/ops", "jwt"), None);
+    }
 }

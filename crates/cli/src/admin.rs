@@ -10,6 +10,7 @@ use opsconductor::{Actor, Conductor, Error, SetSecret};
 
 use crate::exit;
 use crate::output::{Out, local_time};
+use crate::signals::wait_for_signal;
 
 /// `opsconductor secrets …`.
 #[derive(Subcommand, Debug)]
@@ -451,23 +452,6 @@ pub async fn worker(oc: &Conductor, out: &Out, args: &WorkerArgs) -> Result<u8, 
             out.note(&format!("quitting now: stopping {n} run(s) in progress"));
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), oc.shutdown()).await;
             Ok(exit::FAILED)
-        }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -16,6 +16,7 @@ use opsconductor::{
 
 use crate::exit;
 use crate::output::{LogPrinter, Out, human_duration, local_time};
+use crate::signals::Interrupts;
 
 /// `opsconductor run`.
 #[derive(Args, Debug)]
@@ -398,48 +399,6 @@ async fn drive(
         summary(out, &detail, follow);
     }
     Ok(exit_code(&detail))
-}
-
-/// Ctrl-C, and the signals that end a command when its terminal or its
-/// supervisor goes away (SIGTERM, SIGHUP): each of them cancels the run, so
-/// its processes are killed rather than left behind.
-struct Interrupts {
-    #[cfg(unix)]
-    signals: Vec<tokio::signal::unix::Signal>,
-}
-
-impl Interrupts {
-    #[cfg(unix)]
-    fn listen() -> Result<Self, Error> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let on = |kind: SignalKind| {
-            signal(kind).map_err(|e| Error::Internal(format!("cannot listen for signals: {e}")))
-        };
-        Ok(Self {
-            signals: vec![
-                on(SignalKind::interrupt())?,
-                on(SignalKind::terminate())?,
-                on(SignalKind::hangup())?,
-            ],
-        })
-    }
-
-    #[cfg(not(unix))]
-    fn listen() -> Result<Self, Error> {
-        Ok(Self {})
-    }
-
-    /// Waits for the next signal; `false` if no more can come.
-    #[cfg(unix)]
-    async fn next(&mut self) -> bool {
-        let waits = self.signals.iter_mut().map(|s| Box::pin(s.recv()));
-        futures::future::select_all(waits).await.0.is_some()
-    }
-
-    #[cfg(not(unix))]
-    async fn next(&mut self) -> bool {
-        tokio::signal::ctrl_c().await.is_ok()
-    }
 }
 
 /// Prints a line per target as each one finishes (plus a live counter on a terminal).

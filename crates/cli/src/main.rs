@@ -1,11 +1,18 @@
 //! `opsconductor`: the command-line front end. It parses flags, calls the
 //! engine and prints; every rule lives in the core.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the command-line front end: printing is its job"
+)]
+
 mod admin;
 mod commands;
 mod output;
 mod prune;
 mod serve;
+mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

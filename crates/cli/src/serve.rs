@@ -177,7 +177,7 @@ pub async fn run(args: ServeArgs, database_url: &str, out: &Out) -> Result<u8, E
     } else {
         println!("listening on {}", running.url());
     }
-    opsconductor_http::server::wait_for_signal().await;
+    crate::signals::wait_for_signal().await;
     out.note(&format!(
         "shutting down: finishing open requests and running runs (up to {})",
         opsconductor::duration::format(timeout)

@@ -1,7 +1,9 @@
 //! In-process wake-ups: a run was queued, changed state, logged output or was
 //! asked to stop. Followers and workers treat an event as a hint and re-read
 //! the store, which stays the source of truth; a missed event only costs a
-//! poll interval. (Cross-process delivery comes with the PostgreSQL backend.)
+//! poll interval. Across processes, the PostgreSQL store relays events with
+//! `NOTIFY` ([`Event::encode`] is the payload); SQLite has no such channel,
+//! so other processes on one SQLite file see changes at their next poll.
 
 use tokio::sync::broadcast;
 

@@ -17,7 +17,7 @@
 //! whether the login (`sid`) still stands (logout, password change, disabled
 //! account void a token at once).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use opsconductor::auth::Role;
@@ -178,7 +178,7 @@ pub fn resolve_secret(config: &ServerConfig, backend: &str) -> Result<(Vec<u8>, 
              set OPSC_JWT_SECRET (at least 32 bytes, the same on every server) or OPSC_JWT_SECRET_FILE",
         ));
     }
-    let Some(path) = sqlite_jwt_path(&config.database_url) else {
+    let Some(path) = opsconductor::sqlite_sibling_file(&config.database_url, "jwt") else {
         return Ok((random_secret()?.into_bytes(), None));
     };
     if path.exists() {
@@ -245,19 +245,6 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         })
 }
 
-/// `sqlite://dir/ops.db` → `dir/ops.jwt`; `None` for in-memory databases.
-fn sqlite_jwt_path(url: &str) -> Option<PathBuf> {
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let path = path.split('?').next().unwrap_or(path);
-    if path.is_empty() || path.contains(":memory:") || path.starts_with("file::memory") {
-        return None;
-    }
-    Some(Path::new(path).with_extension("jwt"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,14 +265,5 @@ mod tests {
         assert!(k.verify(&bad).is_err());
         let other = JwtKeys::new(&[8u8; 32], &ServerConfig::default()).unwrap();
         assert!(other.verify(&t).is_err());
-    }
-
-    #[test]
-    fn jwt_paths() {
-        assert_eq!(
-            sqlite_jwt_path("sqlite://x/ops.db"),
-            Some(PathBuf::from("x/ops.jwt"))
-        );
-        assert_eq!(sqlite_jwt_path("sqlite::memory:"), None);
     }
 }

@@ -10,8 +10,10 @@
 //! - [`router`] builds the whole application over an [`AppState`] (test it
 //!   in-process with `tower::ServiceExt::oneshot`);
 //! - [`start`] / [`start_with`] listen on a socket and return a [`Running`]
-//!   server (its address, the generated admin password, graceful shutdown);
-//! - [`serve`] runs until SIGTERM or Ctrl-C — what `opsconductor serve` does.
+//!   server (its address, the generated admin password, graceful shutdown).
+//!   `opsconductor serve` (crates/cli) starts it, waits for SIGTERM or
+//!   Ctrl-C and shuts it down; an embedder does the same with its own
+//!   signal handling.
 //!
 //! Authentication and its design (JWT key, lifetimes, API tokens) are
 //! described in [`jwt`] and [`auth`]; the error shape in [`error`];
@@ -35,5 +37,5 @@ pub mod state;
 
 pub use api::router;
 pub use config::ServerConfig;
-pub use server::{Running, serve, start, start_with};
+pub use server::{Running, start, start_with};
 pub use state::AppState;

@@ -2,7 +2,7 @@
 benchmark: a test user, an Ed25519 client key, and ``/usr/sbin/sshd -D -e``
 processes with their own host keys on 127.0.0.N addresses.
 
-Python twin of ``crates/executors/tests/support/sshd.rs``. Needs root
+Python twin of ``crates/executors/tests/it/support/sshd.rs``. Needs root
 (``useradd``, sshd's privilege separation). A missing sshd is a failure
 with a message saying what to install — never a skip.
 """

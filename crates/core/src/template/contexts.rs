@@ -150,6 +150,52 @@ impl Scan<'_> {
         self.peek(k) == Some(OPEN)
     }
 
+    /// Refuses the marker right after the character at `i` (`$`, a
+    /// backslash, a backtick): no escape makes a value sound there.
+    fn refuse_next(&mut self, reason: &str) -> Refusal {
+        self.i += 1;
+        self.refuse_here(reason)
+    }
+
+    /// Copies an escape (the escape character and the one it escapes),
+    /// refusing a value right after the escape character (`after` names it).
+    fn escape(&mut self, after: &str) -> Result<(), Refusal> {
+        if self.is_marker(1) {
+            return Err(self.refuse_next(&format!("right after {after}")));
+        }
+        self.push(2);
+        Ok(())
+    }
+
+    /// Once the lexer may disagree with the interpreter, a value is refused
+    /// wherever it is.
+    fn refuse_if_uncertain(&mut self) -> Result<(), Refusal> {
+        match self.uncertain {
+            Some(why) => Err(self.refuse_here(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Enters `state` (a quote, a substitution, a comment) with the `n`
+    /// characters that open it.
+    fn enter<T>(&mut self, st: &mut Vec<T>, state: T, n: usize) {
+        st.push(state);
+        self.push(n);
+    }
+
+    /// Leaves the current state with the `n` characters that close it.
+    fn leave<T>(&mut self, st: &mut Vec<T>, n: usize) {
+        st.pop();
+        self.push(n);
+    }
+
+    /// Replaces the current state (a changed nesting depth) and moves past
+    /// the one character that changed it.
+    fn replace_top<T>(&mut self, st: &mut Vec<T>, state: T) {
+        st.pop();
+        self.enter(st, state, 1);
+    }
+
     fn line_start_of_out(&self) -> usize {
         self.out.rfind('\n').map_or(0, |p| p + 1)
     }
@@ -208,6 +254,12 @@ impl Scan<'_> {
 }
 
 // ---------------------------------------------------------------- shell --
+
+/// Where a shell lexer starts, and what it falls back to.
+const SH_TOP: Sh = Sh::Cmd {
+    sub: false,
+    paren: 0,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Sh {
@@ -296,20 +348,12 @@ fn sh_comment(v: &str) -> String {
 }
 
 fn shell(sc: &mut Scan<'_>) -> Result<(), Refusal> {
-    let mut st = vec![Sh::Cmd {
-        sub: false,
-        paren: 0,
-    }];
+    let mut st = vec![SH_TOP];
     let mut pending: Vec<Heredoc> = Vec::new();
     while let Some(c) = sc.peek(0) {
-        let top = *st.last().unwrap_or(&Sh::Cmd {
-            sub: false,
-            paren: 0,
-        });
+        let top = *st.last().unwrap_or(&SH_TOP);
         if c == OPEN {
-            if let Some(why) = sc.uncertain {
-                return Err(sc.refuse_here(why));
-            }
+            sc.refuse_if_uncertain()?;
             let blocker = st.iter().rev().find_map(|x| match x {
                 Sh::Tick => Some("inside `...` (write $(...) instead)"),
                 Sh::Param { .. } => Some("inside a ${...} parameter expansion"),
@@ -334,40 +378,25 @@ fn shell(sc: &mut Scan<'_>) -> Result<(), Refusal> {
         }
         match top {
             Sh::Cmd { sub, paren } => match c {
-                '\\' => {
-                    if sc.is_marker(1) {
-                        sc.i += 1;
-                        return Err(sc.refuse_here("right after a backslash"));
-                    }
-                    sc.push(2);
-                }
-                '\'' => {
-                    st.push(Sh::Sq);
-                    sc.push(1);
-                }
-                '"' => {
-                    st.push(Sh::Dq);
-                    sc.push(1);
-                }
-                '`' => {
-                    st.push(Sh::Tick);
-                    sc.push(1);
-                }
+                '\\' => sc.escape("a backslash")?,
+                '\'' | '"' | '`' => sc.enter(&mut st, sh_quote(c), 1),
                 '$' => dollar(sc, &mut st, true)?,
-                '<' | '>' if sc.peek(1) == Some('(') => {
-                    st.push(Sh::Cmd {
+                '<' | '>' if sc.peek(1) == Some('(') => sc.enter(
+                    &mut st,
+                    Sh::Cmd {
                         sub: true,
                         paren: 0,
-                    });
-                    sc.push(2);
-                }
-                '(' if sc.peek(1) == Some('(') => {
-                    st.push(Sh::Arith {
+                    },
+                    2,
+                ),
+                '(' if sc.peek(1) == Some('(') => sc.enter(
+                    &mut st,
+                    Sh::Arith {
                         depth: 0,
                         bracket: false,
-                    });
-                    sc.push(2);
-                }
+                    },
+                    2,
+                ),
                 '(' => {
                     if let Some(Sh::Cmd { paren, .. }) = st.last_mut() {
                         *paren += 1;
@@ -384,10 +413,7 @@ fn shell(sc: &mut Scan<'_>) -> Result<(), Refusal> {
                     }
                     sc.push(1);
                 }
-                '#' if sc.prev().is_none_or(shell_word_break) => {
-                    st.push(Sh::Comment);
-                    sc.push(1);
-                }
+                '#' if sc.prev().is_none_or(shell_word_break) => sc.enter(&mut st, Sh::Comment, 1),
                 '<' if sc.peek(1) == Some('<') => {
                     if sc.peek(2) == Some('<') {
                         sc.push(3);
@@ -417,21 +443,9 @@ fn shell(sc: &mut Scan<'_>) -> Result<(), Refusal> {
                 _ => sc.push(1),
             },
             Sh::Dq => match c {
-                '"' => {
-                    st.pop();
-                    sc.push(1);
-                }
-                '\\' => {
-                    if sc.is_marker(1) {
-                        sc.i += 1;
-                        return Err(sc.refuse_here("right after a backslash"));
-                    }
-                    sc.push(2);
-                }
-                '`' => {
-                    st.push(Sh::Tick);
-                    sc.push(1);
-                }
+                '"' => sc.leave(&mut st, 1),
+                '\\' => sc.escape("a backslash")?,
+                '`' => sc.enter(&mut st, Sh::Tick, 1),
                 '$' => dollar(sc, &mut st, false)?,
                 _ => sc.push(1),
             },
@@ -443,83 +457,38 @@ fn shell(sc: &mut Scan<'_>) -> Result<(), Refusal> {
             }
             Sh::Ansi | Sh::Tick => match c {
                 '\\' => sc.push(2),
-                '\'' if top == Sh::Ansi => {
-                    st.pop();
-                    sc.push(1);
-                }
-                '`' if top == Sh::Tick => {
-                    st.pop();
-                    sc.push(1);
-                }
+                '\'' if top == Sh::Ansi => sc.leave(&mut st, 1),
+                '`' if top == Sh::Tick => sc.leave(&mut st, 1),
                 _ => sc.push(1),
             },
             Sh::Param { depth } => match c {
-                '{' => {
-                    st.pop();
-                    st.push(Sh::Param { depth: depth + 1 });
-                    sc.push(1);
-                }
-                '}' => {
-                    st.pop();
-                    if depth > 0 {
-                        st.push(Sh::Param { depth: depth - 1 });
-                    }
-                    sc.push(1);
-                }
+                '{' => sc.replace_top(&mut st, Sh::Param { depth: depth + 1 }),
+                '}' if depth > 0 => sc.replace_top(&mut st, Sh::Param { depth: depth - 1 }),
+                '}' => sc.leave(&mut st, 1),
                 '\\' => sc.push(2),
-                '\'' => {
-                    st.push(Sh::Sq);
-                    sc.push(1);
-                }
-                '"' => {
-                    st.push(Sh::Dq);
-                    sc.push(1);
-                }
-                '`' => {
-                    st.push(Sh::Tick);
-                    sc.push(1);
-                }
+                '\'' | '"' | '`' => sc.enter(&mut st, sh_quote(c), 1),
                 '$' => dollar(sc, &mut st, false)?,
                 _ => sc.push(1),
             },
             Sh::Arith { depth, bracket } => match c {
-                '(' => {
-                    st.pop();
-                    st.push(Sh::Arith {
+                '(' => sc.replace_top(
+                    &mut st,
+                    Sh::Arith {
                         depth: depth + 1,
                         bracket,
-                    });
-                    sc.push(1);
-                }
-                ')' if !bracket && depth == 0 && sc.peek(1) == Some(')') => {
-                    st.pop();
-                    sc.push(2);
-                }
-                ')' => {
-                    st.pop();
-                    st.push(Sh::Arith {
+                    },
+                ),
+                ')' if !bracket && depth == 0 && sc.peek(1) == Some(')') => sc.leave(&mut st, 2),
+                ')' => sc.replace_top(
+                    &mut st,
+                    Sh::Arith {
                         depth: depth.saturating_sub(1),
                         bracket,
-                    });
-                    sc.push(1);
-                }
-                ']' if bracket && depth == 0 => {
-                    st.pop();
-                    sc.push(1);
-                }
+                    },
+                ),
+                ']' if bracket && depth == 0 => sc.leave(&mut st, 1),
                 '$' => dollar(sc, &mut st, false)?,
-                '`' => {
-                    st.push(Sh::Tick);
-                    sc.push(1);
-                }
-                '"' => {
-                    st.push(Sh::Dq);
-                    sc.push(1);
-                }
-                '\'' => {
-                    st.push(Sh::Sq);
-                    sc.push(1);
-                }
+                '`' | '"' | '\'' => sc.enter(&mut st, sh_quote(c), 1),
                 _ => sc.push(1),
             },
             Sh::Comment => {
@@ -534,57 +503,51 @@ fn shell(sc: &mut Scan<'_>) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The state a quote character opens in commands, `${...}` and arithmetic
+/// (`'`, `"` or a backtick).
+fn sh_quote(q: char) -> Sh {
+    match q {
+        '\'' => Sh::Sq,
+        '"' => Sh::Dq,
+        _ => Sh::Tick,
+    }
+}
+
 /// `$` in commands, double quotes, `${}` or arithmetic.
 fn dollar(sc: &mut Scan<'_>, st: &mut Vec<Sh>, unquoted: bool) -> Result<(), Refusal> {
-    match sc.peek(1) {
-        Some(OPEN) => {
-            sc.i += 1;
-            Err(sc.refuse_here("right after $"))
-        }
-        Some('\'') if unquoted => {
-            st.push(Sh::Ansi);
-            sc.push(2);
-            Ok(())
-        }
-        Some('"') if unquoted => {
-            st.push(Sh::Dq);
-            sc.push(2);
-            Ok(())
-        }
-        Some('(') if sc.peek(2) == Some('(') => {
-            st.push(Sh::Arith {
+    let (state, n) = match sc.peek(1) {
+        Some(OPEN) => return Err(sc.refuse_next("right after $")),
+        Some('\'') if unquoted => (Sh::Ansi, 2),
+        Some('"') if unquoted => (Sh::Dq, 2),
+        Some('(') if sc.peek(2) == Some('(') => (
+            Sh::Arith {
                 depth: 0,
                 bracket: false,
-            });
-            sc.push(3);
-            Ok(())
-        }
-        Some('(') => {
-            st.push(Sh::Cmd {
+            },
+            3,
+        ),
+        Some('(') => (
+            Sh::Cmd {
                 sub: true,
                 paren: 0,
-            });
-            sc.push(2);
-            Ok(())
-        }
-        Some('{') => {
-            st.push(Sh::Param { depth: 0 });
-            sc.push(2);
-            Ok(())
-        }
-        Some('[') => {
-            st.push(Sh::Arith {
+            },
+            2,
+        ),
+        Some('{') => (Sh::Param { depth: 0 }, 2),
+        Some('[') => (
+            Sh::Arith {
                 depth: 0,
                 bracket: true,
-            });
-            sc.push(2);
-            Ok(())
-        }
+            },
+            2,
+        ),
         _ => {
             sc.push(1);
-            Ok(())
+            return Ok(());
         }
-    }
+    };
+    sc.enter(st, state, n);
+    Ok(())
 }
 
 /// `<<` / `<<-` and its delimiter word.
@@ -681,9 +644,7 @@ fn heredoc_body(sc: &mut Scan<'_>, h: &Heredoc) -> Result<(), Refusal> {
         while sc.i < end {
             let c = sc.s[sc.i];
             if c == OPEN {
-                if let Some(why) = sc.uncertain {
-                    return Err(sc.refuse_here(why));
-                }
+                sc.refuse_if_uncertain()?;
                 if h.quoted {
                     let (at, slot, v) = sc.marker()?;
                     let delim = h.delim.clone();
@@ -708,10 +669,7 @@ fn heredoc_body(sc: &mut Scan<'_>, h: &Heredoc) -> Result<(), Refusal> {
                 match c {
                     '\\' => {
                         match sc.peek(1) {
-                            Some(OPEN) => {
-                                sc.i += 1;
-                                return Err(sc.refuse_here("right after a backslash"));
-                            }
+                            Some(OPEN) => return Err(sc.refuse_next("right after a backslash")),
                             Some('\n') => {
                                 sc.uncertain =
                                     Some("after a line continuation inside a here-document");
@@ -722,10 +680,7 @@ fn heredoc_body(sc: &mut Scan<'_>, h: &Heredoc) -> Result<(), Refusal> {
                         continue;
                     }
                     '$' => match sc.peek(1) {
-                        Some(OPEN) => {
-                            sc.i += 1;
-                            return Err(sc.refuse_here("right after $"));
-                        }
+                        Some(OPEN) => return Err(sc.refuse_next("right after $")),
                         Some('(' | '{' | '[') => nested = true,
                         _ => {}
                     },
@@ -741,6 +696,12 @@ fn heredoc_body(sc: &mut Scan<'_>, h: &Heredoc) -> Result<(), Refusal> {
 }
 
 // --------------------------------------------------------------- python --
+
+/// Where the Python lexer starts, and what it falls back to.
+const PY_TOP: Py = Py::Code {
+    fexpr: false,
+    depth: 0,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Py {
@@ -800,19 +761,11 @@ fn is_ident(c: char) -> bool {
 }
 
 fn python(sc: &mut Scan<'_>) -> Result<(), Refusal> {
-    let mut st = vec![Py::Code {
-        fexpr: false,
-        depth: 0,
-    }];
+    let mut st = vec![PY_TOP];
     while let Some(c) = sc.peek(0) {
-        let top = *st.last().unwrap_or(&Py::Code {
-            fexpr: false,
-            depth: 0,
-        });
+        let top = *st.last().unwrap_or(&PY_TOP);
         if c == OPEN {
-            if let Some(why) = sc.uncertain {
-                return Err(sc.refuse_here(why));
-            }
+            sc.refuse_if_uncertain()?;
             if st.iter().any(|x| matches!(x, Py::Code { fexpr: true, .. })) {
                 return Err(sc.refuse_here("inside an f-string {...} expression"));
             }
@@ -839,10 +792,7 @@ fn python(sc: &mut Scan<'_>) -> Result<(), Refusal> {
         }
         match top {
             Py::Code { fexpr, depth } => match c {
-                '#' => {
-                    st.push(Py::Comment);
-                    sc.push(1);
-                }
+                '#' => sc.enter(&mut st, Py::Comment, 1),
                 '\\' => sc.push(2),
                 '\'' | '"' => {
                     // The prefix: letters right before the quote, starting a token.
@@ -865,69 +815,54 @@ fn python(sc: &mut Scan<'_>) -> Result<(), Refusal> {
                     );
                     let prefix = if valid { prefix } else { String::new() };
                     let triple = sc.peek(1) == Some(c) && sc.peek(2) == Some(c);
-                    st.push(Py::Str {
+                    let string = Py::Str {
                         q: c,
                         triple,
                         raw: prefix.contains('r'),
                         bytes: prefix.contains('b'),
                         fmt: prefix.contains('f') || prefix.contains('t'),
-                    });
-                    sc.push(if triple { 3 } else { 1 });
+                    };
+                    sc.enter(&mut st, string, if triple { 3 } else { 1 });
                 }
-                '(' | '[' | '{' if fexpr => {
-                    st.pop();
-                    st.push(Py::Code {
+                '(' | '[' | '{' if fexpr => sc.replace_top(
+                    &mut st,
+                    Py::Code {
                         fexpr,
                         depth: depth + 1,
-                    });
-                    sc.push(1);
-                }
-                '}' if fexpr && depth == 0 => {
-                    st.pop();
-                    sc.push(1);
-                }
-                ')' | ']' | '}' if fexpr => {
-                    st.pop();
-                    st.push(Py::Code {
+                    },
+                ),
+                '}' if fexpr && depth == 0 => sc.leave(&mut st, 1),
+                ')' | ']' | '}' if fexpr => sc.replace_top(
+                    &mut st,
+                    Py::Code {
                         fexpr,
                         depth: depth.saturating_sub(1),
-                    });
-                    sc.push(1);
-                }
+                    },
+                ),
                 _ => sc.push(1),
             },
             Py::Str { q, triple, fmt, .. } => match c {
-                '\\' => {
-                    if sc.is_marker(1) {
-                        sc.i += 1;
-                        return Err(sc.refuse_here("right after a backslash"));
-                    }
-                    sc.push(2);
-                }
+                '\\' => sc.escape("a backslash")?,
                 c if c == q => {
                     if !triple {
-                        st.pop();
-                        sc.push(1);
+                        sc.leave(&mut st, 1);
                     } else if sc.peek(1) == Some(q) && sc.peek(2) == Some(q) {
-                        st.pop();
-                        sc.push(3);
+                        sc.leave(&mut st, 3);
                     } else {
                         sc.push(1);
                     }
                 }
                 '{' | '}' if fmt && sc.peek(1) == Some(c) => sc.push(2),
-                '{' if fmt => {
-                    st.push(Py::Code {
+                '{' if fmt => sc.enter(
+                    &mut st,
+                    Py::Code {
                         fexpr: true,
                         depth: 0,
-                    });
-                    sc.push(1);
-                }
-                '\n' | '\r' if !triple => {
-                    // An unterminated string: Python refuses the file.
-                    st.pop();
-                    sc.push(1);
-                }
+                    },
+                    1,
+                ),
+                // An unterminated string: Python refuses the file.
+                '\n' | '\r' if !triple => sc.leave(&mut st, 1),
                 _ => sc.push(1),
             },
             Py::Comment => {
@@ -943,6 +878,12 @@ fn python(sc: &mut Scan<'_>) -> Result<(), Refusal> {
 }
 
 // ----------------------------------------------------------- powershell --
+
+/// Where the PowerShell lexer starts, and what it falls back to.
+const PS_TOP: Ps = Ps::Code {
+    sub: false,
+    depth: 0,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Ps {
@@ -1006,22 +947,14 @@ pub(crate) fn ps_literal(v: &str) -> String {
 }
 
 fn powershell(sc: &mut Scan<'_>) -> Result<(), Refusal> {
-    let mut st = vec![Ps::Code {
-        sub: false,
-        depth: 0,
-    }];
+    let mut st = vec![PS_TOP];
     let mut line_start = true;
     while let Some(c) = sc.peek(0) {
-        let top = *st.last().unwrap_or(&Ps::Code {
-            sub: false,
-            depth: 0,
-        });
+        let top = *st.last().unwrap_or(&PS_TOP);
         let at_line_start = line_start;
         line_start = false;
         if c == OPEN {
-            if let Some(why) = sc.uncertain {
-                return Err(sc.refuse_here(why));
-            }
+            sc.refuse_if_uncertain()?;
             if st.contains(&Ps::Brace) {
                 return Err(sc.refuse_here("inside ${...}"));
             }
@@ -1044,21 +977,9 @@ fn powershell(sc: &mut Scan<'_>) -> Result<(), Refusal> {
         }
         match top {
             Ps::Code { sub, depth } => match c {
-                '`' => {
-                    if sc.is_marker(1) {
-                        sc.i += 1;
-                        return Err(sc.refuse_here("right after a backtick"));
-                    }
-                    sc.push(2);
-                }
-                c if is_ps_single(c) => {
-                    st.push(Ps::Sq);
-                    sc.push(1);
-                }
-                c if is_ps_double(c) => {
-                    st.push(Ps::Dq);
-                    sc.push(1);
-                }
+                '`' => sc.escape("a backtick")?,
+                c if is_ps_single(c) => sc.enter(&mut st, Ps::Sq, 1),
+                c if is_ps_double(c) => sc.enter(&mut st, Ps::Dq, 1),
                 '@' if sc
                     .peek(1)
                     .is_some_and(|q| is_ps_single(q) || is_ps_double(q)) =>
@@ -1075,39 +996,20 @@ fn powershell(sc: &mut Scan<'_>) -> Result<(), Refusal> {
                     match nl {
                         Some(n) => {
                             let single = sc.peek(1).is_some_and(is_ps_single);
-                            st.push(if single { Ps::HereSq } else { Ps::HereDq });
-                            sc.push(n);
+                            sc.enter(&mut st, if single { Ps::HereSq } else { Ps::HereDq }, n);
                             line_start = true;
                         }
                         None => sc.push(1),
                     }
                 }
-                '$' => match sc.peek(1) {
-                    Some(OPEN) => {
-                        sc.i += 1;
-                        return Err(sc.refuse_here("right after $"));
-                    }
-                    Some('(') => {
-                        st.push(Ps::Code {
-                            sub: true,
-                            depth: 0,
-                        });
-                        sc.push(2);
-                    }
-                    Some('{') => {
-                        st.push(Ps::Brace);
-                        sc.push(2);
-                    }
-                    _ => sc.push(1),
-                },
-                '(' => {
-                    st.pop();
-                    st.push(Ps::Code {
+                '$' => ps_dollar(sc, &mut st)?,
+                '(' => sc.replace_top(
+                    &mut st,
+                    Ps::Code {
                         sub,
                         depth: depth + 1,
-                    });
-                    sc.push(1);
-                }
+                    },
+                ),
                 ')' => {
                     st.pop();
                     if depth > 0 {
@@ -1120,16 +1022,12 @@ fn powershell(sc: &mut Scan<'_>) -> Result<(), Refusal> {
                     }
                     sc.push(1);
                 }
-                '<' if sc.peek(1) == Some('#') => {
-                    st.push(Ps::Block);
-                    sc.push(2);
-                }
+                '<' if sc.peek(1) == Some('#') => sc.enter(&mut st, Ps::Block, 2),
                 '#' if sc
                     .prev()
                     .is_none_or(|p| p.is_whitespace() || ";|&(){}".contains(p)) =>
                 {
-                    st.push(Ps::Line);
-                    sc.push(1);
+                    sc.enter(&mut st, Ps::Line, 1);
                 }
                 '#' => {
                     sc.uncertain = Some(
@@ -1144,78 +1042,49 @@ fn powershell(sc: &mut Scan<'_>) -> Result<(), Refusal> {
                     if sc.peek(1).is_some_and(is_ps_single) {
                         sc.push(2);
                     } else {
-                        st.pop();
-                        sc.push(1);
+                        sc.leave(&mut st, 1);
                     }
                 } else {
                     sc.push(1);
                 }
             }
             Ps::Dq | Ps::HereDq => match c {
-                '`' => {
-                    if sc.is_marker(1) {
-                        sc.i += 1;
-                        return Err(sc.refuse_here("right after a backtick"));
-                    }
-                    sc.push(2);
-                }
+                '`' => sc.escape("a backtick")?,
                 c if top == Ps::HereDq
                     && at_line_start
                     && is_ps_double(c)
                     && sc.peek(1) == Some('@') =>
                 {
-                    st.pop();
-                    sc.push(2);
+                    sc.leave(&mut st, 2);
                 }
                 c if top == Ps::Dq && is_ps_double(c) => {
                     if sc.peek(1).is_some_and(is_ps_double) {
                         sc.push(2);
                     } else {
-                        st.pop();
-                        sc.push(1);
+                        sc.leave(&mut st, 1);
                     }
                 }
-                '$' => match sc.peek(1) {
-                    Some(OPEN) => {
-                        sc.i += 1;
-                        return Err(sc.refuse_here("right after $"));
-                    }
-                    Some('(') => {
-                        st.push(Ps::Code {
-                            sub: true,
-                            depth: 0,
-                        });
-                        sc.push(2);
-                    }
-                    Some('{') => {
-                        st.push(Ps::Brace);
-                        sc.push(2);
-                    }
-                    _ => sc.push(1),
-                },
+                '$' => ps_dollar(sc, &mut st)?,
                 _ => sc.push(1),
             },
             Ps::HereSq => {
                 if at_line_start && is_ps_single(c) && sc.peek(1) == Some('@') {
-                    st.pop();
-                    sc.push(2);
+                    sc.leave(&mut st, 2);
                 } else {
                     sc.push(1);
                 }
             }
             Ps::Line => {
                 if c == '\n' || c == '\r' {
-                    st.pop();
                     line_start = c == '\n';
-                    sc.push(1);
+                    sc.leave(&mut st, 1);
                 } else {
                     sc.push(1);
                 }
             }
             Ps::Block => {
                 if c == '#' && sc.peek(1) == Some('>') {
-                    st.pop();
-                    sc.push(2);
+                    sc.leave(&mut st, 2);
                 } else {
                     sc.push(1);
                 }
@@ -1227,6 +1096,25 @@ fn powershell(sc: &mut Scan<'_>) -> Result<(), Refusal> {
                 sc.push(1);
             }
         }
+    }
+    Ok(())
+}
+
+/// `$` in PowerShell code and double-quoted strings: `$(` opens a
+/// subexpression, `${` a braced variable name.
+fn ps_dollar(sc: &mut Scan<'_>, st: &mut Vec<Ps>) -> Result<(), Refusal> {
+    match sc.peek(1) {
+        Some(OPEN) => return Err(sc.refuse_next("right after $")),
+        Some('(') => sc.enter(
+            st,
+            Ps::Code {
+                sub: true,
+                depth: 0,
+            },
+            2,
+        ),
+        Some('{') => sc.enter(st, Ps::Brace, 2),
+        _ => sc.push(1),
     }
     Ok(())
 }

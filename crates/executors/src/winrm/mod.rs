@@ -4,7 +4,7 @@
 //!
 //! **How it is tested:** no Windows host can run in our CI, so this executor
 //! is tested end to end against a *WS-Management protocol test server*
-//! (`crates/executors/tests/support/winrm_server.rs`): it speaks the real
+//! (`crates/executors/tests/it/support/winrm_server.rs`): it speaks the real
 //! shell protocol (Create, Command, Send, Receive, Signal, Delete, Basic
 //! auth, NTLM's negotiate/challenge/authenticate handshake with the NTLMv2
 //! proof checked, `w:TimedOut` faults) over HTTP and HTTPS, but runs command lines

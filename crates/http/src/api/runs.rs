@@ -111,10 +111,9 @@ pub async fn list(
 }
 
 fn created(run: opsconductor::Run) -> Response {
-    // The run record has no place for the request id (the audit event of
-    // the submission has it): put the run id in the request's span, so the
-    // request's log lines — and this one — join the request id to the run
-    // id that the workers' log lines carry.
+    // The run keeps the request id (`Run::request_id`, also on the workers'
+    // log lines for it); the request's span gets the run id, so the
+    // request's own log lines — and this one — name the run too.
     let span = tracing::Span::current();
     span.record("run_id", tracing::field::display(run.id));
     tracing::info!(run_id = %run.id, job = %run.job, "run queued");

@@ -72,7 +72,7 @@ pub use opsconductor_core::store::Store;
 /// `testing` feature:
 ///
 /// ```ignore
-/// // tests/postgres.rs
+/// // tests/it/postgres.rs
 /// use std::sync::Arc;
 /// use opsconductor_core::store::Store;
 ///

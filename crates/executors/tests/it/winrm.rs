@@ -8,13 +8,12 @@
 //! checked by what reaches the server, in its record-only mode.
 //!
 //! Run with `cargo test -p opsconductor-executors --features winrm,testing
-//! --test winrm` (needs `/bin/sh`, `base64`, `uname` and the `openssl`
+//! --test it winrm::` (needs `/bin/sh`, `base64`, `uname` and the `openssl`
 //! command, which makes the HTTPS test's certificate).
 
 #![cfg(feature = "winrm")]
 
-#[path = "support/winrm_server.rs"]
-mod winrm_server;
+use crate::support::winrm_server;
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;

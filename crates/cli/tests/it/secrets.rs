@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is the failure report.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::Stdio;

@@ -6,7 +6,7 @@
 //! OpenAPI document and use every permission of the matrix but settings;
 //! WebSocket endpoints are checked by a real handshake.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 
@@ -310,7 +310,7 @@ async fn own_token(srv: &Srv, token: &str) -> String {
 
 async fn every_endpoint_for_every_role(backend: Backend) {
     // The cases run jobs and create targets on `local`; the local policy
-    // (admin only by default) is tested by `tests/local.rs`, so this table
+    // (admin only by default) is tested by `tests/it/local.rs`, so this table
     // tests the permission matrix alone with operators allowed there too.
     let srv = Srv::start_with(backend, |c| {
         c.local_allow_roles = vec![Role::Admin, Role::Operator];

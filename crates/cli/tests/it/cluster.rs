@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is the failure report.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

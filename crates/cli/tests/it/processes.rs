@@ -3,9 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-#[path = "../../executors/tests/support/docker.rs"]
-mod docker_support;
+use crate::common;
+use crate::docker_support;
 
 use std::io::{BufRead, BufReader, Read};
 

@@ -7,8 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is the failure report.
 
-mod common;
-#[path = "../../executors/tests/support/sshd.rs"]
+use crate::common;
+#[path = "../../../executors/tests/it/support/sshd.rs"]
 mod sshd;
 
 use std::collections::BTreeMap;

@@ -9,7 +9,7 @@
 //! the files untouched; an admin still can; `local_allow_roles` with the
 //! operator role lets the operator.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{Env, examples, lines, stderr_of, stdout_of};
 use predicates::prelude::*;

@@ -5,7 +5,7 @@
 //! and HTTPS with HSTS, CORS off by default, health, readiness, metrics and
 //! the API description.
 
-mod common;
+use crate::common;
 
 use common::{Backend, HELLO_JOB, Srv, expect_error};
 use reqwest::Method;

@@ -3,7 +3,7 @@
 //! issuer, missing claims), rotating refresh tokens with reuse detection,
 //! logout, password changes and disabling, API tokens, and the rate limits.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -394,7 +394,7 @@ async fn password_change_and_disabling_end_logins(backend: Backend) {
 
 async fn api_tokens(backend: Backend) {
     // The token runs a job on `local`: allow operators there (the local
-    // policy itself is tested by `tests/local.rs`).
+    // policy itself is tested by `tests/it/local.rs`).
     let srv = Srv::start_with(backend, |c| {
         c.local_allow_roles = vec![Role::Admin, Role::Operator];
     })

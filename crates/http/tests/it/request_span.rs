@@ -1,7 +1,10 @@
 //! The request id reaches the run: the request's tracing span names the run
 //! it created, the run record keeps the request id, and the worker's log
-//! lines for the run carry it. A test binary of its own: the subscriber is
-//! the process's, and no other test may race it for the callsites' interest.
+//! lines for the run carry it. The subscriber is the process's (the other
+//! tests' lines land in it too, and are filtered out by request id); a
+//! callsite another test registers while it is being installed could keep
+//! the "no subscriber" interest, so the interest cache is rebuilt once the
+//! engine is up, before anything this test looks for is logged.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -65,6 +68,7 @@ async fn the_request_span_names_the_run_it_created() {
         .finish();
     tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
     let (app, oc) = app().await;
+    tracing::callsite::rebuild_interest_cache();
     let login = Request::post("/api/v1/auth/login")
         .header("content-type", "application/json")
         .body(Body::from(

@@ -3,7 +3,7 @@
 //! without gaps or duplicates, ending when the run ends — also when the run
 //! executes on another server sharing the database.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

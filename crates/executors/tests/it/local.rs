@@ -52,7 +52,7 @@ async fn worker_opsc_variables_are_not_inherited() {
     let exe = std::env::current_exe().expect("test binary path");
     let output = std::process::Command::new(exe)
         .args([
-            "worker_opsc_variables_are_not_inherited",
+            "local::worker_opsc_variables_are_not_inherited",
             "--exact",
             "--nocapture",
             "--test-threads=1",

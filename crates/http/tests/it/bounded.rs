@@ -3,7 +3,7 @@
 //! YAML bombs on `POST /api/v1/apply`, and impossible durations — each
 //! against a real server on loopback.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

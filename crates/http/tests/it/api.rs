@@ -3,7 +3,7 @@
 //! secrets (write-only values, history, usage), runs (parameters, per step
 //! × target results, filters, pagination, cancel), ad-hoc commands, users.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

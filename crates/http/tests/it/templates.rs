@@ -3,7 +3,7 @@
 //! a real run (local target, real `sh`); contexts without a safe escape and
 //! `| safe` are refused at apply with the line and column.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

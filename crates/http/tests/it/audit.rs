@@ -3,7 +3,7 @@
 //! pinpoints a row edited, deleted or reordered directly in the database
 //! (SQLite opened with sqlx, PostgreSQL through its own connection).
 
-mod common;
+use crate::common;
 
 use common::{Backend, HELLO_JOB, Srv};
 use opsconductor::auth::Role;

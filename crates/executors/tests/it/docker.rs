@@ -10,8 +10,7 @@
 //! no engine is a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/docker.rs"]
-mod docker_support;
+use crate::support::docker as docker_support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

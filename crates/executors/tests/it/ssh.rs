@@ -10,8 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/sshd.rs"]
-mod sshd;
+use crate::support::sshd;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
