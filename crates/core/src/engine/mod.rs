@@ -717,11 +717,18 @@ impl Conductor {
             tokio::task::spawn_blocking(move || {
                 for t in &targets {
                     for (i, step) in spec.steps.iter().enumerate() {
+                        let run = worker::RunView {
+                            id,
+                            spec: &spec,
+                            version,
+                            attempt: 1,
+                            params: &params,
+                        };
                         worker::render_step(
                             &inner.templates,
                             step,
-                            t,
-                            &worker::template_context(id, &spec, version, 1, &params, t),
+                            worker::exec_quoting(&inner, t),
+                            &worker::template_context(&run, t),
                         )
                         .map_err(|m| {
                             // Paths name their own field (`steps[1].copy.dest`).
@@ -751,6 +758,22 @@ impl Conductor {
         drop(inner);
         for t in &targets {
             for (i, step) in spec.steps.iter().enumerate() {
+                // What the target's executor cannot do is the submitter's
+                // error, not a failed run later.
+                if let Some(e) = self.inner.executors.get(t.connection.kind()) {
+                    let caps = e.capabilities();
+                    let missing = match step.action {
+                        Action::Script { .. } if !caps.script => Some("scripts"),
+                        Action::Copy { .. } if !caps.copy => Some("copies"),
+                        _ => None,
+                    };
+                    if let Some(what) = missing {
+                        return Err(Error::validation(
+                            format!("steps[{i}] ({}) on target '{}'", step.name, t.name),
+                            format!("{} targets cannot run {what}", e.kind()),
+                        ));
+                    }
+                }
                 if !step.limits.is_empty() {
                     let kind = t.connection.kind();
                     let checked = match self.inner.executors.get(kind) {
