@@ -462,17 +462,14 @@ steps:
 "#,
     )
     .await;
-    let submit = |target: &str| {
-        env.oc.submit(
-            SubmitRequest::new("greet")
-                .params(json!({ "who": "it's me" }))
-                .targets(target),
-            &me(),
-        )
+    let req = |target: &str| {
+        SubmitRequest::new("greet")
+            .params(json!({ "who": "it's me" }))
+            .targets(target)
     };
-    let queued = submit("win-ps").await.unwrap();
+    let queued = env.oc.submit(req("win-ps"), &me()).await.unwrap();
     assert_eq!(queued.status, RunStatus::Queued);
-    let err = submit("win-cmd").await.unwrap_err();
+    let err = env.oc.submit(req("win-cmd"), &me()).await.unwrap_err();
     assert!(
         matches!(&err, Error::Validation { field: Some(f), .. } if f.contains("win-cmd")),
         "{err}"

@@ -911,9 +911,11 @@ impl Conductor {
     pub async fn wait(&self, id: RunId) -> Result<Run> {
         let mut rx = self.inner.bus.subscribe();
         loop {
-            let run = self.get_run(id).await?;
-            if run.status.is_terminal() {
-                return Ok(run);
+            // Only the status, after every change: decoding the whole run
+            // (its job spec) each time would cost a long job more than its steps.
+            let status = self.inner.store.run_status(id).await?;
+            if status.is_none_or(|s| s.is_terminal()) {
+                return self.get_run(id).await;
             }
             self.wait_event(&mut rx, id, self.inner.config.follow_poll)
                 .await;
@@ -950,8 +952,12 @@ impl Conductor {
             loop {
                 // Read the status before the logs: a run that had ended before
                 // this read has all its logs stored, so the read below gets them.
-                let ended = match this.get_run(id).await {
-                    Ok(r) => r.status.is_terminal(),
+                let ended = match this.inner.store.run_status(id).await {
+                    Ok(Some(s)) => s.is_terminal(),
+                    Ok(None) => {
+                        let _ = tx.send(Err(Error::not_found("run", id.to_string()))).await;
+                        return;
+                    }
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         return;

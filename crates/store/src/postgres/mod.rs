@@ -650,6 +650,82 @@ impl RunStore for PostgresStore {
         self.put_step_result_guarded(Some(worker), result).await
     }
 
+    /// One statement (one round trip) for all of them: the rows arrive as
+    /// arrays and are inserted only while `worker` holds the run.
+    async fn put_step_results_as(&self, worker: &str, results: &[StepResult]) -> Result<bool> {
+        let Some(first) = results.first() else {
+            return Ok(true);
+        };
+        if results
+            .iter()
+            .any(|r| r.run_id != first.run_id || r.attempt != first.attempt)
+        {
+            return Err(Error::validation(
+                "step results",
+                "a guarded batch takes the results of one run and attempt only",
+            ));
+        }
+        let done = sqlx::query(concat!(
+            "WITH owner AS (SELECT 1 FROM runs WHERE id = $1 AND worker = $2 \
+               AND attempt = $3 AND status = 'running' FOR SHARE) \
+             INSERT INTO step_results (",
+            step_columns!(),
+            ") SELECT $1, u.step, u.target, u.status, u.exit_code, u.signal, u.error, $3, \
+                 u.started_at, u.finished_at \
+             FROM owner, UNNEST($4::BIGINT[], $5::TEXT[], $6::TEXT[], $7::INTEGER[], \
+                 $8::INTEGER[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[]) \
+               AS u(step, target, status, exit_code, signal, error, started_at, finished_at) \
+             ON CONFLICT (run_id, step, target) DO UPDATE SET \
+               status = EXCLUDED.status, exit_code = EXCLUDED.exit_code, \
+               signal = EXCLUDED.signal, error = EXCLUDED.error, attempt = EXCLUDED.attempt, \
+               started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at"
+        ))
+        .bind(first.run_id.to_string())
+        .bind(worker)
+        .bind(i64::from(first.attempt))
+        .bind(
+            results
+                .iter()
+                .map(|r| i64::from(r.step))
+                .collect::<Vec<_>>(),
+        )
+        .bind(results.iter().map(|r| r.target.clone()).collect::<Vec<_>>())
+        .bind(
+            results
+                .iter()
+                .map(|r| r.status.as_str().to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(results.iter().map(|r| r.exit_code).collect::<Vec<_>>())
+        .bind(results.iter().map(|r| r.signal).collect::<Vec<_>>())
+        .bind(results.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
+        .bind(
+            results
+                .iter()
+                .map(|r| micros(r.started_at))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            results
+                .iter()
+                .map(|r| r.finished_at.map(micros))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(self.run_write_fail("recording step results", &[first.run_id]))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn run_status(&self, id: RunId) -> Result<Option<RunStatus>> {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.fail("reading a run's status"))?;
+        status.map(|s| s.parse()).transpose()
+    }
+
     async fn step_results(&self, id: RunId) -> Result<Vec<StepResult>> {
         let rows = sqlx::query(concat!(
             "SELECT ",

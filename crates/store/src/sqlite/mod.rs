@@ -651,6 +651,56 @@ impl RunStore for SqliteStore {
         self.put_step_result_guarded(Some(worker), result).await
     }
 
+    /// One write transaction (so one commit) for all of them; each row is
+    /// guarded like [`put_step_result_as`](Self::put_step_result_as), and a
+    /// refused one rolls back the others.
+    async fn put_step_results_as(&self, worker: &str, results: &[StepResult]) -> Result<bool> {
+        let op = "recording step results";
+        let _w = self.writer().await;
+        let mut tx = self.begin_write(op).await?;
+        for r in results {
+            let done = sqlx::query(concat!(
+                "INSERT INTO step_results (",
+                step_columns!(),
+                ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 \
+                 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND worker = ?11 \
+                   AND attempt = ?8 AND status = 'running') \
+                 ON CONFLICT (run_id, step, target) DO UPDATE SET \
+                   status = excluded.status, exit_code = excluded.exit_code, \
+                   signal = excluded.signal, error = excluded.error, attempt = excluded.attempt, \
+                   started_at = excluded.started_at, finished_at = excluded.finished_at"
+            ))
+            .bind(r.run_id.to_string())
+            .bind(i64::from(r.step))
+            .bind(&r.target)
+            .bind(r.status.as_str())
+            .bind(r.exit_code)
+            .bind(r.signal)
+            .bind(r.error.as_deref())
+            .bind(i64::from(r.attempt))
+            .bind(micros(r.started_at))
+            .bind(r.finished_at.map(micros))
+            .bind(worker)
+            .execute(&mut *tx)
+            .await
+            .map_err(run_write_error(op, &[r.run_id]))?;
+            if done.rows_affected() == 0 {
+                return Ok(false);
+            }
+        }
+        tx.commit().await.ctx(op)?;
+        Ok(true)
+    }
+
+    async fn run_status(&self, id: RunId) -> Result<Option<RunStatus>> {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .ctx("reading a run's status")?;
+        status.map(|s| s.parse()).transpose()
+    }
+
     async fn step_results(&self, id: RunId) -> Result<Vec<StepResult>> {
         let rows = sqlx::query(concat!(
             "SELECT ",

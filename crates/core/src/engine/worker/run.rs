@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::Utc;
 use futures::{FutureExt, StreamExt};
@@ -35,6 +36,10 @@ pub(crate) struct RunState {
     /// What earlier attempts recorded, by (step, target).
     pub previous: HashMap<(u32, String), StepResult>,
     pub secrets: RunSecrets,
+    /// Finished results not stored yet (see [`RunState::record`]).
+    pub pending: std::sync::Mutex<Vec<StepResult>>,
+    /// Step tasks of the current round that have not ended yet.
+    pub in_flight: AtomicUsize,
 }
 
 /// How a run ended, to be recorded by its owner.
@@ -257,7 +262,8 @@ async fn run_guarded(st: Option<RunState>) -> Option<RunEnd> {
         st.worker.clone(),
         st.run.attempt,
     );
-    match std::panic::AssertUnwindSafe(run_steps(Arc::new(st)))
+    let st = Arc::new(st);
+    match std::panic::AssertUnwindSafe(run_steps(st.clone()))
         .catch_unwind()
         .await
     {
@@ -265,6 +271,8 @@ async fn run_guarded(st: Option<RunState>) -> Option<RunEnd> {
         Err(panic) => {
             let why = format!("internal error: {}", panic_message(panic.as_ref()));
             tracing::error!(run = %id, "{why}");
+            // A result held back is true: store it before failing the rest.
+            st.flush_pending().await;
             fail_running_results(&inner, id, &worker, attempt, &why).await;
             Some(RunEnd::failed(why))
         }
@@ -330,6 +338,8 @@ impl RunState {
             sink,
             previous,
             secrets: p.secrets,
+            pending: std::sync::Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -383,10 +393,15 @@ async fn run_steps(state: Arc<RunState>) -> Option<RunEnd> {
         if state.stop.is_stopped() || state.deadline_passed() {
             break;
         }
-        let live = (0..n).filter(|ti| progress.alive[*ti]);
-        let ends: Vec<(usize, StepEnd)> = futures::stream::iter(live.map(|ti| {
+        let live: Vec<usize> = (0..n).filter(|ti| progress.alive[*ti]).collect();
+        state.in_flight.store(live.len(), Ordering::SeqCst);
+        let ends: Vec<(usize, StepEnd)> = futures::stream::iter(live.into_iter().map(|ti| {
             let st = state.clone();
-            async move { (ti, step_on_target(&st, si as u32, ti).await) }
+            async move {
+                let end = step_on_target(&st, si as u32, ti).await;
+                st.in_flight.fetch_sub(1, Ordering::SeqCst);
+                (ti, end)
+            }
         }))
         .buffer_unordered(concurrency)
         .collect()
@@ -398,6 +413,7 @@ async fn run_steps(state: Arc<RunState>) -> Option<RunEnd> {
             break;
         }
     }
+    state.flush_pending().await;
     // Later steps of targets that stopped are recorded as skipped, for a complete picture.
     if !state.stop.is_stopped() && progress.alive.iter().any(|a| !*a) {
         record_skipped(&state, &progress.alive).await;

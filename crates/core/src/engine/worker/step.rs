@@ -2,6 +2,7 @@
 //! the target's session, running the action, and recording how it ended.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -56,8 +57,13 @@ pub(crate) struct StepOutcome<'a> {
 }
 
 impl RunState {
-    /// Stores a step result (retrying through a store outage) unless this
-    /// worker lost the run; a result the store refuses fences the worker.
+    /// Stores a step result unless this worker lost the run. A finished
+    /// result of the last step task of a round still going is held back
+    /// instead: the next write — the next step starting, moments later, or
+    /// the end of the steps — stores it together with its own (one write per
+    /// step instead of two). Nothing is held while other steps of the round
+    /// still run, so a result never waits in memory longer than it takes to
+    /// start the next step.
     pub(crate) async fn record(&self, o: StepOutcome<'_>) {
         if self.stop.lease_lost() {
             return;
@@ -76,8 +82,56 @@ impl RunState {
             started_at: o.started,
             finished_at: (o.status != StepStatus::Running).then(Utc::now),
         };
-        let stored = persist(&self.inner, "recording a step result", || {
-            self.inner.store.put_step_result_as(&self.worker, &r)
+        let mut batch = self.take_pending();
+        if r.status != StepStatus::Running && self.in_flight.load(Ordering::SeqCst) <= 1 {
+            batch.push(r);
+            self.hold_back(batch);
+            return;
+        }
+        batch.push(r);
+        self.store_results(batch).await;
+    }
+
+    /// Stores what [`record`](Self::record) held back, if anything.
+    pub(crate) async fn flush_pending(&self) {
+        let batch = self.take_pending();
+        if !batch.is_empty() && !self.stop.lease_lost() {
+            self.store_results(batch).await;
+        }
+    }
+
+    fn take_pending(&self) -> Vec<StepResult> {
+        match self.pending.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        }
+    }
+
+    fn hold_back(&self, batch: Vec<StepResult>) {
+        match self.pending.lock() {
+            Ok(mut p) => *p = batch,
+            Err(p) => *p.into_inner() = batch,
+        }
+    }
+
+    /// Writes results (retrying through a store outage); a write the store
+    /// refuses fences the worker.
+    async fn store_results(&self, mut batch: Vec<StepResult>) {
+        // A later result of the same step and target replaces an earlier one.
+        let mut seen = std::collections::HashSet::new();
+        batch.reverse();
+        batch.retain(|r| seen.insert((r.step, r.target.clone())));
+        batch.reverse();
+        let stored = persist(&self.inner, "recording a step result", || async {
+            match batch.as_slice() {
+                [one] => self.inner.store.put_step_result_as(&self.worker, one).await,
+                many => {
+                    self.inner
+                        .store
+                        .put_step_results_as(&self.worker, many)
+                        .await
+                }
+            }
         })
         .await;
         match stored {
