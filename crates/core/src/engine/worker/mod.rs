@@ -92,17 +92,8 @@ pub(crate) async fn worker_loop(inner: Arc<Inner>, idx: usize, slots: usize) {
         }
         if got.is_empty() {
             drop(permits);
-            let sleep = tokio::time::sleep(inner.config.poll);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    _ = inner.shutdown.cancelled() => break 'claiming,
-                    _ = &mut sleep => break,
-                    ev = rx.recv() => match ev {
-                        Ok(Event::Queued(_)) | Err(_) => break,
-                        Ok(_) => continue,
-                    },
-                }
+            if idle(&inner, &mut rx).await == Idle::Shutdown {
+                break 'claiming;
             }
             continue;
         }
@@ -120,6 +111,31 @@ pub(crate) async fn worker_loop(inner: Arc<Inner>, idx: usize, slots: usize) {
     }
     // Shutdown: let the runs in progress end (they hand back or finish).
     while running.join_next().await.is_some() {}
+}
+
+/// How an idle wait ended.
+#[derive(PartialEq, Eq)]
+enum Idle {
+    /// Look for work again.
+    Claim,
+    /// The process is shutting down.
+    Shutdown,
+}
+
+/// Waits, with nothing to run, for a queued run, the poll interval or shutdown.
+async fn idle(inner: &Inner, rx: &mut tokio::sync::broadcast::Receiver<Event>) -> Idle {
+    let sleep = tokio::time::sleep(inner.config.poll);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return Idle::Shutdown,
+            _ = &mut sleep => return Idle::Claim,
+            ev = rx.recv() => match ev {
+                Ok(Event::Queued(_)) | Err(_) => return Idle::Claim,
+                Ok(_) => continue,
+            },
+        }
+    }
 }
 
 /// Claims runs whose lease expired (their worker died), logging each.
