@@ -432,6 +432,50 @@ steps:
     );
 }
 
+/// `exec` lines are quoted as the target's executor says, because only it
+/// knows which shell reads them: a WinRM target whose shell is
+/// `powershell.exe` runs PowerShell, so a substitution is accepted (and
+/// PowerShell-quoted); cmd.exe, the default, has no safe quoting, so the
+/// same substitution is refused at submit. Nothing runs (no workers).
+#[cfg(feature = "winrm")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exec_quoting_comes_from_the_targets_executor() {
+    let env = engine().await;
+    env.apply(
+        r#"
+kind: Target
+name: win-ps
+connection: { type: winrm, host: 127.0.0.1, port: 9, auth: basic }
+vars: { shell: powershell.exe }
+---
+kind: Target
+name: win-cmd
+connection: { type: winrm, host: 127.0.0.1, port: 9, auth: basic }
+---
+kind: Job
+name: greet
+params:
+  type: object
+  properties: { who: { type: string } }
+steps:
+  - exec: Write-Output {{ params.who }}
+"#,
+    )
+    .await;
+    let req = |target: &str| {
+        SubmitRequest::new("greet")
+            .params(json!({ "who": "it's me" }))
+            .targets(target)
+    };
+    let queued = env.oc.submit(req("win-ps"), &me()).await.unwrap();
+    assert_eq!(queued.status, RunStatus::Queued);
+    let err = env.oc.submit(req("win-cmd"), &me()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Validation { field: Some(f), .. } if f.contains("win-cmd")),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn step_limits_on_a_target_that_takes_none_are_refused_at_submit() {
     let env = engine().await;

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{RunId, Stream, Target};
+use crate::template::Quoting;
 
 /// The decrypted credential of a target. Its `Debug` never prints the value.
 #[derive(Clone)]
@@ -204,7 +205,13 @@ pub struct Probe {
 }
 
 /// What an executor supports, for the engine and the tests to ask.
-#[derive(Debug, Clone, Copy, Default)]
+///
+/// The engine refuses, at submit, a `script` or `copy` step on a target whose
+/// executor lacks it (the submitter's error, not a failed run); the behaviour
+/// suite reads `signals` to know whether a killed process must report its
+/// signal. Stopping the whole process tree on deadline or cancel is not a
+/// capability but a rule every executor MUST follow (module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
     /// Can write files.
@@ -213,8 +220,28 @@ pub struct Capabilities {
     pub script: bool,
     /// Reports the killing signal.
     pub signals: bool,
-    /// Has process groups (kills descendants too).
-    pub process_groups: bool,
+}
+
+impl Capabilities {
+    /// Everything: copies, scripts and signals. The one constructor executors
+    /// use (the struct is `#[non_exhaustive]`), narrowed with the `without_*`
+    /// methods where a connection kind cannot do something.
+    pub const fn full() -> Self {
+        Self {
+            copy: true,
+            script: true,
+            signals: true,
+        }
+    }
+
+    /// The same, except that killing signals are not reported (the process
+    /// ends with an exit code that cannot be told from a normal exit).
+    pub const fn without_signals(self) -> Self {
+        Self {
+            signals: false,
+            ..self
+        }
+    }
 }
 
 /// A piece of output from an executor.
@@ -338,6 +365,15 @@ pub trait Executor: Send + Sync {
     /// `None` for connection kinds without host keys.
     async fn fetch_host_key(&self, _target: &Target) -> Result<Option<String>, ExecError> {
         Ok(None)
+    }
+
+    /// How values substituted into `exec` command lines on `target` are
+    /// quoted: the executor knows which shell will read the line. The default
+    /// is POSIX shell quoting (`sh -c`); an executor whose shell has no safe
+    /// quoting (Windows `cmd.exe`) answers [`Quoting::Refuse`], so templates
+    /// that substitute values are refused at submit instead of becoming code.
+    fn quoting(&self, _target: &Target) -> Quoting {
+        Quoting::Shell
     }
 
     /// Whether a step may run on `target` with these per-step `limits`

@@ -154,6 +154,19 @@ pub trait RunStore: Send + Sync {
     /// must still be `running`; otherwise nothing is written and the answer
     /// is `Ok(false)`.
     async fn put_step_result_as(&self, worker: &str, result: &StepResult) -> Result<bool>;
+    /// Several results of one run and attempt at once, for its current owner
+    /// only (as [`put_step_result_as`](Self::put_step_result_as)): a
+    /// finished step and the next one starting cost one write instead of two.
+    /// All are written or, when `worker` no longer holds the run, none
+    /// (`Ok(false)`). The default writes them one by one.
+    async fn put_step_results_as(&self, worker: &str, results: &[StepResult]) -> Result<bool> {
+        for r in results {
+            if !self.put_step_result_as(worker, r).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
     /// All results of a run, by step then target.
     async fn step_results(&self, id: RunId) -> Result<Vec<StepResult>>;
     /// One page of a run's results in the order of
@@ -168,6 +181,12 @@ pub trait RunStore: Send + Sync {
         after: Option<(u32, &str)>,
         limit: usize,
     ) -> Result<Vec<StepResult>>;
+    /// The status of a run (`None`: no such run), for waiters and followers
+    /// that ask after every change: without decoding the run's job spec,
+    /// which for a job of thousands of steps costs more than the step.
+    async fn run_status(&self, id: RunId) -> Result<Option<RunStatus>> {
+        Ok(self.get_run(id).await?.map(|r| r.status))
+    }
 }
 
 /// The ordered output of runs.

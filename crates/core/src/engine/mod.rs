@@ -718,11 +718,18 @@ impl Conductor {
             tokio::task::spawn_blocking(move || {
                 for t in &targets {
                     for (i, step) in spec.steps.iter().enumerate() {
+                        let run = worker::RunView {
+                            id,
+                            spec: &spec,
+                            version,
+                            attempt: 1,
+                            params: &params,
+                        };
                         worker::render_step(
                             &inner.templates,
                             step,
-                            t,
-                            &worker::template_context(id, &spec, version, 1, &params, t),
+                            worker::exec_quoting(&inner, t),
+                            &worker::template_context(&run, t),
                         )
                         .map_err(|m| {
                             // Paths name their own field (`steps[1].copy.dest`).
@@ -752,6 +759,22 @@ impl Conductor {
         drop(inner);
         for t in &targets {
             for (i, step) in spec.steps.iter().enumerate() {
+                // What the target's executor cannot do is the submitter's
+                // error, not a failed run later.
+                if let Some(e) = self.inner.executors.get(t.connection.kind()) {
+                    let caps = e.capabilities();
+                    let missing = match step.action {
+                        Action::Script { .. } if !caps.script => Some("scripts"),
+                        Action::Copy { .. } if !caps.copy => Some("copies"),
+                        _ => None,
+                    };
+                    if let Some(what) = missing {
+                        return Err(Error::validation(
+                            format!("steps[{i}] ({}) on target '{}'", step.name, t.name),
+                            format!("{} targets cannot run {what}", e.kind()),
+                        ));
+                    }
+                }
                 if !step.limits.is_empty() {
                     let kind = t.connection.kind();
                     let checked = match self.inner.executors.get(kind) {
@@ -889,9 +912,11 @@ impl Conductor {
     pub async fn wait(&self, id: RunId) -> Result<Run> {
         let mut rx = self.inner.bus.subscribe();
         loop {
-            let run = self.get_run(id).await?;
-            if run.status.is_terminal() {
-                return Ok(run);
+            // Only the status, after every change: decoding the whole run
+            // (its job spec) each time would cost a long job more than its steps.
+            let status = self.inner.store.run_status(id).await?;
+            if status.is_none_or(|s| s.is_terminal()) {
+                return self.get_run(id).await;
             }
             self.wait_event(&mut rx, id, self.inner.config.follow_poll)
                 .await;
@@ -928,8 +953,12 @@ impl Conductor {
             loop {
                 // Read the status before the logs: a run that had ended before
                 // this read has all its logs stored, so the read below gets them.
-                let ended = match this.get_run(id).await {
-                    Ok(r) => r.status.is_terminal(),
+                let ended = match this.inner.store.run_status(id).await {
+                    Ok(Some(s)) => s.is_terminal(),
+                    Ok(None) => {
+                        let _ = tx.send(Err(Error::not_found("run", id.to_string()))).await;
+                        return;
+                    }
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         return;

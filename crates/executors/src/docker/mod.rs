@@ -384,15 +384,9 @@ impl Executor for DockerExecutor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut caps = Capabilities::default();
-        caps.copy = true;
-        caps.script = true;
         // The engine reports 128 + N for a signal; it cannot be told from
         // an exit code.
-        caps.signals = false;
-        // Killing the container kills everything in it.
-        caps.process_groups = true;
-        caps
+        Capabilities::full().without_signals()
     }
 
     async fn connect(

@@ -106,12 +106,7 @@ impl Executor for LocalExecutor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut caps = Capabilities::default();
-        caps.copy = true;
-        caps.script = true;
-        caps.signals = true;
-        caps.process_groups = true;
-        caps
+        Capabilities::full()
     }
 
     async fn connect(

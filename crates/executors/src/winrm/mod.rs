@@ -316,14 +316,14 @@ impl Executor for WinRmExecutor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut caps = Capabilities::default();
-        caps.copy = true;
-        caps.script = true;
         // Windows has no signals: a stopped command has an exit code.
-        caps.signals = false;
-        // Terminate + shell deletion end everything the command started.
-        caps.process_groups = true;
-        caps
+        Capabilities::full().without_signals()
+    }
+
+    /// The target's shell decides ([`WinRmExecutor::quoting_for`]); cmd.exe
+    /// has no safe quoting, so substitutions into its lines are refused.
+    fn quoting(&self, target: &Target) -> Quoting {
+        self.quoting_for(target).unwrap_or(Quoting::Refuse)
     }
 
     async fn connect(
@@ -499,10 +499,33 @@ mod tests {
         assert_eq!(ps.quoting_for(&Target::local()), Some(Quoting::PowerShell));
     }
 
+    /// The engine asks the executor (`Executor::quoting`), and the executor
+    /// answers for the shell it will really run: `powershell.exe` runs
+    /// PowerShell, so its lines get PowerShell quoting; cmd (the default)
+    /// and an unknown shell have no safe quoting.
+    #[test]
+    fn the_engine_gets_the_quoting_of_the_shell_that_runs() {
+        let exec = WinRmExecutor::new();
+        let quoting = |shell: Option<&str>| {
+            let mut t = Target::local();
+            if let Some(s) = shell {
+                t.vars.insert("shell".into(), s.into());
+            }
+            Executor::quoting(&exec, &t)
+        };
+        assert_eq!(quoting(Some("powershell.exe")), Quoting::PowerShell);
+        assert_eq!(quoting(Some("PowerShell")), Quoting::PowerShell);
+        assert_eq!(quoting(Some("pwsh.exe")), Quoting::PowerShell);
+        assert_eq!(quoting(Some("sh")), Quoting::Shell);
+        assert_eq!(quoting(Some("cmd.exe")), Quoting::Refuse);
+        assert_eq!(quoting(None), Quoting::Refuse);
+        assert_eq!(quoting(Some("fish")), Quoting::Refuse);
+    }
+
     #[test]
     fn capabilities() {
         let caps = WinRmExecutor::new().capabilities();
-        assert!(caps.copy && caps.script && caps.process_groups && !caps.signals);
+        assert!(caps.copy && caps.script && !caps.signals);
         assert_eq!(WinRmExecutor::new().kind(), "winrm");
     }
 }

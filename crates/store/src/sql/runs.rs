@@ -32,6 +32,23 @@ macro_rules! run_sql {
             /// `step_results_page` limit when the caller passes 0.
             const DEFAULT_RESULT_LIMIT: usize = 1000;
 
+            /// The guarded upsert of one step result: written only while
+            /// worker `$12` holds run `$11` at attempt `$8`.
+            const GUARDED_RESULT: &str = concat!(
+                            "WITH owner AS (SELECT 1 FROM runs WHERE id = $11 AND worker = $12 \
+                               AND attempt = $8 AND status = 'running'",
+                            $owner_lock,
+                            ") INSERT INTO step_results (",
+                            step_columns!(),
+                            ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM owner \
+                             WHERE TRUE \
+                             ON CONFLICT (run_id, step, target) DO UPDATE SET \
+                               status = excluded.status, exit_code = excluded.exit_code, \
+                               signal = excluded.signal, error = excluded.error, \
+                               attempt = excluded.attempt, started_at = excluded.started_at, \
+                               finished_at = excluded.finished_at"
+                        );
+
             impl $store {
                 /// Takes runs with one of the backend's claim statements (see
                 /// `crate::sql`), oldest first.
@@ -77,20 +94,7 @@ macro_rules! run_sql {
                     result: &StepResult,
                 ) -> Result<bool> {
                     let sql = if owner.is_some() {
-                        concat!(
-                            "WITH owner AS (SELECT 1 FROM runs WHERE id = $11 AND worker = $12 \
-                               AND attempt = $8 AND status = 'running'",
-                            $owner_lock,
-                            ") INSERT INTO step_results (",
-                            step_columns!(),
-                            ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM owner \
-                             WHERE TRUE \
-                             ON CONFLICT (run_id, step, target) DO UPDATE SET \
-                               status = excluded.status, exit_code = excluded.exit_code, \
-                               signal = excluded.signal, error = excluded.error, \
-                               attempt = excluded.attempt, started_at = excluded.started_at, \
-                               finished_at = excluded.finished_at"
-                        )
+                        GUARDED_RESULT
                     } else {
                         concat!(
                             "INSERT INTO step_results (",
@@ -636,6 +640,54 @@ macro_rules! run_sql {
 
                 async fn put_step_result_as(&self, worker: &str, result: &StepResult) -> Result<bool> {
                     self.put_step_result_guarded(Some(worker), result).await
+                }
+
+                /// One write transaction (one commit) for all of them; each
+                /// row is guarded like `put_step_result_as`, and a refused one
+                /// rolls back the others.
+                async fn put_step_results_as(
+                    &self,
+                    worker: &str,
+                    results: &[StepResult],
+                ) -> Result<bool> {
+                    if results.is_empty() {
+                        return Ok(true);
+                    }
+                    let op = "recording step results";
+                    let (_turn, mut tx) = self.write_tx(op, Lock::Rows).await?;
+                    for r in results {
+                        let done = sqlx::query(GUARDED_RESULT)
+                            .bind(r.run_id.to_string())
+                            .bind(i64::from(r.step))
+                            .bind(&r.target)
+                            .bind(r.status.as_str())
+                            .bind(r.exit_code)
+                            .bind(r.signal)
+                            .bind(r.error.as_deref())
+                            .bind(i64::from(r.attempt))
+                            .bind(micros(r.started_at))
+                            .bind(r.finished_at.map(micros))
+                            .bind(r.run_id.to_string())
+                            .bind(worker)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(run_write_error(op, &[r.run_id], self.fail(op)))?;
+                        if done.rows_affected() == 0 {
+                            return Ok(false);
+                        }
+                    }
+                    tx.commit().await.map_err(self.fail(op))?;
+                    Ok(true)
+                }
+
+                async fn run_status(&self, id: RunId) -> Result<Option<RunStatus>> {
+                    let status: Option<String> =
+                        sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
+                            .bind(id.to_string())
+                            .fetch_optional(&self.pool)
+                            .await
+                            .map_err(self.fail("reading a run's status"))?;
+                    status.map(|s| s.parse()).transpose()
                 }
 
                 async fn step_results(&self, id: RunId) -> Result<Vec<StepResult>> {

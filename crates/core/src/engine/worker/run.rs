@@ -1,0 +1,510 @@
+//! One claimed run from start to end: registering it, its watchers and log
+//! writer, every step on every target with bounded concurrency, and the
+//! run's end — also after a panic, which never leaves a run `running`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chrono::Utc;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::super::Inner;
+use super::super::secrets::RunSecrets;
+use super::lease::{LeaseClock, RunStop, StopReason, Watchers, after};
+use super::logs::LogWriter;
+use super::persist;
+use super::step::{Outcome, StepEnd, step_on_target};
+use crate::bus::Event;
+use crate::executor::{OutputSink, Session};
+use crate::mask::Masker;
+use crate::model::{Run, RunId, RunStatus, StepResult, StepStatus, Stream, Target};
+
+/// Per-run state shared by the step tasks.
+pub(crate) struct RunState {
+    pub inner: Arc<Inner>,
+    pub run: Run,
+    pub worker: String,
+    pub stop: Arc<RunStop>,
+    pub clock: Arc<LeaseClock>,
+    pub run_deadline: Option<Instant>,
+    pub sink: OutputSink,
+    pub targets: Vec<Option<Target>>,
+    pub sessions: Vec<Mutex<Option<Box<dyn Session>>>>,
+    /// What earlier attempts recorded, by (step, target).
+    pub previous: HashMap<(u32, String), StepResult>,
+    pub secrets: RunSecrets,
+    /// Finished results not stored yet (see [`RunState::record`]).
+    pub pending: std::sync::Mutex<Vec<StepResult>>,
+    /// Step tasks of the current round that have not ended yet.
+    pub in_flight: AtomicUsize,
+}
+
+/// How a run ended, to be recorded by its owner.
+pub(crate) struct RunEnd {
+    pub status: RunStatus,
+    pub error: Option<String>,
+}
+
+impl RunEnd {
+    fn failed(why: String) -> Self {
+        Self {
+            status: RunStatus::Failed,
+            error: Some(why),
+        }
+    }
+}
+
+/// Who holds a run: the worker name its writes are guarded by, its stop
+/// switch and its lease clock.
+struct Hold {
+    worker: String,
+    stop: Arc<RunStop>,
+    clock: Arc<LeaseClock>,
+}
+
+/// What a run needs before its first step: its targets (`None` for one that
+/// no longer exists) and its decrypted secrets.
+struct Prepared {
+    targets: Vec<Option<Target>>,
+    secrets: RunSecrets,
+}
+
+/// Executes a claimed run inside a tracing span naming the run, its job and
+/// the request that submitted it, so every log line of the run can be
+/// matched with the API request (`request_id`) that made it.
+///
+/// A panic anywhere in the run's execution never leaves it `running`: it is
+/// caught here and the run is finished `failed` with the panic message (its
+/// heartbeat and watcher stop through drop guards while the panic unwinds).
+pub(crate) async fn execute_run(inner: Arc<Inner>, run: Run) {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "run",
+        run_id = %run.id,
+        job = %run.job,
+        attempt = run.attempt,
+        request_id = %run.request_id.as_deref().unwrap_or("-"),
+    );
+    let (id, attempt) = (run.id, run.attempt);
+    let worker = worker_of(&inner, &run);
+    async move {
+        tracing::info!("run started");
+        let ended = std::panic::AssertUnwindSafe(run_to_end(inner.clone(), run))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = ended {
+            let why = format!("internal error: {}", panic_message(panic.as_ref()));
+            tracing::error!(run = %id, "{why}");
+            fail_running_results(&inner, id, &worker, attempt, &why).await;
+            finish(&inner, id, &worker, attempt, RunEnd::failed(why)).await;
+        }
+        tracing::info!("run ended");
+    }
+    .instrument(span)
+    .await
+}
+
+/// The worker name a claimed run was claimed under.
+fn worker_of(inner: &Inner, run: &Run) -> String {
+    run.worker
+        .clone()
+        .unwrap_or_else(|| inner.config.worker_name.clone())
+}
+
+/// The text of a panic payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    format!("the worker panicked while running the run: {msg}")
+}
+
+/// After a panic: results of this attempt still `running` become `failed`
+/// (only if this worker still holds the run).
+async fn fail_running_results(inner: &Inner, id: RunId, worker: &str, attempt: u32, why: &str) {
+    if let Ok(results) = inner.store.step_results(id).await {
+        for mut r in results {
+            if r.status == StepStatus::Running && r.attempt == attempt {
+                r.status = StepStatus::Failed;
+                r.error = Some(why.to_string());
+                r.finished_at = Some(Utc::now());
+                let _ = inner.store.put_step_result_as(worker, &r).await;
+            }
+        }
+    }
+}
+
+/// Records the end of a run this worker holds.
+async fn finish(inner: &Inner, id: RunId, worker: &str, attempt: u32, end: RunEnd) {
+    let finished = persist(inner, "recording the end of the run", || {
+        inner
+            .store
+            .finish_run(id, worker, attempt, end.status, end.error.as_deref())
+    })
+    .await;
+    match finished {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(run = %id, "run was taken over before it finished; result not recorded")
+        }
+        Err(e) => tracing::error!(run = %id, error = %e, "recording the end of the run failed"),
+    }
+    inner.publish(Event::Updated(id));
+}
+
+/// Removes a run from the process's active runs when dropped (also while a
+/// panic unwinds).
+struct Registered<'a> {
+    inner: &'a Inner,
+    id: RunId,
+}
+
+impl<'a> Registered<'a> {
+    fn new(inner: &'a Inner, id: RunId, stop: Arc<RunStop>) -> Self {
+        if let Ok(mut a) = inner.active.lock() {
+            a.insert(id, stop);
+        }
+        Self { inner, id }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        match self.inner.active.lock() {
+            Ok(mut a) => a.remove(&self.id),
+            Err(p) => p.into_inner().remove(&self.id),
+        };
+    }
+}
+
+/// Executes a claimed run to its end, unless its lease is lost.
+async fn run_to_end(inner: Arc<Inner>, run: Run) {
+    let (id, attempt) = (run.id, run.attempt);
+    let worker = worker_of(&inner, &run);
+    let stop = RunStop::new();
+    if run.cancel_requested {
+        stop.stop(StopReason::Cancel);
+    }
+    let _registered = Registered::new(&inner, id, stop.clone());
+    let clock = Arc::new(LeaseClock::new(&inner, &run));
+    // Dropped (so stopped) also when this future unwinds.
+    let watchers = Watchers::start(&inner, &run, &worker, clock.clone(), stop.clone());
+
+    // The next log `seq` continues the run's log (after a rescue too). If it
+    // cannot be read even after retrying, leave the run for rescue rather
+    // than number output twice.
+    let Ok(start_seq) = persist(&inner, "reading the run's log position", || {
+        inner.store.last_log_seq(id)
+    })
+    .await
+    else {
+        watchers.stop().await;
+        return;
+    };
+    // Targets and secrets first: the log writer must know every secret value
+    // before the first byte of output.
+    let prepared = prepare(&inner, &run).await;
+    let (sink, rx) = OutputSink::channel(1024);
+    let writer = LogWriter {
+        inner: inner.clone(),
+        id,
+        worker: worker.clone(),
+        attempt,
+        stop: stop.clone(),
+        seq: start_seq,
+        masker: match &prepared {
+            Ok(Some(p)) => p.secrets.masker.clone(),
+            _ => Masker::none(),
+        },
+    };
+    let writer = tokio::spawn(writer.run(rx));
+    let end = match prepared {
+        Ok(Some(p)) => {
+            let hold = Hold {
+                worker: worker.clone(),
+                stop: stop.clone(),
+                clock,
+            };
+            run_guarded(RunState::new(inner.clone(), run, hold, sink, p).await).await
+        }
+        Ok(None) => None,
+        Err(e) => {
+            let why = format!("cannot start: {e}");
+            sink.write(Stream::System, format!("error: {why}\n")).await;
+            drop(sink);
+            Some(RunEnd::failed(why))
+        }
+    };
+    // Every sink clone is gone; the writer ends once it stored all output.
+    let _ = writer.await;
+    watchers.stop().await;
+    let Some(end) = end else { return };
+    if stop.lease_lost() {
+        tracing::warn!(run = %id, "lost the lease; another worker may own this run now, so nothing more is recorded");
+        return;
+    }
+    finish(&inner, id, &worker, attempt, end).await;
+}
+
+/// Runs the steps, turning a panic among them into a failed run (the run's
+/// state — sessions, output sink — is dropped while unwinding, so the log
+/// writer ends once it stored what came before).
+async fn run_guarded(st: Option<RunState>) -> Option<RunEnd> {
+    let st = st?;
+    let (inner, id, worker, attempt) = (
+        st.inner.clone(),
+        st.run.id,
+        st.worker.clone(),
+        st.run.attempt,
+    );
+    let st = Arc::new(st);
+    match std::panic::AssertUnwindSafe(run_steps(st.clone()))
+        .catch_unwind()
+        .await
+    {
+        Ok(end) => end,
+        Err(panic) => {
+            let why = format!("internal error: {}", panic_message(panic.as_ref()));
+            tracing::error!(run = %id, "{why}");
+            // A result held back is true: store it before failing the rest.
+            st.flush_pending().await;
+            fail_running_results(&inner, id, &worker, attempt, &why).await;
+            Some(RunEnd::failed(why))
+        }
+    }
+}
+
+/// Loads the run's targets and decrypts its secrets. `Ok(None)`: the store
+/// failed, leave the run for rescue; `Err`: the run cannot start (a missing
+/// secret, no master key) and fails.
+async fn prepare(inner: &Arc<Inner>, run: &Run) -> crate::error::Result<Option<Prepared>> {
+    let mut targets = Vec::with_capacity(run.targets.len());
+    for name in &run.targets {
+        let t = match inner.store.get_target(name).await {
+            Ok(Some(t)) => Some(t),
+            Ok(None) if name == "local" => Some(Target::local()),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(run = %run.id, error = %e, "cannot read targets; leaving the run for rescue");
+                return Ok(None);
+            }
+        };
+        targets.push(t);
+    }
+    let secrets = inner.run_secrets(run, &targets).await?;
+    Ok(Some(Prepared { targets, secrets }))
+}
+
+impl RunState {
+    /// The run's state before its first step: what earlier attempts recorded
+    /// (`None` when that cannot be read: the run is left for rescue) and the
+    /// run's deadline, counted from when it first started.
+    async fn new(
+        inner: Arc<Inner>,
+        run: Run,
+        hold: Hold,
+        sink: OutputSink,
+        p: Prepared,
+    ) -> Option<Self> {
+        let previous = match inner.store.step_results(run.id).await {
+            Ok(rs) => rs
+                .into_iter()
+                .map(|r| ((r.step, r.target.clone()), r))
+                .collect(),
+            Err(e) => {
+                tracing::error!(run = %run.id, error = %e, "cannot read earlier results; leaving the run for rescue");
+                return None;
+            }
+        };
+        let run_deadline = run.spec.timeout.map(|limit| {
+            let started = run.started_at.unwrap_or_else(Utc::now);
+            let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
+            after(limit.saturating_sub(elapsed))
+        });
+        Some(Self {
+            inner,
+            sessions: (0..run.targets.len()).map(|_| Mutex::new(None)).collect(),
+            targets: p.targets,
+            run,
+            worker: hold.worker,
+            stop: hold.stop,
+            clock: hold.clock,
+            run_deadline,
+            sink,
+            previous,
+            secrets: p.secrets,
+            pending: std::sync::Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn deadline_passed(&self) -> bool {
+        self.run_deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// Where the targets of a run stand after the steps so far.
+struct Progress {
+    /// Targets that go on to the next step.
+    alive: Vec<bool>,
+    /// The run's error: the first failure (masked).
+    first_failure: Option<String>,
+    /// Every target that stopped did so on a time limit.
+    only_timeouts: bool,
+}
+
+impl Progress {
+    /// Takes in how step `si` ended on target `ti`.
+    fn absorb(&mut self, st: &RunState, si: usize, ti: usize, end: StepEnd) {
+        let step = &st.run.spec.steps[si];
+        if end.outcome == Outcome::Ok || step.continue_on_error {
+            return;
+        }
+        self.alive[ti] = false;
+        if end.outcome != Outcome::TimedOut {
+            self.only_timeouts = false;
+        }
+        if self.first_failure.is_none() && end.outcome != Outcome::Cancelled {
+            let target = &st.run.targets[ti];
+            let why = end.why.unwrap_or_else(|| "failed".into());
+            // Stored as the run's error: masked like its output.
+            let why = st.secrets.masker.mask_str(&why);
+            self.first_failure = Some(format!("step '{}' on {target}: {why}", step.name));
+        }
+    }
+}
+
+/// Runs every step on every target; returns the run's end, or `None` when
+/// nothing should be recorded.
+async fn run_steps(state: Arc<RunState>) -> Option<RunEnd> {
+    let n = state.run.targets.len();
+    let mut progress = Progress {
+        alive: vec![true; n],
+        first_failure: None,
+        only_timeouts: true,
+    };
+    let concurrency = state.run.spec.concurrency.max(1);
+    for si in 0..state.run.spec.steps.len() {
+        if state.stop.is_stopped() || state.deadline_passed() {
+            break;
+        }
+        let live: Vec<usize> = (0..n).filter(|ti| progress.alive[*ti]).collect();
+        state.in_flight.store(live.len(), Ordering::SeqCst);
+        let ends: Vec<(usize, StepEnd)> = futures::stream::iter(live.into_iter().map(|ti| {
+            let st = state.clone();
+            async move {
+                let end = step_on_target(&st, si as u32, ti).await;
+                st.in_flight.fetch_sub(1, Ordering::SeqCst);
+                (ti, end)
+            }
+        }))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+        for (ti, end) in ends {
+            progress.absorb(&state, si, ti, end);
+        }
+        if !progress.alive.iter().any(|a| *a) {
+            break;
+        }
+    }
+    state.flush_pending().await;
+    // Later steps of targets that stopped are recorded as skipped, for a complete picture.
+    if !state.stop.is_stopped() && progress.alive.iter().any(|a| !*a) {
+        record_skipped(&state, &progress.alive).await;
+    }
+    for s in &state.sessions {
+        if let Some(session) = s.lock().await.take() {
+            session.close().await;
+        }
+    }
+    run_end(&state, progress)
+}
+
+/// Records every step without a result on a target that stopped as skipped.
+async fn record_skipped(state: &RunState, alive: &[bool]) {
+    let recorded: HashSet<(u32, String)> = match state.inner.store.step_results(state.run.id).await
+    {
+        Ok(rs) => rs.into_iter().map(|r| (r.step, r.target)).collect(),
+        Err(_) => Default::default(),
+    };
+    let steps = state.run.spec.steps.len() as u32;
+    for (ti, _) in alive.iter().enumerate().filter(|(_, a)| !**a) {
+        for si in 0..steps {
+            let key = (si, state.run.targets[ti].clone());
+            if recorded.contains(&key) {
+                continue;
+            }
+            let now = Utc::now();
+            let skipped = StepResult {
+                run_id: state.run.id,
+                step: si,
+                target: key.1,
+                status: StepStatus::Skipped,
+                exit_code: None,
+                signal: None,
+                error: None,
+                attempt: state.run.attempt,
+                started_at: now,
+                finished_at: Some(now),
+            };
+            match state
+                .inner
+                .store
+                .put_step_result_as(&state.worker, &skipped)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => state.stop.stop(StopReason::LeaseLost),
+                Err(e) => {
+                    tracing::warn!(run = %state.run.id, error = %e, "recording a skipped step failed")
+                }
+            }
+        }
+    }
+}
+
+/// The run's end from why its steps stopped and how they ended; `None`
+/// when this worker lost the run (it belongs to whoever rescues it).
+fn run_end(state: &RunState, progress: Progress) -> Option<RunEnd> {
+    if state.stop.is_stopped() {
+        return match state.stop.reason() {
+            Some(StopReason::LeaseLost) | None => None,
+            Some(StopReason::Shutdown) => Some(RunEnd::failed(
+                "interrupted: the worker was shut down before the run ended; \
+                 its running steps were stopped"
+                    .into(),
+            )),
+            Some(StopReason::Cancel) => Some(RunEnd {
+                status: RunStatus::Cancelled,
+                error: Some("cancelled on request".into()),
+            }),
+        };
+    }
+    if state.deadline_passed() {
+        let limit = state
+            .run
+            .spec
+            .timeout
+            .map(crate::duration::format)
+            .unwrap_or_default();
+        return Some(RunEnd {
+            status: RunStatus::TimedOut,
+            error: Some(format!("the run's time limit ({limit}) was reached")),
+        });
+    }
+    let status = match (&progress.first_failure, progress.only_timeouts) {
+        (Some(_), true) => RunStatus::TimedOut,
+        (Some(_), false) => RunStatus::Failed,
+        (None, _) => RunStatus::Succeeded,
+    };
+    Some(RunEnd {
+        status,
+        error: progress.first_failure,
+    })
+}
