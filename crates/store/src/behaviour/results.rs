@@ -158,3 +158,64 @@ pub async fn step_results_page_walks_every_result_once(store: Arc<dyn Store>) ->
     );
     Ok(())
 }
+
+/// `put_step_results_as` writes all of a batch for the run's holder, and
+/// nothing for anyone else; `run_status` reads just the status.
+pub async fn guarded_result_batches_are_all_or_nothing(store: Arc<dyn Store>) -> Result<()> {
+    let run = running_run("deploy", "w1", now_ms() + TimeDelta::minutes(5));
+    insert_all(&*store, vec![run.clone()]).await?;
+    let result = |step: u32, target: &str, status: StepStatus| StepResult {
+        run_id: run.id,
+        step,
+        target: target.into(),
+        status,
+        exit_code: None,
+        signal: None,
+        error: None,
+        attempt: run.attempt,
+        started_at: at(1_000 + i64::from(step)),
+        finished_at: None,
+    };
+    assert!(
+        store.put_step_results_as("w1", &[]).await?,
+        "an empty batch"
+    );
+    assert!(
+        store
+            .put_step_results_as(
+                "w1",
+                &[
+                    result(0, "web-1", StepStatus::Succeeded),
+                    result(1, "web-1", StepStatus::Running),
+                ],
+            )
+            .await?,
+        "the holder writes"
+    );
+    assert!(
+        !store
+            .put_step_results_as(
+                "w2",
+                &[
+                    result(1, "web-1", StepStatus::Failed),
+                    result(2, "web-1", StepStatus::Running),
+                ],
+            )
+            .await?,
+        "another worker is refused"
+    );
+    let stored: Vec<_> = store
+        .step_results(run.id)
+        .await?
+        .into_iter()
+        .map(|r| (r.step, r.status))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![(0, StepStatus::Succeeded), (1, StepStatus::Running)],
+        "the refused batch wrote nothing"
+    );
+    assert_eq!(store.run_status(run.id).await?, Some(RunStatus::Running));
+    assert_eq!(store.run_status(RunId::new()).await?, None);
+    Ok(())
+}
