@@ -156,6 +156,25 @@ pub trait RunStore: Send + Sync {
     async fn put_step_result_as(&self, worker: &str, result: &StepResult) -> Result<bool>;
     /// All results of a run, by step then target.
     async fn step_results(&self, id: RunId) -> Result<Vec<StepResult>>;
+    /// One page of a run's results: at most `limit`, by step then target in
+    /// byte order, only those after `after` (a step and a target). The
+    /// default pages [`step_results`](Self::step_results) in memory; a
+    /// backend SHOULD answer with a bounded query, so that a page of a run
+    /// with 10,000 results costs one page of memory.
+    async fn step_results_page(
+        &self,
+        id: RunId,
+        after: Option<(u32, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StepResult>> {
+        let mut all = self.step_results(id).await?;
+        all.sort_by(|a, b| (a.step, a.target.as_bytes()).cmp(&(b.step, b.target.as_bytes())));
+        if let Some((step, target)) = after {
+            all.retain(|r| (r.step, r.target.as_bytes()) > (step, target.as_bytes()));
+        }
+        all.truncate(limit);
+        Ok(all)
+    }
 }
 
 /// The ordered output of runs.

@@ -662,6 +662,29 @@ impl RunStore for PostgresStore {
         .map_err(self.fail("reading step results"))?;
         rows.iter().map(rows::step_result).collect()
     }
+    async fn step_results_page(
+        &self,
+        id: RunId,
+        after: Option<(u32, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StepResult>> {
+        // No cursor: after step -1, before every result.
+        let (step, target) = after.map_or((-1, ""), |(s, t)| (i64::from(s), t));
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            step_columns!(),
+            " FROM step_results WHERE run_id = $1 AND (step, target) > ($2, $3) \
+             ORDER BY step, target LIMIT $4"
+        ))
+        .bind(id.to_string())
+        .bind(step)
+        .bind(target)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.fail("reading a page of step results"))?;
+        rows.iter().map(rows::step_result).collect()
+    }
 }
 
 #[async_trait]

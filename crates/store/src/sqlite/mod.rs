@@ -663,6 +663,29 @@ impl RunStore for SqliteStore {
         .ctx("reading step results")?;
         rows.iter().map(rows::step_result).collect()
     }
+    async fn step_results_page(
+        &self,
+        id: RunId,
+        after: Option<(u32, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StepResult>> {
+        // No cursor: after step -1, before every result.
+        let (step, target) = after.map_or((-1, ""), |(s, t)| (i64::from(s), t));
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            step_columns!(),
+            " FROM step_results WHERE run_id = ? AND (step, target) > (?, ?) \
+             ORDER BY step, target LIMIT ?"
+        ))
+        .bind(id.to_string())
+        .bind(step)
+        .bind(target)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading a page of step results")?;
+        rows.iter().map(rows::step_result).collect()
+    }
 }
 
 #[async_trait]
