@@ -442,6 +442,53 @@ steps:
     );
 }
 
+/// A run masks every stored secret, also one set, changed or deleted by
+/// another engine on the same database since this engine's last run: the
+/// decrypted values an engine keeps between run starts are checked against
+/// the stored versions at each start, never trusted for a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_secret_set_by_another_engine_is_masked_in_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let k = KeyBytes::generate().unwrap();
+    let a = engine(&url, ring(&[(1, &k)])).await.unwrap();
+    let b = engine(&url, ring(&[(1, &k)])).await.unwrap();
+    let first = random_value(1);
+    set(&a, "first", &first).await;
+    // The job prints a file the test writes: values a job was never given.
+    let file = dir.path().join("leak.txt");
+    let yaml = format!(
+        "kind: Job\nname: leak\nsteps:\n  - exec: cat {}\n",
+        file.display()
+    );
+    std::fs::write(&file, format!("{first}\n")).unwrap();
+    let (d, out) = run_job(&a, &yaml, "leak").await;
+    assert_eq!(d.run.status, RunStatus::Succeeded, "{:?}", d.run.error);
+    assert_eq!(
+        out, "***\n",
+        "a run on `a` masks (and caches) the first value"
+    );
+
+    // Another engine adds a secret and changes the first one.
+    let second = random_value(2);
+    let changed = random_value(3);
+    set(&b, "second", &second).await;
+    set(&b, "first", &changed).await;
+    std::fs::write(&file, format!("{second}\n{changed}\n{first}\n")).unwrap();
+    let (d, out) = run_job(&a, &yaml, "leak").await;
+    assert_eq!(d.run.status, RunStatus::Succeeded, "{:?}", d.run.error);
+    assert_eq!(
+        out,
+        format!("***\n***\n{first}\n"),
+        "the next run on `a` masks what `b` set (and no longer the replaced value)"
+    );
+
+    // Another engine deletes one: it is no longer a secret anywhere.
+    b.delete_secret("second", false, &me()).await.unwrap();
+    let (_, out) = run_job(&a, &yaml, "leak").await;
+    assert_eq!(out, format!("{second}\n***\n{first}\n"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missing_secrets_refuse_the_submission_and_short_values_warn() {
     let dir = tempfile::tempdir().unwrap();

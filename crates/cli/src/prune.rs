@@ -32,9 +32,29 @@ pub struct PruneArgs {
     /// Count what would be removed; remove nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Rows per delete statement.
-    #[arg(long, default_value_t = opsconductor::DEFAULT_PRUNE_BATCH)]
+    /// Rows per delete statement (1-100000; larger batches hold the database's
+    /// writer longer).
+    #[arg(long, default_value_t = opsconductor::DEFAULT_PRUNE_BATCH, value_name = "ROWS",
+        value_parser = parse_rows, allow_hyphen_values = true)]
     pub batch: usize,
+}
+
+/// Reads `--batch` as a number of rows. The engine checks the range (so
+/// every front end gets the same rule); this only turns text into a number,
+/// saying what is wrong with a negative or oversized one.
+fn parse_rows(text: &str) -> Result<usize, String> {
+    let range = opsconductor::PRUNE_BATCH_RANGE;
+    let accepted = format!("accepted: {}-{}", range.start(), range.end());
+    let t = text.trim();
+    if t.starts_with('-') {
+        return Err(format!("a number of rows cannot be negative ({accepted})"));
+    }
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse::<usize>()
+            .map_err(|_| format!("{t} is far too large ({accepted})"));
+    }
+    Err(format!("not a number of rows ({accepted})"))
 }
 
 /// Runs a prune; prints the counts (or JSON).
@@ -47,9 +67,6 @@ pub async fn prune(oc: &Conductor, out: &Out, args: &PruneArgs) -> Result<u8, Er
             "prune",
             "say what to remove: --older-than, --logs-older-than and/or --audit-older-than",
         ));
-    }
-    if args.batch == 0 {
-        return Err(Error::validation("--batch", "must be at least 1"));
     }
     let req = PruneRequest {
         runs_older_than: args.older_than,

@@ -22,8 +22,8 @@ pub mod template;
 
 pub use engine::{
     AuditExport, AuditVerification, Conductor, ConductorBuilder, Config, DEFAULT_PRUNE_BATCH,
-    ExecRequest, LocalPolicy, LogStream, Login, MAX_SECRET_BYTES, PruneReport, PruneRequest,
-    Retention, RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome, SubmitRequest,
-    TargetCheck,
+    ExecRequest, LocalPolicy, LogStream, Login, MAX_SECRET_BYTES, PRUNE_BATCH_RANGE, PruneReport,
+    PruneRequest, Retention, RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome,
+    SubmitRequest, TargetCheck,
 };
 pub use model::*;

@@ -156,3 +156,53 @@ fn a_rewritten_checkpoint_fails_verification() {
     let out = env.cmd(["audit", "verify"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// `--batch` is a number of rows within the documented range (1-100000,
+/// checked by the engine): zero, negative, oversized and non-numeric values
+/// are refused with an error naming the flag and a non-zero exit, and
+/// nothing is removed.
+#[test]
+fn prune_batch_outside_its_range_is_refused_and_removes_nothing() {
+    let env = Env::new();
+    env.cmd(["exec", "--", "echo one"]).assert().success();
+    assert_eq!(env.runs().len(), 1);
+    for bad in [
+        "0",
+        "100001",
+        "18446744073709551615",
+        "99999999999999999999999999",
+        "-1",
+        "-100",
+        "ten",
+        "",
+    ] {
+        let arg = format!("--batch={bad}");
+        let out = env
+            .cmd(["prune", "--older-than", "0s", &arg])
+            .assert()
+            .failure()
+            .get_output()
+            .clone();
+        assert_ne!(out.status.code(), Some(0), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--batch"), "names the flag for {bad:?}: {err}");
+        assert!(err.contains("100000"), "says the range for {bad:?}: {err}");
+    }
+    // A separate negative value, as a user types it.
+    let out = env
+        .cmd(["prune", "--older-than", "0s", "--batch", "-5"])
+        .assert()
+        .failure()
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--batch") && err.contains("negative"), "{err}");
+    assert_eq!(env.runs().len(), 1, "nothing was pruned");
+
+    // Both ends of the range work.
+    env.cmd(["prune", "--older-than", "1d", "--batch", "1"])
+        .assert()
+        .success();
+    let done = env.json(["prune", "--older-than", "0s", "--batch", "100000"]);
+    assert_eq!(done["counts"]["runs"], 1, "{done}");
+}

@@ -5,6 +5,7 @@
 mod auth;
 mod local;
 mod retention;
+mod secret_cache;
 mod secrets;
 mod targets;
 mod worker;
@@ -12,7 +13,9 @@ mod worker;
 pub use local::LocalPolicy;
 pub use targets::TargetCheck;
 
-pub use retention::{AuditExport, DEFAULT_PRUNE_BATCH, PruneReport, PruneRequest, Retention};
+pub use retention::{
+    AuditExport, DEFAULT_PRUNE_BATCH, PRUNE_BATCH_RANGE, PruneReport, PruneRequest, Retention,
+};
 
 pub use auth::{AuditVerification, Login, token_hash};
 
@@ -182,6 +185,7 @@ impl ConductorBuilder {
                 "must be shorter than the lease",
             ));
         }
+        retention::check_batch("retention.batch", self.retention.batch)?;
         let mut executors = HashMap::new();
         for e in self.executors {
             executors.insert(e.kind(), e);
@@ -222,6 +226,7 @@ impl ConductorBuilder {
                 config,
                 shutdown: CancellationToken::new(),
                 active: Mutex::new(HashMap::new()),
+                secret_cache: Mutex::new(secret_cache::SecretCache::default()),
                 workers: Mutex::new(Vec::new()),
             }),
         };
@@ -285,6 +290,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// Stop switches of the runs this process executes right now.
     pub(crate) active: Mutex<HashMap<RunId, Arc<worker::RunStop>>>,
+    /// Decrypted secret values kept between run starts (see `secret_cache`).
+    pub(crate) secret_cache: Mutex<secret_cache::SecretCache>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -864,6 +871,21 @@ impl Conductor {
     pub async fn get(&self, id: RunId) -> Result<RunDetail> {
         let run = self.get_run(id).await?;
         let results = self.inner.store.step_results(id).await?;
+        Ok(RunDetail { run, results })
+    }
+
+    /// A run with one page of its results: at most `limit`, by step then
+    /// target in byte order, after `after` (the step and target of the
+    /// previous page's last result). A large run's detail is read a page at
+    /// a time, never whole.
+    pub async fn get_page(
+        &self,
+        id: RunId,
+        after: Option<(u32, &str)>,
+        limit: usize,
+    ) -> Result<RunDetail> {
+        let run = self.get_run(id).await?;
+        let results = self.inner.store.step_results_page(id, after, limit).await?;
         Ok(RunDetail { run, results })
     }
 

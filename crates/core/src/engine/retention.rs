@@ -18,6 +18,28 @@ use crate::store::{AuditCheckpoint, PruneCounts, RetentionStore};
 /// at most one short statement, large enough to prune millions of rows in minutes.
 pub const DEFAULT_PRUNE_BATCH: usize = 2_000;
 
+/// The rows per delete statement a prune accepts. One row is the smallest
+/// batch that makes progress; above 100,000 a single statement holds the
+/// SQLite writer (or PostgreSQL row locks) for seconds, which is what
+/// batching exists to prevent, and memory for the statement grows with it.
+pub const PRUNE_BATCH_RANGE: std::ops::RangeInclusive<usize> = 1..=100_000;
+
+/// Refuses a batch size outside [`PRUNE_BATCH_RANGE`], naming `field` (the
+/// flag or setting it came from).
+pub(crate) fn check_batch(field: &str, batch: usize) -> Result<usize> {
+    if PRUNE_BATCH_RANGE.contains(&batch) {
+        return Ok(batch);
+    }
+    Err(Error::validation(
+        field,
+        format!(
+            "{batch} rows per statement is outside the accepted range {}-{} (default {DEFAULT_PRUNE_BATCH})",
+            PRUNE_BATCH_RANGE.start(),
+            PRUNE_BATCH_RANGE.end()
+        ),
+    ))
+}
+
 /// How long data is kept; `None` keeps it forever (the default for everything).
 #[derive(Debug, Clone)]
 pub struct Retention {
@@ -32,7 +54,8 @@ pub struct Retention {
     pub audit_require_export: bool,
     /// How often the periodic pruner runs (when any retention is set).
     pub interval: Duration,
-    /// Rows per delete statement.
+    /// Rows per delete statement, within [`PRUNE_BATCH_RANGE`] (checked when
+    /// the engine is built).
     pub batch: usize,
 }
 
@@ -57,7 +80,7 @@ impl Retention {
 }
 
 /// One prune: what to remove.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PruneRequest {
     /// Remove finished runs older than this.
     pub runs_older_than: Option<Duration>,
@@ -69,8 +92,22 @@ pub struct PruneRequest {
     pub audit_without_export: bool,
     /// Count only.
     pub dry_run: bool,
-    /// Rows per statement (0: the default).
+    /// Rows per statement, within [`PRUNE_BATCH_RANGE`] (default
+    /// [`DEFAULT_PRUNE_BATCH`]); anything else is refused as `--batch`.
     pub batch: usize,
+}
+
+impl Default for PruneRequest {
+    fn default() -> Self {
+        Self {
+            runs_older_than: None,
+            logs_older_than: None,
+            audit_older_than: None,
+            audit_without_export: false,
+            dry_run: false,
+            batch: DEFAULT_PRUNE_BATCH,
+        }
+    }
 }
 
 /// What a prune removed (or, dry, would remove).
@@ -141,16 +178,12 @@ where
 
 impl Inner {
     pub(crate) async fn prune(&self, req: &PruneRequest, actor: &Actor) -> Result<PruneReport> {
+        let batch = check_batch("--batch", req.batch)?;
         let store = retention_of(self)?;
         let now = Utc::now();
         let runs_before = cutoff(now, req.runs_older_than, "--older-than")?;
         let logs_before = cutoff(now, req.logs_older_than, "--logs-older-than")?.max(runs_before);
         let audit_before = cutoff(now, req.audit_older_than, "--audit-older-than")?;
-        let batch = if req.batch == 0 {
-            DEFAULT_PRUNE_BATCH
-        } else {
-            req.batch
-        };
         let mut counts = store.count_prunable(runs_before, logs_before).await?;
         let mut batches = 0u64;
         // Audit: only up to the export mark unless told otherwise, and never past

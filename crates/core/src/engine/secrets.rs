@@ -1,7 +1,7 @@
 //! Secrets through the engine: write-only values, the keyring check at
 //! start-up, rotation, and decrypting what a run needs (and nothing else).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::Serialize;
 
@@ -198,9 +198,7 @@ impl Inner {
     }
 
     async fn ring(&self) -> Result<Keyring> {
-        self.keyring.read().await.clone().ok_or_else(|| {
-            Error::invalid("no master key is configured: set OPSC_MASTER_KEY, OPSC_MASTER_KEY_FILE or OPSC_MASTER_PASSPHRASE")
-        })
+        self.keyring.read().await.clone().ok_or_else(no_master_key)
     }
 
     async fn decrypt(&self, rec: &SecretRecord) -> Result<Vec<u8>> {
@@ -209,9 +207,17 @@ impl Inner {
             .decrypt(&rec.id, "value", &rec.ciphertext)
     }
 
-    /// Decrypts what a run needs: the job's declared secrets and the
-    /// credentials of its targets; its masker hides those and every other
-    /// stored secret (see [`Self::all_secret_values`]).
+    /// What a run needs: the job's declared secrets and the credentials of
+    /// its targets; its masker hides those and every other stored secret (a
+    /// value must never show in any run's output, declared or not: a job may
+    /// have written it to a file that a later run prints).
+    ///
+    /// One read of the stored records per run start, so a secret set,
+    /// rotated or deleted by any process is seen by the next run; values are
+    /// decrypted only when new or changed since the last start (the
+    /// [`secret_cache`](super::secret_cache)). Without a master key nothing
+    /// can be decrypted: a run that needs a secret fails, any other gets a
+    /// warning and a masker with nothing in it.
     pub(crate) async fn run_secrets(
         &self,
         run: &Run,
@@ -222,53 +228,77 @@ impl Inner {
             .flatten()
             .filter_map(|t| t.credential.as_deref().map(|c| (t.name.as_str(), c)))
             .collect();
-        if run.spec.secrets.is_empty() && creds_needed.is_empty() {
-            let others = self.all_secret_values(&HashSet::new()).await?;
-            return Ok(RunSecrets {
-                env: vec![],
-                names: vec![],
-                creds: HashMap::new(),
-                masker: Masker::new(others.iter().map(Vec::as_slice)),
-            });
+        let needs_any = !run.spec.secrets.is_empty() || !creds_needed.is_empty();
+        let nothing = || RunSecrets {
+            env: vec![],
+            names: vec![],
+            creds: HashMap::new(),
+            masker: Masker::none(),
+        };
+        let ss = self.store.secret_store();
+        let records = ss.list_secrets().await?;
+        let by_name: HashMap<&str, &SecretRecord> =
+            records.iter().map(|r| (r.meta.name.as_str(), r)).collect();
+        let needed = run
+            .spec
+            .secrets
+            .iter()
+            .map(String::as_str)
+            .chain(creds_needed.iter().map(|(_, name)| *name));
+        for name in needed {
+            if !by_name.contains_key(name) {
+                return Err(missing_secret(name));
+            }
         }
-        let ss = store_of(self)?;
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut values: Vec<Vec<u8>> = Vec::new();
+        let ring_guard = self.keyring.read().await;
+        let Some(ring) = ring_guard.as_ref() else {
+            if needs_any {
+                return Err(no_master_key());
+            }
+            if !records.is_empty() {
+                tracing::warn!(
+                    secrets = records.len(),
+                    "no master key: stored secrets cannot be masked in run output"
+                );
+            }
+            return Ok(nothing());
+        };
+        let mut cache = self
+            .secret_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.sync(&records, |rec| {
+            ring.decrypt(&rec.id, "value", &rec.ciphertext)
+        })?;
+        let value_of = |name: &str| -> Result<(&SecretRecord, Vec<u8>)> {
+            let rec = by_name.get(name).ok_or_else(|| missing_secret(name))?;
+            let value = cache.value(&rec.id).ok_or_else(|| {
+                Error::Internal(format!("secret '{name}' was read but not decrypted"))
+            })?;
+            Ok((rec, value.to_vec()))
+        };
         let mut env = Vec::new();
         for name in &run.spec.secrets {
-            let rec = ss
-                .get_secret(name)
-                .await?
-                .ok_or_else(|| missing_secret(name))?;
-            let v = self.decrypt(&rec).await?;
-            let text = String::from_utf8(v.clone()).map_err(|_| {
+            let (_, v) = value_of(name)?;
+            let text = String::from_utf8(v).map_err(|_| {
                 Error::invalid(format!(
                     "secret '{name}' is not UTF-8 text, so it cannot be an environment variable"
                 ))
             })?;
             env.push((env_name(name), text));
-            values.push(v);
-            seen.insert(name.clone());
         }
         let mut creds = HashMap::new();
         for (target, name) in creds_needed {
-            let rec = ss
-                .get_secret(name)
-                .await?
-                .ok_or_else(|| missing_secret(name))?;
-            let v = self.decrypt(&rec).await?;
-            values.push(v.clone());
-            seen.insert(name.to_string());
+            let (rec, value) = value_of(name)?;
             creds.insert(
                 target.to_string(),
                 Credential {
                     kind: rec.meta.kind.clone(),
-                    value: v,
+                    value,
                 },
             );
         }
-        values.extend(self.all_secret_values(&seen).await?);
-        let masker = Masker::new(values.iter().map(Vec::as_slice));
+        let masker = cache.masker();
         Ok(RunSecrets {
             env,
             names: run.spec.secrets.clone(),
@@ -276,6 +306,20 @@ impl Inner {
             masker,
         })
     }
+
+    /// Drops what the secret cache holds of `name` (set or deleted here).
+    fn forget_secret(&self, name: &str) {
+        self.secret_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .forget(name);
+    }
+}
+
+fn no_master_key() -> Error {
+    Error::invalid(
+        "no master key is configured: set OPSC_MASTER_KEY, OPSC_MASTER_KEY_FILE or OPSC_MASTER_PASSPHRASE",
+    )
 }
 
 impl Inner {
@@ -289,34 +333,6 @@ impl Inner {
                 format!("[not recorded: the secrets to mask it with could not be loaded: {e}]")
             }
         }
-    }
-
-    /// The value of every stored secret not named in `skip`, for masking:
-    /// a value must never show in any run's output, declared or not (a job
-    /// may have written it to a file that a later run prints). Read at the
-    /// start of each run, so set, rotate and delete are seen by the next run.
-    /// Trade-off: each run's worker holds every secret value in memory for
-    /// the run's length (the keyed-fingerprint alternative is in
-    /// docs/server.md, "Secrets in output"). Without a master key nothing
-    /// can be decrypted: a warning, and only the run's own values are masked.
-    pub(crate) async fn all_secret_values(&self, skip: &HashSet<String>) -> Result<Vec<Vec<u8>>> {
-        let ss = self.store.secret_store();
-        let records = ss.list_secrets().await?;
-        if records.iter().all(|r| skip.contains(&r.meta.name)) {
-            return Ok(Vec::new());
-        }
-        let Some(ring) = self.keyring.read().await.clone() else {
-            tracing::warn!(
-                secrets = records.len(),
-                "no master key: stored secrets cannot be masked in run output"
-            );
-            return Ok(Vec::new());
-        };
-        let mut values = Vec::with_capacity(records.len());
-        for rec in records.iter().filter(|r| !skip.contains(&r.meta.name)) {
-            values.push(ring.decrypt(&rec.id, "value", &rec.ciphertext)?);
-        }
-        Ok(values)
     }
 
     /// Decrypts the credentials of `targets` (for checks).
@@ -430,6 +446,7 @@ impl Conductor {
                     meta: meta.clone(),
                 };
                 ss.create_secret(&rec).await?;
+                self.inner.forget_secret(&meta.name);
                 self.inner
                     .audit_as(
                         actor,
@@ -467,6 +484,7 @@ impl Conductor {
                         meta.name
                     )));
                 }
+                self.inner.forget_secret(&meta.name);
                 self.inner
                     .audit_as(
                         actor,
@@ -546,6 +564,7 @@ impl Conductor {
         {
             return Err(Error::not_found("secret", name));
         }
+        self.inner.forget_secret(name);
         self.inner
             .audit_as(
                 actor,
@@ -630,6 +649,13 @@ impl Conductor {
             }
         }
         let total = secrets.len();
+        // Every value is now under another key: the next run start decrypts
+        // them again (and checks the new ciphertexts with it).
+        self.inner
+            .secret_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         drop(guard);
         self.inner
             .audit_as(actor, "key.rotate", format!("key:{to}"), serde_json::json!({"rewrapped": rewrapped, "total": total, "new_version": new_version}))

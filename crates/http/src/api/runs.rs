@@ -257,16 +257,14 @@ pub async fn get_one(
         .map(parse_results_cursor)
         .transpose()?;
     let id = resolve(&state, &id).await?;
-    let mut detail = state.inner.oc.get(id).await?;
-    // By step, then target, in byte order (the cursor's order on every backend).
-    detail
-        .results
-        .sort_by(|a, b| (a.step, a.target.as_str()).cmp(&(b.step, b.target.as_str())));
-    if let Some((step, target)) = &after {
-        detail
-            .results
-            .retain(|r| (r.step, r.target.as_str()) > (*step, target.as_str()));
-    }
+    // One page (and one more result, to know whether more follow) read by
+    // the store, by step, then target in byte order: a run with 10,000
+    // results never sits whole in memory.
+    let mut detail = state
+        .inner
+        .oc
+        .get_page(id, after.as_ref().map(|(s, t)| (*s, t.as_str())), limit + 1)
+        .await?;
     let more = detail.results.len() > limit;
     detail.results.truncate(limit);
     let next = more

@@ -111,6 +111,7 @@ macro_rules! store_behaviour_suite {
             request_cancel_in_each_state,
             step_results_upsert_and_order,
             step_results_page_walks_every_result_once,
+            step_results_page_after_a_cursor,
             guarded_result_batches_are_all_or_nothing,
             logs_read_back_in_seq_order,
             log_append_of_an_existing_seq_is_a_no_op,

@@ -219,3 +219,79 @@ pub async fn guarded_result_batches_are_all_or_nothing(store: Arc<dyn Store>) ->
     assert_eq!(store.run_status(RunId::new()).await?, None);
     Ok(())
 }
+
+/// A page of results: by step (numerically), then target in byte order,
+/// strictly after the cursor, at most `limit`, only the run's own; paging
+/// with the last result of each page as the next cursor visits every
+/// result once.
+pub async fn step_results_page_after_a_cursor(store: Arc<dyn Store>) -> Result<()> {
+    let run = queued_run("deploy", at(0));
+    let other = queued_run("deploy", at(1));
+    insert_all(&*store, vec![run.clone(), other.clone()]).await?;
+    let result = |run_id: RunId, step: u32, target: &str| StepResult {
+        run_id,
+        step,
+        target: target.into(),
+        status: StepStatus::Succeeded,
+        exit_code: Some(0),
+        signal: None,
+        error: None,
+        attempt: 1,
+        started_at: at(1_000),
+        finished_at: Some(at(2_000)),
+    };
+    // Byte order: upper case before lower case, "web-10" before "web-2".
+    let targets = ["Web", "web-1", "web-10", "web-2", "\u{e9}t\u{e9}"];
+    for step in [10u32, 2, 0, 1] {
+        for t in targets {
+            store.put_step_result(&result(run.id, step, t)).await?;
+        }
+    }
+    store.put_step_result(&result(other.id, 1, "web-1")).await?;
+    let mut expected: Vec<(u32, String)> = [0u32, 1, 2, 10]
+        .iter()
+        .flat_map(|s| targets.iter().map(move |t| (*s, t.to_string())))
+        .collect();
+    expected.sort_by(|a, b| (a.0, a.1.as_bytes()).cmp(&(b.0, b.1.as_bytes())));
+    let key = |r: StepResult| (r.step, r.target);
+
+    let first: Vec<_> = store
+        .step_results_page(run.id, None, 3)
+        .await?
+        .into_iter()
+        .map(key)
+        .collect();
+    assert_eq!(first, expected[..3].to_vec(), "the first page");
+    let mut seen = Vec::new();
+    let mut after: Option<(u32, String)> = None;
+    loop {
+        let page = store
+            .step_results_page(run.id, after.as_ref().map(|(s, t)| (*s, t.as_str())), 3)
+            .await?;
+        assert!(page.len() <= 3, "at most `limit`");
+        let Some(last) = page.last() else { break };
+        after = Some((last.step, last.target.clone()));
+        seen.extend(page.into_iter().map(key));
+    }
+    assert_eq!(seen, expected, "every result once, in order");
+    let tail = store
+        .step_results_page(run.id, Some((2, "web-10")), 100)
+        .await?;
+    assert_eq!(
+        tail.into_iter().map(key).collect::<Vec<_>>(),
+        expected[expected
+            .iter()
+            .position(|e| *e == (2, "web-10".into()))
+            .unwrap_or(0)
+            + 1..]
+            .to_vec(),
+        "strictly after the cursor"
+    );
+    assert!(
+        store
+            .step_results_page(RunId::new(), None, 10)
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
