@@ -59,7 +59,7 @@ steps:
     }
     let done = worker.await??;
 
-    let detail = oc.get(done.id).await?;
+    let detail = oc.run(done.id).await?;
     for r in &detail.results {
         println!(
             "step {} on {}: {} (exit {:?})",

@@ -64,7 +64,7 @@ impl Env {
             .await
             .unwrap();
         let done = self.oc.execute(run.id).await.unwrap();
-        self.oc.get(done.id).await.unwrap()
+        self.oc.run(done.id).await.unwrap()
     }
 
     async fn logs(&self, id: RunId) -> Vec<opsconductor::LogChunk> {
@@ -116,7 +116,7 @@ async fn wait_until<F: Fn(&RunDetail) -> bool>(
     f: F,
 ) -> RunDetail {
     for _ in 0..200 {
-        let d = oc.get(id).await.unwrap();
+        let d = oc.run(id).await.unwrap();
         if f(&d) {
             return d;
         }
@@ -177,7 +177,7 @@ async fn follow_streams_while_the_run_is_going_and_late_followers_get_everything
     assert_eq!(first.data, b"first\n");
     // The first chunk arrived while the command was still sleeping.
     assert_eq!(
-        env.oc.get(run.id).await.unwrap().run.status,
+        env.oc.run(run.id).await.unwrap().run.status,
         RunStatus::Running
     );
     let rest: Vec<_> = s.collect().await;
@@ -217,7 +217,7 @@ async fn cancel_kills_the_whole_process_group() {
         .unwrap()
         .unwrap();
     assert_eq!(done.status, RunStatus::Cancelled);
-    let d = env.oc.get(run.id).await.unwrap();
+    let d = env.oc.run(run.id).await.unwrap();
     assert_eq!(result(&d, 0, "local").status, StepStatus::Cancelled);
     assert!(
         !process_alive(&format!("sleep {m}")),
@@ -455,7 +455,7 @@ steps:
         "{err}"
     );
     assert!(err.to_string().contains("only docker targets"), "{err}");
-    assert!(env.oc.list(&RunFilter::default()).await.unwrap().is_empty());
+    assert!(env.oc.runs(&RunFilter::default()).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -547,7 +547,7 @@ steps:
         .unwrap_err();
     assert!(err.to_string().contains("tag:none"), "{err}");
     assert!(
-        env.oc.list(&RunFilter::default()).await.unwrap().is_empty(),
+        env.oc.runs(&RunFilter::default()).await.unwrap().is_empty(),
         "something was queued"
     );
 }
@@ -754,7 +754,7 @@ steps:
     assert_eq!(done.status, RunStatus::Failed);
     assert_eq!(done.attempt, 2);
     assert!(done.worker.as_deref().is_some_and(|w| w != "dead-host:1"));
-    let d = env.oc.get(run.id).await.unwrap();
+    let d = env.oc.run(run.id).await.unwrap();
     assert_eq!(result(&d, 0, "local").status, StepStatus::Succeeded);
     assert_eq!(result(&d, 1, "local").status, StepStatus::Interrupted);
     assert_eq!(result(&d, 2, "local").status, StepStatus::Skipped);
@@ -803,7 +803,7 @@ steps:
     ))
     .await;
     let (run, done) = rescue_after_a_crash_in_step_1(&env, "tolerant").await;
-    let d = env.oc.get(run.id).await.unwrap();
+    let d = env.oc.run(run.id).await.unwrap();
     // The interrupted step is not repeated (it is not idempotent) but the run
     // goes on, because that step was allowed to fail.
     assert_eq!(result(&d, 0, "local").status, StepStatus::Succeeded);
@@ -856,7 +856,7 @@ steps:
     // When the stuck run was done, most of the queue was still waiting.
     let mut still_queued = 0;
     for id in &queued {
-        if env.oc.get(*id).await.unwrap().run.status == RunStatus::Queued {
+        if env.oc.run(*id).await.unwrap().run.status == RunStatus::Queued {
             still_queued += 1;
         }
     }
@@ -919,7 +919,7 @@ async fn a_worker_that_lost_its_lease_does_not_overwrite_the_run() {
             .unwrap()
     );
     assert_eq!(
-        env.oc.get(run.id).await.unwrap().run.status,
+        env.oc.run(run.id).await.unwrap().run.status,
         RunStatus::Succeeded
     );
 }

@@ -188,7 +188,7 @@ async fn run_job(oc: &Conductor, yaml: &str, job: &str) -> (opsconductor::RunDet
             text.push_str(&String::from_utf8_lossy(&c.data));
         }
     }
-    (oc.get(done.id).await.unwrap(), text)
+    (oc.run(done.id).await.unwrap(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -462,7 +462,7 @@ async fn missing_secrets_refuse_the_submission_and_short_values_warn() {
         matches!(err, Error::NotFound { .. }) && err.to_string().contains("secrets set nope"),
         "{err}"
     );
-    assert!(oc.list(&Default::default()).await.unwrap().is_empty());
+    assert!(oc.runs(&Default::default()).await.unwrap().is_empty());
     let r = oc
         .set_secret(
             SetSecret {
@@ -722,7 +722,7 @@ async fn step_errors_are_stored_masked() {
         .unwrap();
     let d = oc.execute(run.id).await.unwrap();
     assert_eq!(d.status, RunStatus::Failed);
-    let d = oc.get(d.id).await.unwrap();
+    let d = oc.run(d.id).await.unwrap();
     let step_error = d.results[0].error.clone().unwrap();
     assert!(step_error.contains("does not exist"), "{step_error}");
     assert!(

@@ -62,7 +62,7 @@ async fn apply(oc: &opsconductor::Conductor, yaml: &str) {
 
 async fn statuses(oc: &opsconductor::Conductor) -> HashMap<String, usize> {
     let runs = oc
-        .list(&opsconductor::store::RunFilter {
+        .runs(&opsconductor::store::RunFilter {
             limit: 1000,
             ..Default::default()
         })
@@ -207,12 +207,12 @@ steps:
     assert_eq!(s.values().sum::<usize>(), n, "{s:?}");
     rt.block_on(async {
         let oc = engine(&url).await;
-        let runs = oc.list(&opsconductor::store::RunFilter { limit: 1000, ..Default::default() }).await.unwrap();
+        let runs = oc.runs(&opsconductor::store::RunFilter { limit: 1000, ..Default::default() }).await.unwrap();
         let mut rescued = 0;
         let mut interrupted = 0;
         let mut reran_safe = 0;
         for r in runs {
-            let d = oc.get(r.id).await.unwrap();
+            let d = oc.run(r.id).await.unwrap();
             if r.attempt > 1 {
                 rescued += 1;
             }
@@ -457,7 +457,7 @@ fn sigterm_finishes_the_runs_it_stopped_before_the_worker_exits() {
     eprintln!("worker exited {exit:?} {:?} after SIGTERM", start.elapsed());
     // The moment the process is gone, the run is already finished.
     let runs = rt
-        .block_on(oc.list(&opsconductor::store::RunFilter {
+        .block_on(oc.runs(&opsconductor::store::RunFilter {
             limit: 10,
             ..Default::default()
         }))

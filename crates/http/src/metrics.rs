@@ -148,7 +148,7 @@ impl Metrics {
                 limit: GAUGE_CAP,
                 ..Default::default()
             };
-            if let Ok(runs) = oc.list(&filter).await {
+            if let Ok(runs) = oc.runs(&filter).await {
                 self.recorder
                     .register_gauge(&key(name, &[]), &META)
                     .set(runs.len() as f64);
@@ -186,7 +186,7 @@ pub async fn observe_runs(oc: Conductor, metrics: Arc<Metrics>, stop: Cancellati
         if seen.contains(&id) {
             continue;
         }
-        let Ok(detail) = oc.get(id).await else {
+        let Ok(detail) = oc.run(id).await else {
             continue;
         };
         let run = &detail.run;

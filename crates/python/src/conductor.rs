@@ -594,7 +594,7 @@ impl PyConductor {
         let oc = &self.engine.oc;
         let detail = self.engine.block(py, async {
             let id = oc.resolve_run_id(run_id).await?;
-            oc.get(id).await
+            oc.run(id).await
         })?;
         Ok(self.run_handle(detail.run))
     }
@@ -624,7 +624,7 @@ impl PyConductor {
             before: None,
             limit,
         };
-        let runs = self.engine.block(py, self.engine.oc.list(&filter))?;
+        let runs = self.engine.block(py, self.engine.oc.runs(&filter))?;
         Ok(runs.into_iter().map(|r| self.run_handle(r)).collect())
     }
 }

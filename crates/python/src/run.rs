@@ -35,7 +35,7 @@ impl PyRun {
     }
 
     fn fetch(&self, py: Python<'_>) -> PyResult<RunDetail> {
-        self.engine.block(py, self.engine.oc.get(self.run.id))
+        self.engine.block(py, self.engine.oc.run(self.run.id))
     }
 
     /// Waits for the run to end and returns it. With no background workers

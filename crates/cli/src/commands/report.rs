@@ -14,7 +14,7 @@ pub(super) async fn print_grouped(oc: &Conductor, out: &Out, id: RunId) -> Resul
     if out.json {
         return Ok(());
     }
-    let d = oc.get(id).await?;
+    let d = oc.run(id).await?;
     let mut per: std::collections::BTreeMap<String, Vec<u8>> = std::collections::BTreeMap::new();
     let mut after = 0;
     loop {
@@ -63,7 +63,7 @@ pub(super) async fn progress(
     let steps = run.spec.steps.len();
     loop {
         let finished = exec.is_finished();
-        if let Ok(d) = oc.get(run.id).await {
+        if let Ok(d) = oc.run(run.id).await {
             let mut running = 0;
             let (mut ok, mut bad) = (0, 0);
             for t in &run.targets {

@@ -210,7 +210,7 @@ async fn drive(
         Err(e) => return Err(Error::Internal(format!("the run task failed: {e}"))),
     };
     interrupt.abort();
-    let detail = oc.get(done.id).await?;
+    let detail = oc.run(done.id).await?;
     if out.json && follow {
         // The output went out as JSON lines; the run is one more line.
         match serde_json::to_string(&detail) {

@@ -24,7 +24,7 @@ pub async fn runs_list(
         return Err(Error::validation("--limit", "must be between 1 and 1000"));
     }
     let runs = oc
-        .list(&RunFilter {
+        .runs(&RunFilter {
             job,
             statuses,
             before: None,
@@ -77,7 +77,7 @@ async fn resolve(oc: &Conductor, id: &str) -> Result<RunId, Error> {
 }
 
 pub async fn runs_show(oc: &Conductor, out: &Out, id: &str) -> Result<u8, Error> {
-    let d = oc.get(resolve(oc, id).await?).await?;
+    let d = oc.run(resolve(oc, id).await?).await?;
     if out.json {
         out.json(&d);
         return Ok(exit::OK);
@@ -158,7 +158,7 @@ pub async fn runs_show(oc: &Conductor, out: &Out, id: &str) -> Result<u8, Error>
 
 pub async fn runs_logs(oc: &Conductor, out: &Out, id: &str, follow: bool) -> Result<u8, Error> {
     let id = resolve(oc, id).await?;
-    let d = oc.get(id).await?;
+    let d = oc.run(id).await?;
     let mut printer = LogPrinter::new(out, &d.run.targets, true);
     if follow {
         let mut logs = oc.follow(id, 0).await?;
@@ -185,7 +185,7 @@ pub async fn runs_logs(oc: &Conductor, out: &Out, id: &str, follow: bool) -> Res
 
 pub async fn runs_cancel(oc: &Conductor, out: &Out, id: &str) -> Result<u8, Error> {
     let id = resolve(oc, id).await?;
-    let before = oc.get(id).await?.run;
+    let before = oc.run(id).await?.run;
     if before.status.is_terminal() {
         // Nothing to stop; say so rather than "cancelled" for a run that
         // had been cancelled (or had ended) before.

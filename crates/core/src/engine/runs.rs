@@ -325,7 +325,7 @@ impl Conductor {
     }
 
     /// One run with its results.
-    pub async fn get(&self, id: RunId) -> Result<RunDetail> {
+    pub async fn run(&self, id: RunId) -> Result<RunDetail> {
         let run = self.get_run(id).await?;
         let results = self.inner.store.step_results(id).await?;
         Ok(RunDetail { run, results })
@@ -340,7 +340,7 @@ impl Conductor {
     }
 
     /// Runs matching a filter, newest first.
-    pub async fn list(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+    pub async fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
         self.inner.store.list_runs(filter).await
     }
 

@@ -38,7 +38,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         ..Default::default()
     };
     let database =
-        match tokio::time::timeout(std::time::Duration::from_secs(5), oc.list(&probe)).await {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), oc.runs(&probe)).await {
             Ok(Ok(_)) => "ok".to_string(),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "readiness: the database failed");

@@ -88,7 +88,7 @@ pub async fn list(
         before,
         limit: limit + 1,
     };
-    let mut runs = match state.inner.oc.list(&filter).await {
+    let mut runs = match state.inner.oc.runs(&filter).await {
         Ok(r) => r,
         Err(opsconductor::Error::NotFound { .. }) => {
             return Err(ApiError::invalid(
@@ -258,7 +258,7 @@ pub async fn get_one(
         .map(parse_results_cursor)
         .transpose()?;
     let id = resolve(&state, &id).await?;
-    let mut detail = state.inner.oc.get(id).await?;
+    let mut detail = state.inner.oc.run(id).await?;
     // By step, then target, in byte order (the cursor's order on every backend).
     detail
         .results
@@ -377,7 +377,7 @@ pub async fn logs(
         }
     };
     // Status first: if the run had ended, every chunk is stored already.
-    let run = state.inner.oc.get(id).await?.run;
+    let run = state.inner.oc.run(id).await?.run;
     let chunks = state.inner.oc.store().read_logs(id, after, limit).await?;
     let complete = run.status.is_terminal() && chunks.len() < limit;
     let next_after = chunks.last().map_or(after, |c| c.seq);
@@ -395,7 +395,7 @@ async fn end_message(state: &AppState, id: RunId, last_seq: u64) -> serde_json::
     let status = state
         .inner
         .oc
-        .get(id)
+        .run(id)
         .await
         .map(|d| d.run.status.as_str().to_string())
         .unwrap_or_else(|_| "unknown".into());
