@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::{Conductor, Inner};
+use crate::auth::Permission;
 use crate::error::{Error, Result};
 use crate::model::{Actor, AuditEvent};
 
@@ -30,7 +31,37 @@ pub struct AuditVerification {
     pub checkpoint: Option<crate::store::AuditCheckpoint>,
 }
 
+/// Largest page [`Conductor::audit_page`] returns.
+pub const MAX_AUDIT_PAGE: usize = 1000;
+
+/// Which page of the audit log to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only events about this object (`run:ID`, `secret:NAME`, …).
+    pub object: Option<String>,
+    /// Only events with a smaller `seq` (the previous page's `next_before`).
+    pub before: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// One page of the audit log, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditPage {
+    /// The events.
+    pub events: Vec<AuditEvent>,
+    /// The `before` of the next (older) page; `None` on the last page.
+    pub next_before: Option<u64>,
+}
+
 impl Inner {
+    /// The audit store, or a clear error for a store that keeps none.
+    pub(crate) fn audit_store(&self) -> Result<&dyn crate::store::AuditStore> {
+        self.store
+            .audit_store()
+            .ok_or_else(|| Error::Conflict("this store keeps no audit log".into()))
+    }
+
     /// Records an audit event by `actor`, with who/how/where merged into `detail`.
     pub(crate) async fn audit_as(
         &self,
@@ -58,13 +89,43 @@ impl Inner {
 
 impl Conductor {
     /// The audit log, newest first.
-    pub async fn audit_log(&self, object: Option<&str>, limit: usize) -> Result<Vec<AuditEvent>> {
-        let a = self
-            .inner
-            .store
-            .audit_store()
-            .ok_or_else(|| Error::Conflict("this store keeps no audit log".into()))?;
-        a.list_audit(object, limit).await
+    pub async fn audit_log(
+        &self,
+        object: Option<&str>,
+        limit: usize,
+        actor: &Actor,
+    ) -> Result<Vec<AuditEvent>> {
+        actor.require(Permission::ReadAudit)?;
+        self.inner.audit_store()?.list_audit(object, limit).await
+    }
+
+    /// One page of the audit log, newest first: at most `q.limit` events
+    /// (1 to [`MAX_AUDIT_PAGE`]) older than `q.before`, optionally about one
+    /// object. One bounded store query per page, whatever the filter.
+    pub async fn audit_page(&self, q: &AuditQuery, actor: &Actor) -> Result<AuditPage> {
+        actor.require(Permission::ReadAudit)?;
+        if !(1..=MAX_AUDIT_PAGE).contains(&q.limit) {
+            return Err(Error::validation(
+                "limit",
+                format!("{} is out of range (1-{MAX_AUDIT_PAGE})", q.limit),
+            ));
+        }
+        let a = self.inner.audit_store()?;
+        let object = q.object.as_deref();
+        let mut events = match q.before {
+            None => a.list_audit(object, q.limit + 1).await?,
+            Some(b) => a.audit_before(object, b, q.limit + 1).await?,
+        };
+        let next_before = if events.len() > q.limit {
+            events.truncate(q.limit);
+            events.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok(AuditPage {
+            events,
+            next_before,
+        })
     }
 
     /// Records an audit event on behalf of a front end (e.g. a denied request).
@@ -82,8 +143,8 @@ impl Conductor {
 
     /// Recomputes the audit hash chain and reports the first event that was
     /// altered, deleted or reordered.
-    pub async fn verify_audit(&self) -> Result<AuditVerification> {
-        self.verify_audit_against(None).await
+    pub async fn verify_audit(&self, actor: &Actor) -> Result<AuditVerification> {
+        self.verify_audit_against(None, actor).await
     }
 
     /// Like [`Conductor::verify_audit`], and also checks an anchor: the
@@ -94,7 +155,9 @@ impl Conductor {
     pub async fn verify_audit_against(
         &self,
         anchor: Option<(u64, &str)>,
+        actor: &Actor,
     ) -> Result<AuditVerification> {
+        actor.require(Permission::ReadAudit)?;
         let a = self
             .inner
             .store

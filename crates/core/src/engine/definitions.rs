@@ -1,7 +1,10 @@
 //! Definitions through the engine: validating and applying batches of
 //! targets and jobs, reading them back, removing targets.
 
+use std::collections::HashMap;
+
 use super::Conductor;
+use crate::auth::Permission;
 use crate::error::{Error, Result};
 use crate::model::{Actor, Job, Target};
 use crate::spec;
@@ -52,24 +55,21 @@ impl Conductor {
 
     /// Checks a batch the way [`Conductor::apply`] does, without storing anything.
     pub fn validate(&self, batch: &ApplyBatch) -> Result<()> {
+        if batch.targets.is_empty() && batch.jobs.is_empty() {
+            return Err(Error::invalid(NOTHING_TO_APPLY));
+        }
         let mut seen = std::collections::HashSet::new();
         for t in &batch.targets {
             spec::validate_target(t).map_err(|e| e.within(&format!("target '{}'", t.name)))?;
             if !seen.insert(("target", t.name.as_str())) {
-                return Err(Error::validation(
-                    format!("target '{}'", t.name),
-                    "defined twice in this batch",
-                ));
+                return Err(defined_twice("target", &t.name, None));
             }
         }
         for j in &batch.jobs {
             spec::validate_job(j, &self.inner.templates)
                 .map_err(|e| e.within(&format!("job '{}'", j.name)))?;
             if !seen.insert(("job", j.name.as_str())) {
-                return Err(Error::validation(
-                    format!("job '{}'", j.name),
-                    "defined twice in this batch",
-                ));
+                return Err(defined_twice("job", &j.name, None));
             }
         }
         Ok(())
@@ -124,8 +124,62 @@ impl Conductor {
         Ok(())
     }
 
+    /// Merges definitions read from several sources (files) into one batch.
+    /// Each source is checked on its own first, so a semantic error names
+    /// the file it is in; a name defined in two sources names both; a batch
+    /// with nothing in it is refused.
+    pub fn merge_sources(&self, sources: Vec<(String, ApplyBatch)>) -> Result<ApplyBatch> {
+        let mut batch = ApplyBatch::default();
+        let mut origin: HashMap<(&'static str, String), String> = HashMap::new();
+        for (source, b) in sources {
+            if !(b.targets.is_empty() && b.jobs.is_empty()) {
+                self.validate(&b).map_err(|e| in_source(e, &source))?;
+            }
+            let names = b
+                .targets
+                .iter()
+                .map(|t| ("target", t.name.clone()))
+                .chain(b.jobs.iter().map(|j| ("job", j.name.clone())));
+            for key in names {
+                if let Some(first) = origin.get(&key) {
+                    return Err(defined_twice(key.0, &key.1, Some((first, &source))));
+                }
+                origin.insert(key, source.clone());
+            }
+            batch.targets.extend(b.targets);
+            batch.jobs.extend(b.jobs);
+        }
+        if batch.targets.is_empty() && batch.jobs.is_empty() {
+            return Err(Error::invalid(NOTHING_TO_APPLY));
+        }
+        Ok(batch)
+    }
+
+    /// One job version in the job-file format (`docs/job-format.md`), as
+    /// YAML that `apply` reads back to the same definition.
+    pub async fn export_job(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        actor: &Actor,
+    ) -> Result<String> {
+        actor.require(Permission::Read)?;
+        let job = self.job(name, version).await?;
+        let mut doc = serde_json::to_value(&job.spec)
+            .map_err(|e| Error::Internal(format!("encoding job '{name}': {e}")))?;
+        if let serde_json::Value::Object(m) = &mut doc {
+            let mut with_kind = serde_json::Map::new();
+            with_kind.insert("kind".into(), "Job".into());
+            with_kind.extend(std::mem::take(m));
+            *m = with_kind;
+        }
+        serde_yaml_ng::to_string(&doc)
+            .map_err(|e| Error::Internal(format!("encoding job '{name}' as YAML: {e}")))
+    }
+
     /// Every version of a job, oldest first.
-    pub async fn job_versions(&self, name: &str) -> Result<Vec<Job>> {
+    pub async fn job_versions(&self, name: &str, actor: &Actor) -> Result<Vec<Job>> {
+        actor.require(Permission::Read)?;
         let versions = self.inner.store.job_versions(name).await?;
         if versions.is_empty() {
             return Err(self
@@ -171,5 +225,37 @@ impl Conductor {
             name: name.into(),
             hint: Some(hint),
         })
+    }
+}
+
+/// The one message for a batch without definitions, whatever front end sent it.
+const NOTHING_TO_APPLY: &str = "nothing to apply: no Job or Target documents";
+
+/// The one error for a name defined twice in a batch; `sources` names the
+/// two places when they are known.
+fn defined_twice(kind: &str, name: &str, sources: Option<(&str, &str)>) -> Error {
+    Error::validation(
+        format!("{kind} '{name}'"),
+        match sources {
+            Some((first, second)) => {
+                format!("defined twice in this batch: in {first} and in {second}")
+            }
+            None => "defined twice in this batch".to_string(),
+        },
+    )
+}
+
+/// Puts the source (file) name in front of a validation error's field.
+fn in_source(e: Error, source: &str) -> Error {
+    match e {
+        Error::Validation { field, message } => Error::Validation {
+            field: Some(match field {
+                Some(f) if f.starts_with(source) => f,
+                Some(f) => format!("{source}: {f}"),
+                None => source.to_string(),
+            }),
+            message,
+        },
+        other => other,
     }
 }

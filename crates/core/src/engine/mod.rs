@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod definitions;
 mod local;
+mod outcome;
 mod retention;
 mod runs;
 mod secrets;
@@ -13,12 +14,15 @@ mod targets;
 mod worker;
 
 pub use local::LocalPolicy;
-pub use runs::{ADHOC_JOB, ExecRequest, LogStream, RunDetail, SubmitRequest};
+pub use outcome::TargetOutcome;
+pub use runs::{
+    ADHOC_JOB, ExecRequest, LogPage, LogStream, MAX_LOG_PAGE, RunDetail, SubmitRequest,
+};
 pub use targets::TargetCheck;
 
 pub use retention::{AuditExport, DEFAULT_PRUNE_BATCH, PruneReport, PruneRequest, Retention};
 
-pub use audit::AuditVerification;
+pub use audit::{AuditPage, AuditQuery, AuditVerification, MAX_AUDIT_PAGE};
 pub use auth::{Login, token_hash};
 
 pub use secrets::{MAX_SECRET_BYTES, RotationReport, SecretInfo, SetSecret, SetSecretOutcome};
@@ -37,6 +41,43 @@ use crate::executor::Executor;
 use crate::model::RunId;
 use crate::store::Store;
 use crate::template::Templates;
+
+/// Why a step's templates could not be rendered for a target.
+#[derive(Debug)]
+pub(crate) enum RenderError {
+    /// A path field (`copy.dest`, `workdir`) that could not be rendered or
+    /// left the directory the job names: typed, with its field.
+    Path(crate::paths::PathError),
+    /// A template error (`env.NAME: …` or the renderer's message).
+    Template(String),
+}
+
+impl std::fmt::Display for RenderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RenderError::Path(p) => p.fmt(f),
+            RenderError::Template(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<String> for RenderError {
+    fn from(m: String) -> Self {
+        RenderError::Template(m)
+    }
+}
+
+/// A rendered path field (`copy.dest`, `workdir`) confined to the
+/// directory its template names; a template error there names the field too.
+pub(crate) fn render_path(
+    rendered: std::result::Result<String, String>,
+    field: &'static str,
+    template: &str,
+) -> std::result::Result<String, RenderError> {
+    let path = rendered
+        .map_err(|message| RenderError::Path(crate::paths::PathError { field, message }))?;
+    crate::paths::confine_field(field, template, &path).map_err(RenderError::Path)
+}
 
 /// Tunables of the engine. The defaults suit one machine; see each field.
 #[derive(Debug, Clone)]
@@ -295,7 +336,9 @@ impl Inner {
     }
 }
 
-/// The engine. Cheap to clone; clones share everything.
+/// The engine. Cheap to clone; clones share everything. The store it holds
+/// is private: front ends reach data only through its methods, which check
+/// the actor against the permission matrix and record the audit events.
 #[derive(Clone)]
 pub struct Conductor {
     inner: Arc<Inner>,
@@ -345,9 +388,10 @@ impl Conductor {
         }
     }
 
-    /// The store, for front ends that list definitions.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
+    /// The persistence backend's name (`sqlite`, `postgres`), for start-up
+    /// lines and health checks.
+    pub fn backend(&self) -> &'static str {
+        self.inner.store.backend()
     }
 
     /// The engine's configuration.

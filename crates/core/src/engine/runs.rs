@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::{Conductor, worker};
+use crate::auth::Permission;
 use crate::bus::Event;
 use crate::error::{Error, Result};
 use crate::model::{
@@ -91,6 +92,25 @@ pub struct RunDetail {
 
 /// A live stream of log chunks; ends when the run has ended and all output was delivered.
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk>> + Send>>;
+
+/// Largest page of stored output [`Conductor::log_page`] returns.
+pub const MAX_LOG_PAGE: usize = 5000;
+
+/// Chunks read from the store per statement when streaming output.
+const LOG_BATCH: usize = 500;
+
+/// One page of a run's stored output.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogPage {
+    /// The chunks, by `seq`.
+    pub chunks: Vec<LogChunk>,
+    /// The `after` of the next page (the last `seq` here, or the `after` asked for).
+    pub next_after: u64,
+    /// The run's status, read before the chunks.
+    pub run_status: RunStatus,
+    /// The run had ended and no chunk comes after this page.
+    pub complete: bool,
+}
 
 /// The name ad-hoc runs are listed under.
 pub const ADHOC_JOB: &str = "exec";
@@ -211,23 +231,19 @@ impl Conductor {
                             t,
                             &worker::template_context(id, &spec, version, 1, &params, t),
                         )
-                        .map_err(|m| {
+                        .map_err(|e| match e {
                             // Paths name their own field (`steps[1].copy.dest`).
-                            for field in ["copy.dest", "workdir"] {
-                                if let Some(why) = m.strip_prefix(&format!("{field}: ")) {
-                                    return Error::validation(
-                                        format!("steps[{i}].{field}"),
-                                        format!(
-                                            "{why} (step '{}', target '{}')",
-                                            step.name, t.name
-                                        ),
-                                    );
-                                }
-                            }
-                            Error::validation(
+                            super::RenderError::Path(p) => Error::validation(
+                                format!("steps[{i}].{}", p.field),
+                                format!(
+                                    "{} (step '{}', target '{}')",
+                                    p.message, step.name, t.name
+                                ),
+                            ),
+                            super::RenderError::Template(m) => Error::validation(
                                 format!("steps[{i}] ({}) on target '{}'", step.name, t.name),
                                 m,
-                            )
+                            ),
                         })?;
                     }
                 }
@@ -325,7 +341,8 @@ impl Conductor {
     }
 
     /// One run with its results.
-    pub async fn run(&self, id: RunId) -> Result<RunDetail> {
+    pub async fn run(&self, id: RunId, actor: &Actor) -> Result<RunDetail> {
+        actor.require(Permission::Read)?;
         let run = self.get_run(id).await?;
         let results = self.inner.store.step_results(id).await?;
         Ok(RunDetail { run, results })
@@ -340,7 +357,8 @@ impl Conductor {
     }
 
     /// Runs matching a filter, newest first.
-    pub async fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+    pub async fn runs(&self, filter: &RunFilter, actor: &Actor) -> Result<Vec<Run>> {
+        actor.require(Permission::Read)?;
         self.inner.store.list_runs(filter).await
     }
 
@@ -405,8 +423,55 @@ impl Conductor {
     /// Streams the run's output from `after` (a `seq`, 0 for the beginning),
     /// live, until the run has ended and everything was delivered. In order,
     /// without gaps or duplicates, also when it starts late.
-    pub async fn follow(&self, id: RunId, after: u64) -> Result<LogStream> {
+    pub async fn follow(&self, id: RunId, after: u64, actor: &Actor) -> Result<LogStream> {
+        actor.require(Permission::Read)?;
         self.get_run(id).await?;
+        Ok(self.stream_logs(id, after, true))
+    }
+
+    /// The run's stored output from `after`, read from the store in bounded
+    /// pages: everything stored now, without waiting for more (use
+    /// [`Conductor::follow`] for that). Front ends never page the store
+    /// themselves.
+    pub async fn logs(&self, id: RunId, after: u64, actor: &Actor) -> Result<LogStream> {
+        actor.require(Permission::Read)?;
+        self.get_run(id).await?;
+        Ok(self.stream_logs(id, after, false))
+    }
+
+    /// One page of stored output: at most `limit` chunks after `after`
+    /// (1 to [`MAX_LOG_PAGE`]), with the run's status read first, so that
+    /// `complete` (the run had ended and this page holds the rest) is exact.
+    pub async fn log_page(
+        &self,
+        id: RunId,
+        after: u64,
+        limit: usize,
+        actor: &Actor,
+    ) -> Result<LogPage> {
+        actor.require(Permission::Read)?;
+        if !(1..=MAX_LOG_PAGE).contains(&limit) {
+            return Err(Error::validation(
+                "limit",
+                format!("{limit} is out of range (1-{MAX_LOG_PAGE})"),
+            ));
+        }
+        // Status first: if the run had ended, every chunk is stored already.
+        let run = self.get_run(id).await?;
+        let chunks = self.inner.store.read_logs(id, after, limit).await?;
+        let complete = run.status.is_terminal() && chunks.len() < limit;
+        let next_after = chunks.last().map_or(after, |c| c.seq);
+        Ok(LogPage {
+            chunks,
+            next_after,
+            run_status: run.status,
+            complete,
+        })
+    }
+
+    /// Pages the store into a channel (bounded memory); `live` keeps going,
+    /// woken by the bus or the poll, until the run has ended.
+    fn stream_logs(&self, id: RunId, after: u64, live: bool) -> LogStream {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<LogChunk>>(256);
         let this = self.clone();
         tokio::spawn(async move {
@@ -423,7 +488,7 @@ impl Conductor {
                     }
                 };
                 loop {
-                    let chunks = match this.inner.store.read_logs(id, last, 500).await {
+                    let chunks = match this.inner.store.read_logs(id, last, LOG_BATCH).await {
                         Ok(c) => c,
                         Err(e) => {
                             let _ = tx.send(Err(e)).await;
@@ -437,11 +502,11 @@ impl Conductor {
                             return;
                         }
                     }
-                    if n < 500 {
+                    if n < LOG_BATCH {
                         break;
                     }
                 }
-                if ended {
+                if ended || !live {
                     return;
                 }
                 tokio::select! {
@@ -450,7 +515,7 @@ impl Conductor {
                 }
             }
         });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 
     /// Claims this one queued run and executes it in the calling task (the CLI

@@ -380,4 +380,24 @@ impl AuditStore for PostgresStore {
         .ctx(op)?;
         rows.iter().map(audit_row).collect()
     }
+
+    async fn audit_before(
+        &self,
+        object: Option<&str>,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>> {
+        let limit = if limit == 0 { 100 } else { limit.min(10_000) } as i64;
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT seq, time, actor, action, object, detail, prev_hash, hash FROM audit_events WHERE seq < $1 AND ($2::text IS NULL OR object = $2) ORDER BY seq DESC LIMIT $3",
+        )
+        .bind(before)
+        .bind(object)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading the audit log")?;
+        rows.iter().map(audit_row).collect()
+    }
 }
