@@ -5,8 +5,7 @@
 //! the per-step results — the public API end to end, nothing else running.
 
 use futures::StreamExt;
-use opsconductor::store::ApplyBatch;
-use opsconductor::{Actor, RunStatus, SubmitRequest};
+use opsconductor::{Actor, ApplyBatch, RunStatus, SubmitRequest};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,7 +46,7 @@ steps:
         let oc = oc.clone();
         async move { oc.execute(run.id).await }
     });
-    let mut logs = oc.follow(run.id, 0).await?;
+    let mut logs = oc.follow(run.id, 0, &me).await?;
     while let Some(chunk) = logs.next().await {
         let chunk = chunk?;
         print!(
@@ -59,7 +58,7 @@ steps:
     }
     let done = worker.await??;
 
-    let detail = oc.run(done.id).await?;
+    let detail = oc.run(done.id, &me).await?;
     for r in &detail.results {
         println!(
             "step {} on {}: {} (exit {:?})",

@@ -16,6 +16,9 @@ use tempfile::TempDir;
 
 struct Env {
     oc: Conductor,
+    /// The database under the engine, opened on its own: tests play dead
+    /// workers and rescuers on it, which the engine never lets front ends do.
+    store: std::sync::Arc<dyn opsconductor::store::Store>,
     dir: TempDir,
 }
 
@@ -40,7 +43,8 @@ async fn engine_with(tune: impl FnOnce(&mut Config)) -> Env {
         .build()
         .await
         .unwrap();
-    Env { oc, dir }
+    let store = opsconductor::open_store(&url).await.unwrap();
+    Env { oc, store, dir }
 }
 
 fn me() -> Actor {
@@ -64,11 +68,11 @@ impl Env {
             .await
             .unwrap();
         let done = self.oc.execute(run.id).await.unwrap();
-        self.oc.run(done.id).await.unwrap()
+        self.oc.run(done.id, &me()).await.unwrap()
     }
 
     async fn logs(&self, id: RunId) -> Vec<opsconductor::LogChunk> {
-        let mut s = self.oc.follow(id, 0).await.unwrap();
+        let mut s = self.oc.follow(id, 0, &me()).await.unwrap();
         let mut out = vec![];
         while let Some(c) = s.next().await {
             out.push(c.unwrap());
@@ -116,7 +120,7 @@ async fn wait_until<F: Fn(&RunDetail) -> bool>(
     f: F,
 ) -> RunDetail {
     for _ in 0..200 {
-        let d = oc.run(id).await.unwrap();
+        let d = oc.run(id, &me()).await.unwrap();
         if f(&d) {
             return d;
         }
@@ -172,12 +176,12 @@ async fn follow_streams_while_the_run_is_going_and_late_followers_get_everything
         let oc = env.oc.clone();
         async move { oc.execute(run.id).await }
     });
-    let mut s = env.oc.follow(run.id, 0).await.unwrap();
+    let mut s = env.oc.follow(run.id, 0, &me()).await.unwrap();
     let first = s.next().await.unwrap().unwrap();
     assert_eq!(first.data, b"first\n");
     // The first chunk arrived while the command was still sleeping.
     assert_eq!(
-        env.oc.run(run.id).await.unwrap().run.status,
+        env.oc.run(run.id, &me()).await.unwrap().run.status,
         RunStatus::Running
     );
     let rest: Vec<_> = s.collect().await;
@@ -186,7 +190,7 @@ async fn follow_streams_while_the_run_is_going_and_late_followers_get_everything
 
     // A follower that joins after the end gets the whole log; one that resumes gets the rest.
     assert_eq!(env.stdout(run.id).await, "first\nsecond\n");
-    let mut resumed = env.oc.follow(run.id, 1).await.unwrap();
+    let mut resumed = env.oc.follow(run.id, 1, &me()).await.unwrap();
     assert_eq!(resumed.next().await.unwrap().unwrap().data, b"second\n");
     assert!(resumed.next().await.is_none());
 }
@@ -207,7 +211,7 @@ async fn cancel_kills_the_whole_process_group() {
         let oc = env.oc.clone();
         async move { oc.execute(run.id).await }
     });
-    let mut s = env.oc.follow(run.id, 0).await.unwrap();
+    let mut s = env.oc.follow(run.id, 0, &me()).await.unwrap();
     assert_eq!(s.next().await.unwrap().unwrap().data, b"started\n");
     assert!(process_alive(&format!("sleep {m}")));
     env.oc.cancel(run.id, &me()).await.unwrap();
@@ -217,7 +221,7 @@ async fn cancel_kills_the_whole_process_group() {
         .unwrap()
         .unwrap();
     assert_eq!(done.status, RunStatus::Cancelled);
-    let d = env.oc.run(run.id).await.unwrap();
+    let d = env.oc.run(run.id, &me()).await.unwrap();
     assert_eq!(result(&d, 0, "local").status, StepStatus::Cancelled);
     assert!(
         !process_alive(&format!("sleep {m}")),
@@ -455,7 +459,13 @@ steps:
         "{err}"
     );
     assert!(err.to_string().contains("only docker targets"), "{err}");
-    assert!(env.oc.runs(&RunFilter::default()).await.unwrap().is_empty());
+    assert!(
+        env.oc
+            .runs(&RunFilter::default(), &me())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -547,7 +557,11 @@ steps:
         .unwrap_err();
     assert!(err.to_string().contains("tag:none"), "{err}");
     assert!(
-        env.oc.runs(&RunFilter::default()).await.unwrap().is_empty(),
+        env.oc
+            .runs(&RunFilter::default(), &me())
+            .await
+            .unwrap()
+            .is_empty(),
         "something was queued"
     );
 }
@@ -686,14 +700,14 @@ async fn worker_pool_runs_each_run_exactly_once() {
 }
 
 /// Claims a run as a worker that then "dies" (never heartbeats), with a tiny lease.
-async fn claim_as_dead_worker(oc: &Conductor, id: RunId) -> Run {
+async fn claim_as_dead_worker(env: &Env, id: RunId) -> Run {
     let claim = Claim {
         worker: "dead-host:1".into(),
         lease: Duration::from_millis(1),
         limit: 1,
         only: Some(id),
     };
-    let runs = oc.store().claim_queued(&claim).await.unwrap();
+    let runs = env.store.claim_queued(&claim).await.unwrap();
     assert_eq!(runs.len(), 1);
     tokio::time::sleep(Duration::from_millis(20)).await;
     runs.into_iter().next().unwrap()
@@ -703,9 +717,9 @@ async fn claim_as_dead_worker(oc: &Conductor, id: RunId) -> Run {
 /// step 1, and waits for a live worker to rescue and end the run.
 async fn rescue_after_a_crash_in_step_1(env: &Env, job: &str) -> (Run, Run) {
     let run = env.oc.submit(SubmitRequest::new(job), &me()).await.unwrap();
-    let claimed = claim_as_dead_worker(&env.oc, run.id).await;
-    put(&env.oc, &claimed, 0, StepStatus::Succeeded).await;
-    put(&env.oc, &claimed, 1, StepStatus::Running).await;
+    let claimed = claim_as_dead_worker(env, run.id).await;
+    put(env, &claimed, 0, StepStatus::Succeeded).await;
+    put(env, &claimed, 1, StepStatus::Running).await;
     env.oc.start_workers(1);
     let done = tokio::time::timeout(Duration::from_secs(30), env.oc.wait(run.id))
         .await
@@ -715,9 +729,9 @@ async fn rescue_after_a_crash_in_step_1(env: &Env, job: &str) -> (Run, Run) {
     (run, done)
 }
 
-async fn put(oc: &Conductor, run: &Run, step: u32, status: StepStatus) {
+async fn put(env: &Env, run: &Run, step: u32, status: StepStatus) {
     let now = chrono::Utc::now();
-    oc.store()
+    env.store
         .put_step_result(&StepResult {
             run_id: run.id,
             step,
@@ -754,7 +768,7 @@ steps:
     assert_eq!(done.status, RunStatus::Failed);
     assert_eq!(done.attempt, 2);
     assert!(done.worker.as_deref().is_some_and(|w| w != "dead-host:1"));
-    let d = env.oc.run(run.id).await.unwrap();
+    let d = env.oc.run(run.id, &me()).await.unwrap();
     assert_eq!(result(&d, 0, "local").status, StepStatus::Succeeded);
     assert_eq!(result(&d, 1, "local").status, StepStatus::Interrupted);
     assert_eq!(result(&d, 2, "local").status, StepStatus::Skipped);
@@ -803,7 +817,7 @@ steps:
     ))
     .await;
     let (run, done) = rescue_after_a_crash_in_step_1(&env, "tolerant").await;
-    let d = env.oc.run(run.id).await.unwrap();
+    let d = env.oc.run(run.id, &me()).await.unwrap();
     // The interrupted step is not repeated (it is not idempotent) but the run
     // goes on, because that step was allowed to fail.
     assert_eq!(result(&d, 0, "local").status, StepStatus::Succeeded);
@@ -837,7 +851,7 @@ steps:
         .submit_exec(ExecRequest::new("true"), &me())
         .await
         .unwrap();
-    claim_as_dead_worker(&env.oc, stuck.id).await;
+    claim_as_dead_worker(&env, stuck.id).await;
     let mut queued = Vec::new();
     for _ in 0..40 {
         queued.push(
@@ -856,7 +870,7 @@ steps:
     // When the stuck run was done, most of the queue was still waiting.
     let mut still_queued = 0;
     for id in &queued {
-        if env.oc.run(*id).await.unwrap().run.status == RunStatus::Queued {
+        if env.oc.run(*id, &me()).await.unwrap().run.status == RunStatus::Queued {
             still_queued += 1;
         }
     }
@@ -875,7 +889,7 @@ async fn a_worker_that_lost_its_lease_does_not_overwrite_the_run() {
         .submit_exec(ExecRequest::new("true"), &me())
         .await
         .unwrap();
-    let claimed = claim_as_dead_worker(&env.oc, run.id).await;
+    let claimed = claim_as_dead_worker(&env, run.id).await;
     // Someone else rescues it and finishes it...
     let rescuer = Claim {
         worker: "rescuer".into(),
@@ -884,30 +898,26 @@ async fn a_worker_that_lost_its_lease_does_not_overwrite_the_run() {
         only: None,
     };
     let taken = env
-        .oc
-        .store()
+        .store
         .claim_expired(&rescuer, chrono::Utc::now())
         .await
         .unwrap();
     assert_eq!(taken.len(), 1);
     assert!(
-        env.oc
-            .store()
+        env.store
             .finish_run(run.id, "rescuer", 2, RunStatus::Succeeded, None)
             .await
             .unwrap()
     );
     // ...so the original owner's late writes are refused.
     assert!(
-        !env.oc
-            .store()
+        !env.store
             .heartbeat(run.id, "dead-host:1", claimed.attempt, chrono::Utc::now())
             .await
             .unwrap()
     );
     assert!(
-        !env.oc
-            .store()
+        !env.store
             .finish_run(
                 run.id,
                 "dead-host:1",
@@ -919,7 +929,7 @@ async fn a_worker_that_lost_its_lease_does_not_overwrite_the_run() {
             .unwrap()
     );
     assert_eq!(
-        env.oc.run(run.id).await.unwrap().run.status,
+        env.oc.run(run.id, &me()).await.unwrap().run.status,
         RunStatus::Succeeded
     );
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use opsconductor::{Conductor, Error};
+use opsconductor::{Actor, Conductor, Error};
 
 use crate::exit;
 use crate::output::{Out, local_time};
@@ -97,7 +97,9 @@ pub async fn audit_verify(oc: &Conductor, out: &Out, anchor: Option<&str>) -> Re
             Some((seq, hash))
         }
     };
-    let v = oc.verify_audit_against(anchor).await?;
+    let v = oc
+        .verify_audit_against(anchor, &Actor::local_user())
+        .await?;
     if out.json {
         out.json(&v);
     } else if v.ok {
@@ -123,7 +125,9 @@ pub async fn audit(
     object: Option<String>,
     limit: usize,
 ) -> Result<u8, Error> {
-    let events = oc.audit_log(object.as_deref(), limit).await?;
+    let events = oc
+        .audit_log(object.as_deref(), limit, &Actor::local_user())
+        .await?;
     if out.json {
         out.json(&events);
         return Ok(exit::OK);
@@ -158,7 +162,7 @@ pub async fn worker(oc: &Conductor, out: &Out, args: &WorkerArgs) -> Result<u8, 
         "worker {} started: {} at a time on {} (lease {}) — SIGTERM or Ctrl-C to stop",
         oc.config().worker_name,
         args.concurrency,
-        oc.store().backend(),
+        oc.backend(),
         opsconductor::duration::format(args.lease)
     ));
     wait_for_signal().await;

@@ -1,11 +1,9 @@
 //! `opsconductor apply`: load job and target files and store them (all or nothing).
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use opsconductor::store::ApplyBatch;
-use opsconductor::{Actor, Conductor, Error};
+use opsconductor::{Actor, ApplyBatch, Conductor, Error};
 
 use crate::exit;
 use crate::output::Out;
@@ -16,37 +14,13 @@ pub async fn apply(
     files: &[PathBuf],
     dry_run: bool,
 ) -> Result<u8, Error> {
-    let mut batch = ApplyBatch::default();
-    // Which file defined each object, to name both files of a duplicate.
-    let mut origin: HashMap<(&'static str, String), String> = HashMap::new();
+    let mut sources = Vec::new();
     for f in files {
-        for (source, b) in load_files(f)? {
-            // Check each file on its own first, so a semantic error (a bad
-            // schema, a template error) names the file it is in.
-            oc.validate(&b).map_err(|e| in_file(e, &source))?;
-            let names = b
-                .targets
-                .iter()
-                .map(|t| ("target", t.name.clone()))
-                .chain(b.jobs.iter().map(|j| ("job", j.name.clone())));
-            for key in names {
-                if let Some(first) = origin.get(&key) {
-                    return Err(Error::validation(
-                        format!("{} '{}'", key.0, key.1),
-                        format!("defined twice in this batch: in {first} and in {source}"),
-                    ));
-                }
-                origin.insert(key, source.clone());
-            }
-            batch.targets.extend(b.targets);
-            batch.jobs.extend(b.jobs);
-        }
+        sources.extend(load_files(f)?);
     }
-    if batch.targets.is_empty() && batch.jobs.is_empty() {
-        return Err(Error::invalid(
-            "nothing to apply: the files hold no Job or Target documents",
-        ));
-    }
+    // The engine checks each file on its own (errors name the file), names
+    // both files of a duplicate and refuses an empty batch.
+    let batch = oc.merge_sources(sources)?;
     if dry_run {
         oc.validate(&batch)?;
         if out.json {
@@ -117,19 +91,4 @@ fn load_files(arg: &Path) -> Result<Vec<(String, ApplyBatch)>, Error> {
         .into_iter()
         .map(|f| Ok((f.display().to_string(), opsconductor::spec::load_path(&f)?)))
         .collect()
-}
-
-/// Puts the file name in front of a validation error's field.
-fn in_file(e: Error, source: &str) -> Error {
-    match e {
-        Error::Validation { field, message } => Error::Validation {
-            field: Some(match field {
-                Some(f) if f.starts_with(source) => f,
-                Some(f) => format!("{source}: {f}"),
-                None => source.to_string(),
-            }),
-            message,
-        },
-        other => other,
-    }
 }

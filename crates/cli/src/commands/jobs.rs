@@ -1,6 +1,6 @@
 //! `opsconductor jobs …`: list, show and versions.
 
-use opsconductor::{Action, Conductor, Error};
+use opsconductor::{Action, Actor, Conductor, Error};
 
 use crate::exit;
 use crate::output::{Out, local_time};
@@ -117,8 +117,7 @@ pub async fn jobs_show(
 }
 
 pub async fn jobs_versions(oc: &Conductor, out: &Out, name: &str) -> Result<u8, Error> {
-    oc.job(name, None).await?;
-    let versions = oc.store().job_versions(name).await?;
+    let versions = oc.job_versions(name, &Actor::local_user()).await?;
     if out.json {
         out.json(&versions);
         return Ok(exit::OK);

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use opsconductor::{Conductor, Error, Run, RunDetail, RunId, RunStatus, StepResult, StepStatus};
+use futures::StreamExt;
+use opsconductor::{Actor, Conductor, Error, Run, RunDetail, RunId, RunStatus, StepStatus};
 
 use crate::exit;
 use crate::output::{Out, human_duration};
@@ -14,26 +15,23 @@ pub(super) async fn print_grouped(oc: &Conductor, out: &Out, id: RunId) -> Resul
     if out.json {
         return Ok(());
     }
-    let d = oc.run(id).await?;
+    let me = Actor::local_user();
+    let d = oc.run(id, &me).await?;
     let mut per: std::collections::BTreeMap<String, Vec<u8>> = std::collections::BTreeMap::new();
-    let mut after = 0;
-    loop {
-        let chunks = oc.store().read_logs(id, after, 1000).await?;
-        let n = chunks.len();
-        for c in chunks {
-            after = c.seq;
-            if c.stream != opsconductor::Stream::System {
-                per.entry(c.target.clone().unwrap_or_default())
-                    .or_default()
-                    .extend_from_slice(&c.data);
-            }
-        }
-        if n < 1000 {
-            break;
+    let mut logs = oc.logs(id, 0, &me).await?;
+    while let Some(c) = logs.next().await {
+        let c = c?;
+        if c.stream != opsconductor::Stream::System {
+            per.entry(c.target.clone().unwrap_or_default())
+                .or_default()
+                .extend_from_slice(&c.data);
         }
     }
     for t in &d.run.targets {
-        let status = target_status(&d, t, true).unwrap_or(StepStatus::Skipped);
+        let status = d
+            .target_outcome(t, true)
+            .status
+            .unwrap_or(StepStatus::Skipped);
         println!(
             "{} {} {}",
             out.dim("──"),
@@ -63,12 +61,12 @@ pub(super) async fn progress(
     let steps = run.spec.steps.len();
     loop {
         let finished = exec.is_finished();
-        if let Ok(d) = oc.run(run.id).await {
+        if let Ok(d) = oc.run(run.id, &Actor::local_user()).await {
             let mut running = 0;
             let (mut ok, mut bad) = (0, 0);
             for t in &run.targets {
-                let status = target_status(&d, t, d.run.status.is_terminal() || finished);
-                match status {
+                let o = d.target_outcome(t, d.run.status.is_terminal() || finished);
+                match o.status {
                     None => running += 1,
                     Some(s) => {
                         if s == StepStatus::Succeeded {
@@ -80,9 +78,7 @@ pub(super) async fn progress(
                             if out.tty {
                                 print!("\r\x1b[2K");
                             }
-                            let took = target_duration(&d, t)
-                                .map(human_duration)
-                                .unwrap_or_default();
+                            let took = o.duration.map(human_duration).unwrap_or_default();
                             let mark = if s == StepStatus::Succeeded {
                                 out.paint("\x1b[32m", "✓")
                             } else {
@@ -126,46 +122,6 @@ pub(super) async fn progress(
     }
 }
 
-/// A target's overall state: `None` while it still has steps to run.
-fn target_status(d: &RunDetail, target: &str, run_over: bool) -> Option<StepStatus> {
-    let steps = &d.run.spec.steps;
-    let mine: Vec<_> = d.results.iter().filter(|r| r.target == target).collect();
-    let terminal = mine
-        .iter()
-        .filter(|r| r.status != StepStatus::Running)
-        .count();
-    if terminal < steps.len() && !run_over {
-        return None;
-    }
-    for r in &mine {
-        let tolerated = steps
-            .get(r.step as usize)
-            .is_some_and(|s| s.continue_on_error);
-        if !matches!(r.status, StepStatus::Succeeded | StepStatus::Skipped) && !tolerated {
-            return Some(r.status);
-        }
-    }
-    if mine.is_empty() || terminal < steps.len() {
-        return Some(match d.run.status {
-            RunStatus::Cancelled => StepStatus::Cancelled,
-            RunStatus::TimedOut => StepStatus::TimedOut,
-            RunStatus::Succeeded => StepStatus::Succeeded,
-            _ => StepStatus::Skipped,
-        });
-    }
-    Some(StepStatus::Succeeded)
-}
-
-fn target_duration(d: &RunDetail, target: &str) -> Option<chrono::Duration> {
-    let mine = d
-        .results
-        .iter()
-        .filter(|r| r.target == target && r.status != StepStatus::Skipped);
-    let start = mine.clone().map(|r| r.started_at).min()?;
-    let end = mine.filter_map(|r| r.finished_at).max()?;
-    Some(end - start)
-}
-
 pub(super) fn run_duration(r: &Run) -> String {
     match (r.started_at, r.finished_at) {
         (Some(s), Some(f)) => human_duration(f - s),
@@ -185,43 +141,13 @@ pub(super) fn summary(out: &Out, d: &RunDetail, followed: bool) {
             .targets
             .iter()
             .map(|t| {
-                let st = target_status(d, t, true).unwrap_or(StepStatus::Skipped);
-                // The step that failed the target, else its last one.
-                let failing = failing_result(d, t);
-                let last = failing.filter(|x| x.exit_code.is_some()).or_else(|| {
-                    d.results
-                        .iter()
-                        .filter(|x| &x.target == t && x.exit_code.is_some())
-                        .max_by_key(|x| x.step)
-                });
-                let err = failing
-                    .and_then(|x| x.error.clone())
-                    .or_else(|| {
-                        // Only tolerated failures (continue_on_error): say so.
-                        d.results.iter().filter(|x| &x.target == t).find_map(|x| {
-                            let name = d
-                                .run
-                                .spec
-                                .steps
-                                .get(x.step as usize)
-                                .map(|s| s.name.as_str())
-                                .unwrap_or("?");
-                            x.error
-                                .as_ref()
-                                .map(|e| format!("tolerated: step '{name}': {e}"))
-                        })
-                    })
-                    .unwrap_or_default();
+                let o = d.target_outcome(t, true);
                 vec![
                     t.clone(),
-                    eout.step_status(st),
-                    last.and_then(|x| x.exit_code)
-                        .map(|c| c.to_string())
-                        .unwrap_or_default(),
-                    target_duration(d, t)
-                        .map(human_duration)
-                        .unwrap_or_default(),
-                    err,
+                    eout.step_status(o.status.unwrap_or(StepStatus::Skipped)),
+                    o.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                    o.duration.map(human_duration).unwrap_or_default(),
+                    o.error.unwrap_or_default(),
                 ]
             })
             .collect();
@@ -255,7 +181,8 @@ pub(super) fn exit_code(d: &RunDetail) -> u8 {
         RunStatus::Succeeded => exit::OK,
         RunStatus::TimedOut => exit::TIMED_OUT,
         RunStatus::Cancelled => exit::CANCELLED,
-        RunStatus::Failed if d.run.targets.len() == 1 => failing_result(d, &d.run.targets[0])
+        RunStatus::Failed if d.run.targets.len() == 1 => d
+            .failing_result(&d.run.targets[0])
             .filter(|r| r.status == StepStatus::Failed)
             .and_then(|r| r.exit_code)
             .and_then(|c| u8::try_from(c).ok())
@@ -263,21 +190,4 @@ pub(super) fn exit_code(d: &RunDetail) -> u8 {
             .unwrap_or(exit::FAILED),
         _ => exit::FAILED,
     }
-}
-
-/// The result that failed `target`: the first one, by step, that neither
-/// succeeded nor was allowed to fail (`continue_on_error`).
-fn failing_result<'a>(d: &'a RunDetail, target: &str) -> Option<&'a StepResult> {
-    d.results
-        .iter()
-        .filter(|r| r.target == target)
-        .filter(|r| !matches!(r.status, StepStatus::Succeeded | StepStatus::Skipped))
-        .filter(|r| {
-            !d.run
-                .spec
-                .steps
-                .get(r.step as usize)
-                .is_some_and(|s| s.continue_on_error)
-        })
-        .min_by_key(|r| r.step)
 }

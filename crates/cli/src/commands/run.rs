@@ -197,7 +197,7 @@ async fn drive(
     };
     if follow {
         let mut printer = LogPrinter::new(out, &run.targets, prefix);
-        let mut logs = oc.follow(id, 0).await?;
+        let mut logs = oc.follow(id, 0, &Actor::local_user()).await?;
         while let Some(chunk) = logs.next().await {
             printer.chunk(&chunk?);
         }
@@ -210,7 +210,7 @@ async fn drive(
         Err(e) => return Err(Error::Internal(format!("the run task failed: {e}"))),
     };
     interrupt.abort();
-    let detail = oc.run(done.id).await?;
+    let detail = oc.run(done.id, &Actor::local_user()).await?;
     if out.json && follow {
         // The output went out as JSON lines; the run is one more line.
         match serde_json::to_string(&detail) {

@@ -1,8 +1,7 @@
 //! `opsconductor runs …`: list, show, logs and cancel.
 
 use futures::StreamExt;
-use opsconductor::store::RunFilter;
-use opsconductor::{Actor, Conductor, Error, RunId, RunStatus};
+use opsconductor::{Actor, Conductor, Error, RunFilter, RunId, RunStatus};
 
 use super::report::run_duration;
 use crate::exit;
@@ -24,12 +23,15 @@ pub async fn runs_list(
         return Err(Error::validation("--limit", "must be between 1 and 1000"));
     }
     let runs = oc
-        .runs(&RunFilter {
-            job,
-            statuses,
-            before: None,
-            limit,
-        })
+        .runs(
+            &RunFilter {
+                job,
+                statuses,
+                before: None,
+                limit,
+            },
+            &Actor::local_user(),
+        )
         .await?;
     if out.json {
         out.json(&runs);
@@ -77,7 +79,7 @@ async fn resolve(oc: &Conductor, id: &str) -> Result<RunId, Error> {
 }
 
 pub async fn runs_show(oc: &Conductor, out: &Out, id: &str) -> Result<u8, Error> {
-    let d = oc.run(resolve(oc, id).await?).await?;
+    let d = oc.run(resolve(oc, id).await?, &Actor::local_user()).await?;
     if out.json {
         out.json(&d);
         return Ok(exit::OK);
@@ -158,26 +160,16 @@ pub async fn runs_show(oc: &Conductor, out: &Out, id: &str) -> Result<u8, Error>
 
 pub async fn runs_logs(oc: &Conductor, out: &Out, id: &str, follow: bool) -> Result<u8, Error> {
     let id = resolve(oc, id).await?;
-    let d = oc.run(id).await?;
+    let d = oc.run(id, &Actor::local_user()).await?;
     let mut printer = LogPrinter::new(out, &d.run.targets, true);
-    if follow {
-        let mut logs = oc.follow(id, 0).await?;
-        while let Some(c) = logs.next().await {
-            printer.chunk(&c?);
-        }
+    // Live, or what is stored now; the engine pages the store either way.
+    let mut logs = if follow {
+        oc.follow(id, 0, &Actor::local_user()).await?
     } else {
-        let mut after = 0;
-        loop {
-            let chunks = oc.store().read_logs(id, after, 1000).await?;
-            let n = chunks.len();
-            for c in &chunks {
-                after = c.seq;
-                printer.chunk(c);
-            }
-            if n < 1000 {
-                break;
-            }
-        }
+        oc.logs(id, 0, &Actor::local_user()).await?
+    };
+    while let Some(c) = logs.next().await {
+        printer.chunk(&c?);
     }
     printer.flush();
     Ok(exit::OK)
@@ -185,7 +177,7 @@ pub async fn runs_logs(oc: &Conductor, out: &Out, id: &str, follow: bool) -> Res
 
 pub async fn runs_cancel(oc: &Conductor, out: &Out, id: &str) -> Result<u8, Error> {
     let id = resolve(oc, id).await?;
-    let before = oc.run(id).await?.run;
+    let before = oc.run(id, &Actor::local_user()).await?.run;
     if before.status.is_terminal() {
         // Nothing to stop; say so rather than "cancelled" for a run that
         // had been cancelled (or had ended) before.
