@@ -951,3 +951,192 @@ async fn run_ids_resolve_from_unique_prefixes() {
         Error::NotFound { .. }
     ));
 }
+
+// -- the engine is the only door ---------------------------------------------
+
+fn viewer() -> Actor {
+    Actor::user("vera", opsconductor::auth::Role::Viewer, "password")
+}
+
+fn operator() -> Actor {
+    Actor::user("otto", opsconductor::auth::Role::Operator, "password")
+}
+
+fn forbidden<T: std::fmt::Debug>(r: opsconductor::Result<T>) -> bool {
+    matches!(r, Err(Error::Forbidden(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_take_an_actor_checked_against_the_matrix() {
+    let env = engine().await;
+    env.apply("kind: Job\nname: talk\nsteps:\n  - exec: printf 'a\\nb\\nc\\n'\n")
+        .await;
+    env.apply("kind: Job\nname: talk\ndescription: v2\nsteps:\n  - exec: printf 'a\\nb\\nc\\n'\n")
+        .await;
+    let d = env.run("talk", json!({})).await;
+    let id = d.run.id;
+    let v = viewer();
+    // A viewer reads runs, output, job versions, exports and the audit log...
+    assert_eq!(env.oc.run(id, &v).await.unwrap().run.id, id);
+    assert_eq!(env.oc.runs(&RunFilter::default(), &v).await.unwrap().len(), 1);
+    assert_eq!(env.oc.job_versions("talk", &v).await.unwrap().len(), 2);
+    let yaml = env.oc.export_job("talk", Some(1), &v).await.unwrap();
+    let back = opsconductor::spec::parse_str(&yaml, "export.yaml", None).unwrap();
+    assert_eq!(back.jobs, vec![env.oc.job("talk", Some(1)).await.unwrap().spec]);
+    let mut all = Vec::new();
+    let mut logs = env.oc.logs(id, 0, &v).await.unwrap();
+    while let Some(c) = logs.next().await {
+        all.push(c.unwrap());
+    }
+    assert_eq!(all, env.logs(id).await);
+    // ...in pages whose last one says it is complete.
+    let first = env.oc.log_page(id, 0, 1, &v).await.unwrap();
+    assert_eq!(first.chunks.len(), 1);
+    assert!(!first.complete);
+    let rest = env
+        .oc
+        .log_page(id, first.next_after, opsconductor::MAX_LOG_PAGE, &v)
+        .await
+        .unwrap();
+    assert!(rest.complete);
+    assert_eq!(rest.run_status, RunStatus::Succeeded);
+    assert_eq!(first.chunks.len() + rest.chunks.len(), all.len());
+    let too_big = env.oc.log_page(id, 0, opsconductor::MAX_LOG_PAGE + 1, &v).await;
+    assert!(matches!(too_big, Err(Error::Validation { field: Some(f), .. }) if f == "limit"));
+    // But a viewer may neither check nor remove a target; an operator may.
+    env.apply("kind: Target\nname: spare\nconnection: {type: local}\n")
+        .await;
+    assert!(forbidden(env.oc.check_target("spare", &v).await));
+    assert!(forbidden(env.oc.remove_target("spare", &v).await));
+    let check = env.oc.check_target("spare", &operator()).await.unwrap();
+    assert!(check.ok, "{check:?}");
+    env.oc.remove_target("spare", &operator()).await.unwrap();
+    let gone = env.oc.check_target("spare", &operator()).await;
+    assert!(matches!(gone, Err(Error::NotFound { .. })), "{gone:?}");
+    assert!(forbidden(
+        env.oc
+            .submit(SubmitRequest::new("talk"), &v)
+            .await
+            .map(|r| r.id)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_audit_log_pages_backwards_through_the_engine() {
+    let env = engine().await;
+    for i in 0..7 {
+        env.apply(&format!(
+            "kind: Target\nname: t{i}\nconnection: {{type: local}}\n"
+        ))
+        .await;
+        env.oc.remove_target(&format!("t{i}"), &me()).await.unwrap();
+    }
+    let v = viewer();
+    // Every event, three at a time, newest first, no gaps or repeats.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let q = opsconductor::AuditQuery {
+            object: None,
+            before,
+            limit: 3,
+        };
+        let page = env.oc.audit_page(&q, &v).await.unwrap();
+        assert!(page.events.len() <= 3);
+        seen.extend(page.events.iter().map(|e| e.seq));
+        match page.next_before {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    let all = env.oc.audit_log(None, 1000, &v).await.unwrap();
+    assert_eq!(seen, all.iter().map(|e| e.seq).collect::<Vec<_>>());
+    assert_eq!(seen.len(), 14);
+    // One object: its two events, one page at a time.
+    let q = |before| opsconductor::AuditQuery {
+        object: Some("target:t3".into()),
+        before,
+        limit: 1,
+    };
+    let p1 = env.oc.audit_page(&q(None), &v).await.unwrap();
+    assert_eq!(p1.events[0].action, "target.delete");
+    let p2 = env.oc.audit_page(&q(p1.next_before), &v).await.unwrap();
+    assert_eq!(p2.events[0].action, "target.create");
+    assert_eq!(p2.next_before, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_rule_for_empty_batches_and_names_defined_twice() {
+    let env = engine().await;
+    let empty = opsconductor::ApplyBatch::default();
+    for e in [
+        env.oc.validate(&empty).unwrap_err(),
+        env.oc.apply(&empty, &me()).await.unwrap_err(),
+        env.oc.merge_sources(vec![]).unwrap_err(),
+    ] {
+        assert!(e.to_string().contains("nothing to apply"), "{e}");
+    }
+    let job = |name: &str| {
+        opsconductor::spec::parse_str(
+            &format!("kind: Job\nname: {name}\nsteps:\n  - exec: 'true'\n"),
+            "x.yaml",
+            None,
+        )
+        .unwrap()
+    };
+    let e = env
+        .oc
+        .merge_sources(vec![("one.yaml".into(), job("a")), ("two.yaml".into(), job("a"))])
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("defined twice in this batch: in one.yaml and in two.yaml"),
+        "{e}"
+    );
+    let mut twice = job("a");
+    twice.jobs.extend(job("a").jobs);
+    let e = env.oc.validate(&twice).unwrap_err();
+    assert!(e.to_string().contains("defined twice in this batch"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_path_leaving_its_directory_names_its_field() {
+    let env = engine().await;
+    env.apply(
+        "kind: Job\nname: put\nparams:\n  type: object\n  properties:\n    f: {type: string}\nsteps:\n  - name: write\n    copy:\n      dest: /srv/app/{{ params.f }}\n      content: x\n",
+    )
+    .await;
+    let e = env
+        .oc
+        .submit(
+            SubmitRequest::new("put").params(json!({"f": "../../etc/passwd"})),
+            &me(),
+        )
+        .await
+        .unwrap_err();
+    match e {
+        Error::Validation {
+            field: Some(f),
+            message,
+        } => {
+            assert_eq!(f, "steps[0].copy.dest");
+            assert!(message.contains("step 'write'"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn target_outcomes_come_from_the_core() {
+    let env = engine().await;
+    env.apply(
+        "kind: Job\nname: mixed\nsteps:\n  - name: soft\n    exec: exit 3\n    continue_on_error: true\n  - name: hard\n    exec: exit 7\n",
+    )
+    .await;
+    let d = env.run("mixed", json!({})).await;
+    let o = d.target_outcome("local", true);
+    assert_eq!(o.status, Some(StepStatus::Failed));
+    assert_eq!(o.exit_code, Some(7));
+    assert_eq!(d.failing_result("local").map(|r| r.step), Some(1));
+    assert!(o.duration.is_some());
+}

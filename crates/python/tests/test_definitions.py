@@ -161,7 +161,32 @@ def test_targets_of_every_kind(oc: Conductor) -> None:
         oc.add_target({"kind": "Target", "name": "x"})  # type: ignore[arg-type]
 
 
-def test_database_urls(tmp_path: Path, master_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_remove_target_is_audited(oc: Conductor, db_url: str) -> None:
+    """Removing a target goes through the engine, which records who did it
+    (read straight from the database: the audit log is the engine's)."""
+    import sqlite3
+
+    oc.add_target(Local("doomed"))
+    oc.remove_target("doomed")
+    db = sqlite3.connect(db_url.removeprefix("sqlite://"))
+    try:
+        rows = db.execute(
+            "SELECT actor, action FROM audit_events WHERE object = 'target:doomed' ORDER BY seq"
+        ).fetchall()
+    finally:
+        db.close()
+    assert [a for _, a in rows] == ["target.create", "target.delete"]
+    assert rows[-1][0] == oc_actor_name()
+
+
+def oc_actor_name() -> str:
+    """The actor a Conductor records by default: $USER (as the CLI)."""
+    import os
+
+    return os.environ.get("USER") or os.environ.get("LOGNAME") or "local"
+
+
+tmp_path: Path, master_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     # sqlite://PATH is relative to the working directory …
     with Conductor("sqlite://rel.db", master_key=master_key, workers=0) as oc:
