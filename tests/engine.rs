@@ -978,11 +978,18 @@ async fn reads_take_an_actor_checked_against_the_matrix() {
     let v = viewer();
     // A viewer reads runs, output, job versions, exports and the audit log...
     assert_eq!(env.oc.run(id, &v).await.unwrap().run.id, id);
-    assert_eq!(env.oc.runs(&RunFilter::default(), &v).await.unwrap().len(), 1);
+    assert_eq!(
+        env.oc.runs(&RunFilter::default(), &v).await.unwrap().len(),
+        1
+    );
     assert_eq!(env.oc.job_versions("talk", &v).await.unwrap().len(), 2);
     let yaml = env.oc.export_job("talk", Some(1), &v).await.unwrap();
-    let back = opsconductor::spec::parse_str(&yaml, "export.yaml", None).unwrap();
-    assert_eq!(back.jobs, vec![env.oc.job("talk", Some(1)).await.unwrap().spec]);
+    let back = opsconductor::spec::parse_str(&yaml, "export.yaml", None)
+        .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    assert_eq!(
+        back.jobs,
+        vec![env.oc.job("talk", Some(1)).await.unwrap().spec]
+    );
     let mut all = Vec::new();
     let mut logs = env.oc.logs(id, 0, &v).await.unwrap();
     while let Some(c) = logs.next().await {
@@ -1001,7 +1008,10 @@ async fn reads_take_an_actor_checked_against_the_matrix() {
     assert!(rest.complete);
     assert_eq!(rest.run_status, RunStatus::Succeeded);
     assert_eq!(first.chunks.len() + rest.chunks.len(), all.len());
-    let too_big = env.oc.log_page(id, 0, opsconductor::MAX_LOG_PAGE + 1, &v).await;
+    let too_big = env
+        .oc
+        .log_page(id, 0, opsconductor::MAX_LOG_PAGE + 1, &v)
+        .await;
     assert!(matches!(too_big, Err(Error::Validation { field: Some(f), .. }) if f == "limit"));
     // But a viewer may neither check nor remove a target; an operator may.
     env.apply("kind: Target\nname: spare\nconnection: {type: local}\n")
@@ -1086,7 +1096,10 @@ async fn one_rule_for_empty_batches_and_names_defined_twice() {
     };
     let e = env
         .oc
-        .merge_sources(vec![("one.yaml".into(), job("a")), ("two.yaml".into(), job("a"))])
+        .merge_sources(vec![
+            ("one.yaml".into(), job("a")),
+            ("two.yaml".into(), job("a")),
+        ])
         .unwrap_err();
     assert!(
         e.to_string()

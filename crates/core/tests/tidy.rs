@@ -104,7 +104,10 @@ fn front_ends_reach_data_only_through_the_engine() {
 
 #[test]
 fn the_check_sees_what_it_must_refuse() {
-    assert_eq!(findings("let s = oc.store().read_logs(id, 0, 10);").len(), 1);
+    assert_eq!(
+        findings("let s = oc.store().read_logs(id, 0, 10);").len(),
+        1
+    );
     assert_eq!(findings("use opsconductor::store::RunFilter;").len(), 1);
     assert_eq!(findings("fn f(s: &dyn LogStore) {}").len(), 1);
     assert_eq!(findings("let x: Arc<dyn Store>;").len(), 1);

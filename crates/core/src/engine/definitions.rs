@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::Conductor;
 use crate::auth::Permission;
 use crate::error::{Error, Result};
-use crate::model::{Actor, Job, Target};
+use crate::model::{Action, Actor, Job, Step, Target};
 use crate::spec;
 use crate::store::{ApplyBatch, ApplyItem};
 
@@ -165,14 +165,20 @@ impl Conductor {
     ) -> Result<String> {
         actor.require(Permission::Read)?;
         let job = self.job(name, version).await?;
-        let mut doc = serde_json::to_value(&job.spec)
-            .map_err(|e| Error::Internal(format!("encoding job '{name}': {e}")))?;
-        if let serde_json::Value::Object(m) = &mut doc {
-            let mut with_kind = serde_json::Map::new();
-            with_kind.insert("kind".into(), "Job".into());
-            with_kind.extend(std::mem::take(m));
-            *m = with_kind;
+        let encode = |e: serde_json::Error| Error::Internal(format!("encoding job '{name}': {e}"));
+        let mut doc = serde_json::Map::new();
+        doc.insert("kind".into(), "Job".into());
+        if let serde_json::Value::Object(m) = serde_json::to_value(&job.spec).map_err(encode)? {
+            doc.extend(m);
         }
+        let steps = job
+            .spec
+            .steps
+            .iter()
+            .map(step_document)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(encode)?;
+        doc.insert("steps".into(), serde_json::Value::Array(steps));
         serde_yaml_ng::to_string(&doc)
             .map_err(|e| Error::Internal(format!("encoding job '{name}' as YAML: {e}")))
     }
@@ -258,4 +264,41 @@ fn in_source(e: Error, source: &str) -> Error {
         },
         other => other,
     }
+}
+
+/// A step as the job-file format writes it: the action's own key (`exec`,
+/// `script` + `interpreter`, `copy`) instead of the model's `action`.
+fn step_document(step: &Step) -> serde_json::Result<serde_json::Value> {
+    let mut doc = match serde_json::to_value(step)? {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    doc.remove("action");
+    match &step.action {
+        Action::Exec { command } => {
+            doc.insert("exec".into(), command.clone().into());
+        }
+        Action::Script { interpreter, body } => {
+            doc.insert("script".into(), body.clone().into());
+            doc.insert("interpreter".into(), interpreter.clone().into());
+        }
+        Action::Copy {
+            dest,
+            content,
+            src,
+            mode,
+        } => {
+            let mut copy = serde_json::Map::new();
+            copy.insert("dest".into(), dest.clone().into());
+            if let Some(c) = content {
+                copy.insert("content".into(), c.clone().into());
+            }
+            if let Some(s) = src {
+                copy.insert("src".into(), s.clone().into());
+            }
+            copy.insert("mode".into(), format!("{mode:04o}").into());
+            doc.insert("copy".into(), copy.into());
+        }
+    }
+    Ok(serde_json::Value::Object(doc))
 }
