@@ -54,7 +54,7 @@ async fn engine(url: &str, n: usize) -> Result<Duration, Box<dyn std::error::Err
     if done.status != RunStatus::Succeeded || done.attempt != 1 {
         return Err(format!("the run ended {} on attempt {}", done.status, done.attempt).into());
     }
-    let results = oc.get(run.id).await?.results.len();
+    let results = oc.run(run.id, &me).await?.results.len();
     if results != n {
         return Err(format!("{results} results for {n} steps").into());
     }

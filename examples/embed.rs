@@ -12,8 +12,7 @@
 )]
 
 use futures::StreamExt;
-use opsconductor::store::ApplyBatch;
-use opsconductor::{Actor, RunStatus, SubmitRequest};
+use opsconductor::{Actor, ApplyBatch, RunStatus, SubmitRequest};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,7 +53,7 @@ steps:
         let oc = oc.clone();
         async move { oc.execute(run.id).await }
     });
-    let mut logs = oc.follow(run.id, 0).await?;
+    let mut logs = oc.follow(run.id, 0, &me).await?;
     while let Some(chunk) = logs.next().await {
         let chunk = chunk?;
         print!(
@@ -66,7 +65,7 @@ steps:
     }
     let done = worker.await??;
 
-    let detail = oc.get(done.id).await?;
+    let detail = oc.run(done.id, &me).await?;
     for r in &detail.results {
         println!(
             "step {} on {}: {} (exit {:?})",

@@ -16,6 +16,9 @@ use tempfile::TempDir;
 
 struct Env {
     oc: Conductor,
+    /// The database under the engine, opened on its own: tests play dead
+    /// workers and rescuers on it, which the engine never lets front ends do.
+    store: std::sync::Arc<dyn opsconductor::store::Store>,
     dir: TempDir,
 }
 
@@ -40,7 +43,8 @@ async fn engine_with(tune: impl FnOnce(&mut Config)) -> Env {
         .build()
         .await
         .unwrap();
-    Env { oc, dir }
+    let store = opsconductor::open_store(&url).await.unwrap();
+    Env { oc, store, dir }
 }
 
 fn me() -> Actor {
@@ -64,11 +68,11 @@ impl Env {
             .await
             .unwrap();
         let done = self.oc.execute(run.id).await.unwrap();
-        self.oc.get(done.id).await.unwrap()
+        self.oc.run(done.id, &me()).await.unwrap()
     }
 
     async fn logs(&self, id: RunId) -> Vec<opsconductor::LogChunk> {
-        let mut s = self.oc.follow(id, 0).await.unwrap();
+        let mut s = self.oc.follow(id, 0, &me()).await.unwrap();
         let mut out = vec![];
         while let Some(c) = s.next().await {
             out.push(c.unwrap());
@@ -116,7 +120,7 @@ async fn wait_until<F: Fn(&RunDetail) -> bool>(
     f: F,
 ) -> RunDetail {
     for _ in 0..200 {
-        let d = oc.get(id).await.unwrap();
+        let d = oc.run(id, &me()).await.unwrap();
         if f(&d) {
             return d;
         }
@@ -172,12 +176,12 @@ async fn follow_streams_while_the_run_is_going_and_late_followers_get_everything
         let oc = env.oc.clone();
         async move { oc.execute(run.id).await }
     });
-    let mut s = env.oc.follow(run.id, 0).await.unwrap();
+    let mut s = env.oc.follow(run.id, 0, &me()).await.unwrap();
     let first = s.next().await.unwrap().unwrap();
     assert_eq!(first.data, b"first\n");
     // The first chunk arrived while the command was still sleeping.
     assert_eq!(
-        env.oc.get(run.id).await.unwrap().run.status,
+        env.oc.run(run.id, &me()).await.unwrap().run.status,
         RunStatus::Running
     );
     let rest: Vec<_> = s.collect().await;
@@ -186,7 +190,7 @@ async fn follow_streams_while_the_run_is_going_and_late_followers_get_everything
 
     // A follower that joins after the end gets the whole log; one that resumes gets the rest.
     assert_eq!(env.stdout(run.id).await, "first\nsecond\n");
-    let mut resumed = env.oc.follow(run.id, 1).await.unwrap();
+    let mut resumed = env.oc.follow(run.id, 1, &me()).await.unwrap();
     assert_eq!(resumed.next().await.unwrap().unwrap().data, b"second\n");
     assert!(resumed.next().await.is_none());
 }
@@ -207,7 +211,7 @@ async fn cancel_kills_the_whole_process_group() {
         let oc = env.oc.clone();
         async move { oc.execute(run.id).await }
     });
-    let mut s = env.oc.follow(run.id, 0).await.unwrap();
+    let mut s = env.oc.follow(run.id, 0, &me()).await.unwrap();
     assert_eq!(s.next().await.unwrap().unwrap().data, b"started\n");
     assert!(process_alive(&format!("sleep {m}")));
     env.oc.cancel(run.id, &me()).await.unwrap();
@@ -217,7 +221,7 @@ async fn cancel_kills_the_whole_process_group() {
         .unwrap()
         .unwrap();
     assert_eq!(done.status, RunStatus::Cancelled);
-    let d = env.oc.get(run.id).await.unwrap();
+    let d = env.oc.run(run.id, &me()).await.unwrap();
     assert_eq!(result(&d, 0, "local").status, StepStatus::Cancelled);
     assert!(
         !process_alive(&format!("sleep {m}")),
@@ -499,7 +503,13 @@ steps:
         "{err}"
     );
     assert!(err.to_string().contains("only docker targets"), "{err}");
-    assert!(env.oc.list(&RunFilter::default()).await.unwrap().is_empty());
+    assert!(
+        env.oc
+            .runs(&RunFilter::default(), &me())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -591,7 +601,11 @@ steps:
         .unwrap_err();
     assert!(err.to_string().contains("tag:none"), "{err}");
     assert!(
-        env.oc.list(&RunFilter::default()).await.unwrap().is_empty(),
+        env.oc
+            .runs(&RunFilter::default(), &me())
+            .await
+            .unwrap()
+            .is_empty(),
         "something was queued"
     );
 }
@@ -730,14 +744,14 @@ async fn worker_pool_runs_each_run_exactly_once() {
 }
 
 /// Claims a run as a worker that then "dies" (never heartbeats), with a tiny lease.
-async fn claim_as_dead_worker(oc: &Conductor, id: RunId) -> Run {
+async fn claim_as_dead_worker(env: &Env, id: RunId) -> Run {
     let claim = Claim {
         worker: "dead-host:1".into(),
         lease: Duration::from_millis(1),
         limit: 1,
         only: Some(id),
     };
-    let runs = oc.store().claim_queued(&claim).await.unwrap();
+    let runs = env.store.claim_queued(&claim).await.unwrap();
     assert_eq!(runs.len(), 1);
     tokio::time::sleep(Duration::from_millis(20)).await;
     runs.into_iter().next().unwrap()
@@ -747,9 +761,9 @@ async fn claim_as_dead_worker(oc: &Conductor, id: RunId) -> Run {
 /// step 1, and waits for a live worker to rescue and end the run.
 async fn rescue_after_a_crash_in_step_1(env: &Env, job: &str) -> (Run, Run) {
     let run = env.oc.submit(SubmitRequest::new(job), &me()).await.unwrap();
-    let claimed = claim_as_dead_worker(&env.oc, run.id).await;
-    put(&env.oc, &claimed, 0, StepStatus::Succeeded).await;
-    put(&env.oc, &claimed, 1, StepStatus::Running).await;
+    let claimed = claim_as_dead_worker(env, run.id).await;
+    put(env, &claimed, 0, StepStatus::Succeeded).await;
+    put(env, &claimed, 1, StepStatus::Running).await;
     env.oc.start_workers(1);
     let done = tokio::time::timeout(Duration::from_secs(30), env.oc.wait(run.id))
         .await
@@ -759,9 +773,9 @@ async fn rescue_after_a_crash_in_step_1(env: &Env, job: &str) -> (Run, Run) {
     (run, done)
 }
 
-async fn put(oc: &Conductor, run: &Run, step: u32, status: StepStatus) {
+async fn put(env: &Env, run: &Run, step: u32, status: StepStatus) {
     let now = chrono::Utc::now();
-    oc.store()
+    env.store
         .put_step_result(&StepResult {
             run_id: run.id,
             step,
@@ -798,7 +812,7 @@ steps:
     assert_eq!(done.status, RunStatus::Failed);
     assert_eq!(done.attempt, 2);
     assert!(done.worker.as_deref().is_some_and(|w| w != "dead-host:1"));
-    let d = env.oc.get(run.id).await.unwrap();
+    let d = env.oc.run(run.id, &me()).await.unwrap();
     assert_eq!(result(&d, 0, "local").status, StepStatus::Succeeded);
     assert_eq!(result(&d, 1, "local").status, StepStatus::Interrupted);
     assert_eq!(result(&d, 2, "local").status, StepStatus::Skipped);
@@ -847,7 +861,7 @@ steps:
     ))
     .await;
     let (run, done) = rescue_after_a_crash_in_step_1(&env, "tolerant").await;
-    let d = env.oc.get(run.id).await.unwrap();
+    let d = env.oc.run(run.id, &me()).await.unwrap();
     // The interrupted step is not repeated (it is not idempotent) but the run
     // goes on, because that step was allowed to fail.
     assert_eq!(result(&d, 0, "local").status, StepStatus::Succeeded);
@@ -881,7 +895,7 @@ steps:
         .submit_exec(ExecRequest::new("true"), &me())
         .await
         .unwrap();
-    claim_as_dead_worker(&env.oc, stuck.id).await;
+    claim_as_dead_worker(&env, stuck.id).await;
     let mut queued = Vec::new();
     for _ in 0..40 {
         queued.push(
@@ -900,7 +914,7 @@ steps:
     // When the stuck run was done, most of the queue was still waiting.
     let mut still_queued = 0;
     for id in &queued {
-        if env.oc.get(*id).await.unwrap().run.status == RunStatus::Queued {
+        if env.oc.run(*id, &me()).await.unwrap().run.status == RunStatus::Queued {
             still_queued += 1;
         }
     }
@@ -919,7 +933,7 @@ async fn a_worker_that_lost_its_lease_does_not_overwrite_the_run() {
         .submit_exec(ExecRequest::new("true"), &me())
         .await
         .unwrap();
-    let claimed = claim_as_dead_worker(&env.oc, run.id).await;
+    let claimed = claim_as_dead_worker(&env, run.id).await;
     // Someone else rescues it and finishes it...
     let rescuer = Claim {
         worker: "rescuer".into(),
@@ -928,30 +942,26 @@ async fn a_worker_that_lost_its_lease_does_not_overwrite_the_run() {
         only: None,
     };
     let taken = env
-        .oc
-        .store()
+        .store
         .claim_expired(&rescuer, chrono::Utc::now())
         .await
         .unwrap();
     assert_eq!(taken.len(), 1);
     assert!(
-        env.oc
-            .store()
+        env.store
             .finish_run(run.id, "rescuer", 2, RunStatus::Succeeded, None)
             .await
             .unwrap()
     );
     // ...so the original owner's late writes are refused.
     assert!(
-        !env.oc
-            .store()
+        !env.store
             .heartbeat(run.id, "dead-host:1", claimed.attempt, chrono::Utc::now())
             .await
             .unwrap()
     );
     assert!(
-        !env.oc
-            .store()
+        !env.store
             .finish_run(
                 run.id,
                 "dead-host:1",
@@ -963,7 +973,7 @@ async fn a_worker_that_lost_its_lease_does_not_overwrite_the_run() {
             .unwrap()
     );
     assert_eq!(
-        env.oc.get(run.id).await.unwrap().run.status,
+        env.oc.run(run.id, &me()).await.unwrap().run.status,
         RunStatus::Succeeded
     );
 }
@@ -984,4 +994,206 @@ async fn run_ids_resolve_from_unique_prefixes() {
         env.oc.resolve_run_id("ffffffff").await.unwrap_err(),
         Error::NotFound { .. }
     ));
+}
+
+// -- the engine is the only door ---------------------------------------------
+
+fn viewer() -> Actor {
+    Actor::user("vera", opsconductor::auth::Role::Viewer, "password")
+}
+
+fn operator() -> Actor {
+    Actor::user("otto", opsconductor::auth::Role::Operator, "password")
+}
+
+fn forbidden<T: std::fmt::Debug>(r: opsconductor::Result<T>) -> bool {
+    matches!(r, Err(Error::Forbidden(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_take_an_actor_checked_against_the_matrix() {
+    let env = engine().await;
+    env.apply("kind: Job\nname: talk\nsteps:\n  - exec: printf 'a\\nb\\nc\\n'\n")
+        .await;
+    env.apply("kind: Job\nname: talk\ndescription: v2\nsteps:\n  - exec: printf 'a\\nb\\nc\\n'\n")
+        .await;
+    let d = env.run("talk", json!({})).await;
+    let id = d.run.id;
+    let v = viewer();
+    // A viewer reads runs, output, job versions, exports and the audit log...
+    assert_eq!(env.oc.run(id, &v).await.unwrap().run.id, id);
+    assert_eq!(
+        env.oc.runs(&RunFilter::default(), &v).await.unwrap().len(),
+        1
+    );
+    assert_eq!(env.oc.job_versions("talk", &v).await.unwrap().len(), 2);
+    let yaml = env.oc.export_job("talk", Some(1), &v).await.unwrap();
+    let back = opsconductor::spec::parse_str(&yaml, "export.yaml", None)
+        .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    assert_eq!(
+        back.jobs,
+        vec![env.oc.job("talk", Some(1)).await.unwrap().spec]
+    );
+    let mut all = Vec::new();
+    let mut logs = env.oc.logs(id, 0, &v).await.unwrap();
+    while let Some(c) = logs.next().await {
+        all.push(c.unwrap());
+    }
+    assert_eq!(all, env.logs(id).await);
+    // ...in pages whose last one says it is complete.
+    let first = env.oc.log_page(id, 0, 1, &v).await.unwrap();
+    assert_eq!(first.chunks.len(), 1);
+    assert!(!first.complete);
+    let rest = env
+        .oc
+        .log_page(id, first.next_after, opsconductor::MAX_LOG_PAGE, &v)
+        .await
+        .unwrap();
+    assert!(rest.complete);
+    assert_eq!(rest.run_status, RunStatus::Succeeded);
+    assert_eq!(first.chunks.len() + rest.chunks.len(), all.len());
+    let too_big = env
+        .oc
+        .log_page(id, 0, opsconductor::MAX_LOG_PAGE + 1, &v)
+        .await;
+    assert!(matches!(too_big, Err(Error::Validation { field: Some(f), .. }) if f == "limit"));
+    // But a viewer may neither check nor remove a target; an operator may.
+    env.apply("kind: Target\nname: spare\nconnection: {type: local}\n")
+        .await;
+    assert!(forbidden(env.oc.check_target("spare", &v).await));
+    assert!(forbidden(env.oc.remove_target("spare", &v).await));
+    let check = env.oc.check_target("spare", &operator()).await.unwrap();
+    assert!(check.ok, "{check:?}");
+    env.oc.remove_target("spare", &operator()).await.unwrap();
+    let gone = env.oc.check_target("spare", &operator()).await;
+    assert!(matches!(gone, Err(Error::NotFound { .. })), "{gone:?}");
+    assert!(forbidden(
+        env.oc
+            .submit(SubmitRequest::new("talk"), &v)
+            .await
+            .map(|r| r.id)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_audit_log_pages_backwards_through_the_engine() {
+    let env = engine().await;
+    for i in 0..7 {
+        env.apply(&format!(
+            "kind: Target\nname: t{i}\nconnection: {{type: local}}\n"
+        ))
+        .await;
+        env.oc.remove_target(&format!("t{i}"), &me()).await.unwrap();
+    }
+    let v = viewer();
+    // Every event, three at a time, newest first, no gaps or repeats.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let q = opsconductor::AuditQuery {
+            object: None,
+            before,
+            limit: 3,
+        };
+        let page = env.oc.audit_page(&q, &v).await.unwrap();
+        assert!(page.events.len() <= 3);
+        seen.extend(page.events.iter().map(|e| e.seq));
+        match page.next_before {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    let all = env.oc.audit_log(None, 1000, &v).await.unwrap();
+    assert_eq!(seen, all.iter().map(|e| e.seq).collect::<Vec<_>>());
+    assert_eq!(seen.len(), 14);
+    // One object: its two events, one page at a time.
+    let q = |before| opsconductor::AuditQuery {
+        object: Some("target:t3".into()),
+        before,
+        limit: 1,
+    };
+    let p1 = env.oc.audit_page(&q(None), &v).await.unwrap();
+    assert_eq!(p1.events[0].action, "target.delete");
+    let p2 = env.oc.audit_page(&q(p1.next_before), &v).await.unwrap();
+    assert_eq!(p2.events[0].action, "target.create");
+    assert_eq!(p2.next_before, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_rule_for_empty_batches_and_names_defined_twice() {
+    let env = engine().await;
+    let empty = opsconductor::ApplyBatch::default();
+    for e in [
+        env.oc.validate(&empty).unwrap_err(),
+        env.oc.apply(&empty, &me()).await.unwrap_err(),
+        env.oc.merge_sources(vec![]).unwrap_err(),
+    ] {
+        assert!(e.to_string().contains("nothing to apply"), "{e}");
+    }
+    let job = |name: &str| {
+        opsconductor::spec::parse_str(
+            &format!("kind: Job\nname: {name}\nsteps:\n  - exec: 'true'\n"),
+            "x.yaml",
+            None,
+        )
+        .unwrap()
+    };
+    let e = env
+        .oc
+        .merge_sources(vec![
+            ("one.yaml".into(), job("a")),
+            ("two.yaml".into(), job("a")),
+        ])
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("defined twice in this batch: in one.yaml and in two.yaml"),
+        "{e}"
+    );
+    let mut twice = job("a");
+    twice.jobs.extend(job("a").jobs);
+    let e = env.oc.validate(&twice).unwrap_err();
+    assert!(e.to_string().contains("defined twice in this batch"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_path_leaving_its_directory_names_its_field() {
+    let env = engine().await;
+    env.apply(
+        "kind: Job\nname: put\nparams:\n  type: object\n  properties:\n    f: {type: string}\nsteps:\n  - name: write\n    copy:\n      dest: /srv/app/{{ params.f }}\n      content: x\n",
+    )
+    .await;
+    let e = env
+        .oc
+        .submit(
+            SubmitRequest::new("put").params(json!({"f": "../../etc/passwd"})),
+            &me(),
+        )
+        .await
+        .unwrap_err();
+    match e {
+        Error::Validation {
+            field: Some(f),
+            message,
+        } => {
+            assert_eq!(f, "steps[0].copy.dest");
+            assert!(message.contains("step 'write'"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn target_outcomes_come_from_the_core() {
+    let env = engine().await;
+    env.apply(
+        "kind: Job\nname: mixed\nsteps:\n  - name: soft\n    exec: exit 3\n    continue_on_error: true\n  - name: hard\n    exec: exit 7\n",
+    )
+    .await;
+    let d = env.run("mixed", json!({})).await;
+    let o = d.target_outcome("local", true);
+    assert_eq!(o.status, Some(StepStatus::Failed));
+    assert_eq!(o.exit_code, Some(7));
+    assert_eq!(d.failing_result("local").map(|r| r.step), Some(1));
+    assert!(o.duration.is_some());
 }

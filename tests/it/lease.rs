@@ -70,7 +70,7 @@ async fn apply(oc: &Conductor, yaml: &str) {
 }
 
 async fn stdout(oc: &Conductor, id: opsconductor::RunId) -> String {
-    let mut s = oc.follow(id, 0).await.unwrap();
+    let mut s = oc.follow(id, 0, &me()).await.unwrap();
     let mut out = Vec::new();
     let mut last = 0;
     while let Some(c) = s.next().await {
@@ -176,7 +176,7 @@ async fn many_steps_keep_their_lease(backend: Backend) {
     eprintln!("{STEPS} steps took {:?}", started.elapsed());
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.error);
     assert_eq!(done.attempt, 1, "the run was rescued from a live worker");
-    let d = env.oc.get(run.id).await.unwrap();
+    let d = env.oc.run(run.id, &me()).await.unwrap();
     assert_eq!(d.results.len(), STEPS);
     assert!(
         d.results
@@ -262,7 +262,7 @@ async fn a_panicking_executor_fails_the_run_and_followers_return(backend: Backen
         .expect("the follower returns")
         .unwrap();
     assert!(out.contains("about to panic"), "{out}");
-    let d = env.oc.get(run.id).await.unwrap();
+    let d = env.oc.run(run.id, &me()).await.unwrap();
     assert_eq!(d.results.len(), 1, "{:?}", d.results);
     assert_eq!(d.results[0].status, StepStatus::Failed);
     // The heartbeat stopped with the run: its lease is gone, and the

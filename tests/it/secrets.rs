@@ -29,6 +29,12 @@ async fn engine(url: &str, keyring: Keyring) -> opsconductor::Result<Conductor> 
         .await
 }
 
+/// The database under the engine, opened on its own: tests look at (and
+/// tamper with) stored rows, which the engine never hands out.
+async fn store_at(url: &str) -> std::sync::Arc<dyn opsconductor::store::Store> {
+    opsconductor::open_store(url).await.unwrap()
+}
+
 fn random_value(i: usize) -> String {
     format!("S3cr3t-{i}-{}", opsconductor::RunId::new().0.simple())
 }
@@ -118,7 +124,9 @@ async fn assert_no_value_at_rest(
     when: &str,
 ) {
     let files = db_files(dir);
-    let ss = oc.store().secret_store();
+    let _ = oc;
+    let store = store_at(&format!("sqlite://{}", dir.join("t.db").display())).await;
+    let ss = store.secret_store();
     let last = ss.get_secret(newest).await.unwrap().unwrap();
     assert!(
         found(&files.wal, &[&last.ciphertext])[0],
@@ -180,7 +188,7 @@ async fn run_job(oc: &Conductor, yaml: &str, job: &str) -> (opsconductor::RunDet
     oc.apply(&batch, &me()).await.unwrap();
     let run = oc.submit(SubmitRequest::new(job), &me()).await.unwrap();
     let done = oc.execute(run.id).await.unwrap();
-    let mut logs = oc.follow(done.id, 0).await.unwrap();
+    let mut logs = oc.follow(done.id, 0, &me()).await.unwrap();
     let mut text = String::new();
     while let Some(c) = logs.next().await {
         let c = c.unwrap();
@@ -188,7 +196,7 @@ async fn run_job(oc: &Conductor, yaml: &str, job: &str) -> (opsconductor::RunDet
             text.push_str(&String::from_utf8_lossy(&c.data));
         }
     }
-    (oc.get(done.id).await.unwrap(), text)
+    (oc.run(done.id, &me()).await.unwrap(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -231,8 +239,8 @@ async fn values_never_reach_the_database_file_in_clear() {
     let r = oc.rotate_key(&me()).await.unwrap();
     assert_eq!((r.key_version, r.rewrapped, r.total), (2, 50, 50));
     // The rotation re-encrypts in listing order (by name): the last one listed is the newest write.
-    let last = oc
-        .store()
+    let store = store_at(&url).await;
+    let last = store
         .secret_store()
         .list_secrets()
         .await
@@ -259,7 +267,8 @@ async fn swapped_or_altered_ciphertexts_fail() {
     let oc = engine(&url, ring(&[(1, &k)])).await.unwrap();
     set(&oc, "a", "value-of-a-1234").await;
     set(&oc, "b", "value-of-b-5678").await;
-    let ss = oc.store().secret_store();
+    let store = store_at(&url).await;
+    let ss = store.secret_store();
     let a = ss.get_secret("a").await.unwrap().unwrap();
     let mut b = ss.get_secret("b").await.unwrap().unwrap();
     // Move a's ciphertext into b's row (as an attacker with database access could).
@@ -337,7 +346,8 @@ async fn interrupted_rotation_resumes_and_every_secret_still_decrypts() {
     // what `rotate_key` does, stopping half-way.
     let both = ring(&[(1, &k1), (2, &k2)]);
     let oc = engine(&url, both.clone()).await.unwrap();
-    let ss = oc.store().secret_store();
+    let store = store_at(&url).await;
+    let ss = store.secret_store();
     for s in ss.list_secrets().await.unwrap().into_iter().take(7) {
         let plain = both.decrypt(&s.id, "value", &s.ciphertext).unwrap();
         let ct = both.encrypt_with(2, &s.id, "value", &plain).unwrap();
@@ -427,7 +437,10 @@ steps:
         "the value was on the command line"
     );
     // Every use is audited with run, step and target.
-    let audit = oc.audit_log(Some("secret:api-token"), 100).await.unwrap();
+    let audit = oc
+        .audit_log(Some("secret:api-token"), 100, &me())
+        .await
+        .unwrap();
     let uses: Vec<_> = audit.iter().filter(|e| e.action == "secret.use").collect();
     assert_eq!(uses.len(), 4, "one use per step on the one target");
     for (i, u) in uses.iter().rev().enumerate() {
@@ -508,7 +521,12 @@ async fn missing_secrets_refuse_the_submission_and_short_values_warn() {
         matches!(err, Error::NotFound { .. }) && err.to_string().contains("secrets set nope"),
         "{err}"
     );
-    assert!(oc.list(&Default::default()).await.unwrap().is_empty());
+    assert!(
+        oc.runs(&Default::default(), &me())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let r = oc
         .set_secret(
             SetSecret {
@@ -768,7 +786,7 @@ async fn step_errors_are_stored_masked() {
         .unwrap();
     let d = oc.execute(run.id).await.unwrap();
     assert_eq!(d.status, RunStatus::Failed);
-    let d = oc.get(d.id).await.unwrap();
+    let d = oc.run(d.id, &me()).await.unwrap();
     let step_error = d.results[0].error.clone().unwrap();
     assert!(step_error.contains("does not exist"), "{step_error}");
     assert!(
@@ -802,7 +820,7 @@ async fn every_change_and_use_is_audited() {
 
     let events = |object: &'static str| {
         let oc = oc.clone();
-        async move { oc.audit_log(Some(object), 100).await.unwrap() }
+        async move { oc.audit_log(Some(object), 100, &me()).await.unwrap() }
     };
     let tok = events("secret:tok").await;
     let update = tok.iter().find(|e| e.action == "secret.update").unwrap();
@@ -845,7 +863,7 @@ async fn every_change_and_use_is_audited() {
 
     let oc = engine(&url, ring(&[(1, &k1), (2, &k2)])).await.unwrap();
     oc.rotate_key(&me()).await.unwrap();
-    let rot = oc.audit_log(Some("key:2"), 10).await.unwrap();
+    let rot = oc.audit_log(Some("key:2"), 10, &me()).await.unwrap();
     assert_eq!(rot.len(), 1, "{rot:?}");
     assert_eq!(
         (rot[0].action.as_str(), rot[0].actor.as_str()),
@@ -853,7 +871,7 @@ async fn every_change_and_use_is_audited() {
     );
     assert_eq!(rot[0].detail["rewrapped"], json!(1));
     oc.retire_key(1, &me()).await.unwrap();
-    let ret = oc.audit_log(Some("key:1"), 10).await.unwrap();
+    let ret = oc.audit_log(Some("key:1"), 10, &me()).await.unwrap();
     assert_eq!(ret.len(), 1, "{ret:?}");
     assert_eq!(
         (ret[0].action.as_str(), ret[0].actor.as_str()),

@@ -11,6 +11,7 @@ mod admin;
 mod commands;
 mod output;
 mod prune;
+mod secrets;
 mod serve;
 mod signals;
 
@@ -94,7 +95,7 @@ enum Cmd {
     Targets(TargetsCmd),
     /// Manage secrets: encrypted at rest, write-only, injected as environment variables.
     #[command(subcommand)]
-    Secrets(admin::SecretsCmd),
+    Secrets(secrets::SecretsCmd),
     /// Read the audit log (who did what, when).
     #[command(args_conflicts_with_subcommands = true)]
     Audit {
@@ -268,7 +269,7 @@ fn init_tracing(verbose: u8) {
 fn reads_existing_state(cmd: &Cmd) -> bool {
     match cmd {
         Cmd::Apply { .. } | Cmd::Run(_) | Cmd::Exec(_) | Cmd::Worker(_) | Cmd::Serve(_) => false,
-        Cmd::Secrets(s) => !matches!(s, admin::SecretsCmd::Set { .. }),
+        Cmd::Secrets(s) => !matches!(s, secrets::SecretsCmd::Set { .. }),
         Cmd::Runs(_) | Cmd::Jobs(_) | Cmd::Targets(_) | Cmd::Audit { .. } | Cmd::Prune(_) => true,
     }
 }
@@ -305,7 +306,7 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
     };
     let oc = builder.build().await?;
     match cli.command {
-        Cmd::Secrets(cmd) => admin::secrets(&oc, out, cmd).await,
+        Cmd::Secrets(cmd) => secrets::secrets(&oc, out, cmd).await,
         Cmd::Audit {
             check: Some(admin::AuditCmd::Verify { anchor }),
             ..
@@ -338,9 +339,9 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
         Cmd::Targets(TargetsCmd::Check {
             selector,
             concurrency,
-        }) => admin::targets_check(&oc, out, &selector, concurrency).await,
+        }) => commands::targets_check(&oc, out, &selector, concurrency).await,
         Cmd::Targets(TargetsCmd::Trust { name, yes }) => {
-            admin::targets_trust(&oc, out, &name, yes).await
+            commands::targets_trust(&oc, out, &name, yes).await
         }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 
 use comfy_table::{Cell, Table, presets};
-use opsconductor::{Error, LogChunk, RunStatus, StepStatus, Stream};
+use opsconductor::{Error, Line, LineSplitter, LogChunk, RunStatus, StepStatus, Stream};
 
 use crate::ColorChoice;
 
@@ -182,13 +182,15 @@ impl Out {
     }
 }
 
-/// Prints live output, one complete line at a time, each prefixed by its target.
+/// Prints live output, one complete line at a time, each prefixed by its
+/// target. Lines are cut by the core's [`LineSplitter`] (the same rules as
+/// every front end).
 pub struct LogPrinter<'a> {
     out: &'a Out,
     width: usize,
     prefix: bool,
     colors: HashMap<String, &'static str>,
-    partial: HashMap<(Option<String>, Stream), Vec<u8>>,
+    lines: LineSplitter,
 }
 
 impl<'a> LogPrinter<'a> {
@@ -205,7 +207,7 @@ impl<'a> LogPrinter<'a> {
             width,
             prefix,
             colors,
-            partial: HashMap::new(),
+            lines: LineSplitter::new(),
         }
     }
 
@@ -219,54 +221,34 @@ impl<'a> LogPrinter<'a> {
             println!("{v}");
             return;
         }
-        let key = (c.target.clone(), c.stream);
-        let buf = self.partial.entry(key.clone()).or_default();
-        buf.extend_from_slice(&c.data);
-        let Some(last_nl) = buf.iter().rposition(|b| *b == b'\n') else {
-            if buf.len() > 64 * 1024 {
-                let all = std::mem::take(buf);
-                self.emit(&key, &all);
-            }
-            return;
-        };
-        let rest = buf.split_off(last_nl + 1);
-        let complete = std::mem::replace(buf, rest);
-        self.emit(&key, &complete);
+        for line in self.lines.push(c) {
+            self.emit(&line);
+        }
     }
 
     /// Prints what is left of unfinished lines.
     pub fn flush(&mut self) {
-        let keys: Vec<_> = self.partial.keys().cloned().collect();
-        for k in keys {
-            if let Some(mut b) = self.partial.remove(&k)
-                && !b.is_empty()
-            {
-                b.push(b'\n');
-                self.emit(&k, &b);
-            }
+        for line in std::mem::take(&mut self.lines).finish() {
+            self.emit(&line);
         }
     }
 
-    fn emit(&self, (target, stream): &(Option<String>, Stream), data: &[u8]) {
-        let text = String::from_utf8_lossy(data);
-        let name = target.as_deref().unwrap_or("");
+    fn emit(&self, line: &Line) {
+        let name = line.target.as_deref().unwrap_or("");
         let mut s = String::new();
-        for line in text.split_inclusive('\n') {
-            if self.prefix {
-                let padded = format!("{name:<w$}", w = self.width);
-                let style = self.colors.get(name).copied().unwrap_or("\x1b[36m");
-                s.push_str(&self.out.paint(style, &padded));
-                s.push_str(&self.out.dim(" | "));
-            }
-            match stream {
-                Stream::System => {
-                    s.push_str(&self.out.paint("\x1b[33m", line.trim_end_matches('\n')))
-                }
-                _ => s.push_str(line.trim_end_matches('\n')),
-            }
-            s.push('\n');
+        if self.prefix {
+            let padded = format!("{name:<w$}", w = self.width);
+            let style = self.colors.get(name).copied().unwrap_or("\x1b[36m");
+            s.push_str(&self.out.paint(style, &padded));
+            s.push_str(&self.out.dim(" | "));
         }
-        match stream {
+        let text = line.text();
+        match line.stream {
+            Stream::System => s.push_str(&self.out.paint("\x1b[33m", &text)),
+            _ => s.push_str(&text),
+        }
+        s.push('\n');
+        match line.stream {
             Stream::Stdout => {
                 let mut o = std::io::stdout().lock();
                 let _ = o.write_all(s.as_bytes());

@@ -12,6 +12,7 @@ pub use error::{Error, ErrorKind, Result};
 pub mod auth;
 pub mod bus;
 pub mod engine;
+pub mod lines;
 pub mod mask;
 pub mod params;
 pub mod paths;
@@ -21,9 +22,14 @@ pub mod spec;
 pub mod template;
 
 pub use engine::{
-    AuditExport, AuditVerification, Conductor, ConductorBuilder, Config, DEFAULT_PRUNE_BATCH,
-    ExecRequest, LocalPolicy, LogStream, Login, MAX_SECRET_BYTES, PRUNE_BATCH_RANGE, PruneReport,
-    PruneRequest, Retention, RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome,
-    SubmitRequest, TargetCheck,
+    AuditExport, AuditPage, AuditQuery, AuditVerification, Conductor, ConductorBuilder, Config,
+    DEFAULT_PRUNE_BATCH, ExecRequest, LocalPolicy, LogPage, LogStream, Login, MAX_AUDIT_PAGE,
+    MAX_LOG_PAGE, MAX_SECRET_BYTES, PRUNE_BATCH_RANGE, PruneReport, PruneRequest, Retention,
+    RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome, SubmitRequest, TargetCheck,
+    TargetOutcome,
 };
+pub use lines::{Line, LineSplitter};
 pub use model::*;
+/// Definitions and run filters front ends pass to the engine (plain data;
+/// the store traits themselves stay behind the engine).
+pub use store::{ApplyAction, ApplyBatch, ApplyItem, RunFilter};

@@ -55,6 +55,31 @@ fn normalise(path: &str) -> Result<String, String> {
     })
 }
 
+/// A rendered path that was refused, with the field it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathError {
+    /// The step's field: `copy.dest` or `workdir`.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// [`confine`] for a named field, so that callers need not parse messages
+/// to say which field was refused.
+pub fn confine_field(
+    field: &'static str,
+    template: &str,
+    rendered: &str,
+) -> Result<String, PathError> {
+    confine(template, rendered).map_err(|message| PathError { field, message })
+}
+
 /// Checks a rendered path against its template and returns it normalised.
 /// The error says what is wrong; the caller names the field.
 pub fn confine(template: &str, rendered: &str) -> Result<String, String> {

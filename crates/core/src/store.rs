@@ -413,6 +413,14 @@ pub trait AuditStore: Send + Sync {
     async fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEvent>>;
     /// Events, newest first, optionally only for one object, at most `limit` (0: 100).
     async fn list_audit(&self, object: Option<&str>, limit: usize) -> Result<Vec<AuditEvent>>;
+    /// Like `list_audit`, only events with `seq < before`: one page of the
+    /// log read backwards, bounded by `limit` (0: 100) whatever the filter.
+    async fn audit_before(
+        &self,
+        object: Option<&str>,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>>;
 }
 
 /// A stream of wake-ups from other processes.

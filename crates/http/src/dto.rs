@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use opsconductor::ApplyItem;
 use opsconductor::auth::{ApiToken, Role, User};
 use opsconductor::model::{AuditEvent, Job, LogChunk, Run, StepResult, Target};
 use opsconductor::secrets::SecretChange;
-use opsconductor::store::ApplyItem;
 use opsconductor::{RunDetail, SecretInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -14,9 +14,9 @@ use std::time::Duration;
 use metrics::{Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use opsconductor::Conductor;
+use opsconductor::RunFilter;
 use opsconductor::bus::Event;
 use opsconductor::model::{RunStatus, StepStatus};
-use opsconductor::store::RunFilter;
 use tokio_util::sync::CancellationToken;
 
 const META: Metadata<'static> = Metadata::new("opsconductor_http", Level::INFO, None);
@@ -148,7 +148,7 @@ impl Metrics {
                 limit: GAUGE_CAP,
                 ..Default::default()
             };
-            if let Ok(runs) = oc.list(&filter).await {
+            if let Ok(runs) = oc.runs(&filter, &server_actor()).await {
                 self.recorder
                     .register_gauge(&key(name, &[]), &META)
                     .set(runs.len() as f64);
@@ -186,7 +186,7 @@ pub async fn observe_runs(oc: Conductor, metrics: Arc<Metrics>, stop: Cancellati
         if seen.contains(&id) {
             continue;
         }
-        let Ok(detail) = oc.get(id).await else {
+        let Ok(detail) = oc.run(id, &server_actor()).await else {
             continue;
         };
         let run = &detail.run;
@@ -222,4 +222,10 @@ pub async fn observe_runs(oc: Conductor, metrics: Arc<Metrics>, stop: Cancellati
             metrics.step_finished(r.status, secs(r.started_at, r.finished_at), executor_error);
         }
     }
+}
+
+/// The server reading for itself (gauges, its own workers' runs): trusted,
+/// like any process on its own database.
+fn server_actor() -> opsconductor::Actor {
+    opsconductor::Actor::new("server")
 }

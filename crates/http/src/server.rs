@@ -118,7 +118,7 @@ pub async fn start(config: ServerConfig) -> Result<Running> {
 pub async fn start_with(oc: Conductor, config: ServerConfig) -> Result<Running> {
     config.validate()?;
     let mut notices = Vec::new();
-    let (secret, notice) = crate::jwt::resolve_secret(&config, oc.store().backend())?;
+    let (secret, notice) = crate::jwt::resolve_secret(&config, oc.backend())?;
     notices.extend(notice);
     let admin_password = oc.ensure_admin(config.admin_password.as_deref()).await?;
     // Steps on the server's own host reach its keys and database: only the
@@ -183,7 +183,7 @@ pub async fn start_with(oc: Conductor, config: ServerConfig) -> Result<Running> 
             tokio::spawn(async move { server.serve(app).await })
         }
     };
-    tracing::info!(%addr, tls = is_tls, workers = config.workers, backend = oc.store().backend(), "serving");
+    tracing::info!(%addr, tls = is_tls, workers = config.workers, backend = oc.backend(), "serving");
     Ok(Running {
         addr,
         tls: is_tls,

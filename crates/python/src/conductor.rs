@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use opsconductor::store::{ApplyBatch, RunFilter};
-use opsconductor::{Actor, Error, ExecRequest, RunStatus, SetSecret, SubmitRequest};
+use opsconductor::{
+    Actor, ApplyBatch, ExecRequest, RunFilter, RunStatus, SetSecret, SubmitRequest,
+};
 use pyo3::exceptions::{PyTypeError, PyUserWarning};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyString};
@@ -304,12 +305,10 @@ impl PyConductor {
 
     /// Every stored version of a job, oldest first. Raises ``NotFound``.
     fn job_versions<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
-        let oc = &self.engine.oc;
-        let versions = self.engine.block(py, async {
-            // The engine names the job and the known ones if it is missing.
-            oc.job(name, None).await?;
-            oc.store().job_versions(name).await
-        })?;
+        // The engine names the job and the known ones if it is missing.
+        let versions = self
+            .engine
+            .block(py, self.engine.oc.job_versions(name, &self.engine.actor))?;
         versions
             .iter()
             .map(|j| convert::build_from(py, "_job_from_json", j))
@@ -364,16 +363,9 @@ impl PyConductor {
     /// Removes a target. Raises ``NotFound`` if there is none of that name.
     /// Runs already submitted keep the targets they resolved.
     fn remove_target(&self, py: Python<'_>, name: &str) -> PyResult<()> {
-        let oc = &self.engine.oc;
-        self.engine.block(py, async {
-            if oc.store().delete_target(name).await? {
-                Ok(())
-            } else {
-                // The engine's error names the known targets.
-                oc.target(name).await?;
-                Err(Error::not_found("target", name))
-            }
-        })
+        // Through the engine: the actor is checked and the deletion audited.
+        self.engine
+            .block(py, self.engine.oc.remove_target(name, &self.engine.actor))
     }
 
     /// Checks one target: connects, authenticates and runs a trivial probe.
@@ -381,20 +373,11 @@ impl PyConductor {
     /// an unreachable target is ``ok=False``, not an exception. Raises
     /// ``NotFound`` for an unknown target.
     fn check_target<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-        let oc = &self.engine.oc;
-        let checks = self.engine.block(py, async {
-            // The engine's NotFound names the known targets; a selector
-            // would read `name` as a pattern.
-            oc.target(name).await?;
-            oc.check_targets(&[name.to_string()], 1, &self.engine.actor)
-                .await
-        })?;
-        match checks.first() {
-            Some(c) => convert::build_from(py, "_target_check_from_json", c),
-            None => Err(errors::internal(format!(
-                "checking '{name}' gave no result"
-            ))),
-        }
+        // The exact name (never a pattern); NotFound names the known targets.
+        let check = self
+            .engine
+            .block(py, self.engine.oc.check_target(name, &self.engine.actor))?;
+        convert::build_from(py, "_target_check_from_json", &check)
     }
 
     /// Checks every target a selector picks (default: all), at most
@@ -594,7 +577,7 @@ impl PyConductor {
         let oc = &self.engine.oc;
         let detail = self.engine.block(py, async {
             let id = oc.resolve_run_id(run_id).await?;
-            oc.get(id).await
+            oc.run(id, &self.engine.actor).await
         })?;
         Ok(self.run_handle(detail.run))
     }
@@ -624,7 +607,9 @@ impl PyConductor {
             before: None,
             limit,
         };
-        let runs = self.engine.block(py, self.engine.oc.list(&filter))?;
+        let runs = self
+            .engine
+            .block(py, self.engine.oc.runs(&filter, &self.engine.actor))?;
         Ok(runs.into_iter().map(|r| self.run_handle(r)).collect())
     }
 }

@@ -28,13 +28,9 @@ pub(crate) async fn builder_with_keyring(
     url: &str,
     keyring: opsconductor::secrets::Keyring,
 ) -> opsconductor::Result<opsconductor::ConductorBuilder> {
-    let store = opsconductor::open_store(url).await?;
-    let builder = opsconductor::Conductor::builder()
-        .store_arc(store)
-        .keyring(keyring);
     // The facade's registration: SSH known_hosts and the Docker engine come
     // from the same environment variables as for the CLI and the server.
-    Ok(opsconductor::with_executors(builder))
+    opsconductor::builder_with_keyring(url, Some(keyring)).await
 }
 
 /// The optional parts compiled into this build (stores and executors).

@@ -2,14 +2,13 @@
 //! waiting, cancelling), and its live output as line iterators, blocking and
 //! asyncio.
 
-use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use opsconductor::{LogChunk, RunDetail, RunId, RunStatus, Stream};
+use opsconductor::{LineSplitter, RunDetail, RunId, RunStatus, Stream};
 use pyo3::exceptions::{PyStopAsyncIteration, PyTimeoutError};
 use pyo3::prelude::*;
 use tokio::sync::mpsc;
@@ -35,7 +34,8 @@ impl PyRun {
     }
 
     fn fetch(&self, py: Python<'_>) -> PyResult<RunDetail> {
-        self.engine.block(py, self.engine.oc.get(self.run.id))
+        self.engine
+            .block(py, self.engine.oc.run(self.run.id, &self.engine.actor))
     }
 
     /// Waits for the run to end and returns it. With no background workers
@@ -117,7 +117,10 @@ impl PyRun {
         let (tx, rx) = mpsc::channel(256);
         let oc = self.engine.oc.clone();
         let id = self.run.id;
-        let task = self.engine.spawn(py, follow_lines(oc, id, after, tx))?;
+        let actor = self.engine.actor.clone();
+        let task = self
+            .engine
+            .spawn(py, follow_lines(oc, actor, id, after, tx))?;
         Ok(Follower {
             rx: Arc::new(tokio::sync::Mutex::new(rx)),
             task: task.abort_handle(),
@@ -393,70 +396,15 @@ impl<'py> IntoPyObject<'py> for Line {
     }
 }
 
-/// A partial line waiting for its end.
-#[derive(Default)]
-struct Pending {
-    step: Option<u32>,
-    bytes: Vec<u8>,
-    seq: u64,
-}
-
-/// Splits chunks into lines per target and stream. A line that a step left
-/// unterminated is delivered when that target's stream moves to another
-/// step, or when the output ends.
-#[derive(Default)]
-pub(crate) struct Splitter {
-    pending: HashMap<(Option<String>, Stream), Pending>,
-}
-
-impl Splitter {
-    /// The lines a chunk completes, in order.
-    pub(crate) fn push(&mut self, chunk: LogChunk) -> Vec<Line> {
-        let key = (chunk.target.clone(), chunk.stream);
-        let p = self.pending.entry(key).or_default();
-        let mut out = Vec::new();
-        if p.step != chunk.step && !p.bytes.is_empty() {
-            out.push(line(&chunk.target, chunk.stream, p));
+impl From<opsconductor::Line> for Line {
+    fn from(l: opsconductor::Line) -> Self {
+        Line {
+            text: l.text(),
+            target: l.target,
+            stream: l.stream,
+            seq: l.seq,
+            step: l.step,
         }
-        p.step = chunk.step;
-        let mut rest = chunk.data.as_slice();
-        while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
-            p.bytes.extend_from_slice(&rest[..nl]);
-            p.seq = chunk.seq;
-            out.push(line(&chunk.target, chunk.stream, p));
-            rest = &rest[nl + 1..];
-        }
-        if !rest.is_empty() {
-            p.bytes.extend_from_slice(rest);
-            p.seq = chunk.seq;
-        }
-        out
-    }
-
-    /// The unterminated lines left at the end, in output order.
-    pub(crate) fn finish(self) -> Vec<Line> {
-        let mut out: Vec<Line> = self
-            .pending
-            .into_iter()
-            .filter(|(_, p)| !p.bytes.is_empty())
-            .map(|((target, stream), mut p)| line(&target, stream, &mut p))
-            .collect();
-        out.sort_by_key(|l| l.seq);
-        out
-    }
-}
-
-fn line(target: &Option<String>, stream: Stream, p: &mut Pending) -> Line {
-    let mut bytes = std::mem::take(&mut p.bytes);
-    if bytes.last() == Some(&b'\r') {
-        bytes.pop();
-    }
-    Line {
-        target: target.clone(),
-        stream,
-        text: String::from_utf8_lossy(&bytes).into_owned(),
-        seq: p.seq,
-        step: p.step,
     }
 }
 
@@ -467,23 +415,25 @@ type LineReceiver = Arc<tokio::sync::Mutex<mpsc::Receiver<LineResult>>>;
 /// the receiver is gone.
 async fn follow_lines(
     oc: opsconductor::Conductor,
+    actor: opsconductor::Actor,
     id: RunId,
     after: u64,
     tx: mpsc::Sender<LineResult>,
 ) {
-    let mut stream = match oc.follow(id, after).await {
+    let mut stream = match oc.follow(id, after, &actor).await {
         Ok(s) => s,
         Err(e) => {
             let _ = tx.send(Err(e)).await;
             return;
         }
     };
-    let mut split = Splitter::default();
+    // The core's line rules, the same as the CLI's.
+    let mut split = LineSplitter::new();
     while let Some(item) = stream.next().await {
         match item {
             Ok(chunk) => {
-                for l in split.push(chunk) {
-                    if tx.send(Ok(l)).await.is_err() {
+                for l in split.push(&chunk) {
+                    if tx.send(Ok(l.into())).await.is_err() {
                         return;
                     }
                 }
@@ -495,7 +445,7 @@ async fn follow_lines(
         }
     }
     for l in split.finish() {
-        if tx.send(Ok(l)).await.is_err() {
+        if tx.send(Ok(l.into())).await.is_err() {
             return;
         }
     }

@@ -161,6 +161,25 @@ def test_targets_of_every_kind(oc: Conductor) -> None:
         oc.add_target({"kind": "Target", "name": "x"})  # type: ignore[arg-type]
 
 
+def test_remove_target_is_audited(oc: Conductor, db_url: str) -> None:
+    """Removing a target goes through the engine, which records who did it
+    (read straight from the database: the audit log is the engine's)."""
+    import sqlite3
+
+    oc.add_target(Local("doomed"))
+    oc.remove_target("doomed")
+    db = sqlite3.connect(db_url.removeprefix("sqlite://"))
+    try:
+        rows = db.execute(
+            "SELECT actor, action FROM audit_events WHERE object = 'target:doomed' ORDER BY seq"
+        ).fetchall()
+    finally:
+        db.close()
+    assert [a for _, a in rows] == ["target.create", "target.delete"]
+    # Both by the engine's actor (the one that created it also deleted it).
+    assert rows[0][0] == rows[1][0] != ""
+
+
 def test_database_urls(tmp_path: Path, master_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     # sqlite://PATH is relative to the working directory …

@@ -62,10 +62,13 @@ async fn apply(oc: &opsconductor::Conductor, yaml: &str) {
 
 async fn statuses(oc: &opsconductor::Conductor) -> HashMap<String, usize> {
     let runs = oc
-        .list(&opsconductor::store::RunFilter {
-            limit: 1000,
-            ..Default::default()
-        })
+        .runs(
+            &opsconductor::store::RunFilter {
+                limit: 1000,
+                ..Default::default()
+            },
+            &Actor::new("t"),
+        )
         .await
         .unwrap();
     let mut m = HashMap::new();
@@ -207,12 +210,12 @@ steps:
     assert_eq!(s.values().sum::<usize>(), n, "{s:?}");
     rt.block_on(async {
         let oc = engine(&url).await;
-        let runs = oc.list(&opsconductor::store::RunFilter { limit: 1000, ..Default::default() }).await.unwrap();
+        let runs = oc.runs(&opsconductor::store::RunFilter { limit: 1000, ..Default::default() }, &Actor::new("t")).await.unwrap();
         let mut rescued = 0;
         let mut interrupted = 0;
         let mut reran_safe = 0;
         for r in runs {
-            let d = oc.get(r.id).await.unwrap();
+            let d = oc.run(r.id, &Actor::new("t")).await.unwrap();
             if r.attempt > 1 {
                 rescued += 1;
             }
@@ -299,9 +302,10 @@ fn follow_from_another_process_sees_exactly_the_bytes_in_order() {
     let mut w = worker(&env, &url, 1, "30s");
     // Join late, once the run has produced some output.
     rt.block_on(async {
-        let oc = engine(&url).await;
+        // The store itself (the engine hands out no store): its last seq.
+        let store = opsconductor::open_store(&url).await.unwrap();
         for _ in 0..200 {
-            if oc.store().last_log_seq(id).await.unwrap() > 3 {
+            if store.last_log_seq(id).await.unwrap() > 3 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -457,10 +461,13 @@ fn sigterm_finishes_the_runs_it_stopped_before_the_worker_exits() {
     eprintln!("worker exited {exit:?} {:?} after SIGTERM", start.elapsed());
     // The moment the process is gone, the run is already finished.
     let runs = rt
-        .block_on(oc.list(&opsconductor::store::RunFilter {
-            limit: 10,
-            ..Default::default()
-        }))
+        .block_on(oc.runs(
+            &opsconductor::store::RunFilter {
+                limit: 10,
+                ..Default::default()
+            },
+            &Actor::new("t"),
+        ))
         .unwrap();
     assert_eq!(runs.len(), 1);
     let run = &runs[0];
@@ -561,13 +568,16 @@ fn frozen_worker_never_overlaps_an_idempotent_step(env: &Env, url: &str) {
     assert_eq!(spans.len(), 2, "{spans:?}");
     assert_eq!(s.get("succeeded"), Some(&1), "{s:?}");
     let runs = rt
-        .block_on(oc.list(&opsconductor::store::RunFilter {
-            limit: 10,
-            ..Default::default()
-        }))
+        .block_on(oc.runs(
+            &opsconductor::store::RunFilter {
+                limit: 10,
+                ..Default::default()
+            },
+            &Actor::new("t"),
+        ))
         .unwrap();
     assert_eq!(runs[0].attempt, 2, "{:?}", runs[0]);
-    let detail = rt.block_on(oc.get(runs[0].id)).unwrap();
+    let detail = rt.block_on(oc.run(runs[0].id, &Actor::new("t"))).unwrap();
     assert!(
         detail
             .results

@@ -9,7 +9,7 @@ use super::{Conductor, Inner};
 use crate::error::{Error, Result};
 use crate::executor::Credential;
 use crate::mask::{MIN_MASK_LEN, Masker};
-use crate::model::{Actor, AuditEvent, Run, Target};
+use crate::model::{Actor, Run, Target};
 use crate::secrets::{
     KeyRecord, Keyring, SECRET_KINDS, SecretChange, SecretMeta, SecretRecord, env_name,
 };
@@ -175,28 +175,6 @@ fn random_salt() -> Result<Vec<u8>> {
 }
 
 impl Inner {
-    /// Records an audit event by `actor`, with who/how/where merged into `detail`.
-    pub(crate) async fn audit_as(
-        &self,
-        actor: &Actor,
-        action: &str,
-        object: String,
-        detail: serde_json::Value,
-    ) {
-        let mut d = actor.audit_detail();
-        if let (Some(m), serde_json::Value::Object(extra)) = (d.as_object_mut(), detail) {
-            m.extend(extra);
-        }
-        self.audit(AuditEvent::now(&actor.name, action, object, d))
-            .await;
-    }
-
-    pub(crate) async fn audit(&self, ev: AuditEvent) {
-        if let Err(e) = self.store.audit_store().append_audit(&ev).await {
-            tracing::error!(error = %e, action = %ev.action, "recording an audit event failed");
-        }
-    }
-
     async fn ring(&self) -> Result<Keyring> {
         self.keyring.read().await.clone().ok_or_else(no_master_key)
     }
@@ -708,12 +686,6 @@ impl Conductor {
             )
             .await;
         Ok(())
-    }
-
-    /// The audit log, newest first.
-    pub async fn audit_log(&self, object: Option<&str>, limit: usize) -> Result<Vec<AuditEvent>> {
-        let a = self.inner.store.audit_store();
-        a.list_audit(object, limit).await
     }
 
     /// The key versions the keyring holds (for `secrets keys`).

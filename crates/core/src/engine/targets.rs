@@ -41,6 +41,25 @@ impl Conductor {
     ) -> Result<Vec<TargetCheck>> {
         actor.require(Permission::ManageTargets)?;
         let targets = crate::selector::resolve(selector, &self.targets().await?)?;
+        self.check_list(targets, concurrency).await
+    }
+
+    /// Checks the one target named exactly `name` (no selector: a name is
+    /// never read as a pattern). `NotFound` names the known targets.
+    pub async fn check_target(&self, name: &str, actor: &Actor) -> Result<TargetCheck> {
+        actor.require(Permission::ManageTargets)?;
+        let target = self.target(name).await?;
+        let mut checks = self.check_list(vec![target], 1).await?;
+        checks
+            .pop()
+            .ok_or_else(|| Error::Internal(format!("checking '{name}' gave no result")))
+    }
+
+    async fn check_list(
+        &self,
+        targets: Vec<crate::model::Target>,
+        concurrency: usize,
+    ) -> Result<Vec<TargetCheck>> {
         let creds = self.inner.run_secrets_for_targets(&targets).await?;
         let checks = futures::stream::iter(targets.into_iter().map(|t| {
             let cred = creds.get(&t.name).cloned();

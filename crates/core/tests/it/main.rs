@@ -11,3 +11,4 @@
 )]
 
 mod template_quoting;
+mod tidy;

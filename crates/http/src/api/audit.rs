@@ -36,9 +36,6 @@ pub struct VerifyQuery {
     pub head_hash: Option<String>,
 }
 
-/// Most events scanned for one page filtered by object.
-const OBJECT_SCAN: usize = 10_000;
-
 /// The audit log, newest first.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
     responses(
@@ -58,40 +55,23 @@ pub async fn list(
                 .map_err(|_| ApiError::invalid("cursor", "not an audit cursor"))
         })
         .transpose()?;
-    let oc = &state.inner.oc;
-    let (events, next_cursor) = match (before, q.object.as_deref()) {
-        (Some(b), None) => {
-            // Sequence numbers only grow: read the window just below the
-            // cursor (a window may hold fewer events where some were deleted).
-            let from = b.saturating_sub(limit as u64 + 1);
-            let store = oc.store().audit_store();
-            let mut page = store.audit_after(from, limit).await?;
-            page.retain(|e| e.seq < b);
-            page.reverse();
-            let next = (from > 0).then(|| page::encode_cursor(&(from + 1).to_string()));
-            (page, next)
-        }
-        (before, object) => {
-            let mut events = match before {
-                None => oc.audit_log(object, limit + 1).await?,
-                Some(b) => {
-                    let mut all = oc.audit_log(object, OBJECT_SCAN).await?;
-                    all.retain(|e| e.seq < b);
-                    all.truncate(limit + 1);
-                    all
-                }
-            };
-            let next = if events.len() > limit {
-                events.truncate(limit);
-                events
-                    .last()
-                    .map(|e| page::encode_cursor(&e.seq.to_string()))
-            } else {
-                None
-            };
-            (events, next)
-        }
-    };
+    // The engine pages the log with one bounded query per page.
+    let page = state
+        .inner
+        .oc
+        .audit_page(
+            &opsconductor::AuditQuery {
+                object: q.object,
+                before,
+                limit,
+            },
+            &caller.actor,
+        )
+        .await?;
+    let events = page.events;
+    let next_cursor = page
+        .next_before
+        .map(|seq| page::encode_cursor(&seq.to_string()));
     // What was typed as a username on a failed login may be a mistyped
     // password: only admins (who manage users) see it.
     let sees_attempts = caller.require(Permission::ManageUsers).is_ok();
@@ -155,7 +135,11 @@ pub async fn verify(
             ));
         }
     };
-    let v = state.inner.oc.verify_audit_against(anchor).await?;
+    let v = state
+        .inner
+        .oc
+        .verify_audit_against(anchor, &caller.actor)
+        .await?;
     Ok(Json(AuditVerifyView {
         events: v.events,
         ok: v.ok,

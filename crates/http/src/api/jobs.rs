@@ -125,7 +125,7 @@ pub async fn versions(
     P(name): P<String>,
 ) -> ApiResult<Json<JobVersions>> {
     caller.require(Permission::Read)?;
-    let versions = state.inner.oc.job_versions(&name).await?;
+    let versions = state.inner.oc.job_versions(&name, &caller.actor).await?;
     Ok(Json(JobVersions {
         items: versions
             .into_iter()
@@ -230,12 +230,7 @@ pub async fn apply(
             .map_err(|e| {
                 ApiError::from(opsconductor::Error::Internal(format!("parsing: {e}")))
             })??;
-    if batch.jobs.is_empty() && batch.targets.is_empty() {
-        return Err(ApiError::invalid(
-            "body",
-            "nothing to apply: no Job or Target documents",
-        ));
-    }
+    // An empty batch is refused by the engine (one rule and message for every front end).
     if q.dry_run == Some(true) {
         state.inner.oc.validate(&batch)?;
         return Ok(Json(ApplyReport {

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use opsconductor::store::RunFilter;
+use opsconductor::RunFilter;
 
 use crate::dto::{HealthView, ReadyView};
 use crate::error::{ApiError, ApiResult, ErrorBody, Shaped};
@@ -37,15 +37,19 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         limit: 1,
         ..Default::default()
     };
-    let database =
-        match tokio::time::timeout(std::time::Duration::from_secs(5), oc.list(&probe)).await {
-            Ok(Ok(_)) => "ok".to_string(),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "readiness: the database failed");
-                "unreachable".to_string()
-            }
-            Err(_) => "timeout".to_string(),
-        };
+    let database = match tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        oc.runs(&probe, &opsconductor::Actor::new("server")),
+    )
+    .await
+    {
+        Ok(Ok(_)) => "ok".to_string(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the database failed");
+            "unreachable".to_string()
+        }
+        Err(_) => "timeout".to_string(),
+    };
     // The configured count alone would say "ready" after the workers were
     // stopped or died: ask the engine whether they still run.
     let workers_running = state.inner.workers == 0 || oc.worker_pools_running() > 0;
@@ -55,7 +59,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         database,
         workers: state.inner.workers,
         workers_running,
-        backend: oc.store().backend().into(),
+        backend: oc.backend().into(),
     };
     let status = if ok {
         StatusCode::OK

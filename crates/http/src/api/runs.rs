@@ -15,9 +15,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, Stream, StreamExt};
+use opsconductor::RunFilter;
 use opsconductor::auth::Permission;
 use opsconductor::model::{RunId, RunStatus};
-use opsconductor::store::RunFilter;
 use opsconductor::{ExecRequest, SubmitRequest};
 
 use crate::auth::{BearerToken, Principal, STREAM_RECHECK, still_authorized};
@@ -88,7 +88,7 @@ pub async fn list(
         before,
         limit: limit + 1,
     };
-    let mut runs = match state.inner.oc.list(&filter).await {
+    let mut runs = match state.inner.oc.runs(&filter, &caller.actor).await {
         Ok(r) => r,
         Err(opsconductor::Error::NotFound { .. }) => {
             return Err(ApiError::invalid(
@@ -263,7 +263,12 @@ pub async fn get_one(
     let mut detail = state
         .inner
         .oc
-        .get_page(id, after.as_ref().map(|(s, t)| (*s, t.as_str())), limit + 1)
+        .run_page(
+            id,
+            after.as_ref().map(|(s, t)| (*s, t.as_str())),
+            limit + 1,
+            &caller.actor,
+        )
         .await?;
     let more = detail.results.len() > limit;
     detail.results.truncate(limit);
@@ -359,30 +364,20 @@ pub async fn logs(
     let id = resolve(&state, &id).await?;
     let after = after_of(&headers, &q)?;
     if wants_sse(&headers) {
-        let stream = state.inner.oc.follow(id, after).await?;
+        let stream = state.inner.oc.follow(id, after, &caller.actor).await?;
         let guard = StreamGuard::new(&caller, token)?;
         return Ok(sse(state, id, after, stream, guard).into_response());
     }
-    let limit = match q.limit {
-        None => 1000,
-        Some(n) if (1..=5000).contains(&n) => n,
-        Some(n) => {
-            return Err(ApiError::invalid(
-                "limit",
-                format!("{n} is out of range (1-5000)"),
-            ));
-        }
-    };
-    // Status first: if the run had ended, every chunk is stored already.
-    let run = state.inner.oc.get(id).await?.run;
-    let chunks = state.inner.oc.store().read_logs(id, after, limit).await?;
-    let complete = run.status.is_terminal() && chunks.len() < limit;
-    let next_after = chunks.last().map_or(after, |c| c.seq);
+    let page = state
+        .inner
+        .oc
+        .log_page(id, after, q.limit.unwrap_or(1000), &caller.actor)
+        .await?;
     Ok(Json(LogPage {
-        items: chunks.into_iter().map(LogChunkView::from).collect(),
-        next_after,
-        run_status: run.status.as_str().to_string(),
-        complete,
+        items: page.chunks.into_iter().map(LogChunkView::from).collect(),
+        next_after: page.next_after,
+        run_status: page.run_status.as_str().to_string(),
+        complete: page.complete,
     })
     .into_response())
 }
@@ -392,7 +387,7 @@ async fn end_message(state: &AppState, id: RunId, last_seq: u64) -> serde_json::
     let status = state
         .inner
         .oc
-        .get(id)
+        .run(id, &opsconductor::Actor::new("server"))
         .await
         .map(|d| d.run.status.as_str().to_string())
         .unwrap_or_else(|_| "unknown".into());
@@ -527,7 +522,7 @@ pub async fn ws(
     })?;
     let after = q.after.unwrap_or(0);
     let guard = StreamGuard::new(&caller, token)?;
-    let follow = state.inner.oc.follow(id, after).await?;
+    let follow = state.inner.oc.follow(id, after, &caller.actor).await?;
     Ok(upgrade
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| stream_ws(state, id, after, follow, socket, guard)))

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use opsconductor::auth::Permission;
-use opsconductor::store::{ApplyAction, ApplyBatch};
+use opsconductor::{ApplyAction, ApplyBatch};
 
 use crate::dto::{
     ApplyItemView, HostKeyView, TargetCheckView, TargetPage, TargetView, TrustRequest,
@@ -182,7 +182,7 @@ pub async fn put(
 }
 
 /// The response for a single applied object: 201 if created.
-pub(crate) fn applied(items: Vec<opsconductor::store::ApplyItem>) -> ApiResult<Response> {
+pub(crate) fn applied(items: Vec<opsconductor::ApplyItem>) -> ApiResult<Response> {
     let item = items.into_iter().next().ok_or_else(|| {
         ApiError::from(opsconductor::Error::Internal(
             "apply reported nothing".into(),

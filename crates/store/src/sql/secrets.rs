@@ -320,6 +320,39 @@ macro_rules! secret_sql {
                         .map_err(self.fail("reading the audit log"))?;
                     rows.iter().map(rows::audit_event).collect()
                 }
+
+                async fn audit_before(
+                    &self,
+                    object: Option<&str>,
+                    before: u64,
+                    limit: usize,
+                ) -> Result<Vec<AuditEvent>> {
+                    let limit = if limit == 0 { 100 } else { limit.min(10_000) } as i64;
+                    let before = i64::try_from(before).unwrap_or(i64::MAX);
+                    let query = match object {
+                        Some(o) => sqlx::query(concat!(
+                            "SELECT ",
+                            audit_columns!(),
+                            " FROM audit_events WHERE seq < $1 AND object = $2 \
+                             ORDER BY seq DESC LIMIT $3"
+                        ))
+                        .bind(before)
+                        .bind(o)
+                        .bind(limit),
+                        None => sqlx::query(concat!(
+                            "SELECT ",
+                            audit_columns!(),
+                            " FROM audit_events WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
+                        ))
+                        .bind(before)
+                        .bind(limit),
+                    };
+                    let rows = query
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(self.fail("reading the audit log"))?;
+                    rows.iter().map(rows::audit_event).collect()
+                }
             }
         };
     };

@@ -68,7 +68,7 @@ pub(crate) fn render_step(
     step: &Step,
     quoting: Quoting,
     ctx: &Value,
-) -> Result<Rendered, String> {
+) -> Result<Rendered, super::super::RenderError> {
     let r = |src: &str, q: Quoting| {
         if step.raw {
             Ok(src.to_string())
@@ -84,9 +84,8 @@ pub(crate) fn render_step(
     let workdir = step
         .workdir
         .as_deref()
-        .map(|w| plain(w).and_then(|r| crate::paths::confine(w, &r)))
-        .transpose()
-        .map_err(|m| format!("workdir: {m}"))?;
+        .map(|w| super::super::render_path(plain(w), "workdir", w))
+        .transpose()?;
     Ok(match &step.action {
         Action::Exec { command } => Rendered::Run {
             cmd: Command::Shell(r(command, quoting)?),
@@ -107,9 +106,7 @@ pub(crate) fn render_step(
             src,
             mode,
         } => Rendered::Copy {
-            dest: plain(dest)
-                .and_then(|r| crate::paths::confine(dest, &r))
-                .map_err(|m| format!("copy.dest: {m}"))?,
+            dest: super::super::render_path(plain(dest), "copy.dest", dest)?,
             content: content
                 .as_deref()
                 .map(|c| r(c, Quoting::None))
