@@ -13,6 +13,13 @@
 //! Goal: with nothing changed between runs, a run start decrypts nothing and
 //! N stored secrets cost about as much as none.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::expect_used,
+    reason = "a benchmark or example reports by printing, and a broken fixture ends it"
+)]
+
 use std::time::{Duration, Instant};
 
 use opsconductor::secrets::{KeyBytes, KeySource, Keyring};

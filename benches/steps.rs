@@ -8,6 +8,13 @@
 //! loop of the same length. Prints ms per step for each, the ratio and the
 //! engine's overhead per step (engine ms/step − bare ms/step).
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::expect_used,
+    reason = "a benchmark or example reports by printing, and a broken fixture ends it"
+)]
+
 use std::time::{Duration, Instant};
 
 use opsconductor::{Actor, Config, RunStatus, SubmitRequest};
