@@ -133,7 +133,10 @@ async fn latency(url: &str, samples: usize) -> (f64, f64) {
     }
     let mut lat = Vec::new();
     for id in ids {
-        let r = submitter.wait(id).await.expect("wait");
+        let r = submitter
+            .wait(id, &opsconductor::Actor::new("test"))
+            .await
+            .expect("wait");
         let started = r.started_at.expect("started");
         lat.push((started - r.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
     }

@@ -72,7 +72,7 @@ async fn measure(secrets: usize, runs: usize) -> Result<Measure, Box<dyn std::er
     let start = Instant::now();
     oc.start_workers(1);
     for id in ids {
-        let r = oc.wait(id).await?;
+        let r = oc.wait(id, &opsconductor::Actor::new("test")).await?;
         if r.status != RunStatus::Succeeded {
             return Err(format!("run {id} ended {}", r.status).into());
         }

@@ -56,7 +56,7 @@ async fn engine(url: &str, n: usize) -> Result<Duration, Box<dyn std::error::Err
     let run = oc.submit(SubmitRequest::new("many"), &me).await?;
     let start = Instant::now();
     oc.start_workers(1);
-    let done = oc.wait(run.id).await?;
+    let done = oc.wait(run.id, &opsconductor::Actor::new("test")).await?;
     let took = start.elapsed();
     if done.status != RunStatus::Succeeded || done.attempt != 1 {
         return Err(format!("the run ended {} on attempt {}", done.status, done.attempt).into());

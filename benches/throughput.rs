@@ -59,7 +59,7 @@ async fn engine(
     let submitted = start.elapsed();
     oc.start_workers(workers);
     for id in ids {
-        let r = oc.wait(id).await?;
+        let r = oc.wait(id, &opsconductor::Actor::new("test")).await?;
         if r.status != RunStatus::Succeeded {
             return Err(format!("run {id} ended {}", r.status).into());
         }

@@ -624,9 +624,19 @@ async fn apply_is_all_or_nothing_and_versions_jobs() {
         err.to_string().contains("job 'b'") && err.to_string().contains("template"),
         "{err}"
     );
-    assert!(env.oc.jobs().await.unwrap().is_empty());
+    assert!(
+        env.oc
+            .jobs(&opsconductor::Actor::new("test"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
-        env.oc.targets().await.unwrap().len(),
+        env.oc
+            .targets(&opsconductor::Actor::new("test"))
+            .await
+            .unwrap()
+            .len(),
         1,
         "only the implicit local"
     );
@@ -642,7 +652,14 @@ async fn apply_is_all_or_nothing_and_versions_jobs() {
         .unwrap();
     assert_eq!(items[0].action, opsconductor::store::ApplyAction::Unchanged);
     env.apply(&good.replace("echo 1", "echo 2")).await;
-    assert_eq!(env.oc.job("a", None).await.unwrap().version, 2);
+    assert_eq!(
+        env.oc
+            .job("a", None, &opsconductor::Actor::new("test"))
+            .await
+            .unwrap()
+            .version,
+        2
+    );
     let d = env.run("a", json!({})).await;
     assert_eq!(d.run.job_version, Some(2));
     assert_eq!(env.stdout(d.run.id).await, "2\n");
@@ -728,10 +745,13 @@ async fn worker_pool_runs_each_run_exactly_once() {
     }
     env.oc.start_workers(3);
     for id in &ids {
-        let r = tokio::time::timeout(Duration::from_secs(60), env.oc.wait(*id))
-            .await
-            .unwrap()
-            .unwrap();
+        let r = tokio::time::timeout(
+            Duration::from_secs(60),
+            env.oc.wait(*id, &opsconductor::Actor::new("test")),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(r.status, RunStatus::Succeeded);
     }
     env.oc.shutdown().await;
@@ -765,10 +785,13 @@ async fn rescue_after_a_crash_in_step_1(env: &Env, job: &str) -> (Run, Run) {
     put(env, &claimed, 0, StepStatus::Succeeded).await;
     put(env, &claimed, 1, StepStatus::Running).await;
     env.oc.start_workers(1);
-    let done = tokio::time::timeout(Duration::from_secs(30), env.oc.wait(run.id))
-        .await
-        .unwrap()
-        .unwrap();
+    let done = tokio::time::timeout(
+        Duration::from_secs(30),
+        env.oc.wait(run.id, &opsconductor::Actor::new("test")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     env.oc.shutdown().await;
     (run, done)
 }
@@ -907,10 +930,13 @@ steps:
         );
     }
     env.oc.start_workers(1);
-    tokio::time::timeout(Duration::from_secs(60), env.oc.wait(stuck.id))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        env.oc.wait(stuck.id, &opsconductor::Actor::new("test")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     // When the stuck run was done, most of the queue was still waiting.
     let mut still_queued = 0;
     for id in &queued {
@@ -987,11 +1013,31 @@ async fn run_ids_resolve_from_unique_prefixes() {
         .await
         .unwrap();
     let full = run.id.to_string();
-    assert_eq!(env.oc.resolve_run_id(&full).await.unwrap(), run.id);
-    assert_eq!(env.oc.resolve_run_id(&full[..20]).await.unwrap(), run.id);
-    assert!(env.oc.resolve_run_id("zz").await.is_err());
+    assert_eq!(
+        env.oc
+            .resolve_run_id(&full, &opsconductor::Actor::new("test"))
+            .await
+            .unwrap(),
+        run.id
+    );
+    assert_eq!(
+        env.oc
+            .resolve_run_id(&full[..20], &opsconductor::Actor::new("test"))
+            .await
+            .unwrap(),
+        run.id
+    );
+    assert!(
+        env.oc
+            .resolve_run_id("zz", &opsconductor::Actor::new("test"))
+            .await
+            .is_err()
+    );
     assert!(matches!(
-        env.oc.resolve_run_id("ffffffff").await.unwrap_err(),
+        env.oc
+            .resolve_run_id("ffffffff", &opsconductor::Actor::new("test"))
+            .await
+            .unwrap_err(),
         Error::NotFound { .. }
     ));
 }
@@ -1032,7 +1078,13 @@ async fn reads_take_an_actor_checked_against_the_matrix() {
         .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     assert_eq!(
         back.jobs,
-        vec![env.oc.job("talk", Some(1)).await.unwrap().spec]
+        vec![
+            env.oc
+                .job("talk", Some(1), &opsconductor::Actor::new("test"))
+                .await
+                .unwrap()
+                .spec
+        ]
     );
     let mut all = Vec::new();
     let mut logs = env.oc.logs(id, 0, &v).await.unwrap();
@@ -1057,6 +1109,18 @@ async fn reads_take_an_actor_checked_against_the_matrix() {
         .log_page(id, 0, opsconductor::MAX_LOG_PAGE + 1, &v)
         .await;
     assert!(matches!(too_big, Err(Error::Validation { field: Some(f), .. }) if f == "limit"));
+    // Definitions, secret metadata, waiting and id prefixes are reads too...
+    assert_eq!(env.oc.jobs(&v).await.unwrap().len(), 1);
+    assert_eq!(env.oc.job("talk", None, &v).await.unwrap().version, 2);
+    assert!(!env.oc.targets(&v).await.unwrap().is_empty());
+    assert_eq!(env.oc.target("local", &v).await.unwrap().name, "local");
+    assert!(env.oc.secrets(&v).await.unwrap().is_empty());
+    assert_eq!(env.oc.wait(id, &v).await.unwrap().id, id);
+    let prefix = id.to_string()[..8].to_string();
+    assert_eq!(env.oc.resolve_run_id(&prefix, &v).await.unwrap(), id);
+    // ...while host keys and master keys are not for viewers.
+    assert!(forbidden(env.oc.offered_host_key("local", &v).await));
+    assert!(forbidden(env.oc.key_versions(&v).await));
     // But a viewer may neither check nor remove a target; an operator may.
     env.apply("kind: Target\nname: spare\nconnection: {type: local}\n")
         .await;

@@ -118,10 +118,13 @@ steps:
     env.oc.start_workers(5);
     let mut rates = Vec::new();
     for id in &ids {
-        let run = tokio::time::timeout(Duration::from_secs(60), env.oc.wait(*id))
-            .await
-            .expect("the run ends")
-            .unwrap();
+        let run = tokio::time::timeout(
+            Duration::from_secs(60),
+            env.oc.wait(*id, &opsconductor::Actor::new("test")),
+        )
+        .await
+        .expect("the run ends")
+        .unwrap();
         assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
         assert_eq!(run.attempt, 1, "the run was rescued from a live worker");
         let out = stdout(&env.oc, *id).await;
@@ -169,10 +172,13 @@ async fn many_steps_keep_their_lease(backend: Backend) {
         .unwrap();
     let started = Instant::now();
     env.oc.start_workers(1);
-    let done = tokio::time::timeout(Duration::from_secs(300), env.oc.wait(run.id))
-        .await
-        .expect("the run ends")
-        .unwrap();
+    let done = tokio::time::timeout(
+        Duration::from_secs(300),
+        env.oc.wait(run.id, &opsconductor::Actor::new("test")),
+    )
+    .await
+    .expect("the run ends")
+    .unwrap();
     eprintln!("{STEPS} steps took {:?}", started.elapsed());
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.error);
     assert_eq!(done.attempt, 1, "the run was rescued from a live worker");
@@ -250,10 +256,13 @@ async fn a_panicking_executor_fails_the_run_and_followers_return(backend: Backen
         tokio::spawn(async move { stdout(&oc, run.id).await })
     };
     env.oc.start_workers(1);
-    let done = tokio::time::timeout(Duration::from_secs(20), env.oc.wait(run.id))
-        .await
-        .expect("a waiter returns")
-        .unwrap();
+    let done = tokio::time::timeout(
+        Duration::from_secs(20),
+        env.oc.wait(run.id, &opsconductor::Actor::new("test")),
+    )
+    .await
+    .expect("a waiter returns")
+    .unwrap();
     assert_eq!(done.status, RunStatus::Failed);
     let error = done.error.unwrap_or_default();
     assert!(error.contains("injected executor panic"), "{error}");

@@ -252,7 +252,8 @@ async fn values_never_reach_the_database_file_in_clear() {
         .clone();
     assert_no_value_at_rest(&oc, dir.path(), &ever, &last, "after rotate").await;
     // Listing shows metadata only; nothing in the API returns a value.
-    let list = serde_json::to_string(&oc.secrets().await.unwrap()).unwrap();
+    let list = serde_json::to_string(&oc.secrets(&opsconductor::Actor::new("test")).await.unwrap())
+        .unwrap();
     for v in &ever {
         assert!(!list.contains(v.as_str()));
     }
@@ -325,7 +326,13 @@ async fn a_wrong_or_missing_master_key_is_a_clear_error_at_start() {
     );
     // The right key still works: nothing was overwritten.
     let oc = engine(&url, ring(&[(1, &good)])).await.unwrap();
-    assert_eq!(oc.secrets().await.unwrap().len(), 1);
+    assert_eq!(
+        oc.secrets(&opsconductor::Actor::new("test"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -560,7 +567,10 @@ async fn missing_secrets_refuse_the_submission_and_short_values_warn() {
         Error::Conflict(_)
     ));
     oc.delete_secret("nope", true, &me()).await.unwrap();
-    let h = oc.secret_history("nope").await.unwrap();
+    let h = oc
+        .secret_history("nope", &opsconductor::Actor::new("test"))
+        .await
+        .unwrap();
     assert_eq!(
         h.iter().map(|c| c.action.as_str()).collect::<Vec<_>>(),
         ["created", "deleted"]
@@ -660,7 +670,10 @@ async fn a_passphrase_derives_the_key_with_a_stored_salt() {
     .await
     .unwrap();
     set(&oc, "x", "value-behind-a-passphrase").await;
-    let keys = oc.key_versions().await.unwrap();
+    let keys = oc
+        .key_versions(&opsconductor::Actor::new("test"))
+        .await
+        .unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(
         keys[0].salt.as_ref().map(Vec::len),

@@ -160,7 +160,7 @@ async fn set(oc: &Conductor, out: &Out, req: SetSecret, me: &Actor) -> Result<u8
 }
 
 async fn list(oc: &Conductor, out: &Out) -> Result<u8, Error> {
-    let list = oc.secrets().await?;
+    let list = oc.secrets(&Actor::local_user()).await?;
     if out.json {
         out.json(&list);
         return Ok(exit::OK);
@@ -199,8 +199,8 @@ async fn list(oc: &Conductor, out: &Out) -> Result<u8, Error> {
 }
 
 async fn show(oc: &Conductor, out: &Out, name: &str) -> Result<u8, Error> {
-    let s = oc.secret(name).await?;
-    let history = oc.secret_history(name).await?;
+    let s = oc.secret(name, &Actor::local_user()).await?;
+    let history = oc.secret_history(name, &Actor::local_user()).await?;
     if out.json {
         out.json(&serde_json::json!({"secret": s, "history": history}));
         return Ok(exit::OK);
@@ -265,7 +265,7 @@ async fn rotate_key(oc: &Conductor, out: &Out, me: &Actor) -> Result<u8, Error> 
 }
 
 async fn keys(oc: &Conductor, out: &Out) -> Result<u8, Error> {
-    let keys = oc.key_versions().await?;
+    let keys = oc.key_versions(&Actor::local_user()).await?;
     if out.json {
         let v: Vec<_> = keys
             .iter()

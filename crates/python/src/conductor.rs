@@ -278,14 +278,16 @@ impl PyConductor {
         let oc = &self.engine.oc;
         let job = self.engine.block(py, async {
             oc.apply(&batch, &self.engine.actor).await?;
-            oc.job(&name, None).await
+            oc.job(&name, None, &self.engine.actor).await
         })?;
         convert::build_from(py, "_job_from_json", &job)
     }
 
     /// The latest version of every job.
     fn jobs<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
-        let jobs = self.engine.block(py, self.engine.oc.jobs())?;
+        let jobs = self
+            .engine
+            .block(py, self.engine.oc.jobs(&self.engine.actor))?;
         jobs.iter()
             .map(|j| convert::build_from(py, "_job_from_json", j))
             .collect()
@@ -299,7 +301,9 @@ impl PyConductor {
         name: &str,
         version: Option<u32>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let job = self.engine.block(py, self.engine.oc.job(name, version))?;
+        let job = self
+            .engine
+            .block(py, self.engine.oc.job(name, version, &self.engine.actor))?;
         convert::build_from(py, "_job_from_json", &job)
     }
 
@@ -341,14 +345,16 @@ impl PyConductor {
         let oc = &self.engine.oc;
         let stored = self.engine.block(py, async {
             oc.apply(&batch, &self.engine.actor).await?;
-            oc.target(&name).await
+            oc.target(&name, &self.engine.actor).await
         })?;
         convert::build_from(py, "_target_from_json", &stored)
     }
 
     /// Every target, including the implicit ``local`` unless one is defined.
     fn targets<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
-        let all = self.engine.block(py, self.engine.oc.targets())?;
+        let all = self
+            .engine
+            .block(py, self.engine.oc.targets(&self.engine.actor))?;
         all.iter()
             .map(|t| convert::build_from(py, "_target_from_json", t))
             .collect()
@@ -356,7 +362,9 @@ impl PyConductor {
 
     /// One target. Raises ``NotFound`` (listing the known ones).
     fn target<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-        let t = self.engine.block(py, self.engine.oc.target(name))?;
+        let t = self
+            .engine
+            .block(py, self.engine.oc.target(name, &self.engine.actor))?;
         convert::build_from(py, "_target_from_json", &t)
     }
 
@@ -409,7 +417,10 @@ impl PyConductor {
     /// pins (``None`` if none): ``(offered, pinned)``. To accept the offered
     /// key after checking it out of band, call ``trust_host_key``.
     fn offered_host_key(&self, py: Python<'_>, name: &str) -> PyResult<(String, Option<String>)> {
-        self.engine.block(py, self.engine.oc.offered_host_key(name))
+        self.engine.block(
+            py,
+            self.engine.oc.offered_host_key(name, &self.engine.actor),
+        )
     }
 
     /// Pins ``fingerprint`` (``SHA256:…``) as an SSH target's host key;
@@ -465,7 +476,7 @@ impl PyConductor {
         let oc = &self.engine.oc;
         let (outcome, info) = self.engine.block(py, async {
             let outcome = oc.set_secret(req, &self.engine.actor).await?;
-            let info = oc.secret(&name).await?;
+            let info = oc.secret(&name, &self.engine.actor).await?;
             Ok((outcome, info))
         })?;
         for w in &outcome.warnings {
@@ -476,7 +487,9 @@ impl PyConductor {
 
     /// Every secret's metadata and where it is used — never values.
     fn secrets<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
-        let all = self.engine.block(py, self.engine.oc.secrets())?;
+        let all = self
+            .engine
+            .block(py, self.engine.oc.secrets(&self.engine.actor))?;
         all.iter()
             .map(|s| convert::build_from(py, "_secret_from_json", s))
             .collect()
@@ -576,7 +589,7 @@ impl PyConductor {
     fn get_run(&self, py: Python<'_>, run_id: &str) -> PyResult<PyRun> {
         let oc = &self.engine.oc;
         let detail = self.engine.block(py, async {
-            let id = oc.resolve_run_id(run_id).await?;
+            let id = oc.resolve_run_id(run_id, &self.engine.actor).await?;
             oc.run(id, &self.engine.actor).await
         })?;
         Ok(self.run_handle(detail.run))

@@ -51,12 +51,13 @@ impl PyRun {
         let deadline = timeout.map(|t| Instant::now() + t);
         let id = self.run.id;
         let oc = self.engine.oc.clone();
+        let actor = self.engine.actor.clone();
         let in_process = self.engine.workers == 0;
         let mut task = self.engine.spawn(py, async move {
             if in_process {
                 oc.execute(id).await
             } else {
-                oc.wait(id).await
+                oc.wait(id, &actor).await
             }
         })?;
         match self.engine.wait_task(py, &mut task, deadline)? {
@@ -258,6 +259,7 @@ impl PyRun {
             return Err(errors::closed(py));
         }
         let oc = self.engine.oc.clone();
+        let actor = self.engine.actor.clone();
         let handle = self.engine.handle();
         let in_process = self.engine.workers == 0;
         let id = self.run.id;
@@ -266,7 +268,7 @@ impl PyRun {
                 if in_process {
                     oc.execute(id).await
                 } else {
-                    oc.wait(id).await
+                    oc.wait(id, &actor).await
                 }
             });
             // A cancelled await stops a mere waiter, never an execution.

@@ -6,7 +6,7 @@ use crate::exit;
 use crate::output::{Out, local_time};
 
 pub async fn jobs_list(oc: &Conductor, out: &Out) -> Result<u8, Error> {
-    let jobs = oc.jobs().await?;
+    let jobs = oc.jobs(&Actor::local_user()).await?;
     if out.json {
         out.json(&jobs);
         return Ok(exit::OK);
@@ -48,7 +48,7 @@ pub async fn jobs_show(
     name: &str,
     version: Option<u32>,
 ) -> Result<u8, Error> {
-    let j = oc.job(name, version).await?;
+    let j = oc.job(name, version, &Actor::local_user()).await?;
     if out.json {
         out.json(&j);
         return Ok(exit::OK);

@@ -76,7 +76,9 @@ pub struct ExecArgs {
 }
 
 pub async fn run(oc: &Conductor, out: &Out, args: RunArgs) -> Result<u8, Error> {
-    let job = oc.job(&args.job, args.version).await?;
+    let job = oc
+        .job(&args.job, args.version, &Actor::local_user())
+        .await?;
     let mut params = serde_json::Map::new();
     if let Some(path) = &args.params_file {
         let text = std::fs::read_to_string(path).map_err(|e| {

@@ -75,7 +75,7 @@ fn targets_summary(t: &[String]) -> String {
 }
 
 async fn resolve(oc: &Conductor, id: &str) -> Result<RunId, Error> {
-    oc.resolve_run_id(id).await
+    oc.resolve_run_id(id, &Actor::local_user()).await
 }
 
 pub async fn runs_show(oc: &Conductor, out: &Out, id: &str) -> Result<u8, Error> {

@@ -22,7 +22,7 @@ fn address(c: &Connection) -> String {
 }
 
 pub async fn targets_list(oc: &Conductor, out: &Out) -> Result<u8, Error> {
-    let targets = oc.targets().await?;
+    let targets = oc.targets(&Actor::local_user()).await?;
     if out.json {
         out.json(&targets);
         return Ok(exit::OK);
@@ -44,7 +44,7 @@ pub async fn targets_list(oc: &Conductor, out: &Out) -> Result<u8, Error> {
 }
 
 pub async fn targets_show(oc: &Conductor, out: &Out, name: &str) -> Result<u8, Error> {
-    let t = oc.target(name).await?;
+    let t = oc.target(name, &Actor::local_user()).await?;
     if out.json {
         out.json(&t);
         return Ok(exit::OK);
@@ -113,7 +113,7 @@ pub async fn targets_check(
 }
 
 pub async fn targets_trust(oc: &Conductor, out: &Out, name: &str, yes: bool) -> Result<u8, Error> {
-    let (offered, pinned) = oc.offered_host_key(name).await?;
+    let (offered, pinned) = oc.offered_host_key(name, &Actor::local_user()).await?;
     if pinned.as_deref() == Some(offered.as_str()) {
         println!("target '{name}' already pins {offered}");
         return Ok(exit::OK);

@@ -385,10 +385,13 @@ fn a_submission_wakes_a_worker_in_another_process_without_polling() {
                 .await
                 .unwrap();
             // Far below the hour-long poll: only a wake-up can explain it.
-            let done = tokio::time::timeout(Duration::from_secs(30), oc.wait(run.id))
-                .await
-                .expect("the worker was not woken by the submission")
-                .unwrap();
+            let done = tokio::time::timeout(
+                Duration::from_secs(30),
+                oc.wait(run.id, &opsconductor::Actor::new("test")),
+            )
+            .await
+            .expect("the worker was not woken by the submission")
+            .unwrap();
             last = Some(done.status);
         }
         last

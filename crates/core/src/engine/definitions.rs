@@ -22,7 +22,7 @@ impl Conductor {
             if actor.role.is_some() {
                 let policy = self.local_policy();
                 for t in &batch.targets {
-                    let existing = self.target(&t.name).await.ok();
+                    let existing = self.find_target(&t.name).await.ok();
                     policy.check_target(actor, t, existing.as_ref())?;
                 }
             }
@@ -76,7 +76,13 @@ impl Conductor {
     }
 
     /// Every target, including the implicit `local` unless one is defined.
-    pub async fn targets(&self) -> Result<Vec<Target>> {
+    pub async fn targets(&self, actor: &Actor) -> Result<Vec<Target>> {
+        actor.require(Permission::Read)?;
+        self.all_targets().await
+    }
+
+    /// [`targets`](Self::targets) for the engine's own use (no actor).
+    pub(crate) async fn all_targets(&self) -> Result<Vec<Target>> {
         let mut all = self.inner.store.list_targets().await?;
         if !all.iter().any(|t| t.name == "local") {
             all.insert(0, Target::local());
@@ -85,7 +91,13 @@ impl Conductor {
     }
 
     /// One target (the implicit `local` included).
-    pub async fn target(&self, name: &str) -> Result<Target> {
+    pub async fn target(&self, name: &str, actor: &Actor) -> Result<Target> {
+        actor.require(Permission::Read)?;
+        self.find_target(name).await
+    }
+
+    /// [`target`](Self::target) for the engine's own use (no actor).
+    pub(crate) async fn find_target(&self, name: &str) -> Result<Target> {
         match self.inner.store.get_target(name).await? {
             Some(t) => Ok(t),
             None if name == "local" => Ok(Target::local()),
@@ -95,7 +107,7 @@ impl Conductor {
 
     async fn not_found_target(&self, name: &str) -> Error {
         let names = self
-            .targets()
+            .all_targets()
             .await
             .map(|ts| ts.into_iter().map(|t| t.name).collect::<Vec<_>>());
         Error::NotFound {
@@ -164,7 +176,7 @@ impl Conductor {
         actor: &Actor,
     ) -> Result<String> {
         actor.require(Permission::Read)?;
-        let job = self.job(name, version).await?;
+        let job = self.find_job(name, version).await?;
         let encode = |e: serde_json::Error| Error::Internal(format!("encoding job '{name}': {e}"));
         let mut doc = serde_json::Map::new();
         doc.insert("kind".into(), "Job".into());
@@ -189,7 +201,7 @@ impl Conductor {
         let versions = self.inner.store.job_versions(name).await?;
         if versions.is_empty() {
             return Err(self
-                .job(name, None)
+                .find_job(name, None)
                 .await
                 .err()
                 .unwrap_or_else(|| Error::not_found("job", name)));
@@ -198,12 +210,19 @@ impl Conductor {
     }
 
     /// The latest version of every job.
-    pub async fn jobs(&self) -> Result<Vec<Job>> {
+    pub async fn jobs(&self, actor: &Actor) -> Result<Vec<Job>> {
+        actor.require(Permission::Read)?;
         self.inner.store.list_jobs().await
     }
 
     /// One job version (latest if `version` is `None`).
-    pub async fn job(&self, name: &str, version: Option<u32>) -> Result<Job> {
+    pub async fn job(&self, name: &str, version: Option<u32>, actor: &Actor) -> Result<Job> {
+        actor.require(Permission::Read)?;
+        self.find_job(name, version).await
+    }
+
+    /// [`job`](Self::job) for the engine's own use (no actor).
+    pub(crate) async fn find_job(&self, name: &str, version: Option<u32>) -> Result<Job> {
         if let Some(j) = self.inner.store.get_job(name, version).await? {
             return Ok(j);
         }

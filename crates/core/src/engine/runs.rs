@@ -121,7 +121,7 @@ impl Conductor {
     /// target. Nothing is queued if anything is wrong.
     pub async fn submit(&self, req: SubmitRequest, actor: &Actor) -> Result<Run> {
         actor.require(crate::auth::Permission::Run)?;
-        let job = self.job(&req.job, req.version).await?;
+        let job = self.find_job(&req.job, req.version).await?;
         if job.spec.status == JobStatus::Deprecated {
             return Err(Error::Conflict(format!(
                 "job '{}' version {} is deprecated; new runs are refused",
@@ -199,7 +199,7 @@ impl Conductor {
         actor: &Actor,
     ) -> Result<Run> {
         let (version, author) = version.unzip();
-        let targets = selector::resolve(selector, &self.targets().await?)?;
+        let targets = selector::resolve(selector, &self.all_targets().await?)?;
         let policy = self.local_policy();
         policy.check_run(actor, &spec, &targets)?;
         // A job version written by a role that may not reach the server's
@@ -337,7 +337,8 @@ impl Conductor {
     }
 
     /// Finds a run by full id or by a unique prefix of it (as people type).
-    pub async fn resolve_run_id(&self, text: &str) -> Result<RunId> {
+    pub async fn resolve_run_id(&self, text: &str, actor: &Actor) -> Result<RunId> {
+        actor.require(Permission::Read)?;
         if let Ok(id) = text.parse::<RunId>() {
             return Ok(id);
         }
@@ -432,7 +433,12 @@ impl Conductor {
     }
 
     /// Waits until the run has ended and returns it.
-    pub async fn wait(&self, id: RunId) -> Result<Run> {
+    pub async fn wait(&self, id: RunId, actor: &Actor) -> Result<Run> {
+        actor.require(Permission::Read)?;
+        self.wait_run(id).await
+    }
+
+    async fn wait_run(&self, id: RunId) -> Result<Run> {
         let mut rx = self.inner.bus.subscribe();
         loop {
             // Only the status, after every change: decoding the whole run
@@ -582,7 +588,7 @@ impl Conductor {
                 worker::execute_run(self.inner.clone(), run).await;
                 self.get_run(id).await
             }
-            None => self.wait(id).await,
+            None => self.wait_run(id).await,
         }
     }
 }

@@ -481,10 +481,15 @@ impl Conductor {
     }
 
     /// Every secret with where it is used; never values.
-    pub async fn secrets(&self) -> Result<Vec<SecretInfo>> {
+    pub async fn secrets(&self, actor: &Actor) -> Result<Vec<SecretInfo>> {
+        actor.require(crate::auth::Permission::Read)?;
+        self.secret_infos().await
+    }
+
+    async fn secret_infos(&self) -> Result<Vec<SecretInfo>> {
         let ss = store_of(&self.inner)?;
         let records = ss.list_secrets().await?;
-        let jobs = self.jobs().await?;
+        let jobs = self.inner.store.list_jobs().await?;
         let targets = self.inner.store.list_targets().await?;
         Ok(records
             .into_iter()
@@ -508,8 +513,9 @@ impl Conductor {
     }
 
     /// One secret's metadata and usage.
-    pub async fn secret(&self, name: &str) -> Result<SecretInfo> {
-        self.secrets()
+    pub async fn secret(&self, name: &str, actor: &Actor) -> Result<SecretInfo> {
+        actor.require(crate::auth::Permission::Read)?;
+        self.secret_infos()
             .await?
             .into_iter()
             .find(|s| s.meta.name == name)
@@ -517,7 +523,8 @@ impl Conductor {
     }
 
     /// Who changed a secret when (never the values).
-    pub async fn secret_history(&self, name: &str) -> Result<Vec<SecretChange>> {
+    pub async fn secret_history(&self, name: &str, actor: &Actor) -> Result<Vec<SecretChange>> {
+        actor.require(crate::auth::Permission::Read)?;
         let h = store_of(&self.inner)?.secret_history(name).await?;
         if h.is_empty() {
             return Err(Error::not_found("secret", name));
@@ -528,7 +535,7 @@ impl Conductor {
     /// Deletes a secret. Refused while jobs or targets use it, unless `force`.
     pub async fn delete_secret(&self, name: &str, force: bool, actor: &Actor) -> Result<()> {
         actor.require(crate::auth::Permission::ManageSecrets)?;
-        let info = self.secret(name).await?;
+        let info = self.secret(name, actor).await?;
         if !force && (!info.used_by_jobs.is_empty() || !info.used_by_targets.is_empty()) {
             return Err(Error::Conflict(format!(
                 "secret '{name}' is in use (jobs: [{}], targets: [{}]); change those first or force the deletion",
@@ -689,7 +696,8 @@ impl Conductor {
     }
 
     /// The key versions the keyring holds (for `secrets keys`).
-    pub async fn key_versions(&self) -> Result<Vec<KeyRecord>> {
+    pub async fn key_versions(&self, actor: &Actor) -> Result<Vec<KeyRecord>> {
+        actor.require(crate::auth::Permission::ManageKeys)?;
         store_of(&self.inner)?.key_records().await
     }
 }

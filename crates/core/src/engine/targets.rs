@@ -40,7 +40,7 @@ impl Conductor {
         actor: &Actor,
     ) -> Result<Vec<TargetCheck>> {
         actor.require(Permission::ManageTargets)?;
-        let targets = crate::selector::resolve(selector, &self.targets().await?)?;
+        let targets = crate::selector::resolve(selector, &self.all_targets().await?)?;
         self.check_list(targets, concurrency).await
     }
 
@@ -48,7 +48,7 @@ impl Conductor {
     /// never read as a pattern). `NotFound` names the known targets.
     pub async fn check_target(&self, name: &str, actor: &Actor) -> Result<TargetCheck> {
         actor.require(Permission::ManageTargets)?;
-        let target = self.target(name).await?;
+        let target = self.find_target(name).await?;
         let mut checks = self.check_list(vec![target], 1).await?;
         checks
             .pop()
@@ -103,8 +103,15 @@ impl Conductor {
     }
 
     /// The host key target `name` offers now, and the one it pins (if any).
-    pub async fn offered_host_key(&self, name: &str) -> Result<(String, Option<String>)> {
-        let t = self.target(name).await?;
+    /// Connecting to fetch it is part of trusting a target: it needs
+    /// [`Permission::ManageTargets`](crate::auth::Permission::ManageTargets).
+    pub async fn offered_host_key(
+        &self,
+        name: &str,
+        actor: &Actor,
+    ) -> Result<(String, Option<String>)> {
+        actor.require(crate::auth::Permission::ManageTargets)?;
+        let t = self.find_target(name).await?;
         let Connection::Ssh { host_key, .. } = &t.connection else {
             return Err(Error::validation(
                 "target",
@@ -138,7 +145,7 @@ impl Conductor {
                 "expected a fingerprint like SHA256:… (as `ssh-keygen -lf` prints)",
             ));
         }
-        let mut t = self.target(name).await?;
+        let mut t = self.find_target(name).await?;
         match &mut t.connection {
             Connection::Ssh { host_key, .. } => *host_key = Some(fingerprint.to_string()),
             _ => {

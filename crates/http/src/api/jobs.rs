@@ -52,7 +52,7 @@ pub async fn list(
     let all: Vec<_> = state
         .inner
         .oc
-        .jobs()
+        .jobs(&caller.actor)
         .await?
         .into_iter()
         .filter(|j| q.q.as_deref().is_none_or(|s| j.spec.name.contains(s)))
@@ -107,7 +107,7 @@ pub async fn get_one(
 ) -> ApiResult<Json<JobView>> {
     caller.require(Permission::Read)?;
     Ok(Json(JobView::new(
-        state.inner.oc.job(&name, q.version).await?,
+        state.inner.oc.job(&name, q.version, &caller.actor).await?,
         true,
     )))
 }

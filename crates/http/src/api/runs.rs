@@ -190,8 +190,8 @@ pub async fn exec(
     Ok(created(run))
 }
 
-async fn resolve(state: &AppState, id: &str) -> ApiResult<RunId> {
-    Ok(state.inner.oc.resolve_run_id(id).await?)
+async fn resolve(state: &AppState, id: &str, actor: &opsconductor::Actor) -> ApiResult<RunId> {
+    Ok(state.inner.oc.resolve_run_id(id, actor).await?)
 }
 
 /// Paging of a run's results (large runs have one per step × target).
@@ -256,7 +256,7 @@ pub async fn get_one(
         .as_deref()
         .map(parse_results_cursor)
         .transpose()?;
-    let id = resolve(&state, &id).await?;
+    let id = resolve(&state, &id, &caller.actor).await?;
     // One page (and one more result, to know whether more follow) read by
     // the store, by step, then target in byte order: a run with 10,000
     // results never sits whole in memory.
@@ -300,7 +300,7 @@ pub async fn cancel(
     P(id): P<String>,
 ) -> ApiResult<Json<RunView>> {
     caller.require(Permission::Cancel)?;
-    let id = resolve(&state, &id).await?;
+    let id = resolve(&state, &id, &caller.actor).await?;
     Ok(Json(state.inner.oc.cancel(id, &caller.actor).await?.into()))
 }
 
@@ -361,7 +361,7 @@ pub async fn logs(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     caller.require(Permission::Read)?;
-    let id = resolve(&state, &id).await?;
+    let id = resolve(&state, &id, &caller.actor).await?;
     let after = after_of(&headers, &q)?;
     if wants_sse(&headers) {
         let stream = state.inner.oc.follow(id, after, &caller.actor).await?;
@@ -512,7 +512,7 @@ pub async fn ws(
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     caller.require(Permission::Read)?;
-    let id = resolve(&state, &id).await?;
+    let id = resolve(&state, &id, &caller.actor).await?;
     let upgrade = upgrade.map_err(|e| {
         ApiError::new(
             e.status(),

@@ -50,7 +50,7 @@ pub async fn list(
     let all: Vec<_> = state
         .inner
         .oc
-        .secrets()
+        .secrets(&caller.actor)
         .await?
         .into_iter()
         .filter(|s| q.q.as_deref().is_none_or(|x| s.meta.name.contains(x)))
@@ -89,7 +89,9 @@ pub async fn get_one(
     P(name): P<String>,
 ) -> ApiResult<Json<SecretView>> {
     caller.require(Permission::Read)?;
-    Ok(Json(state.inner.oc.secret(&name).await?.into()))
+    Ok(Json(
+        state.inner.oc.secret(&name, &caller.actor).await?.into(),
+    ))
 }
 
 /// Create or update a secret. The value is write-only: no endpoint returns it.
@@ -135,7 +137,7 @@ pub async fn put(
             &caller.actor,
         )
         .await?;
-    let info = state.inner.oc.secret(&name).await?;
+    let info = state.inner.oc.secret(&name, &caller.actor).await?;
     let status = if outcome.created {
         StatusCode::CREATED
     } else {
@@ -199,7 +201,7 @@ pub async fn history(
     P(name): P<String>,
 ) -> ApiResult<Json<SecretHistory>> {
     caller.require(Permission::Read)?;
-    let h = state.inner.oc.secret_history(&name).await?;
+    let h = state.inner.oc.secret_history(&name, &caller.actor).await?;
     Ok(Json(SecretHistory {
         items: h.into_iter().map(SecretChangeView::from).collect(),
     }))
@@ -213,7 +215,7 @@ pub async fn history(
     ))]
 pub async fn keys(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<KeyList>> {
     caller.require(Permission::ManageKeys)?;
-    let keys = state.inner.oc.key_versions().await?;
+    let keys = state.inner.oc.key_versions(&caller.actor).await?;
     Ok(Json(KeyList {
         items: keys
             .into_iter()

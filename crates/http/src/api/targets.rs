@@ -53,7 +53,7 @@ pub async fn list(
     let all: Vec<_> = state
         .inner
         .oc
-        .targets()
+        .targets(&caller.actor)
         .await?
         .into_iter()
         .filter(|t| q.q.as_deref().is_none_or(|s| t.name.contains(s)))
@@ -94,7 +94,9 @@ pub async fn get_one(
     P(name): P<String>,
 ) -> ApiResult<Json<TargetView>> {
     caller.require(Permission::Read)?;
-    Ok(Json(state.inner.oc.target(&name).await?.into()))
+    Ok(Json(
+        state.inner.oc.target(&name, &caller.actor).await?.into(),
+    ))
 }
 
 /// Turns a JSON object or YAML text into the one object of `kind` named `name`.
@@ -229,7 +231,7 @@ pub async fn check(
 ) -> ApiResult<Json<TargetCheckView>> {
     caller.require(Permission::ManageTargets)?;
     // The exact target, not a selector: resolve it first (404 if unknown).
-    let target = state.inner.oc.target(&name).await?;
+    let target = state.inner.oc.target(&name, &caller.actor).await?;
     let checks = state
         .inner
         .oc
@@ -267,7 +269,11 @@ pub async fn host_key(
     P(name): P<String>,
 ) -> ApiResult<Json<HostKeyView>> {
     caller.require(Permission::ManageTargets)?;
-    let (offered, pinned) = state.inner.oc.offered_host_key(&name).await?;
+    let (offered, pinned) = state
+        .inner
+        .oc
+        .offered_host_key(&name, &caller.actor)
+        .await?;
     Ok(Json(HostKeyView {
         matches: pinned.as_deref() == Some(offered.as_str()),
         offered,
