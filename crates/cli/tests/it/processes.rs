@@ -247,11 +247,21 @@ fn steps_die_with_a_killed_worker(args: &[&str]) {
         "the step's processes never started: {:?}",
         children_with(&m)
     );
-    let started: Vec<i32> = std::fs::read_to_string(&pids)
-        .unwrap()
-        .lines()
-        .map(|l| l.trim().parse().unwrap())
-        .collect();
+    // The processes may be up before their pids are all written: wait for
+    // three whole lines.
+    let read_pids = || -> Vec<i32> {
+        std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n')?.trim().parse().ok())
+            .collect()
+    };
+    assert!(
+        wait_until(PATIENCE, || read_pids().len() >= 3),
+        "the step never wrote its three pids: {:?}",
+        std::fs::read_to_string(&pids)
+    );
+    let started = read_pids();
     assert_eq!(started.len(), 3, "{started:?}");
 
     child.kill().unwrap(); // SIGKILL

@@ -84,9 +84,12 @@ async fn template_bombs_are_422_and_do_not_stall_health() {
             "{text}"
         );
     }
+    // A blocked reactor would hold /health for about as long as a bomb; a
+    // busy machine slows both, so the bound scales with the bombs.
+    let bound = Duration::from_millis(100).max(t1.min(t2).min(t3) / 2);
     assert!(
-        worst < base + Duration::from_millis(100),
-        "/health took {worst:?} during the bombs (baseline {base:?})"
+        worst < base + bound,
+        "/health took {worst:?} during the bombs (baseline {base:?}, bound {bound:?})"
     );
     srv.stop().await;
 }
