@@ -158,15 +158,8 @@ pub trait RunStore: Send + Sync {
     /// only (as [`put_step_result_as`](Self::put_step_result_as)): a
     /// finished step and the next one starting cost one write instead of two.
     /// All are written or, when `worker` no longer holds the run, none
-    /// (`Ok(false)`). The default writes them one by one.
-    async fn put_step_results_as(&self, worker: &str, results: &[StepResult]) -> Result<bool> {
-        for r in results {
-            if !self.put_step_result_as(worker, r).await? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
+    /// (`Ok(false)`): one transaction, never a part of the batch.
+    async fn put_step_results_as(&self, worker: &str, results: &[StepResult]) -> Result<bool>;
     /// All results of a run, by step then target.
     async fn step_results(&self, id: RunId) -> Result<Vec<StepResult>>;
     /// One page of a run's results in the order of

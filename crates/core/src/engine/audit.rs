@@ -55,11 +55,6 @@ pub struct AuditPage {
 }
 
 impl Inner {
-    /// The audit store (every store keeps one).
-    pub(crate) fn audit_store(&self) -> Result<&dyn crate::store::AuditStore> {
-        Ok(self.store.audit_store())
-    }
-
     /// Records an audit event by `actor`, with who/how/where merged into `detail`.
     pub(crate) async fn audit_as(
         &self,
@@ -92,7 +87,11 @@ impl Conductor {
         actor: &Actor,
     ) -> Result<Vec<AuditEvent>> {
         actor.require(Permission::ReadAudit)?;
-        self.inner.audit_store()?.list_audit(object, limit).await
+        self.inner
+            .store
+            .audit_store()
+            .list_audit(object, limit)
+            .await
     }
 
     /// One page of the audit log, newest first: at most `q.limit` events
@@ -106,7 +105,7 @@ impl Conductor {
                 format!("{} is out of range (1-{MAX_AUDIT_PAGE})", q.limit),
             ));
         }
-        let a = self.inner.audit_store()?;
+        let a = self.inner.store.audit_store();
         let object = q.object.as_deref();
         let mut events = match q.before {
             None => a.list_audit(object, q.limit + 1).await?,

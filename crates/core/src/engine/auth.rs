@@ -6,11 +6,10 @@
 use chrono::{DateTime, Utc};
 use sha2::Digest;
 
-use super::{Conductor, Inner};
+use super::Conductor;
 use crate::auth::{self, ApiToken, Permission, RefreshToken, RefreshUse, Role, User};
 use crate::error::{Error, Result};
 use crate::model::Actor;
-use crate::store::UserStore;
 
 /// SHA-256 hex of a token; only this is stored.
 pub fn token_hash(token: &str) -> String {
@@ -30,17 +29,13 @@ pub struct Login {
     pub refresh_expires_at: DateTime<Utc>,
 }
 
-fn users_of(inner: &Inner) -> Result<&dyn UserStore> {
-    Ok(inner.store.user_store())
-}
-
 const UNAUTHENTICATED: &str = "wrong username or password";
 
 impl Conductor {
     /// Creates the first admin if there are no users yet. With no password
     /// given, generates one and returns it (to be shown once).
     pub async fn ensure_admin(&self, password: Option<&str>) -> Result<Option<String>> {
-        let us = users_of(&self.inner)?;
+        let us = self.inner.store.user_store();
         if !us.list_users().await?.is_empty() {
             return Ok(None);
         }
@@ -82,7 +77,7 @@ impl Conductor {
         password: &str,
         actor_source: &Actor,
     ) -> Result<User> {
-        let us = users_of(&self.inner)?;
+        let us = self.inner.store.user_store();
         let user = us.get_user(username).await?;
         let hash = user
             .as_ref()
@@ -113,7 +108,7 @@ impl Conductor {
 
     /// Starts a login family for an authenticated user.
     pub async fn start_login(&self, user: User, refresh_ttl: chrono::Duration) -> Result<Login> {
-        let us = users_of(&self.inner)?;
+        let us = self.inner.store.user_store();
         let family = uuid::Uuid::now_v7().to_string();
         let token = auth::random_token()?;
         let expires = Utc::now() + refresh_ttl;
@@ -142,7 +137,7 @@ impl Conductor {
         refresh_ttl: chrono::Duration,
         source: &Actor,
     ) -> Result<Login> {
-        let us = users_of(&self.inner)?;
+        let us = self.inner.store.user_store();
         match us
             .use_refresh_token(&token_hash(refresh_token), Utc::now())
             .await?
@@ -192,7 +187,7 @@ impl Conductor {
 
     /// Ends a login family: its refresh tokens and access tokens stop working now.
     pub async fn logout(&self, family: &str, actor: &Actor) -> Result<()> {
-        users_of(&self.inner)?.revoke_family(family).await?;
+        self.inner.store.user_store().revoke_family(family).await?;
         self.inner
             .audit_as(
                 actor,
@@ -212,7 +207,7 @@ impl Conductor {
         family: &str,
         issued_at: DateTime<Utc>,
     ) -> Result<User> {
-        let us = users_of(&self.inner)?;
+        let us = self.inner.store.user_store();
         if us.is_family_revoked(family).await? {
             return Err(Error::Unauthenticated(
                 "this login was revoked (logged out)".into(),
@@ -245,7 +240,7 @@ impl Conductor {
     /// Every user (admins only).
     pub async fn users(&self, actor: &Actor) -> Result<Vec<User>> {
         actor.require(Permission::ManageUsers)?;
-        users_of(&self.inner)?.list_users().await
+        self.inner.store.user_store().list_users().await
     }
 
     /// One user: admins, or the user themself.
@@ -253,7 +248,9 @@ impl Conductor {
         if !auth::same_user(&actor.name, username) {
             actor.require(Permission::ManageUsers)?;
         }
-        users_of(&self.inner)?
+        self.inner
+            .store
+            .user_store()
             .get_user(username)
             .await?
             .ok_or_else(|| Error::not_found("user", username))
@@ -278,7 +275,7 @@ impl Conductor {
             created_at: now,
             password_changed_at: now,
         };
-        users_of(&self.inner)?.create_user(&user).await?;
+        self.inner.store.user_store().create_user(&user).await?;
         self.inner
             .audit_as(
                 actor,
@@ -300,7 +297,7 @@ impl Conductor {
         actor: &Actor,
     ) -> Result<User> {
         actor.require(Permission::ManageUsers)?;
-        let us = users_of(&self.inner)?;
+        let us = self.inner.store.user_store();
         let mut user = us
             .get_user(username)
             .await?
@@ -351,7 +348,7 @@ impl Conductor {
         if !auth::same_user(&actor.name, username) {
             actor.require(Permission::ManageUsers)?;
         }
-        let us = users_of(&self.inner)?;
+        let us = self.inner.store.user_store();
         let mut user = us
             .get_user(username)
             .await?
@@ -421,7 +418,11 @@ impl Conductor {
             revoked_at: None,
             last_used_at: None,
         };
-        users_of(&self.inner)?.create_api_token(&token).await?;
+        self.inner
+            .store
+            .user_store()
+            .create_api_token(&token)
+            .await?;
         self.inner
             .audit_as(
                 actor,
@@ -439,7 +440,7 @@ impl Conductor {
         let rest = presented.strip_prefix("opsc_").ok_or_else(bad)?;
         let (id, secret) = rest.split_at_checked(12).ok_or_else(bad)?;
         let secret = secret.strip_prefix('_').ok_or_else(bad)?;
-        let us = users_of(&self.inner)?;
+        let us = self.inner.store.user_store();
         let token = us.get_api_token(id).await?.ok_or_else(bad)?;
         let expected = token_hash(secret);
         if !constant_time_eq(expected.as_bytes(), token.token_hash.as_bytes()) {
@@ -468,7 +469,7 @@ impl Conductor {
 
     /// API tokens: one's own, or everyone's for admins.
     pub async fn api_tokens(&self, actor: &Actor) -> Result<Vec<ApiToken>> {
-        let us = users_of(&self.inner)?;
+        let us = self.inner.store.user_store();
         if actor.require(Permission::ManageUsers).is_ok() {
             us.list_api_tokens(None).await
         } else {
@@ -478,7 +479,7 @@ impl Conductor {
 
     /// Revokes an API token (its owner, or an admin).
     pub async fn revoke_api_token(&self, id: &str, actor: &Actor) -> Result<()> {
-        let us = users_of(&self.inner)?;
+        let us = self.inner.store.user_store();
         let token = us
             .get_api_token(id)
             .await?

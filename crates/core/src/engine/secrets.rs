@@ -13,7 +13,7 @@ use crate::model::{Actor, Run, Target};
 use crate::secrets::{
     KeyRecord, Keyring, SECRET_KINDS, SecretChange, SecretMeta, SecretRecord, env_name,
 };
-use crate::store::{SecretStore, Store};
+use crate::store::Store;
 
 /// Largest secret value accepted.
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
@@ -88,10 +88,6 @@ pub(crate) struct RunSecrets {
     pub creds: HashMap<String, Credential>,
     /// Masks every value above.
     pub masker: Masker,
-}
-
-fn store_of(inner: &Inner) -> Result<&dyn SecretStore> {
-    Ok(inner.store.secret_store())
 }
 
 /// Checks the keyring against the database at start-up and registers new
@@ -321,7 +317,7 @@ impl Inner {
         let mut creds = HashMap::new();
         for t in targets {
             if let Some(name) = &t.credential {
-                let ss = store_of(self)?;
+                let ss = self.store.secret_store();
                 let rec = ss
                     .get_secret(name)
                     .await?
@@ -350,7 +346,7 @@ impl Inner {
         if names.is_empty() {
             return Ok(());
         }
-        let ss = store_of(self)?;
+        let ss = self.store.secret_store();
         for n in names {
             if ss.get_secret(n).await?.is_none() {
                 return Err(missing_secret(n));
@@ -401,7 +397,7 @@ impl Conductor {
                  (masking every occurrence of so short a string would garble logs while protecting little)"
             ));
         }
-        let ss = store_of(&self.inner)?;
+        let ss = self.inner.store.secret_store();
         let ring = self.inner.ring().await?;
         let now = chrono::Utc::now();
         match ss.get_secret(&req.name).await? {
@@ -487,7 +483,7 @@ impl Conductor {
     }
 
     async fn secret_infos(&self) -> Result<Vec<SecretInfo>> {
-        let ss = store_of(&self.inner)?;
+        let ss = self.inner.store.secret_store();
         let records = ss.list_secrets().await?;
         let jobs = self.inner.store.list_jobs().await?;
         let targets = self.inner.store.list_targets().await?;
@@ -525,7 +521,7 @@ impl Conductor {
     /// Who changed a secret when (never the values).
     pub async fn secret_history(&self, name: &str, actor: &Actor) -> Result<Vec<SecretChange>> {
         actor.require(crate::auth::Permission::Read)?;
-        let h = store_of(&self.inner)?.secret_history(name).await?;
+        let h = self.inner.store.secret_store().secret_history(name).await?;
         if h.is_empty() {
             return Err(Error::not_found("secret", name));
         }
@@ -543,7 +539,10 @@ impl Conductor {
                 info.used_by_targets.join(", ")
             )));
         }
-        if !store_of(&self.inner)?
+        if !self
+            .inner
+            .store
+            .secret_store()
             .delete_secret(name, &actor.name)
             .await?
         {
@@ -565,7 +564,7 @@ impl Conductor {
     /// interrupted, run it again and it finishes the same rotation.
     pub async fn rotate_key(&self, actor: &Actor) -> Result<RotationReport> {
         actor.require(crate::auth::Permission::ManageKeys)?;
-        let ss = store_of(&self.inner)?;
+        let ss = self.inner.store.secret_store();
         let mut guard = self.inner.keyring.write().await;
         let ring = guard
             .as_mut()
@@ -656,7 +655,7 @@ impl Conductor {
     /// Retires an old master key version once no secret uses it.
     pub async fn retire_key(&self, version: u32, actor: &Actor) -> Result<()> {
         actor.require(crate::auth::Permission::ManageKeys)?;
-        let ss = store_of(&self.inner)?;
+        let ss = self.inner.store.secret_store();
         let mut guard = self.inner.keyring.write().await;
         let ring = guard
             .as_mut()
@@ -698,6 +697,6 @@ impl Conductor {
     /// The key versions the keyring holds (for `secrets keys`).
     pub async fn key_versions(&self, actor: &Actor) -> Result<Vec<KeyRecord>> {
         actor.require(crate::auth::Permission::ManageKeys)?;
-        store_of(&self.inner)?.key_records().await
+        self.inner.store.secret_store().key_records().await
     }
 }
