@@ -83,6 +83,8 @@ pub enum Permission {
     ManageUsers,
     /// Change server settings.
     ManageSettings,
+    /// Create, change, pause, resume and delete schedules.
+    ManageSchedules,
 }
 
 /// The permission matrix: for each permission, which roles hold it
@@ -98,6 +100,7 @@ pub const MATRIX: &[(Permission, [bool; 3])] = &[
     (Permission::ManageKeys, [false, false, true]),
     (Permission::ManageUsers, [false, false, true]),
     (Permission::ManageSettings, [false, false, true]),
+    (Permission::ManageSchedules, [false, true, true]),
 ];
 
 /// True if `role` holds `perm`.
@@ -134,6 +137,7 @@ fn describe(p: Permission) -> &'static str {
         Permission::ManageKeys => "manage master keys",
         Permission::ManageUsers => "manage users",
         Permission::ManageSettings => "change settings",
+        Permission::ManageSchedules => "manage schedules",
     }
 }
 

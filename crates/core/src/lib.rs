@@ -11,11 +11,15 @@ pub mod store;
 pub use error::{Error, ErrorKind, Result};
 pub mod auth;
 pub mod bus;
+pub mod clock;
 pub mod engine;
 pub mod lines;
 pub mod mask;
 pub mod params;
 pub mod paths;
+pub mod schedule;
+mod schedule_doc;
+pub use schedule_doc::parse_instant;
 pub mod secrets;
 pub mod selector;
 pub mod spec;
@@ -25,7 +29,7 @@ pub use engine::{
     AuditExport, AuditPage, AuditQuery, AuditVerification, Conductor, ConductorBuilder, Config,
     DEFAULT_PRUNE_BATCH, ExecRequest, LocalPolicy, LogPage, LogStream, Login, MAX_AUDIT_PAGE,
     MAX_LOG_PAGE, MAX_SECRET_BYTES, PRUNE_BATCH_RANGE, PruneReport, PruneRequest, Retention,
-    RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome, SubmitRequest, TargetCheck,
+    RotationReport, RunDetail, ScheduleDetail, SchedulerConfig, SecretInfo, SetSecret, SetSecretOutcome, SubmitRequest, TargetCheck,
     TargetOutcome,
 };
 pub use lines::{Line, LineSplitter};

@@ -466,6 +466,9 @@ pub struct Run {
     /// so a run's logs and the API request that made it can be matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The schedule that queued it and the nominal fire time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::schedule::ScheduledFire>,
 }
 
 /// The state of one step on one target.

@@ -174,6 +174,7 @@ pub fn parse_str(text: &str, source: &str, base: Option<&Path>) -> Result<ApplyB
     }
     // Pass 2: typed parsing, so errors keep their line numbers.
     let mut batch = ApplyBatch::default();
+    let mut positions = None;
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         match kinds.get(i).cloned().flatten().as_deref() {
             None => continue,
@@ -189,12 +190,27 @@ pub fn parse_str(text: &str, source: &str, base: Option<&Path>) -> Result<ApplyB
                 let d = TargetDoc::deserialize(doc).map_err(|e| yaml_error(source, i, &e))?;
                 batch.targets.push(d.into_target());
             }
+            Some("Schedule") => {
+                let d = crate::schedule_doc::ScheduleDoc::deserialize(doc)
+                    .map_err(|e| yaml_error(source, i, &e))?;
+                let (document, fields) = positions
+                    .get_or_insert_with(|| crate::schedule_doc::positions(text))
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_default();
+                let place = crate::schedule::Source {
+                    file: source.to_string(),
+                    document,
+                    fields,
+                };
+                batch.schedules.push(d.into_def(place)?);
+            }
             Some(other) => {
                 return Err(at(
                     source,
                     i,
                     "kind",
-                    &format!("unknown kind '{other}' (expected Job or Target)"),
+                    &format!("unknown kind '{other}' (expected Job, Target or Schedule)"),
                 ));
             }
         }
@@ -233,6 +249,7 @@ pub fn load_path(path: &Path) -> Result<ApplyBatch> {
         let b = parse_str(&text, &f.display().to_string(), f.parent())?;
         batch.targets.extend(b.targets);
         batch.jobs.extend(b.jobs);
+        batch.schedules.extend(b.schedules);
     }
     Ok(batch)
 }

@@ -36,6 +36,9 @@ pub struct ApplyBatch {
     pub targets: Vec<Target>,
     /// Jobs to create or add a version to.
     pub jobs: Vec<JobSpec>,
+    /// Schedules to create or replace (stored after the jobs, in the same
+    /// transaction).
+    pub schedules: Vec<crate::schedule::ScheduleDef>,
 }
 
 /// What `apply` did to one object.
@@ -69,6 +72,8 @@ pub struct ApplyItem {
 pub struct RunFilter {
     /// Only runs of this job.
     pub job: Option<String>,
+    /// Only runs of this schedule.
+    pub schedule: Option<String>,
     /// Only runs in one of these states (empty: all).
     pub statuses: Vec<RunStatus>,
     /// Only runs created strictly before this id (keyset pagination).
@@ -244,6 +249,9 @@ pub trait Store: TargetStore + JobStore + RunStore + LogStore {
 
     /// The backend's retention operations (pruning old data).
     fn retention_store(&self) -> &dyn RetentionStore;
+
+    /// The backend's schedules and fire records.
+    fn schedule_store(&self) -> &dyn ScheduleStore;
 }
 
 /// How much old data a prune would remove (or removed).
@@ -418,3 +426,78 @@ pub trait AuditStore: Send + Sync {
 
 /// A stream of wake-ups from other processes.
 pub type EventStream = std::pin::Pin<Box<dyn futures::Stream<Item = Event> + Send>>;
+
+/// One schedule's fire decision, committed by
+/// [`ScheduleStore::commit_fires`].
+#[derive(Debug, Clone)]
+pub struct FireCommit {
+    /// The schedule.
+    pub schedule: String,
+    /// The generation the decision was made from.
+    pub generation: u64,
+    /// The cursor (`next_fire`) the decision was made from; `None` when only
+    /// pending fire times are promoted and the cursor stays.
+    pub from: Option<DateTime<Utc>>,
+    /// The new cursor (ignored when `from` is `None`).
+    pub next_fire: Option<DateTime<Utc>>,
+    /// Fire records to insert (unique per schedule and fire time).
+    pub fires: Vec<crate::schedule::FireRecord>,
+    /// Pending fire records to turn into `queued` with their run (each
+    /// must still be `pending`): (fire time, run id).
+    pub promote: Vec<(DateTime<Utc>, RunId)>,
+    /// The runs the fire records name, queued in the same transaction.
+    pub runs: Vec<Run>,
+}
+
+/// Schedules and their fire records.
+///
+/// Rules every backend MUST follow (the behaviour suite checks each):
+/// - `commit_fires` applies each commit in one transaction with the runs it
+///   queues, and only if the schedule is still at `generation` and
+///   `next_fire == from` (compare and set); a commit that lost the race
+///   stores nothing and answers `false`. A fire record is unique per
+///   (schedule, fire time): inserting one twice fails the whole commit.
+///   So any number of schedulers in any number of processes queue each
+///   fire time at most once.
+/// - `due_schedules` returns only enabled, unpaused schedules whose
+///   `next_fire` is at or before `now`, oldest first.
+/// - Every write of a schedule (apply with a changed spec, pause, resume)
+///   bumps its generation, so a decision made on an older state is refused.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync {
+    /// One schedule.
+    async fn get_schedule(&self, name: &str) -> Result<Option<crate::schedule::Schedule>>;
+    /// Every schedule, by name.
+    async fn list_schedules(&self) -> Result<Vec<crate::schedule::Schedule>>;
+    /// Active schedules due at `now`, oldest fire time first, at most `limit`.
+    async fn due_schedules(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<crate::schedule::Schedule>>;
+    /// The earliest `next_fire` of any active schedule.
+    async fn earliest_fire(&self) -> Result<Option<DateTime<Utc>>>;
+    /// Pauses or resumes; resuming sets the cursor to `next_fire`. Bumps the
+    /// generation. `false` if there is no such schedule.
+    async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        next_fire: Option<DateTime<Utc>>,
+    ) -> Result<bool>;
+    /// Deletes a schedule (its fire records and runs stay); `false` if none.
+    async fn delete_schedule(&self, name: &str) -> Result<bool>;
+    /// Applies fire decisions; one answer per commit (see the trait rules).
+    async fn commit_fires(&self, commits: &[FireCommit]) -> Result<Vec<bool>>;
+    /// Fire records waiting for their schedule's previous run
+    /// (`pending`), oldest first.
+    async fn pending_fires(&self) -> Result<Vec<crate::schedule::FireRecord>>;
+    /// Runs of schedules still queued or running: (schedule, run).
+    async fn active_scheduled_runs(&self) -> Result<Vec<(String, RunId)>>;
+    /// A schedule's newest fire records, at most `limit`.
+    async fn fire_records(
+        &self,
+        schedule: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::schedule::FireRecord>>;
+}

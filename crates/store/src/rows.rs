@@ -16,7 +16,8 @@ use crate::common::corrupt;
 macro_rules! run_columns {
     () => {
         "id, job, job_version, spec, params, targets, status, requested_by, attempt, worker, \
-         lease_until, cancel_requested, error, created_at, started_at, finished_at, request_id"
+         lease_until, cancel_requested, error, created_at, started_at, finished_at, request_id, \
+         schedule, fire_time"
     };
 }
 pub(crate) use run_columns;
@@ -159,6 +160,12 @@ macro_rules! row_decoders {
                 started_at: from_micros_opt(get(row, "started_at")?)?,
                 finished_at: from_micros_opt(get(row, "finished_at")?)?,
                 request_id: get(row, "request_id")?,
+                schedule: get::<Option<String>>(row, "schedule")?.map(|name| {
+                    Ok::<_, opsconductor_core::Error>(opsconductor_core::schedule::ScheduledFire {
+                        name,
+                        fire_time: from_micros_opt(get(row, "fire_time")?)?,
+                    })
+                }).transpose()?,
             })
         }
 

@@ -28,7 +28,19 @@ impl Conductor {
             }
         }
         self.validate(batch)?;
+        let checked;
+        let batch = if batch.schedules.is_empty() {
+            batch
+        } else {
+            checked = self.check_schedules(batch, actor).await?;
+            &checked
+        };
         let items = self.inner.store.apply(batch, &actor.name).await?;
+        if items.iter().any(|i| i.kind == "schedule") {
+            // Wake the schedulers: a new or changed schedule may be due soon.
+            self.inner
+                .publish(crate::bus::Event::Updated(crate::model::RunId(uuid::Uuid::nil())));
+        }
         for i in &items {
             if i.action != crate::store::ApplyAction::Unchanged {
                 let action = format!(
@@ -55,10 +67,16 @@ impl Conductor {
 
     /// Checks a batch the way [`Conductor::apply`] does, without storing anything.
     pub fn validate(&self, batch: &ApplyBatch) -> Result<()> {
-        if batch.targets.is_empty() && batch.jobs.is_empty() {
+        if batch.targets.is_empty() && batch.jobs.is_empty() && batch.schedules.is_empty() {
             return Err(Error::invalid(NOTHING_TO_APPLY));
         }
         let mut seen = std::collections::HashSet::new();
+        for s in &batch.schedules {
+            crate::schedule_doc::check_def(s)?;
+            if !seen.insert(("schedule", s.spec.name.as_str())) {
+                return Err(defined_twice("schedule", &s.spec.name, None));
+            }
+        }
         for t in &batch.targets {
             spec::validate_target(t).map_err(|e| e.within(&format!("target '{}'", t.name)))?;
             if !seen.insert(("target", t.name.as_str())) {
@@ -144,14 +162,15 @@ impl Conductor {
         let mut batch = ApplyBatch::default();
         let mut origin: HashMap<(&'static str, String), String> = HashMap::new();
         for (source, b) in sources {
-            if !(b.targets.is_empty() && b.jobs.is_empty()) {
+            if !(b.targets.is_empty() && b.jobs.is_empty() && b.schedules.is_empty()) {
                 self.validate(&b).map_err(|e| in_source(e, &source))?;
             }
             let names = b
                 .targets
                 .iter()
                 .map(|t| ("target", t.name.clone()))
-                .chain(b.jobs.iter().map(|j| ("job", j.name.clone())));
+                .chain(b.jobs.iter().map(|j| ("job", j.name.clone())))
+                .chain(b.schedules.iter().map(|s| ("schedule", s.spec.name.clone())));
             for key in names {
                 if let Some(first) = origin.get(&key) {
                     return Err(defined_twice(key.0, &key.1, Some((first, &source))));
@@ -160,8 +179,9 @@ impl Conductor {
             }
             batch.targets.extend(b.targets);
             batch.jobs.extend(b.jobs);
+            batch.schedules.extend(b.schedules);
         }
-        if batch.targets.is_empty() && batch.jobs.is_empty() {
+        if batch.targets.is_empty() && batch.jobs.is_empty() && batch.schedules.is_empty() {
             return Err(Error::invalid(NOTHING_TO_APPLY));
         }
         Ok(batch)
@@ -254,7 +274,7 @@ impl Conductor {
 }
 
 /// The one message for a batch without definitions, whatever front end sent it.
-const NOTHING_TO_APPLY: &str = "nothing to apply: no Job or Target documents";
+const NOTHING_TO_APPLY: &str = "nothing to apply: no Job, Target or Schedule documents";
 
 /// The one error for a name defined twice in a batch; `sources` names the
 /// two places when they are known.

@@ -9,6 +9,8 @@ mod local;
 mod outcome;
 mod retention;
 mod runs;
+mod scheduler;
+mod schedules;
 mod secret_cache;
 mod secrets;
 mod targets;
@@ -19,6 +21,8 @@ pub use outcome::TargetOutcome;
 pub use runs::{
     ADHOC_JOB, ExecRequest, LogPage, LogStream, MAX_LOG_PAGE, RunDetail, SubmitRequest,
 };
+pub use scheduler::{SchedulerConfig, TickReport};
+pub use schedules::{MAX_NEXT_COUNT, ScheduleDetail};
 pub use targets::TargetCheck;
 
 pub use retention::{
@@ -136,9 +140,18 @@ pub struct ConductorBuilder {
     keyring: Option<crate::secrets::Keyring>,
     local_policy: LocalPolicy,
     retention: Retention,
+    scheduler: SchedulerConfig,
 }
 
 impl ConductorBuilder {
+    /// The scheduler's settings and clock (tests inject a
+    /// [`crate::clock::ManualClock`]); the loop itself starts with
+    /// [`Conductor::start_scheduler`].
+    pub fn scheduler(mut self, scheduler: SchedulerConfig) -> Self {
+        self.scheduler = scheduler;
+        self
+    }
+
     /// Which roles may run steps on the engine's own host (`local` targets,
     /// `copy.src`); default: admin only. Trusted actors are not affected.
     pub fn local_policy(mut self, policy: LocalPolicy) -> Self {
@@ -266,6 +279,7 @@ impl ConductorBuilder {
                 active: Mutex::new(HashMap::new()),
                 secret_cache: Mutex::new(secret_cache::SecretCache::default()),
                 workers: Mutex::new(Vec::new()),
+                scheduler: self.scheduler,
             }),
         };
         oc.start_workers(self.workers);
@@ -331,6 +345,8 @@ pub(crate) struct Inner {
     /// Decrypted secret values kept between run starts (see `secret_cache`).
     pub(crate) secret_cache: Mutex<secret_cache::SecretCache>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// The scheduler's settings and clock.
+    pub(crate) scheduler: SchedulerConfig,
 }
 
 impl Inner {
@@ -375,6 +391,7 @@ impl Conductor {
             keyring: None,
             local_policy: LocalPolicy::default(),
             retention: Retention::default(),
+            scheduler: SchedulerConfig::default(),
         }
     }
 

@@ -198,8 +198,27 @@ impl Conductor {
         selector: &[String],
         actor: &Actor,
     ) -> Result<Run> {
+        let all = self.all_targets().await?;
+        let (run, targets) = self
+            .prepare_run(spec, version, params, selector, &all, actor)
+            .await?;
+        self.insert_prepared(run, &targets, actor).await
+    }
+
+    /// Everything `submit` checks and renders, up to a `queued` run that is
+    /// not stored yet (the scheduler stores it with its fire record).
+    /// `all_targets` is the list the selector is resolved against.
+    pub(crate) async fn prepare_run(
+        &self,
+        spec: JobSpec,
+        version: Option<(u32, &str)>,
+        params: Value,
+        selector: &[String],
+        all_targets: &[crate::model::Target],
+        actor: &Actor,
+    ) -> Result<(Run, Vec<crate::model::Target>)> {
         let (version, author) = version.unzip();
-        let targets = selector::resolve(selector, &self.all_targets().await?)?;
+        let targets = selector::resolve(selector, all_targets)?;
         let policy = self.local_policy();
         policy.check_run(actor, &spec, &targets)?;
         // A job version written by a role that may not reach the server's
@@ -314,12 +333,23 @@ impl Conductor {
             started_at: None,
             finished_at: None,
             request_id: actor.request_id.clone(),
+            schedule: None,
         };
+        Ok((run, targets))
+    }
+
+    /// Stores a prepared run, wakes workers and records `run.submit`.
+    async fn insert_prepared(
+        &self,
+        run: Run,
+        targets: &[crate::model::Target],
+        actor: &Actor,
+    ) -> Result<Run> {
         // An ad-hoc command is recorded in the audit log, masked with the
         // secrets the run will hold (its targets' credentials).
         let command = match (&run.job_version, run.spec.steps.first().map(|s| &s.action)) {
             (None, Some(Action::Exec { command })) if run.job == ADHOC_JOB => {
-                Some(self.inner.mask_for_audit(&run, &targets, command).await)
+                Some(self.inner.mask_for_audit(&run, targets, command).await)
             }
             _ => None,
         };

@@ -158,7 +158,7 @@ impl Conductor {
         self.apply(
             &ApplyBatch {
                 targets: vec![t.clone()],
-                jobs: vec![],
+                ..Default::default()
             },
             actor,
         )

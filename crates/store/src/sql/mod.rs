@@ -30,11 +30,13 @@
 
 mod retention;
 mod runs;
+mod schedules;
 mod secrets;
 mod users;
 
 pub(crate) use retention::{batch, count, finished_before, retention_sql};
 pub(crate) use runs::run_sql;
+pub(crate) use schedules::{fire_columns, schedule_columns, schedule_sql};
 pub(crate) use secrets::secret_sql;
 pub(crate) use users::user_sql;
 
@@ -88,6 +90,7 @@ macro_rules! store_sql {
         $crate::sql::secret_sql!($store, $db);
         $crate::sql::user_sql!($store, refresh_lock = $refresh_lock);
         $crate::sql::retention_sql!($store);
+        $crate::sql::schedule_sql!($store, $db);
     };
 }
 pub(crate) use store_sql;

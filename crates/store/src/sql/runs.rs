@@ -83,6 +83,53 @@ macro_rules! run_sql {
                     Ok(runs)
                 }
 
+                /// Inserts a run on `conn` (the pool's, or a transaction's: a
+                /// schedule's fire inserts its run with its fire record).
+                pub(crate) async fn insert_run_on(
+                    &self,
+                    conn: &mut <$db as sqlx::Database>::Connection,
+                    run: &Run,
+                ) -> Result<()> {
+                    let spec = to_json("run spec", &run.spec)?;
+                    let params = to_json("run parameters", &run.params)?;
+                    let targets = to_json("run targets", &run.targets)?;
+                    let fail = self.fail("recording a run");
+                    sqlx::query(concat!(
+                        "INSERT INTO runs (",
+                        run_columns!(),
+                        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+                         $15, $16, $17, $18, $19)"
+                    ))
+                    .bind(run.id.to_string())
+                    .bind(&run.job)
+                    .bind(run.job_version.map(i64::from))
+                    .bind(spec)
+                    .bind(params)
+                    .bind(targets)
+                    .bind(run.status.as_str())
+                    .bind(&run.requested_by)
+                    .bind(i64::from(run.attempt))
+                    .bind(run.worker.as_deref())
+                    .bind(run.lease_until.map(micros))
+                    .bind(run.cancel_requested)
+                    .bind(run.error.as_deref())
+                    .bind(micros(run.created_at))
+                    .bind(run.started_at.map(micros))
+                    .bind(run.finished_at.map(micros))
+                    .bind(run.request_id.as_deref())
+                    .bind(run.schedule.as_ref().map(|s| s.name.as_str()))
+                    .bind(run.schedule.as_ref().and_then(|s| s.fire_time).map(micros))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| match &e {
+                        sqlx::Error::Database(db) if db.is_unique_violation() => {
+                            Error::Conflict(format!("run {} already exists", run.id))
+                        }
+                        _ => fail(e),
+                    })?;
+                    Ok(())
+                }
+
                 /// Upserts a step result; with `owner`, only while that worker
                 /// holds the run at the result's attempt. One statement: the
                 /// check and the write are atomic (on PostgreSQL the owner's
@@ -296,6 +343,22 @@ macro_rules! run_sql {
                             version: Some(version),
                         });
                     }
+                    let mut seen = HashSet::new();
+                    for (i, def) in batch.schedules.iter().enumerate() {
+                        check_name(
+                            &format!("schedules[{i}].name"),
+                            "schedule",
+                            &def.spec.name,
+                            &mut seen,
+                        )?;
+                        let action = self.apply_schedule(conn, def, by, now).await?;
+                        items.push(ApplyItem {
+                            kind: "schedule",
+                            name: def.spec.name.clone(),
+                            action,
+                            version: None,
+                        });
+                    }
                     Ok(items)
                 }
 
@@ -432,43 +495,9 @@ macro_rules! run_sql {
             #[async_trait]
             impl RunStore for $store {
                 async fn insert_run(&self, run: &Run) -> Result<()> {
-                    let spec = to_json("run spec", &run.spec)?;
-                    let params = to_json("run parameters", &run.params)?;
-                    let targets = to_json("run targets", &run.targets)?;
-                    let fail = self.fail("recording a run");
                     let _turn = self.writer().await;
-                    sqlx::query(concat!(
-                        "INSERT INTO runs (",
-                        run_columns!(),
-                        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                         $15, $16, $17)"
-                    ))
-                    .bind(run.id.to_string())
-                    .bind(&run.job)
-                    .bind(run.job_version.map(i64::from))
-                    .bind(spec)
-                    .bind(params)
-                    .bind(targets)
-                    .bind(run.status.as_str())
-                    .bind(&run.requested_by)
-                    .bind(i64::from(run.attempt))
-                    .bind(run.worker.as_deref())
-                    .bind(run.lease_until.map(micros))
-                    .bind(run.cancel_requested)
-                    .bind(run.error.as_deref())
-                    .bind(micros(run.created_at))
-                    .bind(run.started_at.map(micros))
-                    .bind(run.finished_at.map(micros))
-                    .bind(run.request_id.as_deref())
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| match &e {
-                        sqlx::Error::Database(db) if db.is_unique_violation() => {
-                            Error::Conflict(format!("run {} already exists", run.id))
-                        }
-                        _ => fail(e),
-                    })?;
-                    Ok(())
+                    let mut conn = self.pool.acquire().await.map_err(self.fail("recording a run"))?;
+                    self.insert_run_on(&mut conn, run).await
                 }
 
                 async fn get_run(&self, id: RunId) -> Result<Option<Run>> {
@@ -506,6 +535,9 @@ macro_rules! run_sql {
                     ));
                     if let Some(job) = &filter.job {
                         q.push(" AND job = ").push_bind(job.clone());
+                    }
+                    if let Some(schedule) = &filter.schedule {
+                        q.push(" AND schedule = ").push_bind(schedule.clone());
                     }
                     if !filter.statuses.is_empty() {
                         q.push(" AND status IN (");
@@ -795,6 +827,10 @@ macro_rules! run_sql {
                 }
 
                 fn retention_store(&self) -> &dyn RetentionStore {
+                    self
+                }
+
+                fn schedule_store(&self) -> &dyn opsconductor_core::store::ScheduleStore {
                     self
                 }
 
