@@ -9,6 +9,7 @@ pub async fn apply_creates_updates_and_reports_unchanged(store: Arc<dyn Store>) 
     let batch = ApplyBatch {
         targets: vec![ssh_target("web-2"), ssh_target("web-1")],
         jobs: vec![job_spec("deploy"), job_spec("backup")],
+        ..Default::default()
     };
     let items = store.apply(&batch, "alice").await?;
     assert_eq!(
@@ -48,6 +49,7 @@ pub async fn apply_creates_updates_and_reports_unchanged(store: Arc<dyn Store>) 
             &ApplyBatch {
                 targets: vec![web1.clone(), ssh_target("web-2")],
                 jobs: vec![job_spec("backup"), deploy.clone()],
+                ..Default::default()
             },
             "carol",
         )
@@ -80,6 +82,7 @@ pub async fn apply_is_atomic(store: Arc<dyn Store>) -> Result<()> {
             &ApplyBatch {
                 targets: vec![ssh_target("existing")],
                 jobs: vec![job_spec("existing-job")],
+                ..Default::default()
             },
             "alice",
         )
@@ -94,6 +97,7 @@ pub async fn apply_is_atomic(store: Arc<dyn Store>) -> Result<()> {
     let failing = ApplyBatch {
         targets: vec![changed, ssh_target("new-target")],
         jobs: vec![changed_job, job_spec("new-job"), job_spec("new-job")],
+        ..Default::default()
     };
     let err = store.apply(&failing, "mallory").await;
     assert!(err.is_err(), "a batch with a repeated job name must fail");
@@ -115,6 +119,7 @@ pub async fn apply_is_atomic(store: Arc<dyn Store>) -> Result<()> {
             &ApplyBatch {
                 targets: (0..20).map(|i| ssh_target(&format!("t{i:02}"))).collect(),
                 jobs: (0..20).map(|i| job_spec(&format!("j{i:02}"))).collect(),
+                ..Default::default()
             },
             "alice",
         )
@@ -132,18 +137,22 @@ pub async fn apply_rejects_unnamed_and_repeated_objects(store: Arc<dyn Store>) -
         ApplyBatch {
             targets: vec![ssh_target("")],
             jobs: vec![],
+            ..Default::default()
         },
         ApplyBatch {
             targets: vec![],
             jobs: vec![job_spec("ok"), job_spec("")],
+            ..Default::default()
         },
         ApplyBatch {
             targets: vec![ssh_target("twice"), ssh_target("twice")],
             jobs: vec![],
+            ..Default::default()
         },
         ApplyBatch {
             targets: vec![],
             jobs: vec![job_spec("twice"), job_spec("twice")],
+            ..Default::default()
         },
     ];
     for (i, batch) in batches.iter().enumerate() {

@@ -21,6 +21,7 @@ pub async fn job_versions_are_immutable_and_listed_oldest_first(
                 &ApplyBatch {
                     targets: vec![],
                     jobs: vec![spec.clone()],
+                    ..Default::default()
                 },
                 by,
             )
@@ -66,6 +67,7 @@ pub async fn list_jobs_returns_the_latest_version_of_each(store: Arc<dyn Store>)
                 &ApplyBatch {
                     targets: vec![],
                     jobs,
+                    ..Default::default()
                 },
                 "alice",
             )
@@ -148,6 +150,7 @@ pub async fn job_spec_round_trips_every_field(store: Arc<dyn Store>) -> Result<(
             &ApplyBatch {
                 targets: vec![],
                 jobs: vec![spec.clone()],
+                ..Default::default()
             },
             "alice",
         )

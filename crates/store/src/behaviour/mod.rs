@@ -28,6 +28,7 @@ mod logs;
 mod results;
 mod retention;
 mod runs;
+mod schedules;
 mod secrets;
 mod targets;
 mod users;
@@ -40,6 +41,7 @@ pub use self::logs::*;
 pub use self::results::*;
 pub use self::retention::*;
 pub use self::runs::*;
+pub use self::schedules::*;
 pub use self::secrets::*;
 pub use self::targets::*;
 pub use self::users::*;
@@ -129,6 +131,11 @@ macro_rules! store_behaviour_suite {
             prune_works_in_bounded_batches,
             prune_logs_before_runs,
             audit_prune_keeps_a_checkpoint,
+            schedules_apply_with_jobs_and_keep_a_pause,
+            due_schedules_are_active_and_oldest_first,
+            fire_commits_are_exactly_once_under_races,
+            stale_generations_and_pending_promotions_are_refused,
+            scheduled_runs_record_schedule_and_fire_time,
         }
     };
 }
@@ -228,6 +235,7 @@ pub fn queued_run(job: &str, created_at: DateTime<Utc>) -> Run {
         started_at: None,
         finished_at: None,
         request_id: None,
+        schedule: None,
     }
 }
 

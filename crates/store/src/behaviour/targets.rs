@@ -11,6 +11,7 @@ pub async fn targets_crud(store: Arc<dyn Store>) -> Result<()> {
             &ApplyBatch {
                 targets: vec![ssh_target("web"), ssh_target("db"), Target::local()],
                 jobs: vec![],
+                ..Default::default()
             },
             "alice",
         )
@@ -82,6 +83,7 @@ pub async fn target_round_trips_every_field(store: Arc<dyn Store>) -> Result<()>
             &ApplyBatch {
                 targets: all.clone(),
                 jobs: vec![],
+                ..Default::default()
             },
             "alice",
         )

@@ -224,6 +224,7 @@ async fn concurrent_applies_number_versions_without_collisions() -> TestResult {
             let batch = ApplyBatch {
                 targets: vec![ssh_target("web")],
                 jobs: vec![job],
+                ..Default::default()
             };
             store.apply(&batch, &format!("user-{i}")).await
         });
@@ -519,6 +520,7 @@ async fn crate_open_selects_postgres() -> TestResult {
                 &ApplyBatch {
                     targets: vec![],
                     jobs: vec![job_spec("kept")],
+                    ..Default::default()
                 },
                 "alice",
             )
@@ -579,6 +581,7 @@ async fn names_sort_bytewise_in_a_natural_language_database() -> TestResult {
             &ApplyBatch {
                 targets: names.iter().map(|n| ssh_target(n)).collect(),
                 jobs: vec![],
+                ..Default::default()
             },
             "alice",
         )

@@ -209,6 +209,7 @@ async fn urls_paths_and_persistence() -> TestResult {
                 &ApplyBatch {
                     targets: vec![],
                     jobs: vec![job_spec("kept")],
+                    ..Default::default()
                 },
                 "alice",
             )
@@ -252,6 +253,7 @@ async fn database_files_are_created_private() -> TestResult {
             &ApplyBatch {
                 targets: vec![],
                 jobs: vec![job_spec("private")],
+                ..Default::default()
             },
             "alice",
         )
