@@ -20,6 +20,10 @@ pub struct WorkerArgs {
     /// Runs executed at the same time by this process.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Run only the scheduler (queue the runs schedules fire; execute none):
+    /// a dedicated scheduling node.
+    #[arg(long)]
+    pub scheduler_only: bool,
     /// Lease length: a run whose worker stops heartbeating is rescued after this.
     #[arg(long, value_parser = crate::commands::parse_duration, default_value = "30s")]
     pub lease: Duration,
@@ -158,7 +162,12 @@ pub async fn worker(oc: &Conductor, out: &Out, args: &WorkerArgs) -> Result<u8, 
     if args.concurrency == 0 {
         return Err(Error::validation("--concurrency", "must be at least 1"));
     }
-    oc.start_workers(args.concurrency);
+    if !args.scheduler_only {
+        oc.start_workers(args.concurrency);
+    }
+    // Every worker also runs the scheduler; the database lets exactly one
+    // process queue each fire time.
+    oc.start_scheduler();
     out.note(&format!(
         "worker {} started: {} at a time on {} (lease {}) — SIGTERM or Ctrl-C to stop",
         oc.config().worker_name,

@@ -11,6 +11,7 @@ mod admin;
 mod commands;
 mod output;
 mod prune;
+mod schedules;
 mod secrets;
 mod serve;
 mod signals;
@@ -93,6 +94,9 @@ enum Cmd {
     /// Inspect targets.
     #[command(subcommand)]
     Targets(TargetsCmd),
+    /// Inspect and control schedules (defined with `kind: Schedule` documents).
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCmd),
     /// Manage secrets: encrypted at rest, write-only, injected as environment variables.
     #[command(subcommand)]
     Secrets(secrets::SecretsCmd),
@@ -127,6 +131,9 @@ enum RunsCmd {
         /// Only runs in this state (queued, running, succeeded, failed, cancelled, timed_out). Repeatable.
         #[arg(long)]
         status: Vec<String>,
+        /// Only runs of this schedule.
+        #[arg(long)]
+        schedule: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -271,6 +278,7 @@ fn reads_existing_state(cmd: &Cmd) -> bool {
         Cmd::Apply { .. } | Cmd::Run(_) | Cmd::Exec(_) | Cmd::Worker(_) | Cmd::Serve(_) => false,
         Cmd::Secrets(s) => !matches!(s, secrets::SecretsCmd::Set { .. }),
         Cmd::Runs(_) | Cmd::Jobs(_) | Cmd::Targets(_) | Cmd::Audit { .. } | Cmd::Prune(_) => true,
+        Cmd::Schedules(_) => true,
     }
 }
 
@@ -301,7 +309,11 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
         out.note(&n);
     }
     let builder = match &cli.command {
-        Cmd::Worker(w) => builder.lease(w.lease).poll(w.poll).retention(w.retention()),
+        Cmd::Worker(w) => builder
+            .lease(w.lease)
+            .poll(w.poll)
+            .retention(w.retention())
+            .scheduler(opsconductor::SchedulerConfig::from_env()),
         _ => builder,
     };
     let oc = builder.build().await?;
@@ -323,9 +335,13 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
         Cmd::Apply { files, dry_run } => commands::apply(&oc, out, &files, dry_run).await,
         Cmd::Run(args) => commands::run(&oc, out, args).await,
         Cmd::Exec(args) => commands::exec(&oc, out, args).await,
-        Cmd::Runs(RunsCmd::List { job, status, limit }) => {
-            commands::runs_list(&oc, out, job, status, limit).await
-        }
+        Cmd::Runs(RunsCmd::List {
+            job,
+            status,
+            schedule,
+            limit,
+        }) => commands::runs_list(&oc, out, job, status, limit, schedule).await,
+        Cmd::Schedules(cmd) => schedules::schedules(&oc, out, cmd).await,
         Cmd::Runs(RunsCmd::Show { id }) => commands::runs_show(&oc, out, &id).await,
         Cmd::Runs(RunsCmd::Logs { id, follow }) => commands::runs_logs(&oc, out, &id, follow).await,
         Cmd::Runs(RunsCmd::Cancel { id }) => commands::runs_cancel(&oc, out, &id).await,

@@ -104,7 +104,11 @@ impl Running {
 pub async fn start(config: ServerConfig) -> Result<Running> {
     config.validate()?;
     let (builder, notice) = opsconductor::builder_with_notice(&config.database_url).await?;
-    let oc = builder.retention(config.retention.clone()).build().await?;
+    let oc = builder
+        .retention(config.retention.clone())
+        .scheduler(opsconductor::SchedulerConfig::from_env())
+        .build()
+        .await?;
     let mut running = start_with(oc, config).await?;
     if let Some(n) = notice {
         running.notices.insert(0, n);
@@ -141,6 +145,9 @@ pub async fn start_with(oc: Conductor, config: ServerConfig) -> Result<Running> 
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener: {e}")))?;
     oc.start_workers(config.workers);
+    // Every server runs the scheduler too (API-only nodes included): the
+    // database lets exactly one process queue each fire time.
+    oc.start_scheduler();
     let observer = CancellationToken::new();
     tokio::spawn(crate::metrics::observe_runs(
         oc.clone(),

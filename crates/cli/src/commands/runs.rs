@@ -13,6 +13,7 @@ pub async fn runs_list(
     job: Option<String>,
     status: Vec<String>,
     limit: usize,
+    schedule: Option<String>,
 ) -> Result<u8, Error> {
     let statuses = status
         .iter()
@@ -29,6 +30,7 @@ pub async fn runs_list(
                 statuses,
                 before: None,
                 limit,
+                schedule,
             },
             &Actor::local_user(),
         )

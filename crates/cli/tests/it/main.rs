@@ -20,6 +20,7 @@ mod processes;
 mod prune;
 mod run;
 mod runs;
+mod schedules;
 mod secrets;
 mod serve;
 mod ssh;
