@@ -350,6 +350,64 @@ impl PyConductor {
         convert::build_from(py, "_target_from_json", &stored)
     }
 
+    /// Every schedule (``kind: Schedule`` documents, applied like jobs), as
+    /// dicts: the spec fields plus ``paused``, ``state``, ``next_fire``,
+    /// ``next_fire_local`` and ``owner``.
+    fn schedules<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let all = self
+            .engine
+            .block(py, self.engine.oc.schedules(&self.engine.actor))?;
+        all.iter()
+            .map(|s| convert::to_py(py, &convert::json(s)?))
+            .collect()
+    }
+
+    /// One schedule with its newest fire records (``recent``). Raises ``NotFound``.
+    fn schedule<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        let s = self
+            .engine
+            .block(py, self.engine.oc.schedule(name, &self.engine.actor))?;
+        convert::to_py(py, &convert::json(&s)?)
+    }
+
+    /// The next ``count`` fire times (1-1000), as RFC 3339 UTC strings.
+    #[pyo3(signature = (name, count = 5))]
+    fn next_fire_times(&self, py: Python<'_>, name: &str, count: usize) -> PyResult<Vec<String>> {
+        let times = self.engine.block(
+            py,
+            self.engine.oc.next_fire_times(name, count, &self.engine.actor),
+        )?;
+        Ok(times.iter().map(|t| t.to_rfc3339()).collect())
+    }
+
+    /// Pauses a schedule (kept across re-applies of its file).
+    fn pause_schedule(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        self.engine
+            .block(py, self.engine.oc.pause_schedule(name, &self.engine.actor))
+            .map(|_| ())
+    }
+
+    /// Resumes a paused schedule from now.
+    fn resume_schedule(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        self.engine
+            .block(py, self.engine.oc.resume_schedule(name, &self.engine.actor))
+            .map(|_| ())
+    }
+
+    /// Queues a run of the schedule's job now; returns the run id.
+    fn run_schedule_now(&self, py: Python<'_>, name: &str) -> PyResult<String> {
+        let run = self
+            .engine
+            .block(py, self.engine.oc.run_schedule_now(name, &self.engine.actor))?;
+        Ok(run.id.to_string())
+    }
+
+    /// Deletes a schedule (its runs stay). Raises ``NotFound``.
+    fn delete_schedule(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        self.engine
+            .block(py, self.engine.oc.delete_schedule(name, &self.engine.actor))
+    }
+
     /// Every target, including the implicit ``local`` unless one is defined.
     fn targets<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let all = self

@@ -38,8 +38,7 @@ impl Conductor {
         let items = self.inner.store.apply(batch, &actor.name).await?;
         if items.iter().any(|i| i.kind == "schedule") {
             // Wake the schedulers: a new or changed schedule may be due soon.
-            self.inner
-                .publish(crate::bus::Event::Updated(crate::model::RunId(uuid::Uuid::nil())));
+            self.inner.publish(super::scheduler::schedule_event());
         }
         for i in &items {
             if i.action != crate::store::ApplyAction::Unchanged {

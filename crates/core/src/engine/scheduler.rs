@@ -125,12 +125,9 @@ impl Conductor {
             tokio::select! {
                 _ = cfg.clock.sleep_until(until, cfg.poll) => {}
                 _ = shutdown.cancelled() => return,
-                ev = changes.recv() => {
-                    // A schedule changed in this process: look again now.
-                    if !matches!(ev, Ok(Event::Updated(_))) {
-                        cfg.clock.sleep_until(until, cfg.poll).await;
-                    }
-                }
+                // A schedule changed (here or, on PostgreSQL, on another
+                // node): look again now.
+                _ = schedule_changed(&mut changes) => {}
             }
         }
     }
@@ -446,6 +443,25 @@ impl Conductor {
             fire_time,
         });
         Ok(run)
+    }
+}
+
+/// The wake-up `apply`, pause and resume publish: `Updated` of the nil run id.
+pub(crate) fn schedule_event() -> Event {
+    Event::Updated(RunId(uuid::Uuid::nil()))
+}
+
+/// Waits for a [`schedule_event`] (or for missed events: the bus lagged).
+async fn schedule_changed(rx: &mut tokio::sync::broadcast::Receiver<Event>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let wanted = schedule_event();
+    loop {
+        match rx.recv().await {
+            Ok(ev) if ev == wanted => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
+        }
     }
 }
 

@@ -191,7 +191,7 @@ impl Conductor {
                 serde_json::json!({"next_fire": next}),
             )
             .await;
-        self.inner.publish(Event::Updated(crate::model::RunId(uuid::Uuid::nil())));
+        self.inner.publish(super::scheduler::schedule_event());
         self.find_schedule(name).await
     }
 

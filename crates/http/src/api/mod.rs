@@ -6,6 +6,7 @@ pub mod auth;
 pub mod jobs;
 pub mod ops;
 pub mod runs;
+pub mod schedules;
 pub mod secrets;
 pub mod targets;
 pub mod users;
@@ -44,6 +45,8 @@ use crate::{auth as authn, middleware as mw};
         secrets::keys, secrets::rotate, secrets::retire,
         users::list, users::create, users::get_one, users::update, users::password,
         audit::list, audit::verify,
+        schedules::list, schedules::get_one, schedules::next, schedules::pause, schedules::resume,
+        schedules::run_now, schedules::delete_one,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -55,6 +58,7 @@ use crate::{auth as authn, middleware as mw};
         (name = "secrets", description = "Write-only secrets and master keys"),
         (name = "users", description = "Users and roles"),
         (name = "audit", description = "The tamper-evident audit log"),
+        (name = "schedules", description = "Cron schedules of jobs (created with /api/v1/apply)"),
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]
@@ -133,6 +137,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/tokens/{id}", delete(auth::revoke_token))
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/verify", get(audit::verify))
+        .route("/api/v1/schedules", get(schedules::list))
+        .route(
+            "/api/v1/schedules/{name}",
+            get(schedules::get_one).delete(schedules::delete_one),
+        )
+        .route("/api/v1/schedules/{name}/next", get(schedules::next))
+        .route("/api/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/api/v1/schedules/{name}/resume", post(schedules::resume))
+        .route("/api/v1/schedules/{name}/run-now", post(schedules::run_now))
         .route_layer(from_fn_with_state(state.clone(), mw::audit_refusals))
         .route_layer(from_fn_with_state(state.clone(), authn::require_auth));
     let public = Router::new()

@@ -72,6 +72,21 @@ fn cases() -> Vec<Case> {
         case(M::GET, "/api/v1/secrets/s1", None, Perm(P::Read)),
         case(M::GET, "/api/v1/secrets/s1/history", None, Perm(P::Read)),
         case(M::GET, "/api/v1/audit", None, Perm(P::ReadAudit)),
+        case(M::GET, "/api/v1/schedules", None, Perm(P::Read)),
+        case(M::GET, "/api/v1/schedules/hello", None, Perm(P::Read)),
+        case(M::GET, "/api/v1/schedules/hello/next", None, Perm(P::Read)),
+        case(M::POST, "/api/v1/schedules/hello/pause", None, Perm(P::ManageSchedules)),
+        case(M::POST, "/api/v1/schedules/hello/resume", None, Perm(P::ManageSchedules)),
+        Case {
+            allowed_status: Some(201),
+            ..case(M::POST, "/api/v1/schedules/hello/run-now", None, Perm(P::Run))
+        },
+        case(
+            M::DELETE,
+            "/api/v1/schedules/ds-{role}",
+            None,
+            Perm(P::ManageSchedules),
+        ),
         case(M::GET, "/api/v1/audit/verify", None, Perm(P::ReadAudit)),
         case(
             M::POST,
@@ -261,6 +276,14 @@ fn fill_value(v: &Value, role: Role, run: &str) -> Value {
 /// change another's answer).
 async fn fixtures(srv: &Srv) -> String {
     srv.job(HELLO_JOB).await;
+    let mut docs = vec![json!({"kind": "Schedule", "name": "hello", "job": "hello", "cron": "@daily"})];
+    for role in Role::ALL {
+        docs.push(json!({"kind": "Schedule", "name": format!("ds-{role}"), "job": "hello", "cron": "@daily"}));
+    }
+    let r = srv
+        .post("/api/v1/apply", &srv.admin, serde_json::Value::Array(docs))
+        .await;
+    assert_eq!(r.status(), 200, "schedules");
     let r = srv
         .put(
             "/api/v1/secrets/s1",
