@@ -88,10 +88,11 @@ pub(crate) fn positions(text: &str) -> Vec<((usize, usize), BTreeMap<String, (us
                     if let (Some(p), Some((_, map))) = (here(&frames, &path), current.as_mut()) {
                         map.insert(p.clone(), pos);
                     }
+                    let at_root = path.iter().all(String::is_empty);
                     let seg = match frames.last() {
                         Some(Frame::Map { key }) => {
                             let k = key.clone().unwrap_or_default();
-                            if path.is_empty() { k } else { format!(".{k}") }
+                            if at_root { k } else { format!(".{k}") }
                         }
                         Some(Frame::Seq { index }) => format!("[{index}]"),
                         None => String::new(),

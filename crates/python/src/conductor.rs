@@ -654,14 +654,15 @@ impl PyConductor {
     }
 
     /// Runs, newest first: optionally only of one ``job`` and in some
-    /// ``status``\ (es), at most ``limit``.
-    #[pyo3(signature = (job = None, status = None, limit = 50))]
+    /// ``status``\ (es), or of one ``schedule``, at most ``limit``.
+    #[pyo3(signature = (job = None, status = None, limit = 50, schedule = None))]
     fn runs(
         &self,
         py: Python<'_>,
         job: Option<String>,
         status: Option<&Bound<'_, PyAny>>,
         limit: usize,
+        schedule: Option<String>,
     ) -> PyResult<Vec<PyRun>> {
         let statuses = match status.filter(|s| !s.is_none()) {
             None => vec![],
@@ -677,6 +678,7 @@ impl PyConductor {
             statuses,
             before: None,
             limit,
+            schedule,
         };
         let runs = self
             .engine

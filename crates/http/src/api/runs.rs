@@ -36,6 +36,8 @@ use crate::state::AppState;
 pub struct RunQuery {
     /// Only runs of this job (`exec` for ad-hoc commands).
     pub job: Option<String>,
+    /// Only runs of this schedule.
+    pub schedule: Option<String>,
     /// Only runs in these states, comma-separated (`queued,running`).
     pub status: Option<String>,
     /// Page size (1-500, default 50).
@@ -84,6 +86,7 @@ pub async fn list(
         .transpose()?;
     let filter = RunFilter {
         job: q.job,
+        schedule: q.schedule,
         statuses,
         before,
         limit: limit + 1,

@@ -130,6 +130,7 @@ class Conductor:
         job: Optional[str] = None,
         status: Union[RunStatus, Sequence[RunStatus], None] = None,
         limit: int = 50,
+        schedule: Optional[str] = None,
     ) -> list[Run]: ...
 
 @final
