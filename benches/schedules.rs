@@ -95,7 +95,9 @@ async fn main() {
         let Some(l) = page.last() else { break };
         before = Some(l.id);
         for r in page {
-            let Some(s) = r.schedule.as_ref() else { continue };
+            let Some(s) = r.schedule.as_ref() else {
+                continue;
+            };
             let Some(ft) = s.fire_time else { continue };
             if ft < first || ft > last {
                 continue;
@@ -112,7 +114,10 @@ async fn main() {
     queued.sort_by(f64::total_cmp);
     started.sort_by(f64::total_cmp);
     let expected = n * minutes as usize;
-    println!("fires: {} of {expected} expected, {dups} doubled", seen.len());
+    println!(
+        "fires: {} of {expected} expected, {dups} doubled",
+        seen.len()
+    );
     println!(
         "fire time → queued:  p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
         pct(&queued, 0.5),

@@ -126,16 +126,24 @@ fn schedule(name: &str, cron: &str, extra: &str) -> String {
     } else {
         "overlap: allow\n"
     };
-    format!("{JOB}---\nkind: Schedule\nname: {name}\njob: tick\ncron: \"{cron}\"\n{overlap}{extra}\n")
+    format!(
+        "{JOB}---\nkind: Schedule\nname: {name}\njob: tick\ncron: \"{cron}\"\n{overlap}{extra}\n"
+    )
 }
 
 #[tokio::test]
 async fn fires_each_due_time_once_with_the_manual_clock() {
     let e = env_at("2026-03-01T09:59:30Z").await;
-    e.apply(&schedule("every-minute", "* * * * *", "")).await.unwrap();
+    e.apply(&schedule("every-minute", "* * * * *", ""))
+        .await
+        .unwrap();
     assert_eq!(e.tick_at("2026-03-01T09:59:59Z").await.queued, 0);
     assert_eq!(e.tick_at("2026-03-01T10:00:00Z").await.queued, 1);
-    assert_eq!(e.tick_at("2026-03-01T10:00:30Z").await.queued, 0, "not twice");
+    assert_eq!(
+        e.tick_at("2026-03-01T10:00:30Z").await.queued,
+        0,
+        "not twice"
+    );
     // 10:01 is exactly the grace (60 s) late: still on time.
     assert_eq!(e.tick_at("2026-03-01T10:02:00Z").await.queued, 2);
     assert_eq!(
@@ -177,11 +185,10 @@ async fn misfire_policies_after_a_three_hour_downtime() {
         expected.push(t("2026-03-01T12:00:00Z"));
         assert_eq!(times, expected, "{policy}");
         // The misfire is audited with the policy applied.
-        let audit = e
-            .oc
-            .audit_log(Some("schedule:s"), 100, &me())
-            .await
-            .unwrap();
+        let audit =
+            e.oc.audit_log(Some("schedule:s"), 100, &me())
+                .await
+                .unwrap();
         let mis = audit
             .iter()
             .find(|a| a.action == "schedule.misfire")
@@ -203,23 +210,38 @@ async fn overlap_policies() {
 
     // skip: the fire time is dropped and recorded.
     let e = env_at("2026-03-01T09:59:00Z").await;
-    e.apply(&schedule("s", "* * * * *", "overlap: skip")).await.unwrap();
+    e.apply(&schedule("s", "* * * * *", "overlap: skip"))
+        .await
+        .unwrap();
     e.tick_at("2026-03-01T10:00:00Z").await;
     let r = e.tick_at("2026-03-01T10:01:00Z").await;
     assert_eq!((r.queued, r.skipped), (0, 1), "skip");
     let recent = e.oc.schedule("s", &me()).await.unwrap().recent;
-    assert_eq!(recent[0].outcome, opsconductor::schedule::FireOutcome::Skipped);
+    assert_eq!(
+        recent[0].outcome,
+        opsconductor::schedule::FireOutcome::Skipped
+    );
     let first = e.runs("s").await.remove(0);
     e.finish(&first).await;
-    assert_eq!(e.tick_at("2026-03-01T10:02:00Z").await.queued, 1, "skip: free again");
+    assert_eq!(
+        e.tick_at("2026-03-01T10:02:00Z").await.queued,
+        1,
+        "skip: free again"
+    );
 
     // queue: waits for the previous run, then runs with its own fire time.
     let e = env_at("2026-03-01T09:59:00Z").await;
-    e.apply(&schedule("q", "* * * * *", "overlap: queue")).await.unwrap();
+    e.apply(&schedule("q", "* * * * *", "overlap: queue"))
+        .await
+        .unwrap();
     e.tick_at("2026-03-01T10:00:00Z").await;
     let r = e.tick_at("2026-03-01T10:01:00Z").await;
     assert_eq!((r.queued, r.pending), (0, 1), "queue");
-    assert_eq!(e.tick_at("2026-03-01T10:01:10Z").await.queued, 0, "still busy");
+    assert_eq!(
+        e.tick_at("2026-03-01T10:01:10Z").await.queued,
+        0,
+        "still busy"
+    );
     let first = e.runs("q").await.remove(0);
     e.finish(&first).await;
     assert_eq!(e.tick_at("2026-03-01T10:01:20Z").await.queued, 1);
@@ -251,7 +273,11 @@ async fn pause_resume_run_now_and_next() {
     e.apply(&schedule("p", "0 * * * *", "")).await.unwrap();
     assert!(e.oc.schedule("p", &me()).await.unwrap().schedule.paused);
     let s = e.oc.resume_schedule("p", &me()).await.unwrap();
-    assert_eq!(s.next_fire, Some(t("2026-03-01T13:00:00Z")), "no catch-up of the pause");
+    assert_eq!(
+        s.next_fire,
+        Some(t("2026-03-01T13:00:00Z")),
+        "no catch-up of the pause"
+    );
     assert_eq!(e.tick_at("2026-03-01T12:30:00Z").await.queued, 0);
     assert_eq!(e.tick_at("2026-03-01T13:00:00Z").await.queued, 1);
     let now = e.oc.run_schedule_now("p", &me()).await.unwrap();
@@ -268,13 +294,27 @@ async fn pause_resume_run_now_and_next() {
     );
     assert!(e.oc.next_fire_times("p", 0, &me()).await.is_err());
     assert!(e.oc.next_fire_times("p", 1001, &me()).await.is_err());
-    let audit = e.oc.audit_log(Some("schedule:p"), 100, &me()).await.unwrap();
-    for action in ["schedule.create", "schedule.pause", "schedule.resume", "schedule.run_now"] {
-        assert!(audit.iter().any(|a| a.action == action), "{action}: {audit:?}");
+    let audit =
+        e.oc.audit_log(Some("schedule:p"), 100, &me())
+            .await
+            .unwrap();
+    for action in [
+        "schedule.create",
+        "schedule.pause",
+        "schedule.resume",
+        "schedule.run_now",
+    ] {
+        assert!(
+            audit.iter().any(|a| a.action == action),
+            "{action}: {audit:?}"
+        );
     }
     e.oc.delete_schedule("p", &me()).await.unwrap();
     assert!(e.oc.schedule("p", &me()).await.is_err());
-    let audit = e.oc.audit_log(Some("schedule:p"), 100, &me()).await.unwrap();
+    let audit =
+        e.oc.audit_log(Some("schedule:p"), 100, &me())
+            .await
+            .unwrap();
     assert!(audit.iter().any(|a| a.action == "schedule.delete"));
     // Viewers read, operators manage.
     let viewer = Actor::user("v", opsconductor::auth::Role::Viewer, "password");
@@ -287,7 +327,9 @@ async fn pause_resume_run_now_and_next() {
 async fn a_version_pin_runs_that_version() {
     let e = env_at("2026-03-01T09:59:00Z").await;
     e.apply(JOB).await.unwrap();
-    e.apply(&JOB.replace("\"true\"", "\"echo v2\"")).await.unwrap();
+    e.apply(&JOB.replace("\"true\"", "\"echo v2\""))
+        .await
+        .unwrap();
     e.apply(&format!(
         "kind: Schedule\nname: pinned\njob: tick\nversion: 1\ncron: \"0 * * * *\"\n---\n\
          kind: Schedule\nname: latest\njob: tick\ncron: \"0 * * * *\"\n"
@@ -330,11 +372,17 @@ async fn bad_schedules_are_refused_at_apply_with_file_line_col_and_nothing_store
             format!("{base}params:\n  n: seven\n"),
             "s.yaml:6:6: schedule 'bad'.params.n",
         ),
-        (format!("{base}version: 9\n"), "s.yaml:5:10: schedule 'bad'.version"),
+        (
+            format!("{base}version: 9\n"),
+            "s.yaml:5:10: schedule 'bad'.version",
+        ),
         (format!("{base}cron2: x\n"), "s.yaml:5:"),
     ] {
         let err = e.apply(&yaml).await.unwrap_err().to_string();
-        assert!(err.starts_with(want), "{yaml}\n  got: {err}\n  want: {want}");
+        assert!(
+            err.starts_with(want),
+            "{yaml}\n  got: {err}\n  want: {want}"
+        );
     }
     // A job and a schedule in one file: the failing schedule stores neither.
     let both = format!(
@@ -342,8 +390,14 @@ async fn bad_schedules_are_refused_at_apply_with_file_line_col_and_nothing_store
         JOB.replace("name: tick", "name: fresh")
     );
     assert!(e.apply(&both).await.is_err());
-    assert!(e.oc.schedules(&me()).await.unwrap().is_empty(), "nothing stored");
-    assert!(e.oc.job("fresh", None, &me()).await.is_err(), "nothing stored");
+    assert!(
+        e.oc.schedules(&me()).await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    assert!(
+        e.oc.job("fresh", None, &me()).await.is_err(),
+        "nothing stored"
+    );
 }
 
 /// Four engines on one SQLite file tick over the same 600 fire times in
@@ -385,6 +439,9 @@ async fn four_engines_in_one_process_fire_each_time_once() {
         let expected: Vec<DateTime<Utc>> = (1..=100)
             .map(|s| t(start) + chrono::Duration::seconds(s))
             .collect();
-        assert_eq!(times, expected, "schedule s{i}: each fire time exactly once");
+        assert_eq!(
+            times, expected,
+            "schedule s{i}: each fire time exactly once"
+        );
     }
 }

@@ -105,7 +105,11 @@ pub async fn schedules(oc: &Conductor, out: &Out, cmd: SchedulesCmd) -> Result<u
             );
             kv(
                 "Policies:",
-                format!("misfire {}, overlap {}", s.misfire.as_str(), s.overlap.as_str()),
+                format!(
+                    "misfire {}, overlap {}",
+                    s.misfire.as_str(),
+                    s.overlap.as_str()
+                ),
             );
             if let Some(t) = s.start {
                 kv("Start:", t.to_rfc3339());
@@ -114,7 +118,10 @@ pub async fn schedules(oc: &Conductor, out: &Out, cmd: SchedulesCmd) -> Result<u
                 kv("End:", t.to_rfc3339());
             }
             if !s.params.is_null() {
-                kv("Params:", serde_json::to_string(&s.params).unwrap_or_default());
+                kv(
+                    "Params:",
+                    serde_json::to_string(&s.params).unwrap_or_default(),
+                );
             }
             if let Some(t) = &s.targets {
                 kv("Targets:", t.join(", "));
@@ -124,7 +131,10 @@ pub async fn schedules(oc: &Conductor, out: &Out, cmd: SchedulesCmd) -> Result<u
                 format!(
                     "{} ({})",
                     d.schedule.owner,
-                    d.schedule.owner_role.map(|r| r.as_str()).unwrap_or("trusted")
+                    d.schedule
+                        .owner_role
+                        .map(|r| r.as_str())
+                        .unwrap_or("trusted")
                 ),
             );
             if !d.recent.is_empty() {
@@ -159,7 +169,9 @@ pub async fn schedules(oc: &Conductor, out: &Out, cmd: SchedulesCmd) -> Result<u
             } else {
                 out.note(&format!(
                     "schedule '{name}' resumed; next fire {}",
-                    s.next_fire.map(|t| t.to_rfc3339()).unwrap_or_else(|| "none (ended)".into())
+                    s.next_fire
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_else(|| "none (ended)".into())
                 ));
             }
         }

@@ -591,7 +591,9 @@ pub fn due_times(
     grace: Duration,
 ) -> DueTimes {
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-    let late_before = now.checked_sub_signed(grace).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let late_before = now
+        .checked_sub_signed(grace)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let mut out = DueTimes::default();
     let mut t = Some(from);
     while let Some(f) = t {

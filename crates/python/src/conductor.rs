@@ -375,7 +375,9 @@ impl PyConductor {
     fn next_fire_times(&self, py: Python<'_>, name: &str, count: usize) -> PyResult<Vec<String>> {
         let times = self.engine.block(
             py,
-            self.engine.oc.next_fire_times(name, count, &self.engine.actor),
+            self.engine
+                .oc
+                .next_fire_times(name, count, &self.engine.actor),
         )?;
         Ok(times.iter().map(|t| t.to_rfc3339()).collect())
     }
@@ -396,9 +398,10 @@ impl PyConductor {
 
     /// Queues a run of the schedule's job now; returns the run id.
     fn run_schedule_now(&self, py: Python<'_>, name: &str) -> PyResult<String> {
-        let run = self
-            .engine
-            .block(py, self.engine.oc.run_schedule_now(name, &self.engine.actor))?;
+        let run = self.engine.block(
+            py,
+            self.engine.oc.run_schedule_now(name, &self.engine.actor),
+        )?;
         Ok(run.id.to_string())
     }
 

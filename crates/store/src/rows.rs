@@ -160,12 +160,16 @@ macro_rules! row_decoders {
                 started_at: from_micros_opt(get(row, "started_at")?)?,
                 finished_at: from_micros_opt(get(row, "finished_at")?)?,
                 request_id: get(row, "request_id")?,
-                schedule: get::<Option<String>>(row, "schedule")?.map(|name| {
-                    Ok::<_, opsconductor_core::Error>(opsconductor_core::schedule::ScheduledFire {
-                        name,
-                        fire_time: from_micros_opt(get(row, "fire_time")?)?,
+                schedule: get::<Option<String>>(row, "schedule")?
+                    .map(|name| {
+                        Ok::<_, opsconductor_core::Error>(
+                            opsconductor_core::schedule::ScheduledFire {
+                                name,
+                                fire_time: from_micros_opt(get(row, "fire_time")?)?,
+                            },
+                        )
                     })
-                }).transpose()?,
+                    .transpose()?,
             })
         }
 

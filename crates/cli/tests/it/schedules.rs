@@ -72,8 +72,13 @@ fn schedules_commands_and_runs_list_by_schedule() {
     env.cmd(["schedules", "pause", "hourly"]).assert().success();
     let show = env.json(["schedules", "show", "hourly"]);
     assert_eq!(show["state"], "paused", "{show}");
-    env.cmd(["schedules", "resume", "hourly"]).assert().success();
-    let a = env.cmd(["schedules", "run-now", "hourly"]).assert().success();
+    env.cmd(["schedules", "resume", "hourly"])
+        .assert()
+        .success();
+    let a = env
+        .cmd(["schedules", "run-now", "hourly"])
+        .assert()
+        .success();
     let id = stdout_of(&a).trim().to_string();
     let runs = env.json(["runs", "list", "--schedule", "hourly"]);
     assert_eq!(runs[0]["id"], id.as_str(), "{runs}");
@@ -92,7 +97,9 @@ fn schedules_commands_and_runs_list_by_schedule() {
     env.cmd(["schedules", "next", "hourly", "--count", "0"])
         .assert()
         .code(2);
-    env.cmd(["schedules", "delete", "hourly"]).assert().success();
+    env.cmd(["schedules", "delete", "hourly"])
+        .assert()
+        .success();
     env.cmd(["schedules", "show", "hourly"]).assert().code(2);
 }
 

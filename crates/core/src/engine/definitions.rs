@@ -169,7 +169,11 @@ impl Conductor {
                 .iter()
                 .map(|t| ("target", t.name.clone()))
                 .chain(b.jobs.iter().map(|j| ("job", j.name.clone())))
-                .chain(b.schedules.iter().map(|s| ("schedule", s.spec.name.clone())));
+                .chain(
+                    b.schedules
+                        .iter()
+                        .map(|s| ("schedule", s.spec.name.clone())),
+                );
             for key in names {
                 if let Some(first) = origin.get(&key) {
                     return Err(defined_twice(key.0, &key.1, Some((first, &source))));

@@ -62,7 +62,10 @@ impl SchedulerConfig {
     pub fn from_env() -> Self {
         let mut c = Self::default();
         if let Some(clock) = crate::clock::from_test_env() {
-            tracing::warn!(?clock, "OPSC_TEST_CLOCK is set: the scheduler uses a TEST clock");
+            tracing::warn!(
+                ?clock,
+                "OPSC_TEST_CLOCK is set: the scheduler uses a TEST clock"
+            );
             c.clock = Arc::new(clock);
         }
         if let Some(ms) = std::env::var("OPSC_TEST_SCHEDULER_HOLD_MS")
@@ -169,7 +172,13 @@ impl Conductor {
                 .await
             {
                 Ok(run) => {
-                    after.audits.push(fire_audit(&s, first.fire_time, "queued", Some(run.id), None));
+                    after.audits.push(fire_audit(
+                        &s,
+                        first.fire_time,
+                        "queued",
+                        Some(run.id),
+                        None,
+                    ));
                     promotions.push((
                         FireCommit {
                             schedule: s.spec.name.clone(),
@@ -183,7 +192,9 @@ impl Conductor {
                         after,
                     ));
                 }
-                Err(e) => tracing::warn!(schedule = %name, error = %e, "a queued fire time cannot run yet"),
+                Err(e) => {
+                    tracing::warn!(schedule = %name, error = %e, "a queued fire time cannot run yet")
+                }
             }
         }
         self.commit(promotions, &mut report).await?;
@@ -265,7 +276,10 @@ impl Conductor {
     }
 
     /// Decides one due schedule at `now`.
-    #[allow(clippy::too_many_arguments, reason = "the tick's shared state, passed down once")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the tick's shared state, passed down once"
+    )]
     async fn decide(
         &self,
         s: &Schedule,
@@ -335,7 +349,9 @@ impl Conductor {
                             "overlap: the previous run {} is still going",
                             running.last().map(|r| r.to_string()).unwrap_or_default()
                         );
-                        after.audits.push(fire_audit(s, ft, "skipped", None, Some(&why)));
+                        after
+                            .audits
+                            .push(fire_audit(s, ft, "skipped", None, Some(&why)));
                         commit
                             .fires
                             .push(record(ft, FireOutcome::Skipped, None, Some(why)));
@@ -344,10 +360,14 @@ impl Conductor {
                     OverlapPolicy::Queue => {
                         if queue_len < MAX_PENDING {
                             queue_len += 1;
-                            commit.fires.push(record(ft, FireOutcome::Pending, None, None));
+                            commit
+                                .fires
+                                .push(record(ft, FireOutcome::Pending, None, None));
                         } else {
                             let why = format!("overlap: {MAX_PENDING} fire times already wait");
-                            after.audits.push(fire_audit(s, ft, "skipped", None, Some(&why)));
+                            after
+                                .audits
+                                .push(fire_audit(s, ft, "skipped", None, Some(&why)));
                             commit
                                 .fires
                                 .push(record(ft, FireOutcome::Skipped, None, Some(why)));
@@ -361,7 +381,9 @@ impl Conductor {
             }
             match self.make_run(s, ft, all_targets, jobs).await {
                 Ok(run) => {
-                    after.audits.push(fire_audit(s, ft, "queued", Some(run.id), None));
+                    after
+                        .audits
+                        .push(fire_audit(s, ft, "queued", Some(run.id), None));
                     commit
                         .fires
                         .push(record(ft, FireOutcome::Queued, Some(run.id), None));
@@ -370,7 +392,9 @@ impl Conductor {
                 }
                 Err(e) => {
                     let why = e.to_string();
-                    after.audits.push(fire_audit(s, ft, "failed", None, Some(&why)));
+                    after
+                        .audits
+                        .push(fire_audit(s, ft, "failed", None, Some(&why)));
                     commit
                         .fires
                         .push(record(ft, FireOutcome::Failed, None, Some(why)));

@@ -72,27 +72,52 @@ impl Conductor {
                     Some(j) => j.spec,
                     None => {
                         let (field, what) = match v {
-                            Some(v) if in_batch.contains_key(spec.job.as_str()) || self.inner.store.get_job(&spec.job, None).await?.is_some() => {
+                            Some(v)
+                                if in_batch.contains_key(spec.job.as_str())
+                                    || self
+                                        .inner
+                                        .store
+                                        .get_job(&spec.job, None)
+                                        .await?
+                                        .is_some() =>
+                            {
                                 ("version", format!("job '{}' has no version {v}", spec.job))
                             }
-                            _ => ("job", format!("no job '{}' (define it first, or in the same apply)", spec.job)),
+                            _ => (
+                                "job",
+                                format!(
+                                    "no job '{}' (define it first, or in the same apply)",
+                                    spec.job
+                                ),
+                            ),
                         };
                         return Err(def.error(field, what));
                     }
                 },
             };
             if job.status == JobStatus::Deprecated {
-                let field = if spec.version.is_some() { "version" } else { "job" };
+                let field = if spec.version.is_some() {
+                    "version"
+                } else {
+                    "job"
+                };
                 return Err(def.error(
                     field,
-                    format!("job '{}' is deprecated; a schedule would only fail", spec.job),
+                    format!(
+                        "job '{}' is deprecated; a schedule would only fail",
+                        spec.job
+                    ),
                 ));
             }
             if let Err(e) = crate::params::validate(&job.params, &spec.params) {
                 return Err(match e {
                     Error::Validation { field, message } => {
                         let f = field.unwrap_or_else(|| "params".into());
-                        let f = if f.starts_with("params") { f } else { format!("params.{f}") };
+                        let f = if f.starts_with("params") {
+                            f
+                        } else {
+                            format!("params.{f}")
+                        };
                         def.error(&f, message)
                     }
                     other => other,
@@ -109,10 +134,7 @@ impl Conductor {
     pub async fn schedules(&self, actor: &Actor) -> Result<Vec<ScheduleDetail>> {
         actor.require(Permission::Read)?;
         let all = self.inner.store.schedule_store().list_schedules().await?;
-        Ok(all
-            .into_iter()
-            .map(|s| detail(s, vec![]))
-            .collect())
+        Ok(all.into_iter().map(|s| detail(s, vec![])).collect())
     }
 
     /// One schedule with its newest fire records.
@@ -186,7 +208,11 @@ impl Conductor {
         self.inner
             .audit_as(
                 actor,
-                if paused { "schedule.pause" } else { "schedule.resume" },
+                if paused {
+                    "schedule.pause"
+                } else {
+                    "schedule.resume"
+                },
                 format!("schedule:{name}"),
                 serde_json::json!({"next_fire": next}),
             )
@@ -198,7 +224,13 @@ impl Conductor {
     /// Deletes a schedule; its runs and fire records stay.
     pub async fn delete_schedule(&self, name: &str, actor: &Actor) -> Result<()> {
         actor.require(Permission::ManageSchedules)?;
-        if !self.inner.store.schedule_store().delete_schedule(name).await? {
+        if !self
+            .inner
+            .store
+            .schedule_store()
+            .delete_schedule(name)
+            .await?
+        {
             return Err(Error::not_found("schedule", name));
         }
         self.inner

@@ -58,14 +58,22 @@ fn new_york_spring_forward_and_fall_back() {
     // 2026-11-01: 02:00 EDT falls back to 01:00 EST; 01:30 happens twice.
     assert_eq!(
         fires("30 1 * * *", "America/New_York", "2026-10-31T12:00:00Z", 2),
-        vec![t("2026-11-01T01:30:00-04:00"), t("2026-11-02T01:30:00-05:00")]
+        vec![
+            t("2026-11-01T01:30:00-04:00"),
+            t("2026-11-02T01:30:00-05:00")
+        ]
     );
 }
 
 #[test]
 fn interval_expressions_follow_real_time_across_transitions() {
     // Every 30 minutes through New York's fall back: both passes of 01:xx.
-    let got = fires("*/30 * * * *", "America/New_York", "2026-11-01T04:45:00Z", 5);
+    let got = fires(
+        "*/30 * * * *",
+        "America/New_York",
+        "2026-11-01T04:45:00Z",
+        5,
+    );
     assert_eq!(
         got,
         vec![

@@ -171,7 +171,9 @@ pub async fn get_one(
     P(name): P<String>,
 ) -> ApiResult<Json<ScheduleView>> {
     caller.require(Permission::Read)?;
-    Ok(Json(state.inner.oc.schedule(&name, &caller.actor).await?.into()))
+    Ok(Json(
+        state.inner.oc.schedule(&name, &caller.actor).await?.into(),
+    ))
 }
 
 /// The next fire times of a schedule.
@@ -212,7 +214,9 @@ pub async fn pause(
 ) -> ApiResult<Json<ScheduleView>> {
     caller.require(Permission::ManageSchedules)?;
     state.inner.oc.pause_schedule(&name, &caller.actor).await?;
-    Ok(Json(state.inner.oc.schedule(&name, &caller.actor).await?.into()))
+    Ok(Json(
+        state.inner.oc.schedule(&name, &caller.actor).await?.into(),
+    ))
 }
 
 /// Resume a schedule from now.
@@ -230,7 +234,9 @@ pub async fn resume(
 ) -> ApiResult<Json<ScheduleView>> {
     caller.require(Permission::ManageSchedules)?;
     state.inner.oc.resume_schedule(&name, &caller.actor).await?;
-    Ok(Json(state.inner.oc.schedule(&name, &caller.actor).await?.into()))
+    Ok(Json(
+        state.inner.oc.schedule(&name, &caller.actor).await?.into(),
+    ))
 }
 
 /// Queue a run of the schedule's job now, as the caller.
@@ -247,7 +253,11 @@ pub async fn run_now(
     P(name): P<String>,
 ) -> ApiResult<(StatusCode, Json<RunNow>)> {
     caller.require(Permission::Run)?;
-    let run = state.inner.oc.run_schedule_now(&name, &caller.actor).await?;
+    let run = state
+        .inner
+        .oc
+        .run_schedule_now(&name, &caller.actor)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(RunNow {

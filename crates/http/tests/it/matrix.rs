@@ -75,11 +75,26 @@ fn cases() -> Vec<Case> {
         case(M::GET, "/api/v1/schedules", None, Perm(P::Read)),
         case(M::GET, "/api/v1/schedules/hello", None, Perm(P::Read)),
         case(M::GET, "/api/v1/schedules/hello/next", None, Perm(P::Read)),
-        case(M::POST, "/api/v1/schedules/hello/pause", None, Perm(P::ManageSchedules)),
-        case(M::POST, "/api/v1/schedules/hello/resume", None, Perm(P::ManageSchedules)),
+        case(
+            M::POST,
+            "/api/v1/schedules/hello/pause",
+            None,
+            Perm(P::ManageSchedules),
+        ),
+        case(
+            M::POST,
+            "/api/v1/schedules/hello/resume",
+            None,
+            Perm(P::ManageSchedules),
+        ),
         Case {
             allowed_status: Some(201),
-            ..case(M::POST, "/api/v1/schedules/hello/run-now", None, Perm(P::Run))
+            ..case(
+                M::POST,
+                "/api/v1/schedules/hello/run-now",
+                None,
+                Perm(P::Run),
+            )
         },
         case(
             M::DELETE,
@@ -276,7 +291,8 @@ fn fill_value(v: &Value, role: Role, run: &str) -> Value {
 /// change another's answer).
 async fn fixtures(srv: &Srv) -> String {
     srv.job(HELLO_JOB).await;
-    let mut docs = vec![json!({"kind": "Schedule", "name": "hello", "job": "hello", "cron": "@daily"})];
+    let mut docs =
+        vec![json!({"kind": "Schedule", "name": "hello", "job": "hello", "cron": "@daily"})];
     for role in Role::ALL {
         docs.push(json!({"kind": "Schedule", "name": format!("ds-{role}"), "job": "hello", "cron": "@daily"}));
     }

@@ -41,7 +41,12 @@ fn fire(schedule: &str, t: DateTime<Utc>, outcome: FireOutcome, run: Option<RunI
 
 /// A commit of one fire time of `schedule` moving its cursor from `from`,
 /// with a fresh run.
-fn commit_one(schedule: &str, generation: u64, from: DateTime<Utc>, next: DateTime<Utc>) -> FireCommit {
+fn commit_one(
+    schedule: &str,
+    generation: u64,
+    from: DateTime<Utc>,
+    next: DateTime<Utc>,
+) -> FireCommit {
     let mut run = queued_run("deploy", from);
     run.schedule = Some(ScheduledFire {
         name: schedule.into(),
@@ -85,7 +90,12 @@ pub async fn schedules_apply_with_jobs_and_keep_a_pause(store: Arc<dyn Store>) -
     let now = found(s.get_schedule("nightly").await?, "schedule")?;
     assert!(now.paused, "a re-apply does not resume a paused schedule");
     assert_eq!(now.next_fire, Some(at(3000)));
-    assert!(now.generation >= got.generation + 2, "{} vs {}", now.generation, got.generation);
+    assert!(
+        now.generation >= got.generation + 2,
+        "{} vs {}",
+        now.generation,
+        got.generation
+    );
     assert_eq!(s.list_schedules().await?.len(), 1);
     assert!(s.delete_schedule("nightly").await?);
     assert!(!s.delete_schedule("nightly").await?);
@@ -128,7 +138,10 @@ pub async fn due_schedules_are_active_and_oldest_first(store: Arc<dyn Store>) ->
 /// fire record and one run exist; a later commit from the old cursor loses.
 pub async fn fire_commits_are_exactly_once_under_races(store: Arc<dyn Store>) -> Result<()> {
     apply_schedules(&*store, vec![def("race", Some(at(1000)))]).await?;
-    let s0 = found(store.schedule_store().get_schedule("race").await?, "schedule")?;
+    let s0 = found(
+        store.schedule_store().get_schedule("race").await?,
+        "schedule",
+    )?;
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let store = store.clone();
@@ -155,7 +168,10 @@ pub async fn fire_commits_are_exactly_once_under_races(store: Arc<dyn Store>) ->
     let fires = store.schedule_store().fire_records("race", 10).await?;
     assert_eq!(fires.len(), 1);
     assert_eq!(fires[0].run_id, Some(runs[0].id));
-    let now = found(store.schedule_store().get_schedule("race").await?, "schedule")?;
+    let now = found(
+        store.schedule_store().get_schedule("race").await?,
+        "schedule",
+    )?;
     assert_eq!(now.next_fire, Some(at(2000)));
     // The same fire time again, from a stale cursor: refused, nothing written.
     let late = store
@@ -165,11 +181,22 @@ pub async fn fire_commits_are_exactly_once_under_races(store: Arc<dyn Store>) ->
     assert_eq!(late, vec![false]);
     // A duplicate fire record from a correct cursor fails the whole commit.
     let mut dup = commit_one("race", now.generation, at(2000), at(3000));
-    dup.fires.push(fire("race", at(1000), FireOutcome::Skipped, None));
+    dup.fires
+        .push(fire("race", at(1000), FireOutcome::Skipped, None));
     let err = store.schedule_store().commit_fires(&[dup]).await;
-    assert!(err.is_err(), "a fire record is unique per (schedule, fire time)");
-    let after = found(store.schedule_store().get_schedule("race").await?, "schedule")?;
-    assert_eq!(after.next_fire, Some(at(2000)), "nothing of a failed commit stays");
+    assert!(
+        err.is_err(),
+        "a fire record is unique per (schedule, fire time)"
+    );
+    let after = found(
+        store.schedule_store().get_schedule("race").await?,
+        "schedule",
+    )?;
+    assert_eq!(
+        after.next_fire,
+        Some(at(2000)),
+        "nothing of a failed commit stays"
+    );
     assert_eq!(
         store
             .list_runs(&RunFilter {
@@ -194,7 +221,8 @@ pub async fn stale_generations_and_pending_promotions_are_refused(
     s.set_schedule_paused("q", true, None).await?;
     s.set_schedule_paused("q", false, Some(at(1000))).await?;
     assert_eq!(
-        s.commit_fires(&[commit_one("q", g0, at(1000), at(2000))]).await?,
+        s.commit_fires(&[commit_one("q", g0, at(1000), at(2000))])
+            .await?,
         vec![false],
         "a decision made before a pause/resume is stale"
     );
@@ -240,7 +268,11 @@ pub async fn scheduled_runs_record_schedule_and_fire_time(store: Arc<dyn Store>)
         name: "nightly".into(),
         fire_time: None,
     });
-    insert_all(&*store, vec![run.clone(), manual.clone(), queued_run("deploy", at(30))]).await?;
+    insert_all(
+        &*store,
+        vec![run.clone(), manual.clone(), queued_run("deploy", at(30))],
+    )
+    .await?;
     assert_eq!(found(store.get_run(run.id).await?, "run")?, run);
     assert_eq!(found(store.get_run(manual.id).await?, "run")?, manual);
     let listed = store
