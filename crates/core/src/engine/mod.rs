@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod definitions;
 mod local;
+pub mod notify;
 mod outcome;
 mod retention;
 mod runs;
@@ -136,9 +137,17 @@ pub struct ConductorBuilder {
     keyring: Option<crate::secrets::Keyring>,
     local_policy: LocalPolicy,
     retention: Retention,
+    notify: notify::NotifySettings,
 }
 
 impl ConductorBuilder {
+    /// Notification rules, public URL, SSRF guard and retry policy (see
+    /// [`notify::NotifySettings`]); deliverers run wherever workers run.
+    pub fn notifications(mut self, settings: notify::NotifySettings) -> Self {
+        self.notify = settings;
+        self
+    }
+
     /// Which roles may run steps on the engine's own host (`local` targets,
     /// `copy.src`); default: admin only. Trusted actors are not affected.
     pub fn local_policy(mut self, policy: LocalPolicy) -> Self {
@@ -224,6 +233,7 @@ impl ConductorBuilder {
             ));
         }
         retention::check_batch("retention.batch", self.retention.batch)?;
+        self.notify.check()?;
         let mut executors = HashMap::new();
         for e in self.executors {
             executors.insert(e.kind(), e);
@@ -266,6 +276,7 @@ impl ConductorBuilder {
                 active: Mutex::new(HashMap::new()),
                 secret_cache: Mutex::new(secret_cache::SecretCache::default()),
                 workers: Mutex::new(Vec::new()),
+                notify: notify::NotifyState::new(self.notify),
             }),
         };
         oc.start_workers(self.workers);
@@ -331,6 +342,8 @@ pub(crate) struct Inner {
     /// Decrypted secret values kept between run starts (see `secret_cache`).
     pub(crate) secret_cache: Mutex<secret_cache::SecretCache>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Notification settings and the deliverers' wake-up.
+    pub(crate) notify: notify::NotifyState,
 }
 
 impl Inner {
@@ -375,6 +388,7 @@ impl Conductor {
             keyring: None,
             local_policy: LocalPolicy::default(),
             retention: Retention::default(),
+            notify: notify::NotifySettings::default(),
         }
     }
 
@@ -424,6 +438,8 @@ impl Conductor {
         }
         let inner = self.inner.clone();
         let idx = handles.len();
+        // Notifications are delivered wherever runs are executed.
+        notify::start_deliverer(&self.inner);
         handles.push(tokio::spawn(async move {
             worker::worker_loop(inner, idx, n).await
         }));

@@ -25,6 +25,7 @@ mod audit;
 mod claims;
 mod jobs;
 mod logs;
+mod notify;
 mod results;
 mod retention;
 mod runs;
@@ -37,6 +38,7 @@ pub use self::audit::*;
 pub use self::claims::*;
 pub use self::jobs::*;
 pub use self::logs::*;
+pub use self::notify::*;
 pub use self::results::*;
 pub use self::retention::*;
 pub use self::runs::*;
@@ -129,6 +131,10 @@ macro_rules! store_behaviour_suite {
             prune_works_in_bounded_batches,
             prune_logs_before_runs,
             audit_prune_keeps_a_checkpoint,
+            notify_channels_crud,
+            finish_run_notifying_is_guarded_and_atomic,
+            deliveries_are_claimed_once_retried_and_rescued,
+            delivery_history_by_run_and_channel,
         }
     };
 }
@@ -174,6 +180,7 @@ pub fn job_spec(name: &str) -> JobSpec {
         concurrency: DEFAULT_CONCURRENCY,
         timeout: None,
         secrets: vec![],
+        notify: vec![],
         steps: vec![step(
             "hello",
             Action::Exec {
