@@ -104,7 +104,11 @@ impl Running {
 pub async fn start(config: ServerConfig) -> Result<Running> {
     config.validate()?;
     let (builder, notice) = opsconductor::builder_with_notice(&config.database_url).await?;
-    let oc = builder.retention(config.retention.clone()).build().await?;
+    let oc = builder
+        .retention(config.retention.clone())
+        .notifications(config.notifications.clone())
+        .build()
+        .await?;
     let mut running = start_with(oc, config).await?;
     if let Some(n) = notice {
         running.notices.insert(0, n);

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod auth;
 pub mod jobs;
+pub mod notify;
 pub mod ops;
 pub mod runs;
 pub mod secrets;
@@ -44,6 +45,7 @@ use crate::{auth as authn, middleware as mw};
         secrets::keys, secrets::rotate, secrets::retire,
         users::list, users::create, users::get_one, users::update, users::password,
         audit::list, audit::verify,
+        notify::list, notify::get_one, notify::put, notify::delete_one, notify::test, notify::history,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -55,6 +57,7 @@ use crate::{auth as authn, middleware as mw};
         (name = "secrets", description = "Write-only secrets and master keys"),
         (name = "users", description = "Users and roles"),
         (name = "audit", description = "The tamper-evident audit log"),
+        (name = "notifications", description = "Notification channels and delivery history"),
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]
@@ -131,6 +134,15 @@ pub fn router(state: AppState) -> Router {
             get(auth::tokens).post(auth::create_token),
         )
         .route("/api/v1/auth/tokens/{id}", delete(auth::revoke_token))
+        .route("/api/v1/notifications/channels", get(notify::list))
+        .route(
+            "/api/v1/notifications/channels/{name}",
+            get(notify::get_one)
+                .put(notify::put)
+                .delete(notify::delete_one),
+        )
+        .route("/api/v1/notifications/channels/{name}/test", post(notify::test))
+        .route("/api/v1/notifications/deliveries", get(notify::history))
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/verify", get(audit::verify))
         .route_layer(from_fn_with_state(state.clone(), mw::audit_refusals))
