@@ -14,7 +14,11 @@ use crate::state::AppState;
 
 /// A channel: name, kind and settings (secrets by name), description, last change.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ChannelView(#[schema(value_type = Object)] pub serde_json::Value);
+pub struct ChannelView {
+    /// The channel.
+    #[schema(value_type = Object)]
+    pub channel: serde_json::Value,
+}
 
 /// Every channel, by name.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -26,7 +30,11 @@ pub struct ChannelList {
 
 /// How a test delivery went.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TestView(#[schema(value_type = Object)] pub serde_json::Value);
+pub struct TestView {
+    /// The attempt: `delivered`, `code`, `reply`, `error`, `latency_ms`, `event_id`.
+    #[schema(value_type = Object)]
+    pub result: serde_json::Value,
+}
 
 /// Deliveries, newest first, each with its attempts.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -65,7 +73,9 @@ pub async fn get_one(
 ) -> ApiResult<Json<ChannelView>> {
     caller.require(Permission::Read)?;
     let ch = state.inner.oc.channel(&name, &caller.actor).await?;
-    Ok(Json(ChannelView(to_json(&ch)?)))
+    Ok(Json(ChannelView {
+        channel: to_json(&ch)?,
+    }))
 }
 
 /// Create or replace a channel. The body is the channel's settings with its
@@ -99,7 +109,9 @@ pub async fn put(
         .oc
         .set_channel(&name, &description, spec, &caller.actor)
         .await?;
-    Ok(Json(ChannelView(to_json(&ch)?)))
+    Ok(Json(ChannelView {
+        channel: to_json(&ch)?,
+    }))
 }
 
 /// Delete a channel (its pending deliveries then fail).
@@ -135,7 +147,9 @@ pub async fn test(
 ) -> ApiResult<Json<TestView>> {
     caller.require(Permission::ManageSettings)?;
     let t = state.inner.oc.test_channel(&name, &caller.actor).await?;
-    Ok(Json(TestView(to_json(&t)?)))
+    Ok(Json(TestView {
+        result: to_json(&t)?,
+    }))
 }
 
 /// Query of the delivery history.

@@ -104,7 +104,6 @@ pub(crate) async fn deliver_loop(inner: Arc<Inner>) {
 
 /// One claimed delivery: send, record, schedule.
 async fn deliver_one(inner: &Inner, worker: &str, d: Delivery) {
-    let at = Utc::now();
     let sent = match inner.store.notify_store().get_channel(&d.channel).await {
         Ok(Some(ch)) => match serde_json::from_str::<Value>(&d.payload) {
             Ok(payload) => send_to(inner, &ch, &payload, d.event_id, d.id).await,
@@ -120,6 +119,9 @@ async fn deliver_one(inner: &Inner, worker: &str, d: Delivery) {
             latency: Duration::ZERO,
         },
     };
+    // The attempt's time is when its send started: its end less its latency.
+    let at = Utc::now()
+        - chrono::Duration::from_std(sent.latency).unwrap_or(chrono::Duration::zero());
     let s = &inner.notify.settings;
     let next = next_step(&d, &sent, s.backoff_base, s.backoff_max);
     let masker = inner.notify_masker().await;
@@ -177,7 +179,7 @@ pub(crate) async fn send_to(
         .unwrap_or("event")
         .to_string();
     let guard = s.block_private_addresses;
-    let client = match send::http_client(s.timeout, guard) {
+    let client = match inner.notify.client() {
         Ok(c) => c,
         Err(e) => return retry(e),
     };

@@ -138,6 +138,8 @@ pub(crate) struct NotifyState {
     pub settings: NotifySettings,
     pub wake: tokio::sync::Notify,
     deliverer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The HTTP client, built once (loading TLS roots costs ~100 ms).
+    client: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl NotifyState {
@@ -146,7 +148,20 @@ impl NotifyState {
             settings,
             wake: tokio::sync::Notify::new(),
             deliverer: std::sync::Mutex::new(None),
+            client: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The shared HTTP client (see [`send::http_client`]).
+    pub(crate) fn client(&self) -> std::result::Result<reqwest::Client, String> {
+        if let Some(c) = self.client.get() {
+            return Ok(c.clone());
+        }
+        let c = send::http_client(
+            self.settings.timeout,
+            self.settings.block_private_addresses,
+        )?;
+        Ok(self.client.get_or_init(|| c).clone())
     }
 }
 

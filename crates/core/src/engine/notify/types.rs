@@ -358,7 +358,7 @@ impl ChannelSpec {
                     ));
                 }
                 for (i, a) in to.iter().chain(std::iter::once(from)).enumerate() {
-                    if a.len() > 254 || a.parse::<lettre::Address>().is_err() {
+                    if a.len() > 254 || a.parse::<lettre::message::Mailbox>().is_err() {
                         let field = if i == to.len() { "from".to_string() } else { format!("to[{i}]") };
                         return Err(Error::validation(field, format!("'{a}' is not an e-mail address")));
                     }
