@@ -203,6 +203,9 @@ impl ConductorBuilder {
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease;
         self.config.heartbeat = lease / 3;
+        // A dead node's notifications are taken over after the same lease
+        // (but never before an attempt could have timed out).
+        self.notify.lease = lease.max(self.notify.timeout + Duration::from_secs(1));
         self
     }
 

@@ -67,7 +67,8 @@ pub struct NotifySettings {
     /// Time limit of one attempt.
     pub timeout: Duration,
     /// How long a deliverer holds a claimed delivery (longer than `timeout`);
-    /// a deliverer that dies is replaced after this.
+    /// a deliverer that dies is replaced after this. `ConductorBuilder::lease`
+    /// sets it to the run lease (at least `timeout` + 1 s).
     pub lease: Duration,
     /// How often deliverers look for due deliveries without a wake-up.
     pub poll: Duration,
