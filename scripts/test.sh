@@ -52,6 +52,17 @@ for tool in sh sleep md5sum base64 python3 docker; do
 done
 docker info >/dev/null 2>&1 || { echo "the Docker engine is not reachable (docker info failed)" >&2; exit 1; }
 
+# A real SMTP server for the notification tests: aiosmtpd (PyPI) in a venv
+# under target/, made once per machine; the tests find it through
+# OPSC_TEST_PYTHON.
+smtp_venv="${CARGO_TARGET_DIR:-target}/test-venv"
+if ! "$smtp_venv/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1; then
+  say "installing aiosmtpd into $smtp_venv"
+  python3 -m venv "$smtp_venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$smtp_venv"; }
+  "$smtp_venv/bin/pip" install -q aiosmtpd
+fi
+export OPSC_TEST_PYTHON="$(cd "$smtp_venv" && pwd)/bin/python"
+
 # One clean build: an incremental cache only costs disk here (about 2 GB) and
 # a fresh machine builds everything once anyway. Set CARGO_INCREMENTAL=1 to
 # keep it while iterating.

@@ -13,4 +13,5 @@
 mod engine;
 mod lease;
 mod schedules;
+mod notify;
 mod secrets;

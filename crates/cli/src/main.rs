@@ -9,6 +9,7 @@
 
 mod admin;
 mod commands;
+mod notify;
 mod output;
 mod prune;
 mod schedules;
@@ -119,6 +120,9 @@ enum Cmd {
     Worker(admin::WorkerArgs),
     /// Serve the REST API (users, tokens, live logs, audit) with workers in-process.
     Serve(serve::ServeArgs),
+    /// Notification channels, test deliveries and delivery history.
+    #[command(subcommand)]
+    Notifications(notify::NotifyCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -279,6 +283,7 @@ fn reads_existing_state(cmd: &Cmd) -> bool {
         Cmd::Secrets(s) => !matches!(s, secrets::SecretsCmd::Set { .. }),
         Cmd::Runs(_) | Cmd::Jobs(_) | Cmd::Targets(_) | Cmd::Audit { .. } | Cmd::Prune(_) => true,
         Cmd::Schedules(_) => true,
+        Cmd::Notifications(_) => true,
     }
 }
 
@@ -319,6 +324,7 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
     let oc = builder.build().await?;
     match cli.command {
         Cmd::Secrets(cmd) => secrets::secrets(&oc, out, cmd).await,
+        Cmd::Notifications(cmd) => notify::notifications(&oc, out, cmd).await,
         Cmd::Audit {
             check: Some(admin::AuditCmd::Verify { anchor }),
             ..

@@ -242,6 +242,9 @@ pub struct JobSpec {
     pub secrets: Vec<String>,
     /// The steps, run in order.
     pub steps: Vec<Step>,
+    /// Notification rules of this job (see `docs/notifications.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<crate::engine::notify::NotifyRule>,
 }
 
 fn default_targets() -> Vec<String> {

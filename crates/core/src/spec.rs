@@ -398,6 +398,8 @@ struct JobDoc {
     #[serde(default)]
     secrets: Vec<String>,
     steps: Vec<StepDoc>,
+    #[serde(default)]
+    notify: Vec<crate::engine::notify::NotifyRule>,
 }
 
 #[derive(Deserialize)]
@@ -498,6 +500,7 @@ impl JobDoc {
             timeout: self.timeout,
             secrets: self.secrets,
             steps,
+            notify: check_notify(self.notify)?,
         })
     }
 }
@@ -569,6 +572,27 @@ impl StepDoc {
             limits: self.limits,
         })
     }
+}
+
+/// A job's `notify:` rules, bounded and checked (`notify[i].field: …`).
+fn check_notify(rules: Vec<crate::engine::notify::NotifyRule>) -> Result<Vec<crate::engine::notify::NotifyRule>> {
+    use crate::engine::notify::MAX_RULES;
+    if rules.len() > MAX_RULES {
+        return Err(Error::validation(
+            "notify",
+            format!("at most {MAX_RULES} rules, got {}", rules.len()),
+        ));
+    }
+    for (i, r) in rules.iter().enumerate() {
+        if !r.jobs.is_empty() {
+            return Err(Error::validation(
+                format!("notify[{i}].jobs"),
+                "a job's own rules apply to that job only; filter by job in global rules",
+            ));
+        }
+        r.check().map_err(|e| e.within(&format!("notify[{i}]")))?;
+    }
+    Ok(rules)
 }
 
 fn parse_mode(s: &str) -> Result<u32> {

@@ -25,6 +25,9 @@ use serde::Serialize;
 
 use crate::auth::{ApiToken, RefreshToken, RefreshUse, User};
 use crate::bus::Event;
+use crate::engine::notify::{
+    Attempt, Channel, Delivery, DeliveryFilter, DeliveryNext, NewDelivery,
+};
 use crate::error::Result;
 use crate::model::{AuditEvent, Job, JobSpec, LogChunk, Run, RunId, RunStatus, StepResult, Target};
 use crate::secrets::{KeyRecord, SecretChange, SecretRecord};
@@ -252,6 +255,72 @@ pub trait Store: TargetStore + JobStore + RunStore + LogStore {
 
     /// The backend's schedules and fire records.
     fn schedule_store(&self) -> &dyn ScheduleStore;
+    /// The backend's notification channels and outbox.
+    fn notify_store(&self) -> &dyn NotifyStore;
+}
+
+/// Notification channels and the durable outbox of deliveries.
+///
+/// Rules every backend MUST follow (the behaviour suite checks each):
+/// - `finish_run_notifying` is `finish_run` (same guard: only the current
+///   owner, only a `running` run) plus the deliveries, in ONE transaction:
+///   either the run ends and every delivery is stored, or neither happens.
+/// - `claim_deliveries` hands each due delivery (`pending` with `next_at`
+///   passed, or `delivering` whose lease ended) to exactly one caller, oldest
+///   due first, at most `limit`, and counts the attempt.
+/// - `record_attempt` always stores the attempt; it moves the delivery on
+///   (`delivered`, `pending` at the retry time, `failed`) only while `worker`
+///   still holds it, and answers whether it did.
+/// - a second delivery with the same `(event_id, channel)` is ignored.
+#[async_trait]
+pub trait NotifyStore: Send + Sync {
+    /// Creates or replaces a channel.
+    async fn put_channel(&self, channel: &Channel) -> Result<()>;
+    /// One channel.
+    async fn get_channel(&self, name: &str) -> Result<Option<Channel>>;
+    /// All channels, by name.
+    async fn list_channels(&self) -> Result<Vec<Channel>>;
+    /// Deletes a channel; false if there was none.
+    async fn delete_channel(&self, name: &str) -> Result<bool>;
+    /// [`RunStore::finish_run`] and the deliveries it causes, atomically.
+    async fn finish_run_notifying(
+        &self,
+        finish: &FinishRun<'_>,
+        deliveries: &[NewDelivery],
+    ) -> Result<bool>;
+    /// Stores deliveries (events not tied to a run's end).
+    async fn enqueue_deliveries(&self, deliveries: &[NewDelivery]) -> Result<()>;
+    /// Claims due deliveries for `worker` until `now + lease`.
+    async fn claim_deliveries(
+        &self,
+        worker: &str,
+        lease: Duration,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Delivery>>;
+    /// Records an attempt and, if `worker` still holds the delivery, its next state.
+    async fn record_attempt(&self, attempt: &Attempt, next: DeliveryNext) -> Result<bool>;
+    /// One delivery.
+    async fn get_delivery(&self, id: uuid::Uuid) -> Result<Option<Delivery>>;
+    /// Deliveries, newest first.
+    async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>>;
+    /// The attempts of a delivery, in order.
+    async fn attempts(&self, delivery: uuid::Uuid) -> Result<Vec<Attempt>>;
+}
+
+/// The guarded end of a run (see [`RunStore::finish_run`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FinishRun<'a> {
+    /// The run.
+    pub id: RunId,
+    /// Its owner.
+    pub worker: &'a str,
+    /// The owner's attempt.
+    pub attempt: u32,
+    /// The final state.
+    pub status: RunStatus,
+    /// Why it failed.
+    pub error: Option<&'a str>,
 }
 
 /// How much old data a prune would remove (or removed).

@@ -88,6 +88,9 @@ pub struct ServerConfig {
     /// `[retention]` table; default: forever). With any set, the server prunes
     /// every `retention.interval`.
     pub retention: opsconductor::Retention,
+    /// Notifications (the `[notifications]` table): global rules, public
+    /// URL, retry time, and the SSRF guard — on by default for servers.
+    pub notifications: opsconductor::engine::notify::NotifySettings,
 }
 
 impl Default for ServerConfig {
@@ -121,6 +124,10 @@ impl Default for ServerConfig {
             max_connections_per_ip: 256,
             local_allow_roles: vec![opsconductor::auth::Role::Admin],
             retention: opsconductor::Retention::default(),
+            notifications: opsconductor::engine::notify::NotifySettings {
+                block_private_addresses: true,
+                ..Default::default()
+            },
         }
     }
 }
@@ -163,6 +170,7 @@ impl fmt::Debug for ServerConfig {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("local_allow_roles", &self.local_allow_roles)
             .field("retention", &self.retention)
+            .field("notifications", &self.notifications)
             .finish()
     }
 }
@@ -218,6 +226,20 @@ struct FileConfig {
     max_connections_per_ip: Option<usize>,
     local: Option<LocalSection>,
     retention: Option<RetentionFile>,
+    notifications: Option<NotificationsFile>,
+}
+
+/// `[notifications]`: rules for every job, the public URL runs link to,
+/// the SSRF guard and how long deliveries are retried.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotificationsFile {
+    public_url: Option<String>,
+    block_private_addresses: Option<bool>,
+    retry_for: Option<String>,
+    log_lines: Option<usize>,
+    #[serde(default)]
+    rules: Vec<opsconductor::engine::notify::NotifyRule>,
 }
 
 /// `[local]`: who may run steps on the server's own host.
@@ -382,6 +404,21 @@ impl ServerConfig {
             if let Some(v) = r.batch {
                 c.retention.batch = v;
             }
+        }
+        if let Some(n) = file.notifications {
+            let s = &mut c.notifications;
+            s.public_url = n.public_url.or(s.public_url.take());
+            if let Some(v) = n.block_private_addresses {
+                s.block_private_addresses = v;
+            }
+            if let Some(v) = n.retry_for {
+                s.retry_for = parse_duration(&field("notifications.retry_for"), &v)?;
+            }
+            if let Some(v) = n.log_lines {
+                s.log_lines = v;
+            }
+            s.rules = n.rules;
+            s.check()?;
         }
         Ok(c)
     }

@@ -107,6 +107,7 @@ pub async fn start(config: ServerConfig) -> Result<Running> {
     let oc = builder
         .retention(config.retention.clone())
         .scheduler(opsconductor::SchedulerConfig::from_env())
+        .notifications(config.notifications.clone())
         .build()
         .await?;
     let mut running = start_with(oc, config).await?;

@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod definitions;
 mod local;
+pub mod notify;
 mod outcome;
 mod retention;
 mod runs;
@@ -141,6 +142,7 @@ pub struct ConductorBuilder {
     local_policy: LocalPolicy,
     retention: Retention,
     scheduler: SchedulerConfig,
+    notify: notify::NotifySettings,
 }
 
 impl ConductorBuilder {
@@ -149,6 +151,13 @@ impl ConductorBuilder {
     /// [`Conductor::start_scheduler`].
     pub fn scheduler(mut self, scheduler: SchedulerConfig) -> Self {
         self.scheduler = scheduler;
+        self
+    }
+
+    /// Notification rules, public URL, SSRF guard and retry policy (see
+    /// [`notify::NotifySettings`]); deliverers run wherever workers run.
+    pub fn notifications(mut self, settings: notify::NotifySettings) -> Self {
+        self.notify = settings;
         self
     }
 
@@ -207,6 +216,9 @@ impl ConductorBuilder {
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease;
         self.config.heartbeat = lease / 3;
+        // A dead node's notifications are taken over after the same lease
+        // (but never before an attempt could have timed out).
+        self.notify.lease = lease.max(self.notify.timeout + Duration::from_secs(1));
         self
     }
 
@@ -237,6 +249,7 @@ impl ConductorBuilder {
             ));
         }
         retention::check_batch("retention.batch", self.retention.batch)?;
+        self.notify.check()?;
         let mut executors = HashMap::new();
         for e in self.executors {
             executors.insert(e.kind(), e);
@@ -280,6 +293,7 @@ impl ConductorBuilder {
                 secret_cache: Mutex::new(secret_cache::SecretCache::default()),
                 workers: Mutex::new(Vec::new()),
                 scheduler: self.scheduler,
+                notify: notify::NotifyState::new(self.notify),
             }),
         };
         oc.start_workers(self.workers);
@@ -347,6 +361,8 @@ pub(crate) struct Inner {
     workers: Mutex<Vec<JoinHandle<()>>>,
     /// The scheduler's settings and clock.
     pub(crate) scheduler: SchedulerConfig,
+    /// Notification settings and the deliverers' wake-up.
+    pub(crate) notify: notify::NotifyState,
 }
 
 impl Inner {
@@ -392,6 +408,7 @@ impl Conductor {
             local_policy: LocalPolicy::default(),
             retention: Retention::default(),
             scheduler: SchedulerConfig::default(),
+            notify: notify::NotifySettings::default(),
         }
     }
 
@@ -441,6 +458,8 @@ impl Conductor {
         }
         let inner = self.inner.clone();
         let idx = handles.len();
+        // Notifications are delivered wherever runs are executed.
+        notify::start_deliverer(&self.inner);
         handles.push(tokio::spawn(async move {
             worker::worker_loop(inner, idx, n).await
         }));

@@ -166,6 +166,7 @@ impl Conductor {
             concurrency: req.concurrency,
             timeout: None,
             secrets: vec![],
+            notify: vec![],
             steps: vec![Step {
                 name: "exec".into(),
                 action: Action::Exec {

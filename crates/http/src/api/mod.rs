@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod auth;
 pub mod jobs;
+pub mod notify;
 pub mod ops;
 pub mod runs;
 pub mod schedules;
@@ -47,6 +48,7 @@ use crate::{auth as authn, middleware as mw};
         audit::list, audit::verify,
         schedules::list, schedules::get_one, schedules::next, schedules::pause, schedules::resume,
         schedules::run_now, schedules::delete_one,
+        notify::list, notify::get_one, notify::put, notify::delete_one, notify::test, notify::history,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -59,6 +61,7 @@ use crate::{auth as authn, middleware as mw};
         (name = "users", description = "Users and roles"),
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "schedules", description = "Cron schedules of jobs (created with /api/v1/apply)"),
+        (name = "notifications", description = "Notification channels and delivery history"),
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]
@@ -135,6 +138,15 @@ pub fn router(state: AppState) -> Router {
             get(auth::tokens).post(auth::create_token),
         )
         .route("/api/v1/auth/tokens/{id}", delete(auth::revoke_token))
+        .route("/api/v1/notifications/channels", get(notify::list))
+        .route(
+            "/api/v1/notifications/channels/{name}",
+            get(notify::get_one)
+                .put(notify::put)
+                .delete(notify::delete_one),
+        )
+        .route("/api/v1/notifications/channels/{name}/test", post(notify::test))
+        .route("/api/v1/notifications/deliveries", get(notify::history))
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/verify", get(audit::verify))
         .route("/api/v1/schedules", get(schedules::list))

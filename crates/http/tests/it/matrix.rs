@@ -3,7 +3,7 @@
 //! (`opsconductor::auth::MATRIX` via `allows`): 2xx when the role holds the
 //! permission, 403 (in the error shape, and audited) when not, 401 without
 //! or with a bad token. The table below must name every operation of the
-//! OpenAPI document and use every permission of the matrix but settings;
+//! OpenAPI document and use every permission of the matrix;
 //! WebSocket endpoints are checked by a real handshake.
 
 use crate::common;
@@ -71,6 +71,28 @@ fn cases() -> Vec<Case> {
         case(M::GET, "/api/v1/secrets", None, Perm(P::Read)),
         case(M::GET, "/api/v1/secrets/s1", None, Perm(P::Read)),
         case(M::GET, "/api/v1/secrets/s1/history", None, Perm(P::Read)),
+        case(M::GET, "/api/v1/notifications/channels", None, Perm(P::Read)),
+        case(M::GET, "/api/v1/notifications/channels/s1", None, Perm(P::Read)),
+        case(M::GET, "/api/v1/notifications/deliveries", None, Perm(P::Read)),
+        case(
+            M::PUT,
+            "/api/v1/notifications/channels/c-{role}",
+            Some(json!({"kind": "webhook", "url": "https://hooks.example.com/x"})),
+            Perm(P::ManageSettings),
+        ),
+        case(
+            M::DELETE,
+            "/api/v1/notifications/channels/dc-{role}",
+            None,
+            Perm(P::ManageSettings),
+        ),
+        // Nothing listens on port 9: allowed, the answer says "not delivered".
+        case(
+            M::POST,
+            "/api/v1/notifications/channels/s1/test",
+            None,
+            Perm(P::ManageSettings),
+        ),
         case(M::GET, "/api/v1/audit", None, Perm(P::ReadAudit)),
         case(M::GET, "/api/v1/schedules", None, Perm(P::Read)),
         case(M::GET, "/api/v1/schedules/hello", None, Perm(P::Read)),
@@ -308,7 +330,20 @@ async fn fixtures(srv: &Srv) -> String {
         )
         .await;
     assert_eq!(r.status(), 201);
+    let hook = json!({"kind": "webhook", "url": "http://127.0.0.1:9/"});
+    let r = srv
+        .put("/api/v1/notifications/channels/s1", &srv.admin, hook.clone())
+        .await;
+    assert_eq!(r.status(), 200, "channel s1");
     for role in Role::ALL {
+        let r = srv
+            .put(
+                &format!("/api/v1/notifications/channels/dc-{role}"),
+                &srv.admin,
+                hook.clone(),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "channel dc-{role}");
         let r = srv
             .put(
                 &format!("/api/v1/targets/d-{role}"),
@@ -475,8 +510,7 @@ async fn every_endpoint_for_every_role(backend: Backend) {
 on_both!(every_endpoint_for_every_role);
 
 /// The table covers every operation of the OpenAPI document (apart from the
-/// public ones) and every permission of the matrix (apart from settings,
-/// which has no endpoint yet).
+/// public ones) and every permission of the matrix.
 #[test]
 fn the_table_covers_the_api_and_the_matrix() {
     let doc: Value =
@@ -527,9 +561,6 @@ fn the_table_covers_the_api_and_the_matrix() {
         "operations without a matrix row: {missing:?}"
     );
     for (perm, _) in MATRIX {
-        if *perm == Permission::ManageSettings {
-            continue;
-        }
         assert!(
             cases()
                 .iter()

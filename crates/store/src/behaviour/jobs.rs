@@ -143,6 +143,7 @@ pub async fn job_spec_round_trips_every_field(store: Arc<dyn Store>) -> Result<(
         concurrency: 3,
         timeout: Some(Duration::from_secs(5400)),
         secrets: vec!["deploy-key".into(), "api-token".into()],
+        notify: vec![],
         steps: vec![exec, script, inline, from_file],
     };
     store

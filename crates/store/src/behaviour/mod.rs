@@ -25,6 +25,7 @@ mod audit;
 mod claims;
 mod jobs;
 mod logs;
+mod notify;
 mod results;
 mod retention;
 mod runs;
@@ -38,6 +39,7 @@ pub use self::audit::*;
 pub use self::claims::*;
 pub use self::jobs::*;
 pub use self::logs::*;
+pub use self::notify::*;
 pub use self::results::*;
 pub use self::retention::*;
 pub use self::runs::*;
@@ -136,6 +138,10 @@ macro_rules! store_behaviour_suite {
             fire_commits_are_exactly_once_under_races,
             stale_generations_and_pending_promotions_are_refused,
             scheduled_runs_record_schedule_and_fire_time,
+            notify_channels_crud,
+            finish_run_notifying_is_guarded_and_atomic,
+            deliveries_are_claimed_once_retried_and_rescued,
+            delivery_history_by_run_and_channel,
         }
     };
 }
@@ -181,6 +187,7 @@ pub fn job_spec(name: &str) -> JobSpec {
         concurrency: DEFAULT_CONCURRENCY,
         timeout: None,
         secrets: vec![],
+        notify: vec![],
         steps: vec![step(
             "hello",
             Action::Exec {

@@ -28,12 +28,14 @@
 //! are given to the macro as literals: `owner_lock` (after the owner check of
 //! a guarded write) and `refresh_lock` (after reading a refresh token).
 
+mod notify;
 mod retention;
 mod runs;
 mod schedules;
 mod secrets;
 mod users;
 
+pub(crate) use notify::{delivery_columns, due_deliveries, notify_sql};
 pub(crate) use retention::{batch, count, finished_before, retention_sql};
 pub(crate) use runs::run_sql;
 pub(crate) use schedules::{fire_columns, schedule_columns, schedule_sql};
@@ -91,6 +93,7 @@ macro_rules! store_sql {
         $crate::sql::user_sql!($store, refresh_lock = $refresh_lock);
         $crate::sql::retention_sql!($store);
         $crate::sql::schedule_sql!($store, $db);
+        $crate::sql::notify_sql!($store, $db);
     };
 }
 pub(crate) use store_sql;

@@ -834,6 +834,10 @@ macro_rules! run_sql {
                     self
                 }
 
+                fn notify_store(&self) -> &dyn opsconductor_core::store::NotifyStore {
+                    self
+                }
+
                 async fn apply(&self, batch: &ApplyBatch, by: &str) -> Result<Vec<ApplyItem>> {
                     self.apply_all(batch, by).await
                 }

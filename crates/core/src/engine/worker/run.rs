@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::super::Inner;
+use super::super::notify::RunNotice;
 use super::super::secrets::RunSecrets;
 use super::lease::{LeaseClock, RunStop, StopReason, Watchers, after};
 use super::logs::LogWriter;
@@ -21,6 +22,7 @@ use crate::bus::Event;
 use crate::executor::{OutputSink, Session};
 use crate::mask::Masker;
 use crate::model::{Run, RunId, RunStatus, StepResult, StepStatus, Stream, Target};
+use crate::store::FinishRun;
 
 /// Per-run state shared by the step tasks.
 pub(crate) struct RunState {
@@ -90,16 +92,21 @@ pub(crate) async fn execute_run(inner: Arc<Inner>, run: Run) {
     );
     let (id, attempt) = (run.id, run.attempt);
     let worker = worker_of(&inner, &run);
+    // The notification rules of the run, taken now: its end is written
+    // with the deliveries it causes (also after a panic).
+    let notice = inner.run_notice(&run);
     async move {
         tracing::info!("run started");
-        let ended = std::panic::AssertUnwindSafe(run_to_end(inner.clone(), run))
-            .catch_unwind()
-            .await;
+        let ended =
+            std::panic::AssertUnwindSafe(run_to_end(inner.clone(), run, notice.as_ref()))
+                .catch_unwind()
+                .await;
         if let Err(panic) = ended {
             let why = format!("internal error: {}", panic_message(panic.as_ref()));
             tracing::error!(run = %id, "{why}");
             fail_running_results(&inner, id, &worker, attempt, &why).await;
-            finish(&inner, id, &worker, attempt, RunEnd::failed(why)).await;
+            let end = RunEnd::failed(why);
+            finish(&inner, id, &worker, attempt, end, notice.as_ref()).await;
         }
         tracing::info!("run ended");
     }
@@ -139,12 +146,27 @@ async fn fail_running_results(inner: &Inner, id: RunId, worker: &str, attempt: u
     }
 }
 
-/// Records the end of a run this worker holds.
-async fn finish(inner: &Inner, id: RunId, worker: &str, attempt: u32, end: RunEnd) {
+/// Records the end of a run this worker holds, with the notifications it
+/// causes in the same transaction.
+async fn finish(
+    inner: &Inner,
+    id: RunId,
+    worker: &str,
+    attempt: u32,
+    end: RunEnd,
+    notice: Option<&RunNotice>,
+) {
     let finished = persist(inner, "recording the end of the run", || {
-        inner
-            .store
-            .finish_run(id, worker, attempt, end.status, end.error.as_deref())
+        inner.finish_run_notifying(
+            notice,
+            FinishRun {
+                id,
+                worker,
+                attempt,
+                status: end.status,
+                error: end.error.as_deref(),
+            },
+        )
     })
     .await;
     match finished {
@@ -183,7 +205,7 @@ impl Drop for Registered<'_> {
 }
 
 /// Executes a claimed run to its end, unless its lease is lost.
-async fn run_to_end(inner: Arc<Inner>, run: Run) {
+async fn run_to_end(inner: Arc<Inner>, run: Run, notice: Option<&RunNotice>) {
     let (id, attempt) = (run.id, run.attempt);
     let worker = worker_of(&inner, &run);
     let stop = RunStop::new();
@@ -248,7 +270,7 @@ async fn run_to_end(inner: Arc<Inner>, run: Run) {
         tracing::warn!(run = %id, "lost the lease; another worker may own this run now, so nothing more is recorded");
         return;
     }
-    finish(&inner, id, &worker, attempt, end).await;
+    finish(&inner, id, &worker, attempt, end, notice).await;
 }
 
 /// Runs the steps, turning a panic among them into a failed run (the run's
