@@ -89,7 +89,12 @@ macro_rules! store_sql {
         mod rows {
             $crate::rows::row_decoders!(<$db as sqlx::Database>::Row, $db);
         }
-        $crate::sql::run_sql!($store, $db, owner_lock = $owner_lock, owner_rows = $owner_rows);
+        $crate::sql::run_sql!(
+            $store,
+            $db,
+            owner_lock = $owner_lock,
+            owner_rows = $owner_rows
+        );
         $crate::sql::secret_sql!($store, $db);
         $crate::sql::user_sql!($store, refresh_lock = $refresh_lock);
         $crate::sql::retention_sql!($store);
