@@ -1,12 +1,14 @@
 //! Run with: `cargo bench --bench steps --features postgres` (set
-//! `OPSC_BENCH_STEPS`, default 2000; 10000 is the long job).
+//! `OPSC_BENCH_STEPS` to one length or several, comma-separated; default
+//! `1000,3000,10000`: 10,000 is the long job).
 //!
 //! The engine's cost per step: one run of N `exec: "true"` steps on the
 //! local target, through the whole engine (claim, render, spawn, record each
 //! result, heartbeats, finish), on the embedded SQLite store and on a
 //! throwaway PostgreSQL server, side by side with a bare `sh -c true` spawn
 //! loop of the same length. Prints ms per step for each, the ratio and the
-//! engine's overhead per step (engine ms/step − bare ms/step).
+//! engine's overhead per step (engine ms/step − bare ms/step). The cost per
+//! step must not grow with the job's length: compare the lengths.
 
 #![allow(
     clippy::print_stdout,
@@ -71,37 +73,40 @@ async fn engine(url: &str, n: usize) -> Result<Duration, Box<dyn std::error::Err
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: usize = std::env::var("OPSC_BENCH_STEPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    println!("OpsConductor per-step cost: one run of {n} steps of `true` (local executor)\n");
-    println!(
-        "{:<26} {:>10} {:>10} {:>8} {:>12}",
-        "", "total s", "ms/step", "ratio", "overhead"
-    );
+    let lengths: Vec<usize> = std::env::var("OPSC_BENCH_STEPS")
+        .unwrap_or_else(|_| "1000,3000,10000".into())
+        .split(',')
+        .map(|n| n.trim().parse())
+        .collect::<Result<_, _>>()?;
     bare_spawns(20);
-    let bare = bare_spawns(n);
-    let per = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
-    println!(
-        "{:<26} {:>10.2} {:>10.3}",
-        "bare `sh -c true` loop",
-        bare.as_secs_f64(),
-        per(bare)
-    );
-    let sqlite_dir = tempfile::tempdir()?;
-    let sqlite = format!("sqlite://{}", sqlite_dir.path().join("b.db").display());
-    let postgres = opsconductor_store::testing::pg::fresh_database().await;
-    for (name, url) in [("SQLite", sqlite), ("PostgreSQL", postgres)] {
-        let took = engine(&url, n).await?;
+    for n in lengths {
+        println!("\nOpsConductor per-step cost: one run of {n} steps of `true` (local executor)\n");
         println!(
-            "{:<26} {:>10.2} {:>10.3} {:>7.2}x {:>9.3} ms",
-            format!("engine, {name}"),
-            took.as_secs_f64(),
-            per(took),
-            per(took) / per(bare),
-            per(took) - per(bare)
+            "{:<26} {:>10} {:>10} {:>8} {:>12}",
+            "", "total s", "ms/step", "ratio", "overhead"
         );
+        let bare = bare_spawns(n);
+        let per = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
+        println!(
+            "{:<26} {:>10.2} {:>10.3}",
+            "bare `sh -c true` loop",
+            bare.as_secs_f64(),
+            per(bare)
+        );
+        let sqlite_dir = tempfile::tempdir()?;
+        let sqlite = format!("sqlite://{}", sqlite_dir.path().join("b.db").display());
+        let postgres = opsconductor_store::testing::pg::fresh_database().await;
+        for (name, url) in [("SQLite", sqlite), ("PostgreSQL", postgres)] {
+            let took = engine(&url, n).await?;
+            println!(
+                "{:<26} {:>10.2} {:>10.3} {:>7.2}x {:>9.3} ms",
+                format!("engine, {name}"),
+                took.as_secs_f64(),
+                per(took),
+                per(took) / per(bare),
+                per(took) - per(bare)
+            );
+        }
     }
     println!("\nratio = engine ms/step ÷ bare ms/step; overhead = the difference per step.");
     Ok(())

@@ -1261,3 +1261,38 @@ async fn target_outcomes_come_from_the_core() {
     assert_eq!(d.failing_result("local").map(|r| r.step), Some(1));
     assert!(o.duration.is_some());
 }
+
+/// `run_page` reads at most `MAX_RESULT_PAGE` results whatever a front end
+/// asks: 0, one more than the cap and `usize::MAX` are refused naming
+/// `limit`; pages within the cap walk every result.
+#[tokio::test]
+async fn run_pages_are_bounded_by_the_engine() {
+    let env = engine().await;
+    env.apply("kind: Job\nname: two\nsteps:\n  - exec: \"true\"\n  - exec: \"true\"\n")
+        .await;
+    let d = env.run("two", json!({})).await;
+    let id = d.run.id;
+    let v = viewer();
+    let first = env.oc.run_page(id, None, 1, &v).await.unwrap();
+    assert_eq!(first.results.len(), 1);
+    let last = &first.results[0];
+    let rest = env
+        .oc
+        .run_page(
+            id,
+            Some((last.step, last.target.as_str())),
+            opsconductor::MAX_RESULT_PAGE,
+            &v,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.results.len(), 1);
+    assert_eq!(rest.results[0].step, 1);
+    for limit in [0, opsconductor::MAX_RESULT_PAGE + 1, usize::MAX] {
+        let refused = env.oc.run_page(id, None, limit, &v).await;
+        assert!(
+            matches!(&refused, Err(Error::Validation { field: Some(f), .. }) if f == "limit"),
+            "limit {limit}: {refused:?}"
+        );
+    }
+}

@@ -150,15 +150,12 @@ steps:
 }
 
 /// (b) A long job of many short steps (many leases of step results and
-/// wake-ups) ends `succeeded` on attempt 1 with every result.
-/// 3,000 steps, not the 10,000 of the issue: in a debug build on the shared
-/// 2-core machine a step still costs ~8 ms at this length (most of it
-/// forking the worker process for the step's own process), so 3,000 is the
-/// most that finishes in about 30 s per backend. On SQLite the cost grows
-/// with the job's length (the guarded writes read the `runs` row past its
-/// stored spec), so `benches/steps.rs` runs the 10,000.
+/// wake-ups) ends `succeeded` on attempt 1 with every result: the issue's
+/// 10,000 steps. The cost of a step must not grow with the job's length
+/// (`benches/steps.rs` measures it at 1,000, 3,000 and 10,000 steps); this
+/// prints the time per step it saw.
 async fn many_steps_keep_their_lease(backend: Backend) {
-    const STEPS: usize = 3_000;
+    const STEPS: usize = 10_000;
     let env = engine(backend, None).await;
     let mut yaml = String::from("kind: Job\nname: many\nsteps:\n");
     for _ in 0..STEPS {
@@ -172,14 +169,19 @@ async fn many_steps_keep_their_lease(backend: Backend) {
         .unwrap();
     let started = Instant::now();
     env.oc.start_workers(1);
+    // Generous: a debug build on a shared machine; the bench measures.
     let done = tokio::time::timeout(
-        Duration::from_secs(300),
+        Duration::from_secs(1800),
         env.oc.wait(run.id, &opsconductor::Actor::new("test")),
     )
     .await
     .expect("the run ends")
     .unwrap();
-    eprintln!("{STEPS} steps took {:?}", started.elapsed());
+    let took = started.elapsed();
+    eprintln!(
+        "{STEPS} steps took {took:?}: {:.2} ms/step",
+        took.as_secs_f64() * 1000.0 / STEPS as f64
+    );
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.error);
     assert_eq!(done.attempt, 1, "the run was rescued from a live worker");
     let d = env.oc.run(run.id, &me()).await.unwrap();

@@ -28,8 +28,8 @@ pub mod template;
 pub use engine::{
     AuditExport, AuditPage, AuditQuery, AuditVerification, Conductor, ConductorBuilder, Config,
     DEFAULT_PRUNE_BATCH, ExecRequest, LocalPolicy, LogPage, LogStream, Login, MAX_AUDIT_PAGE,
-    MAX_LOG_PAGE, MAX_SECRET_BYTES, PRUNE_BATCH_RANGE, PruneReport, PruneRequest, Retention,
-    RotationReport, RunDetail, ScheduleDetail, SchedulerConfig, SecretInfo, SetSecret,
+    MAX_LOG_PAGE, MAX_RESULT_PAGE, MAX_SECRET_BYTES, PRUNE_BATCH_RANGE, PruneReport, PruneRequest,
+    Retention, RotationReport, RunDetail, ScheduleDetail, SchedulerConfig, SecretInfo, SetSecret,
     SetSecretOutcome, SubmitRequest, TargetCheck, TargetOutcome,
 };
 pub use lines::{Line, LineSplitter};

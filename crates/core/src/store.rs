@@ -188,6 +188,13 @@ pub trait RunStore: Send + Sync {
     async fn run_status(&self, id: RunId) -> Result<Option<RunStatus>> {
         Ok(self.get_run(id).await?.map(|r| r.status))
     }
+    /// Whether someone asked a run to stop (`None`: no such run), for the
+    /// worker's cancel watcher, which asks on a fixed interval while the run
+    /// executes: like [`run_status`](Self::run_status), without decoding
+    /// the run's job spec (its cost would grow with the job's length).
+    async fn cancel_requested(&self, id: RunId) -> Result<Option<bool>> {
+        Ok(self.get_run(id).await?.map(|r| r.cancel_requested))
+    }
 }
 
 /// The ordered output of runs.

@@ -20,7 +20,8 @@ mod worker;
 pub use local::LocalPolicy;
 pub use outcome::TargetOutcome;
 pub use runs::{
-    ADHOC_JOB, ExecRequest, LogPage, LogStream, MAX_LOG_PAGE, RunDetail, SubmitRequest,
+    ADHOC_JOB, ExecRequest, LogPage, LogStream, MAX_LOG_PAGE, MAX_RESULT_PAGE, RunDetail,
+    SubmitRequest,
 };
 pub use scheduler::{SchedulerConfig, TickReport};
 pub use schedules::{MAX_NEXT_COUNT, ScheduleDetail};

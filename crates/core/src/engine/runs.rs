@@ -96,6 +96,12 @@ pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk>> + Send>>;
 /// Largest page of stored output [`Conductor::log_page`] returns.
 pub const MAX_LOG_PAGE: usize = 5000;
 
+/// Largest page of results [`Conductor::run_page`] returns: a page is read
+/// whole into memory, so its size is bounded here, whatever the front end
+/// asks (the HTTP API asks for at most 5,000 and one more, to learn whether
+/// more follow).
+pub const MAX_RESULT_PAGE: usize = 10_000;
+
 /// Chunks read from the store per statement when streaming output.
 const LOG_BATCH: usize = 500;
 
@@ -404,10 +410,10 @@ impl Conductor {
         Ok(RunDetail { run, results })
     }
 
-    /// A run with one page of its results: at most `limit`, by step then
-    /// target in byte order, after `after` (the step and target of the
-    /// previous page's last result). A large run's detail is read a page at
-    /// a time, never whole.
+    /// A run with one page of its results: at most `limit` (1 to
+    /// [`MAX_RESULT_PAGE`]), by step then target in byte order, after
+    /// `after` (the step and target of the previous page's last result). A
+    /// large run's detail is read a page at a time, never whole.
     pub async fn run_page(
         &self,
         id: RunId,
@@ -416,6 +422,12 @@ impl Conductor {
         actor: &Actor,
     ) -> Result<RunDetail> {
         actor.require(Permission::Read)?;
+        if !(1..=MAX_RESULT_PAGE).contains(&limit) {
+            return Err(Error::validation(
+                "limit",
+                format!("{limit} is out of range (1-{MAX_RESULT_PAGE})"),
+            ));
+        }
         let run = self.get_run(id).await?;
         let results = self.inner.store.step_results_page(id, after, limit).await?;
         Ok(RunDetail { run, results })

@@ -480,10 +480,17 @@ pub async fn request_cancel_in_each_state(store: Arc<dyn Store>) -> Result<()> {
         "a cancelled run is not claimed"
     );
 
+    assert_eq!(store.cancel_requested(running.id).await?, Some(false));
     let r = found(store.request_cancel(running.id).await?, "running run")?;
     let mut want = running.clone();
     want.cancel_requested = true;
     assert_eq!(r, want, "a running run is only flagged");
+    assert_eq!(
+        store.cancel_requested(running.id).await?,
+        Some(true),
+        "the flag alone reads as stored"
+    );
+    assert_eq!(store.cancel_requested(RunId::new()).await?, None);
     assert!(
         store
             .heartbeat(running.id, "w1", 1, now + TimeDelta::minutes(5))

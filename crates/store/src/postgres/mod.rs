@@ -285,5 +285,6 @@ crate::sql::store_sql!(
     PostgresStore,
     sqlx::Postgres,
     owner_lock = " FOR SHARE",
+    owner_rows = "runs",
     refresh_lock = " FOR UPDATE OF t, f"
 );

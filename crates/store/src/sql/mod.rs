@@ -27,6 +27,11 @@
 //! The row-lock clauses SQLite has no use for (its writers are serialised)
 //! are given to the macro as literals: `owner_lock` (after the owner check of
 //! a guarded write) and `refresh_lock` (after reading a refresh token).
+//! `owner_rows` is what the owner check of a guarded write reads `FROM`:
+//! on SQLite the covering index `runs_owner` (migration 0013), because the
+//! columns the check needs are stored after the run's job spec, and reading
+//! them from the table would walk the spec's overflow pages on every step
+//! of a long job; PostgreSQL keeps large values out of line, so `runs`.
 
 mod notify;
 mod retention;
@@ -81,14 +86,19 @@ pub(crate) fn run_write_error(
 }
 
 /// Writes every store trait impl and the row decoders for one backend:
-/// `store_sql!(Store, Database, owner_lock = "…", refresh_lock = "…")`.
+/// `store_sql!(Store, Database, owner_lock = "…", owner_rows = "…", refresh_lock = "…")`.
 macro_rules! store_sql {
-    ($store:ty, $db:ty, owner_lock = $owner_lock:literal, refresh_lock = $refresh_lock:literal) => {
+    ($store:ty, $db:ty, owner_lock = $owner_lock:literal, owner_rows = $owner_rows:literal, refresh_lock = $refresh_lock:literal) => {
         /// Row decoding, shared by every backend (see `crate::rows`).
         mod rows {
             $crate::rows::row_decoders!(<$db as sqlx::Database>::Row, $db);
         }
-        $crate::sql::run_sql!($store, $db, owner_lock = $owner_lock);
+        $crate::sql::run_sql!(
+            $store,
+            $db,
+            owner_lock = $owner_lock,
+            owner_rows = $owner_rows
+        );
         $crate::sql::secret_sql!($store, $db);
         $crate::sql::user_sql!($store, refresh_lock = $refresh_lock);
         $crate::sql::retention_sql!($store);

@@ -4,7 +4,7 @@
 /// Writes `TargetStore`, `JobStore`, `RunStore`, `LogStore` and `Store` for
 /// one backend (see the module docs of `crate::sql` for what it relies on).
 macro_rules! run_sql {
-    ($store:ty, $db:ty, owner_lock = $owner_lock:literal) => {
+    ($store:ty, $db:ty, owner_lock = $owner_lock:literal, owner_rows = $owner_rows:literal) => {
         const _: () = {
             use std::collections::HashSet;
 
@@ -35,7 +35,9 @@ macro_rules! run_sql {
             /// The guarded upsert of one step result: written only while
             /// worker `$12` holds run `$11` at attempt `$8`.
             const GUARDED_RESULT: &str = concat!(
-                            "WITH owner AS (SELECT 1 FROM runs WHERE id = $11 AND worker = $12 \
+                            "WITH owner AS (SELECT 1 FROM ",
+                            $owner_rows,
+                            " WHERE id = $11 AND worker = $12 \
                                AND attempt = $8 AND status = 'running'",
                             $owner_lock,
                             ") INSERT INTO step_results (",
@@ -214,7 +216,9 @@ macro_rules! run_sql {
                     let (_turn, mut tx) = self.write_tx(op, Lock::Rows).await?;
                     if let Some((worker, attempt)) = owner {
                         let held = sqlx::query(concat!(
-                            "SELECT 1 FROM runs WHERE id = $1 AND worker = $2 AND attempt = $3 \
+                            "SELECT 1 FROM ",
+                            $owner_rows,
+                            " WHERE id = $1 AND worker = $2 AND attempt = $3 \
                              AND status = 'running'",
                             $owner_lock
                         ))
@@ -720,6 +724,14 @@ macro_rules! run_sql {
                             .await
                             .map_err(self.fail("reading a run's status"))?;
                     status.map(|s| s.parse()).transpose()
+                }
+
+                async fn cancel_requested(&self, id: RunId) -> Result<Option<bool>> {
+                    sqlx::query_scalar("SELECT cancel_requested FROM runs WHERE id = $1")
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(self.fail("reading whether a run was cancelled"))
                 }
 
                 async fn step_results(&self, id: RunId) -> Result<Vec<StepResult>> {

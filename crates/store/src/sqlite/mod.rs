@@ -218,5 +218,6 @@ crate::sql::store_sql!(
     SqliteStore,
     sqlx::Sqlite,
     owner_lock = "",
+    owner_rows = "runs INDEXED BY runs_owner",
     refresh_lock = ""
 );

@@ -269,9 +269,9 @@ async fn watch_cancel(inner: Arc<Inner>, id: RunId, stop: Arc<RunStop>, done: Ca
         tokio::select! {
             _ = done.cancelled() => return,
             _ = poll.tick() => {
-                if let Ok(Some(r)) = inner.store.get_run(id).await
-                    && r.cancel_requested
-                {
+                // The flag alone: decoding the whole run (its job spec) on
+                // every poll would cost a long job more than its steps.
+                if let Ok(Some(true)) = inner.store.cancel_requested(id).await {
                     stop.stop(StopReason::Cancel);
                     return;
                 }
