@@ -12,4 +12,5 @@
 
 mod engine;
 mod lease;
+mod rollout;
 mod secrets;

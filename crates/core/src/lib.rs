@@ -6,6 +6,7 @@ pub mod duration;
 pub mod error;
 pub mod executor;
 pub mod model;
+pub mod rollout;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result};
@@ -25,8 +26,8 @@ pub use engine::{
     AuditExport, AuditPage, AuditQuery, AuditVerification, Conductor, ConductorBuilder, Config,
     DEFAULT_PRUNE_BATCH, ExecRequest, LocalPolicy, LogPage, LogStream, Login, MAX_AUDIT_PAGE,
     MAX_LOG_PAGE, MAX_SECRET_BYTES, PRUNE_BATCH_RANGE, PruneReport, PruneRequest, Retention,
-    RotationReport, RunDetail, SecretInfo, SetSecret, SetSecretOutcome, SubmitRequest, TargetCheck,
-    TargetOutcome,
+    PlannedCommand, PlannedSecret, PlannedStep, RotationReport, RunDetail, RunPlan, SecretInfo, SetSecret, SetSecretOutcome, SubmitRequest, TargetCheck,
+    TargetOutcome, TargetPlan,
 };
 pub use lines::{Line, LineSplitter};
 pub use model::*;

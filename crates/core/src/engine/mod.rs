@@ -5,6 +5,7 @@
 mod audit;
 mod auth;
 mod definitions;
+mod dry_run;
 mod local;
 mod outcome;
 mod retention;
@@ -19,6 +20,7 @@ pub use outcome::TargetOutcome;
 pub use runs::{
     ADHOC_JOB, ExecRequest, LogPage, LogStream, MAX_LOG_PAGE, RunDetail, SubmitRequest,
 };
+pub use dry_run::{PlannedCommand, PlannedSecret, PlannedStep, RunPlan, TargetPlan};
 pub use targets::TargetCheck;
 
 pub use retention::{
