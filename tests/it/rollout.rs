@@ -154,15 +154,21 @@ finally:
 }
 
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_restart_finishes_each_node_before_draining_the_next() {
     let env = engine().await;
     let restart = serde_json::to_string(&note(&env, "restart")).unwrap();
-    env.apply(&format!("{}{}", nodes(3), rolling_restart(&env, "rolling", &restart)))
-        .await;
+    env.apply(&format!(
+        "{}{}",
+        nodes(3),
+        rolling_restart(&env, "rolling", &restart)
+    ))
+    .await;
     let d = env.run("restart").await;
     assert_eq!(d.run.status, RunStatus::Succeeded, "{:?}", d.run.error);
     let mut want = Vec::new();
@@ -174,7 +180,10 @@ async fn rolling_restart_finishes_each_node_before_draining_the_next() {
     // `finally` runs after the rollout, on every node that started.
     let ev = env.events();
     assert_eq!(ev[..9], pairs(&want)[..], "{ev:?}");
-    let finals: Vec<_> = ev[9..].iter().map(|(t, s)| (t.as_str(), s.as_str())).collect();
+    let finals: Vec<_> = ev[9..]
+        .iter()
+        .map(|(t, s)| (t.as_str(), s.as_str()))
+        .collect();
     assert_eq!(finals.len(), 3, "{ev:?}");
     assert!(finals.iter().all(|(_, s)| *s == "finally"), "{ev:?}");
     let sys = env.system_output(d.run.id).await;
@@ -186,14 +195,21 @@ async fn rolling_restart_finishes_each_node_before_draining_the_next() {
 async fn parallel_strategy_stays_step_major() {
     let env = engine().await;
     let restart = serde_json::to_string(&note(&env, "restart")).unwrap();
-    env.apply(&format!("{}{}", nodes(3), rolling_restart(&env, "parallel", &restart)))
-        .await;
+    env.apply(&format!(
+        "{}{}",
+        nodes(3),
+        rolling_restart(&env, "parallel", &restart)
+    ))
+    .await;
     let d = env.run("restart").await;
     assert_eq!(d.run.status, RunStatus::Succeeded, "{:?}", d.run.error);
     let steps: Vec<String> = env.events().into_iter().map(|(_, s)| s).collect();
     assert_eq!(
         steps[..9],
-        ["drain", "drain", "drain", "restart", "restart", "restart", "undrain", "undrain", "undrain"]
+        [
+            "drain", "drain", "drain", "restart", "restart", "restart", "undrain", "undrain",
+            "undrain"
+        ]
     );
 }
 
@@ -206,8 +222,12 @@ async fn a_failed_restart_stops_the_rollout_rolls_back_and_undrains() {
         note(&env, "restart")
     ))
     .unwrap();
-    env.apply(&format!("{}{}", nodes(3), rolling_restart(&env, "rolling", &restart)))
-        .await;
+    env.apply(&format!(
+        "{}{}",
+        nodes(3),
+        rolling_restart(&env, "rolling", &restart)
+    ))
+    .await;
     let d = env.run("restart").await;
     assert_eq!(d.run.status, RunStatus::Failed);
     let error = d.run.error.clone().unwrap();
@@ -232,10 +252,21 @@ async fn a_failed_restart_stops_the_rollout_rolls_back_and_undrains() {
         for s in 0..3 {
             assert_eq!(result(&d, s, n).status, StepStatus::Skipped, "{n} step {s}");
         }
-        assert!(d.results.iter().all(|r| r.target != n || r.step < 3), "no cleanup on {n}");
+        assert!(
+            d.results.iter().all(|r| r.target != n || r.step < 3),
+            "no cleanup on {n}"
+        );
     }
-    assert_eq!(result(&d, 3, "node-1").status, StepStatus::Succeeded, "rollback");
-    assert_eq!(result(&d, 4, "node-1").status, StepStatus::Succeeded, "finally");
+    assert_eq!(
+        result(&d, 3, "node-1").status,
+        StepStatus::Succeeded,
+        "rollback"
+    );
+    assert_eq!(
+        result(&d, 4, "node-1").status,
+        StepStatus::Succeeded,
+        "finally"
+    );
     let sys = env.system_output(d.run.id).await;
     assert!(
         sys.contains("batch 1/3 · 0 ok · 1 failed · stopping: max_failures 0"),
@@ -258,19 +289,33 @@ async fn canary_batches_widen_and_each_batch_ends_before_the_next() {
     let ev = env.events();
     let pos = |t: &str, s: &str| ev.iter().position(|(a, b)| a == t && b == s).unwrap();
     // Batches {node-1}, {node-2, node-3}, {node-4, node-5} (the last size repeats).
-    for (earlier, later) in [(&["node-1"][..], &["node-2", "node-3"][..]), (&["node-2", "node-3"][..], &["node-4", "node-5"][..])] {
+    for (earlier, later) in [
+        (&["node-1"][..], &["node-2", "node-3"][..]),
+        (&["node-2", "node-3"][..], &["node-4", "node-5"][..]),
+    ] {
         for e in earlier {
             for l in later {
-                assert!(pos(e, "b") < pos(l, "a"), "{e} ends before {l} starts: {ev:?}");
+                assert!(
+                    pos(e, "b") < pos(l, "a"),
+                    "{e} ends before {l} starts: {ev:?}"
+                );
             }
         }
     }
     let sys = env.system_output(d.run.id).await;
     assert!(sys.contains("batch 2/3 · 2 ok · 0 failed"), "{sys}");
-    let plan = env.oc.plan(SubmitRequest::new("canary"), &me()).await.unwrap();
+    let plan = env
+        .oc
+        .plan(SubmitRequest::new("canary"), &me())
+        .await
+        .unwrap();
     assert_eq!(
         plan.batches,
-        vec![vec!["node-1"], vec!["node-2", "node-3"], vec!["node-4", "node-5"]]
+        vec![
+            vec!["node-1"],
+            vec!["node-2", "node-3"],
+            vec!["node-4", "node-5"]
+        ]
     );
 }
 
@@ -293,9 +338,18 @@ async fn max_failures_stops_exactly_past_the_count_or_percentage() {
         assert_eq!(d.run.status, RunStatus::Failed, "{limit}");
         let touched: Vec<String> = env.events().into_iter().map(|(t, _)| t).collect();
         assert_eq!(touched, ["node-1", "node-2", "node-3", "node-4"], "{limit}");
-        assert_eq!(result(&d, 0, "node-5").status, StepStatus::Skipped, "{limit}");
+        assert_eq!(
+            result(&d, 0, "node-5").status,
+            StepStatus::Skipped,
+            "{limit}"
+        );
         let e = d.run.error.unwrap();
-        assert!(e.starts_with(&format!("stopped after 2 failed targets (max_failures {limit})")), "{e}");
+        assert!(
+            e.starts_with(&format!(
+                "stopped after 2 failed targets (max_failures {limit})"
+            )),
+            "{e}"
+        );
     }
     // Parallel without max_failures keeps going on every target.
     let env = engine().await;
@@ -328,12 +382,24 @@ async fn retries_back_off_and_record_every_try() {
     let r = result(&d, 0, "local");
     assert_eq!(r.try_no, 3);
     assert_eq!(r.tries.len(), 2);
-    assert!(r.tries.iter().all(|t| t.exit_code == Some(75) && t.status == StepStatus::Failed));
-    let gap1 = (r.tries[1].started_at - r.tries[0].finished_at).to_std().unwrap();
+    assert!(
+        r.tries
+            .iter()
+            .all(|t| t.exit_code == Some(75) && t.status == StepStatus::Failed)
+    );
+    let gap1 = (r.tries[1].started_at - r.tries[0].finished_at)
+        .to_std()
+        .unwrap();
     let gap2 = (r.started_at - r.tries[1].finished_at).to_std().unwrap();
     println!("backoff observed: {gap1:?} then {gap2:?} (delays 300ms, 600ms)");
-    assert!(gap1 >= Duration::from_millis(300) && gap1 < Duration::from_millis(1300), "{gap1:?}");
-    assert!(gap2 >= Duration::from_millis(600) && gap2 < Duration::from_millis(1600), "{gap2:?}");
+    assert!(
+        gap1 >= Duration::from_millis(300) && gap1 < Duration::from_millis(1300),
+        "{gap1:?}"
+    );
+    assert!(
+        gap2 >= Duration::from_millis(600) && gap2 < Duration::from_millis(1600),
+        "{gap2:?}"
+    );
     // Each try has its own output section.
     use futures::StreamExt;
     let mut s = env.oc.logs(d.run.id, 0, &me()).await.unwrap();
@@ -341,7 +407,10 @@ async fn retries_back_off_and_record_every_try() {
     while let Some(c) = s.next().await {
         let c = c.unwrap();
         if c.stream == Stream::Stdout {
-            by_try.entry(c.try_no).or_default().push_str(&String::from_utf8_lossy(&c.data));
+            by_try
+                .entry(c.try_no)
+                .or_default()
+                .push_str(&String::from_utf8_lossy(&c.data));
         }
     }
     assert_eq!(by_try.get(&1).map(String::as_str), Some("try 1\n"));
@@ -360,7 +429,11 @@ async fn jittered_delays_stay_between_half_and_the_whole_delay() {
     assert_eq!(d.run.status, RunStatus::Failed);
     let r = result(&d, 0, "local");
     assert_eq!(r.try_no, 5);
-    let mut starts: Vec<_> = r.tries.iter().map(|t| (t.started_at, t.finished_at)).collect();
+    let mut starts: Vec<_> = r
+        .tries
+        .iter()
+        .map(|t| (t.started_at, t.finished_at))
+        .collect();
     starts.push((r.started_at, r.finished_at.unwrap()));
     let gaps: Vec<Duration> = starts
         .windows(2)
@@ -368,7 +441,10 @@ async fn jittered_delays_stay_between_half_and_the_whole_delay() {
         .collect();
     println!("jittered gaps (400ms, jitter): {gaps:?}");
     for g in gaps {
-        assert!(g >= Duration::from_millis(200) && g < Duration::from_millis(1400), "{g:?}");
+        assert!(
+            g >= Duration::from_millis(200) && g < Duration::from_millis(1400),
+            "{g:?}"
+        );
     }
 }
 
@@ -384,12 +460,14 @@ async fn only_listed_exit_codes_are_retried() {
     let r = result(&d, 0, "local");
     assert_eq!((r.try_no, r.tries.len(), r.exit_code), (1, 0, Some(2)));
     // The job's default retries idempotent steps only (plus connection failures).
-    env.apply(
-        "kind: Job\nname: k\nretry: {attempts: 3, delay: 10ms}\nsteps:\n  - exec: exit 4\n",
-    )
-    .await;
+    env.apply("kind: Job\nname: k\nretry: {attempts: 3, delay: 10ms}\nsteps:\n  - exec: exit 4\n")
+        .await;
     let d = env.run("k").await;
-    assert_eq!(result(&d, 0, "local").try_no, 1, "not idempotent: not retried");
+    assert_eq!(
+        result(&d, 0, "local").try_no,
+        1,
+        "not idempotent: not retried"
+    );
     env.apply(
         "kind: Job\nname: k\nretry: {attempts: 3, delay: 10ms}\nsteps:\n  - exec: exit 4\n    idempotent: true\n",
     )
@@ -460,7 +538,10 @@ async fn a_dry_run_shows_the_plan_and_runs_nothing() {
     assert_eq!(plan.steps.len(), 2);
     assert_eq!(plan.steps[0].retry.as_ref().unwrap().attempts, 2);
     let cmd = &plan.targets[1].commands[0].command;
-    assert!(cmd.contains("install '1.2; rm -rf /'"), "quoted as it would run: {cmd}");
+    assert!(
+        cmd.contains("install '1.2; rm -rf /'"),
+        "quoted as it would run: {cmd}"
+    );
     assert_eq!(plan.targets[2].batch, 2);
     let v = serde_json::to_value(&plan).unwrap();
     assert_eq!(v["strategy"], "rolling");
@@ -476,7 +557,10 @@ async fn a_dry_run_shows_the_plan_and_runs_nothing() {
     // A bad parameter is the same error as at submit.
     let e = env
         .oc
-        .plan(SubmitRequest::new("deploy").params(json!({"version": 3})), &me())
+        .plan(
+            SubmitRequest::new("deploy").params(json!({"version": 3})),
+            &me(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), opsconductor::ErrorKind::Validation, "{e}");
@@ -492,7 +576,11 @@ async fn a_rescued_rolling_run_resumes_at_its_batch_without_rerunning_done_work(
         serde_json::to_string(&note(&env, "b")).unwrap(),
     ))
     .await;
-    let run = env.oc.submit(SubmitRequest::new("roll"), &me()).await.unwrap();
+    let run = env
+        .oc
+        .submit(SubmitRequest::new("roll"), &me())
+        .await
+        .unwrap();
     // A worker claims it, finishes node-1, finishes step a on node-2, then dies.
     let claim = Claim {
         worker: "dead-host:1".into(),
@@ -555,7 +643,10 @@ async fn rolling_restart_over_ssh_stops_at_the_first_failed_host() {
         .await
         .unwrap();
     // The SSH user writes its events where this test reads them.
-    let shared = tempfile::Builder::new().prefix("opsc-roll").tempdir_in("/tmp").unwrap();
+    let shared = tempfile::Builder::new()
+        .prefix("opsc-roll")
+        .tempdir_in("/tmp")
+        .unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -572,16 +663,20 @@ async fn rolling_restart_over_ssh_stops_at_the_first_failed_host() {
             s.fingerprint
         ));
     }
-    let step = |what: &str| {
+    let step_then = |what: &str, then: &str| {
         serde_json::to_string(&format!(
-            "echo \"$(date +%s%N) {{{{ target.name }}}} {what}\" >> {events} && sleep 0.05"
+            "echo \"$(date +%s%N) {{{{ target.name }}}} {what}\" >> {events} && sleep 0.05{then}"
         ))
         .unwrap()
     };
+    let step = |what: &str| step_then(what, "");
     yaml.push_str(&format!(
-        "kind: Job\nname: restart\ntargets: node-*\nstrategy: rolling\nconcurrency: 1\nsteps:\n  - name: drain\n    exec: {}\n  - name: restart\n    exec: {} && test {{{{ target.name }}}} != node-2 || exit 3\n  - name: undrain\n    exec: {}\non_failure:\n  - exec: {}\nfinally:\n  - exec: {}\n",
+        "kind: Job\nname: restart\ntargets: node-*\nstrategy: rolling\nconcurrency: 1\nsteps:\n  - name: drain\n    exec: {}\n  - name: restart\n    exec: {}\n  - name: undrain\n    exec: {}\non_failure:\n  - exec: {}\nfinally:\n  - exec: {}\n",
         step("drain"),
-        step("restart"),
+        step_then(
+            "restart",
+            " && test {{ target.name }} != node-2 || exit 3"
+        ),
         step("undrain"),
         step("rollback"),
         step("finally"),
@@ -600,27 +695,33 @@ async fn rolling_restart_over_ssh_stops_at_the_first_failed_host() {
     rows.sort();
     let got: Vec<String> = rows.into_iter().map(|(_, r)| r).collect();
     assert_eq!(
-        got[..6],
+        got[..5],
         [
             "node-1 drain",
             "node-1 restart",
             "node-1 undrain",
             "node-2 drain",
             "node-2 restart",
-            "node-2 rollback",
         ],
         "{got:?}"
     );
-    let mut finals: Vec<&String> = got.iter().skip(6).collect();
-    finals.sort();
-    assert_eq!(finals, ["node-1 finally", "node-2 finally"]);
+    // Then the cleanup: node-2 rolls back before it is undrained; both are undrained.
+    let pos = |s: &str| got.iter().position(|g| g == s).unwrap();
+    assert!(pos("node-2 rollback") < pos("node-2 finally"), "{got:?}");
+    let mut cleanup: Vec<&String> = got.iter().skip(5).collect();
+    cleanup.sort();
+    assert_eq!(
+        cleanup,
+        ["node-1 finally", "node-2 finally", "node-2 rollback"]
+    );
     assert!(!text.contains("node-3"), "node-3 is never touched: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_rolling_deploy_example_rolls_back_the_failed_host() {
     let env = engine().await;
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rollouts/rolling-deploy.yaml");
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/rollouts/rolling-deploy.yaml");
     let batch = opsconductor::spec::load_path(&file).unwrap();
     env.oc.apply(&batch, &me()).await.unwrap();
     let root = env.path("hosts");
@@ -628,7 +729,8 @@ async fn the_rolling_deploy_example_rolls_back_the_failed_host() {
         SubmitRequest::new("rolling-deploy")
             .params(json!({"version": version, "root": root, "fail_on": fail_on}))
     };
-    let state = |host: &str, file: &str| std::fs::read_to_string(format!("{root}/{host}/{file}")).ok();
+    let state =
+        |host: &str, file: &str| std::fs::read_to_string(format!("{root}/{host}/{file}")).ok();
     let run = env.oc.submit(deploy("1.0.0", ""), &me()).await.unwrap();
     let done = env.oc.execute(run.id).await.unwrap();
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.error);
@@ -636,21 +738,45 @@ async fn the_rolling_deploy_example_rolls_back_the_failed_host() {
         assert_eq!(state(h, "current").as_deref(), Some("1.0.0\n"));
         assert_eq!(state(h, "drained"), None, "undrained");
     }
-    let run = env.oc.submit(deploy("2.0.0", "web-2"), &me()).await.unwrap();
+    let run = env
+        .oc
+        .submit(deploy("2.0.0", "web-2"), &me())
+        .await
+        .unwrap();
     let done = env.oc.execute(run.id).await.unwrap();
     assert_eq!(done.status, RunStatus::Failed);
-    assert!(done.error.unwrap().starts_with("stopped after 1 failed target"));
-    assert_eq!(state("web-1", "current").as_deref(), Some("2.0.0\n"), "the canary stays");
-    assert_eq!(state("web-2", "current").as_deref(), Some("1.0.0\n"), "rolled back");
+    assert!(
+        done.error
+            .unwrap()
+            .starts_with("stopped after 1 failed target")
+    );
+    assert_eq!(
+        state("web-1", "current").as_deref(),
+        Some("2.0.0\n"),
+        "the canary stays"
+    );
+    assert_eq!(
+        state("web-2", "current").as_deref(),
+        Some("1.0.0\n"),
+        "rolled back"
+    );
     assert_eq!(
         state("web-2", "rollback").as_deref(),
         Some("rolled back after health-check (exit code 1)\n")
     );
-    assert_eq!(state("web-3", "current").as_deref(), Some("1.0.0\n"), "never touched");
+    assert_eq!(
+        state("web-3", "current").as_deref(),
+        Some("1.0.0\n"),
+        "never touched"
+    );
     for h in ["web-1", "web-2", "web-3"] {
         assert_eq!(state(h, "drained"), None, "{h} undrained");
     }
     let d = env.oc.run(run.id, &me()).await.unwrap();
     let check = result(&d, 2, "web-2");
-    assert_eq!((check.try_no, check.tries.len()), (3, 2), "the health check had three tries");
+    assert_eq!(
+        (check.try_no, check.tries.len()),
+        (3, 2),
+        "the health check had three tries"
+    );
 }

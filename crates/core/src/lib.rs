@@ -25,9 +25,9 @@ pub mod template;
 pub use engine::{
     AuditExport, AuditPage, AuditQuery, AuditVerification, Conductor, ConductorBuilder, Config,
     DEFAULT_PRUNE_BATCH, ExecRequest, LocalPolicy, LogPage, LogStream, Login, MAX_AUDIT_PAGE,
-    MAX_LOG_PAGE, MAX_SECRET_BYTES, PRUNE_BATCH_RANGE, PruneReport, PruneRequest, Retention,
-    PlannedCommand, PlannedSecret, PlannedStep, RotationReport, RunDetail, RunPlan, SecretInfo, SetSecret, SetSecretOutcome, SubmitRequest, TargetCheck,
-    TargetOutcome, TargetPlan,
+    MAX_LOG_PAGE, MAX_SECRET_BYTES, PRUNE_BATCH_RANGE, PlannedCommand, PlannedSecret, PlannedStep,
+    PruneReport, PruneRequest, Retention, RotationReport, RunDetail, RunPlan, SecretInfo,
+    SetSecret, SetSecretOutcome, SubmitRequest, TargetCheck, TargetOutcome, TargetPlan,
 };
 pub use lines::{Line, LineSplitter};
 pub use model::*;

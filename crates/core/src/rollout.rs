@@ -160,7 +160,9 @@ impl Visitor<'_> for AmountVisitor {
         }
         match t.parse::<u64>() {
             Ok(n) => self.count(n),
-            Err(_) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => self.count(u64::MAX),
+            Err(_) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+                self.count(u64::MAX)
+            }
             Err(_) => Err(E::custom(format!(
                 "{} '{v}' is not a number of targets or a percentage like 25%",
                 self.what
@@ -329,8 +331,7 @@ impl Serialize for RetryOn {
 impl<'de> Deserialize<'de> for RetryOn {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        const EXPECTED: &str =
-            "exit_code, {exit_code: [1, 75]}, timeout or connection";
+        const EXPECTED: &str = "exit_code, {exit_code: [1, 75]}, timeout or connection";
         impl<'de> Visitor<'de> for V {
             type Value = RetryOn;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -348,7 +349,9 @@ impl<'de> Deserialize<'de> for RetryOn {
             }
             fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<RetryOn, A::Error> {
                 let Some(key) = m.next_key::<String>()? else {
-                    return Err(de::Error::custom(format!("an empty condition (expected {EXPECTED})")));
+                    return Err(de::Error::custom(format!(
+                        "an empty condition (expected {EXPECTED})"
+                    )));
                 };
                 if key != "exit_code" {
                     return Err(de::Error::custom(format!(
@@ -362,7 +365,9 @@ impl<'de> Deserialize<'de> for RetryOn {
                     )));
                 }
                 if codes.contains(&0) {
-                    return Err(de::Error::custom("exit code 0 is success; it is never retried"));
+                    return Err(de::Error::custom(
+                        "exit code 0 is success; it is never retried",
+                    ));
                 }
                 if m.next_key::<String>()?.is_some() {
                     return Err(de::Error::custom("one condition per list entry"));
@@ -561,9 +566,23 @@ mod tests {
     #[test]
     fn amounts_are_bounded() {
         assert_eq!(batch("3").unwrap().0, vec![BatchSize(Amount::Count(3))]);
-        assert_eq!(batch("25%").unwrap().0, vec![BatchSize(Amount::Percent(25))]);
+        assert_eq!(
+            batch("25%").unwrap().0,
+            vec![BatchSize(Amount::Percent(25))]
+        );
         assert_eq!(batch("[1, 5, 25%]").unwrap().0.len(), 3);
-        for bad in ["0", "-1", "101%", "0%", "1.5", "abc", "99999999999999999999", "[]", "-5%", "1000001"] {
+        for bad in [
+            "0",
+            "-1",
+            "101%",
+            "0%",
+            "1.5",
+            "abc",
+            "99999999999999999999",
+            "[]",
+            "-5%",
+            "1000001",
+        ] {
             assert!(batch(bad).is_err(), "{bad} accepted");
         }
         let t: Threshold = serde_yaml_ng::from_str("0").unwrap();
@@ -593,8 +612,7 @@ mod tests {
         assert_eq!(p.delay_before(4), Duration::from_secs(3));
         assert!(p.retries(&FailureKind::Exit(75)) && !p.retries(&FailureKind::Exit(2)));
         assert!(p.retries(&FailureKind::Connection));
-        let back: RetryPolicy =
-            serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();
+        let back: RetryPolicy = serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();
         assert_eq!(back, p);
         for bad in [
             "{attempts: 0}",
@@ -609,7 +627,10 @@ mod tests {
             "{attempts: 3, tries: 2}",
             "{delay: 1s}",
         ] {
-            assert!(serde_yaml_ng::from_str::<RetryPolicy>(bad).is_err(), "{bad} accepted");
+            assert!(
+                serde_yaml_ng::from_str::<RetryPolicy>(bad).is_err(),
+                "{bad} accepted"
+            );
         }
     }
 }

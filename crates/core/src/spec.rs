@@ -744,7 +744,10 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
 /// the rolling strategy, and the job's retry policy.
 fn check_rollout(spec: &JobSpec) -> Result<()> {
     if spec.strategy == Strategy::Parallel {
-        for (set, field) in [(spec.batch.is_some(), "batch"), (spec.pause.is_some(), "pause")] {
+        for (set, field) in [
+            (spec.batch.is_some(), "batch"),
+            (spec.pause.is_some(), "pause"),
+        ] {
             if set {
                 return Err(Error::validation(
                     field,
@@ -1065,12 +1068,32 @@ steps:
     fn bad_rollout_values_are_refused_at_their_line_and_column() {
         let t = Templates::new();
         for (yaml, at, what) in [
-            ("strategy: rolling\nbatch: 0\n", "t.yaml:5:8", "out of range"),
+            (
+                "strategy: rolling\nbatch: 0\n",
+                "t.yaml:5:8",
+                "out of range",
+            ),
             ("strategy: rolling\nbatch: -3\n", "t.yaml:5:8", "negative"),
-            ("strategy: rolling\nbatch: 150%\n", "t.yaml:5:8", "out of range"),
-            ("strategy: rolling\nbatch: 99999999999\n", "t.yaml:5:8", "out of range"),
-            ("strategy: rolling\nbatch: [1, 0%]\n", "t.yaml:5:12", "out of range"),
-            ("strategy: rolling\nbatch: 2.5\n", "t.yaml:5:8", "whole number"),
+            (
+                "strategy: rolling\nbatch: 150%\n",
+                "t.yaml:5:8",
+                "out of range",
+            ),
+            (
+                "strategy: rolling\nbatch: 99999999999\n",
+                "t.yaml:5:8",
+                "out of range",
+            ),
+            (
+                "strategy: rolling\nbatch: [1, 0%]\n",
+                "t.yaml:5:12",
+                "out of range",
+            ),
+            (
+                "strategy: rolling\nbatch: 2.5\n",
+                "t.yaml:5:8",
+                "whole number",
+            ),
             ("strategy: sideways\n", "t.yaml:4:11", "unknown variant"),
             ("strategy: rolling\npause: 2h\n", "t.yaml:5:8", "maximum"),
             ("max_failures: -1\n", "t.yaml:4:15", "negative"),
@@ -1078,8 +1101,16 @@ steps:
             ("retry: {attempts: 0}\n", "t.yaml:4:", "attempts 0"),
             ("retry: {attempts: 1000}\n", "t.yaml:4:", "attempts 1000"),
             ("retry: {attempts: 3, delay: 5h}\n", "t.yaml:4:", "maximum"),
-            ("retry: {attempts: 3, on: [sometimes]}\n", "t.yaml:4:", "sometimes"),
-            ("retry: {attempts: 3, tries: 2}\n", "t.yaml:4:", "unknown field `tries`"),
+            (
+                "retry: {attempts: 3, on: [sometimes]}\n",
+                "t.yaml:4:",
+                "sometimes",
+            ),
+            (
+                "retry: {attempts: 3, tries: 2}\n",
+                "t.yaml:4:",
+                "unknown field `tries`",
+            ),
             ("rollout: fast\n", "t.yaml:4:", "unknown field `rollout`"),
         ] {
             let text = format!("kind: Job\nname: x\nsteps: [{{exec: a}}]\n{yaml}");
@@ -1094,7 +1125,10 @@ steps:
         )
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("t.yaml:5:") && e.contains("attempts 101"), "{e}");
+        assert!(
+            e.starts_with("t.yaml:5:") && e.contains("attempts 101"),
+            "{e}"
+        );
         let e = parse_str(
             "kind: Job\nname: x\nsteps: [{exec: a}]\nfinally:\n  - exce: b\n",
             "t.yaml",

@@ -265,7 +265,12 @@ pub struct RunDetailView {
 
 impl From<RunDetail> for RunDetailView {
     fn from(d: RunDetail) -> Self {
-        let names: Vec<String> = d.run.spec.all_steps().map(|(_, _, s)| s.name.clone()).collect();
+        let names: Vec<String> = d
+            .run
+            .spec
+            .all_steps()
+            .map(|(_, _, s)| s.name.clone())
+            .collect();
         Self {
             spec: serde_json::to_value(&d.run.spec).unwrap_or(Value::Null),
             results: d

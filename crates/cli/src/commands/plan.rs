@@ -12,10 +12,7 @@ pub fn print_plan(out: &Out, plan: &RunPlan) {
         return;
     }
     let version = plan.version.map(|v| format!(" v{v}")).unwrap_or_default();
-    println!(
-        "plan of job {}{version} (dry run: nothing runs)",
-        plan.job
-    );
+    println!("plan of job {}{version} (dry run: nothing runs)", plan.job);
     let limit = plan
         .max_failures
         .map_or_else(|| "no limit".to_string(), |t| t.0.to_string());
@@ -56,7 +53,12 @@ pub fn print_plan(out: &Out, plan: &RunPlan) {
             .as_ref()
             .map(|t| format!(" · timeout {t}"))
             .unwrap_or_default();
-        println!("  {}. {} ({}){phase}{timeout}{retry}", s.index + 1, s.name, s.kind);
+        println!(
+            "  {}. {} ({}){phase}{timeout}{retry}",
+            s.index + 1,
+            s.name,
+            s.kind
+        );
     }
     for t in &plan.targets {
         println!("{} (batch {}):", t.target, t.batch);
@@ -71,7 +73,12 @@ pub fn print_plan(out: &Out, plan: &RunPlan) {
                 println!("  {:width$}  {l}", "", width = name.len());
             }
             if !c.env.is_empty() {
-                println!("  {:width$}  env: {}", "", c.env.join(", "), width = name.len());
+                println!(
+                    "  {:width$}  env: {}",
+                    "",
+                    c.env.join(", "),
+                    width = name.len()
+                );
             }
         }
     }

@@ -191,7 +191,10 @@ impl Conductor {
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(encode)?;
         doc.insert("steps".into(), serde_json::Value::Array(steps));
-        for (key, list) in [("on_failure", &job.spec.on_failure), ("finally", &job.spec.finally)] {
+        for (key, list) in [
+            ("on_failure", &job.spec.on_failure),
+            ("finally", &job.spec.finally),
+        ] {
             if !list.is_empty() {
                 let docs = list
                     .iter()

@@ -10,9 +10,7 @@ use super::{Conductor, worker};
 use crate::auth::Permission;
 use crate::error::{Error, Result};
 use crate::executor::Command;
-use crate::model::{
-    Actor, JobStatus, RetryPolicy, StepPhase, Strategy, Threshold,
-};
+use crate::model::{Actor, JobStatus, RetryPolicy, StepPhase, Strategy, Threshold};
 use crate::params;
 
 /// What a run of a job would do, from [`Conductor::plan`].
@@ -142,7 +140,12 @@ fn plan_of(inner: &super::Inner, c: Checked) -> Result<RunPlan> {
     let ranges = worker::plan::batches(spec, c.targets.len());
     let batches = ranges
         .iter()
-        .map(|r| c.targets[r.clone()].iter().map(|t| t.name.clone()).collect())
+        .map(|r| {
+            c.targets[r.clone()]
+                .iter()
+                .map(|t| t.name.clone())
+                .collect()
+        })
         .collect();
     let batch_of = |ti: usize| ranges.iter().position(|r| r.contains(&ti)).unwrap_or(0) + 1;
     let steps = spec
@@ -183,7 +186,12 @@ fn plan_of(inner: &super::Inner, c: Checked) -> Result<RunPlan> {
             )
             .map_err(|e| {
                 Error::validation(
-                    format!("{} ({}) on target '{}'", spec.field_of(i), step.name, t.name),
+                    format!(
+                        "{} ({}) on target '{}'",
+                        spec.field_of(i),
+                        step.name,
+                        t.name
+                    ),
                     e.to_string(),
                 )
             })?;
@@ -208,7 +216,10 @@ fn plan_of(inner: &super::Inner, c: Checked) -> Result<RunPlan> {
                         (None, Some(p)) => format!("the file {p}"),
                         (None, None) => "an empty file".into(),
                     };
-                    (format!("copy {what} to {dest} (mode {mode:04o})"), Vec::new())
+                    (
+                        format!("copy {what} to {dest} (mode {mode:04o})"),
+                        Vec::new(),
+                    )
                 }
             };
             commands.push(PlannedCommand {

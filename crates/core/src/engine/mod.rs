@@ -15,12 +15,12 @@ mod secrets;
 mod targets;
 mod worker;
 
+pub use dry_run::{PlannedCommand, PlannedSecret, PlannedStep, RunPlan, TargetPlan};
 pub use local::LocalPolicy;
 pub use outcome::TargetOutcome;
 pub use runs::{
     ADHOC_JOB, ExecRequest, LogPage, LogStream, MAX_LOG_PAGE, RunDetail, SubmitRequest,
 };
-pub use dry_run::{PlannedCommand, PlannedSecret, PlannedStep, RunPlan, TargetPlan};
 pub use targets::TargetCheck;
 
 pub use retention::{

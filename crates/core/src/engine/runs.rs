@@ -221,7 +221,9 @@ impl Conductor {
             version,
             params,
             targets,
-        } = self.check_run(spec, version, params, selector, actor).await?;
+        } = self
+            .check_run(spec, version, params, selector, actor)
+            .await?;
         let run = Run {
             id,
             job: spec.name.clone(),
@@ -325,7 +327,12 @@ impl Conductor {
                                 ),
                             ),
                             super::RenderError::Template(m) => Error::validation(
-                                format!("{} ({}) on target '{}'", spec.field_of(i), step.name, t.name),
+                                format!(
+                                    "{} ({}) on target '{}'",
+                                    spec.field_of(i),
+                                    step.name,
+                                    t.name
+                                ),
                                 m,
                             ),
                         })?;
@@ -350,7 +357,12 @@ impl Conductor {
                     };
                     if let Some(what) = missing {
                         return Err(Error::validation(
-                            format!("{} ({}) on target '{}'", spec.field_of(i), step.name, t.name),
+                            format!(
+                                "{} ({}) on target '{}'",
+                                spec.field_of(i),
+                                step.name,
+                                t.name
+                            ),
                             format!("{} targets cannot run {what}", e.kind()),
                         ));
                     }
@@ -365,7 +377,12 @@ impl Conductor {
                     };
                     checked.map_err(|m| {
                         Error::validation(
-                            format!("{} ({}).limits on target '{}'", spec.field_of(i), step.name, t.name),
+                            format!(
+                                "{} ({}).limits on target '{}'",
+                                spec.field_of(i),
+                                step.name,
+                                t.name
+                            ),
                             m,
                         )
                     })?;

@@ -59,20 +59,36 @@ mod tests {
     fn parallel_is_one_batch_and_rolling_cuts_batches() {
         assert_eq!(sizes(&spec(""), 5), vec![5]);
         assert_eq!(sizes(&spec("strategy: rolling\n"), 3), vec![1, 1, 1]);
-        assert_eq!(sizes(&spec("strategy: rolling\nbatch: 2\n"), 5), vec![2, 2, 1]);
+        assert_eq!(
+            sizes(&spec("strategy: rolling\nbatch: 2\n"), 5),
+            vec![2, 2, 1]
+        );
         assert_eq!(
             sizes(&spec("strategy: rolling\nbatch: [1, 5, 25%]\n"), 20),
             vec![1, 5, 5, 5, 4]
         );
-        assert_eq!(sizes(&spec("strategy: rolling\nbatch: 50%\n"), 3), vec![2, 1]);
-        assert_eq!(sizes(&spec("strategy: rolling\nbatch: 100000\n"), 3), vec![3]);
-        assert!(batches(&spec("strategy: rolling\n"), 0).iter().all(|b| b.is_empty()));
+        assert_eq!(
+            sizes(&spec("strategy: rolling\nbatch: 50%\n"), 3),
+            vec![2, 1]
+        );
+        assert_eq!(
+            sizes(&spec("strategy: rolling\nbatch: 100000\n"), 3),
+            vec![3]
+        );
+        assert!(
+            batches(&spec("strategy: rolling\n"), 0)
+                .iter()
+                .all(|b| b.is_empty())
+        );
     }
 
     #[test]
     fn thresholds_default_by_strategy() {
         assert_eq!(threshold(&spec("")), None);
-        assert_eq!(threshold(&spec("strategy: rolling\n")), Some(Threshold::FIRST));
+        assert_eq!(
+            threshold(&spec("strategy: rolling\n")),
+            Some(Threshold::FIRST)
+        );
         assert_eq!(
             threshold(&spec("strategy: rolling\nmax_failures: 10%\n")),
             Some(Threshold(Amount::Percent(10)))

@@ -131,7 +131,10 @@ mod tests {
         assert!(!plain.again(&FailureKind::Exit(1), 1));
         let idem = Retries::of(&j, &j.steps[1]);
         assert!(idem.again(&FailureKind::Exit(1), 2));
-        assert!(!idem.again(&FailureKind::Exit(1), 3), "attempts include the first try");
+        assert!(
+            !idem.again(&FailureKind::Exit(1), 3),
+            "attempts include the first try"
+        );
         let own = Retries::of(&j, &j.steps[2]);
         assert!(own.again(&FailureKind::Exit(75), 1));
         assert!(!own.again(&FailureKind::Exit(1), 1));
@@ -140,12 +143,17 @@ mod tests {
 
     #[test]
     fn jitter_stays_between_half_and_the_whole_delay() {
-        let j = job("steps:\n  - exec: a\n    retry: {attempts: 9, delay: 1s, backoff: fixed, jitter: true}\n");
+        let j = job(
+            "steps:\n  - exec: a\n    retry: {attempts: 9, delay: 1s, backoff: fixed, jitter: true}\n",
+        );
         let r = Retries::of(&j, &j.steps[0]);
         let mut seen = std::collections::HashSet::new();
         for next in 2..200 {
             let d = r.delay_before(next);
-            assert!(d >= Duration::from_millis(500) && d <= Duration::from_secs(1), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(500) && d <= Duration::from_secs(1),
+                "{d:?}"
+            );
             seen.insert(d);
         }
         assert!(seen.len() > 100, "jitter varies");

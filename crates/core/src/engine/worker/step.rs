@@ -15,7 +15,9 @@ use super::run::RunState;
 use super::{Rendered, persist};
 use crate::bus::Event;
 use crate::executor::{ExecError, ExitStatus, FileSpec, OutputSink, Session, StepContext};
-use crate::model::{AuditEvent, Step, StepPhase, StepResult, StepStatus, Stream, Target, TryRecord};
+use crate::model::{
+    AuditEvent, Step, StepPhase, StepResult, StepStatus, Stream, Target, TryRecord,
+};
 use crate::rollout::FailureKind;
 
 /// How one step ended on one target, as the run's loop sees it.
@@ -365,14 +367,12 @@ impl StepRun<'_> {
                     (None, Some(e)) if e.starts_with(CONNECT_PREFIX) => FailureKind::Connection,
                     _ => FailureKind::Other,
                 };
-                again(kind).unwrap_or_else(|| {
-                    settled(StepEnd::new(Outcome::Failed, prev.error.clone()))
-                })
+                again(kind)
+                    .unwrap_or_else(|| settled(StepEnd::new(Outcome::Failed, prev.error.clone())))
             }
             StepStatus::Interrupted => settled(StepEnd::new(Outcome::Failed, prev.error.clone())),
-            StepStatus::TimedOut => again(FailureKind::Timeout).unwrap_or_else(|| {
-                settled(StepEnd::new(Outcome::TimedOut, prev.error.clone()))
-            }),
+            StepStatus::TimedOut => again(FailureKind::Timeout)
+                .unwrap_or_else(|| settled(StepEnd::new(Outcome::TimedOut, prev.error.clone()))),
             StepStatus::Cancelled => settled(StepEnd::new(Outcome::Cancelled, None)),
             StepStatus::Running if !self.step.idempotent => {
                 let why = "interrupted: its worker stopped while it ran, and the step is not marked idempotent, so it is not run again".to_string();

@@ -45,7 +45,9 @@ impl Failure {
                 "exit_code": f.exit_code,
                 "error": f.why,
             }),
-            None => json!({"step": null, "index": null, "status": null, "exit_code": null, "error": null}),
+            None => {
+                json!({"step": null, "index": null, "status": null, "exit_code": null, "error": null})
+            }
         }
     }
 }
@@ -101,10 +103,7 @@ impl Progress {
         if end.outcome != Outcome::TimedOut {
             self.only_timeouts = false;
         }
-        let why = end
-            .why
-            .as_deref()
-            .map(|w| st.secrets.masker.mask_str(w));
+        let why = end.why.as_deref().map(|w| st.secrets.masker.mask_str(w));
         if self.first_failure.is_none() && end.outcome != Outcome::Cancelled {
             let target = &st.run.targets[ti];
             // Stored as the run's error: masked like its output.
@@ -210,7 +209,8 @@ pub(crate) async fn run_batches(state: &Arc<RunState>, progress: &mut Progress) 
 fn reached(state: &RunState, range: &std::ops::Range<usize>) -> bool {
     range.clone().any(|ti| {
         let name = &state.run.targets[ti];
-        (0..state.run.spec.steps.len() as u32).any(|si| state.previous.contains_key(&(si, name.clone())))
+        (0..state.run.spec.steps.len() as u32)
+            .any(|si| state.previous.contains_key(&(si, name.clone())))
     })
 }
 
@@ -236,27 +236,28 @@ async fn step_major(
             break;
         }
         state.in_flight.store(live.len(), Ordering::SeqCst);
-        let ends: Vec<(usize, Option<StepEnd>)> = futures::stream::iter(live.into_iter().map(|ti| {
-            let st = state.clone();
-            let gate = gate.clone();
-            async move {
-                // No new work once the threshold is exceeded; running steps finish.
-                let end = if gate.exceeded() || st.stop.is_stopped() {
-                    None
-                } else {
-                    let end = step_on_target(&st, si as u32, ti).await;
-                    if fails(&st, si, &end) {
-                        gate.failed.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Some(end)
-                };
-                st.in_flight.fetch_sub(1, Ordering::SeqCst);
-                (ti, end)
-            }
-        }))
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+        let ends: Vec<(usize, Option<StepEnd>)> =
+            futures::stream::iter(live.into_iter().map(|ti| {
+                let st = state.clone();
+                let gate = gate.clone();
+                async move {
+                    // No new work once the threshold is exceeded; running steps finish.
+                    let end = if gate.exceeded() || st.stop.is_stopped() {
+                        None
+                    } else {
+                        let end = step_on_target(&st, si as u32, ti).await;
+                        if fails(&st, si, &end) {
+                            gate.failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Some(end)
+                    };
+                    st.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    (ti, end)
+                }
+            }))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
         for (ti, end) in ends {
             if let Some(end) = end {
                 progress.absorb(state, si, ti, end);
@@ -347,54 +348,54 @@ pub(crate) async fn run_cleanup(state: &Arc<RunState>, progress: &mut Progress) 
     state.in_flight.store(work.len(), Ordering::SeqCst);
     let concurrency = spec.concurrency.max(1);
     let n_fail = spec.on_failure.len();
-    let results: Vec<Option<String>> = futures::stream::iter(work.into_iter().map(|(ti, failed)| {
-        let st = state.clone();
-        async move {
-            let mut first: Option<String> = None;
-            let mut note = |st: &RunState, si: usize, end: &StepEnd| {
-                if end.outcome != Outcome::Ok && first.is_none() {
-                    let name = st.run.spec.step_at(si).map_or("?", |s| s.name.as_str());
-                    let phase = st.run.spec.phase_of(si).as_str();
-                    let why = end.why.clone().unwrap_or_else(|| "failed".into());
-                    first = Some(format!(
-                        "{phase} step '{name}' on {}: {}",
-                        st.run.targets[ti],
-                        st.secrets.masker.mask_str(&why)
-                    ));
+    let results: Vec<Option<String>> =
+        futures::stream::iter(work.into_iter().map(|(ti, failed)| {
+            let st = state.clone();
+            async move {
+                let mut first: Option<String> = None;
+                let mut note = |st: &RunState, si: usize, end: &StepEnd| {
+                    if end.outcome != Outcome::Ok && first.is_none() {
+                        let name = st.run.spec.step_at(si).map_or("?", |s| s.name.as_str());
+                        let phase = st.run.spec.phase_of(si).as_str();
+                        let why = end.why.clone().unwrap_or_else(|| "failed".into());
+                        first = Some(format!(
+                            "{phase} step '{name}' on {}: {}",
+                            st.run.targets[ti],
+                            st.secrets.masker.mask_str(&why)
+                        ));
+                    }
+                };
+                if failed {
+                    for k in 0..n_fail {
+                        if st.stop.hard_token().is_cancelled() {
+                            break;
+                        }
+                        let si = n_main + k;
+                        let end = step_on_target(&st, si as u32, ti).await;
+                        let stop = end.outcome != Outcome::Ok
+                            && !st.run.spec.on_failure[k].continue_on_error;
+                        note(&st, si, &end);
+                        if stop {
+                            break;
+                        }
+                    }
                 }
-            };
-            if failed {
-                for k in 0..n_fail {
+                // Every `finally` step runs, whatever the one before did.
+                for k in 0..st.run.spec.finally.len() {
                     if st.stop.hard_token().is_cancelled() {
                         break;
                     }
-                    let si = n_main + k;
+                    let si = n_main + n_fail + k;
                     let end = step_on_target(&st, si as u32, ti).await;
-                    let stop = end.outcome != Outcome::Ok
-                        && !st.run.spec.on_failure[k].continue_on_error;
                     note(&st, si, &end);
-                    if stop {
-                        break;
-                    }
                 }
+                st.in_flight.fetch_sub(1, Ordering::SeqCst);
+                first
             }
-            // Every `finally` step runs, whatever the one before did.
-            for k in 0..st.run.spec.finally.len() {
-                if st.stop.hard_token().is_cancelled() {
-                    break;
-                }
-                let si = n_main + n_fail + k;
-                let end = step_on_target(&st, si as u32, ti).await;
-                note(&st, si, &end);
-            }
-            st.in_flight.fetch_sub(1, Ordering::SeqCst);
-            first
-        }
-    }))
-    .buffer_unordered(concurrency)
-    .collect()
-    .await;
+        }))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
     state.flush_pending().await;
     progress.cleanup_failure = results.into_iter().flatten().next();
 }
-
