@@ -421,24 +421,86 @@ fn default_delay() -> Duration {
 }
 
 fn de_attempts<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    let v = i64::deserialize(d)?;
-    if !(1..=i64::from(MAX_ATTEMPTS)).contains(&v) {
-        return Err(de::Error::custom(format!(
-            "attempts {v} is out of range (1-{MAX_ATTEMPTS}, the first try included)"
-        )));
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = u32;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a number of tries from 1 to {MAX_ATTEMPTS}")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u32, E> {
+            if !(1..=i64::from(MAX_ATTEMPTS)).contains(&v) {
+                return Err(E::custom(format!(
+                    "attempts {v} is out of range (1-{MAX_ATTEMPTS}, the first try included)"
+                )));
+            }
+            Ok(v as u32)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u32, E> {
+            self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+        }
     }
-    Ok(v as u32)
+    d.deserialize_any(V)
+}
+
+/// Reads a delay (`2s`, `500ms`, a number of seconds) of at most
+/// [`MAX_DELAY`], raising errors while the value is read (so they carry
+/// its position).
+struct DelayVisitor;
+
+impl Visitor<'_> for DelayVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration such as 500ms, 2s or 1m (at most 1h)")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+        check_delay(Duration::from_secs(v)).map_err(E::custom)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+        match u64::try_from(v) {
+            Ok(v) => self.visit_u64(v),
+            Err(_) => Err(E::custom("a duration cannot be negative")),
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+        crate::duration::parse(v)
+            .and_then(check_delay)
+            .map_err(E::custom)
+    }
+}
+
+/// An optional delay through [`DelayVisitor`].
+struct OptDelayVisitor;
+
+impl<'de> Visitor<'de> for OptDelayVisitor {
+    type Value = Option<Duration>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration such as 500ms, 2s or 1m (at most 1h)")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(DelayVisitor).map(Some)
+    }
 }
 
 fn de_delay<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let v = crate::model::opt_duration::deserialize(d)?.unwrap_or_default();
-    check_delay(v).map_err(de::Error::custom)
+    d.deserialize_any(DelayVisitor)
 }
 
 fn de_opt_delay<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    crate::model::opt_duration::deserialize(d)?
-        .map(|v| check_delay(v).map_err(de::Error::custom))
-        .transpose()
+    d.deserialize_option(OptDelayVisitor)
 }
 
 fn ser_delay<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -465,7 +527,7 @@ pub fn check_delay(d: Duration) -> Result<Duration, String> {
 pub mod opt_pause {
     use std::time::Duration;
 
-    use serde::{Deserializer, Serializer, de};
+    use serde::{Deserializer, Serializer};
 
     /// As a human string.
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -474,9 +536,7 @@ pub mod opt_pause {
 
     /// A duration of at most an hour.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        crate::model::opt_duration::deserialize(d)?
-            .map(|v| super::check_delay(v).map_err(de::Error::custom))
-            .transpose()
+        super::de_opt_delay(d)
     }
 }
 
