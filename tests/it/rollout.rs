@@ -15,7 +15,6 @@ use serde_json::json;
 use tempfile::TempDir;
 
 #[path = "../../crates/executors/tests/it/support/sshd.rs"]
-#[allow(dead_code)]
 mod sshd;
 
 struct Env {

@@ -12,6 +12,11 @@ use crate::model::{Amount, BatchSize, JobSpec, Strategy, Threshold};
 /// (the last one repeating), one target at a time when none is given.
 pub(crate) fn batches(spec: &JobSpec, n: usize) -> Vec<Range<usize>> {
     if spec.strategy == Strategy::Parallel || n == 0 {
+        // One batch holding every target (not the targets 0..n as items).
+        #[allow(
+            clippy::single_range_in_vec_init,
+            reason = "one batch: the range of all targets"
+        )]
         return vec![0..n];
     }
     let one = [BatchSize(Amount::Count(1))];
