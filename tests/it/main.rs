@@ -14,4 +14,5 @@ mod engine;
 mod lease;
 mod schedules;
 mod notify;
+mod rollout;
 mod secrets;

@@ -258,6 +258,8 @@ pub struct OutputEvent {
     /// The step on this target is over (no data): consumers flush what they
     /// held back, e.g. a possible start of a secret value.
     pub eof: bool,
+    /// Which try of the step (1 unless it is retried).
+    pub try_no: u32,
 }
 
 /// Where executors write output. Bounded: a slow consumer slows the reader
@@ -267,6 +269,7 @@ pub struct OutputSink {
     tx: mpsc::Sender<OutputEvent>,
     step: u32,
     target: Arc<str>,
+    try_no: u32,
 }
 
 impl OutputSink {
@@ -278,6 +281,7 @@ impl OutputSink {
                 tx,
                 step: 0,
                 target: Arc::from(""),
+                try_no: 1,
             },
             rx,
         )
@@ -289,6 +293,16 @@ impl OutputSink {
             tx: self.tx.clone(),
             step,
             target: Arc::from(target),
+            try_no: 1,
+        }
+    }
+
+    /// The same channel and labels, for try `try_no` of the step (each try
+    /// of a retried step has its own output).
+    pub fn for_try(&self, try_no: u32) -> Self {
+        Self {
+            try_no,
+            ..self.clone()
         }
     }
 
@@ -307,6 +321,7 @@ impl OutputSink {
                 stream,
                 data,
                 eof: false,
+                try_no: self.try_no,
             })
             .await;
     }
@@ -323,6 +338,7 @@ impl OutputSink {
                     stream,
                     data: Bytes::new(),
                     eof: true,
+                    try_no: self.try_no,
                 })
                 .await;
         }

@@ -6,6 +6,7 @@ pub mod duration;
 pub mod error;
 pub mod executor;
 pub mod model;
+pub mod rollout;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result};
@@ -28,9 +29,9 @@ pub mod template;
 pub use engine::{
     AuditExport, AuditPage, AuditQuery, AuditVerification, Conductor, ConductorBuilder, Config,
     DEFAULT_PRUNE_BATCH, ExecRequest, LocalPolicy, LogPage, LogStream, Login, MAX_AUDIT_PAGE,
-    MAX_LOG_PAGE, MAX_RESULT_PAGE, MAX_SECRET_BYTES, PRUNE_BATCH_RANGE, PruneReport, PruneRequest,
-    Retention, RotationReport, RunDetail, ScheduleDetail, SchedulerConfig, SecretInfo, SetSecret,
-    SetSecretOutcome, SubmitRequest, TargetCheck, TargetOutcome,
+    MAX_LOG_PAGE, MAX_RESULT_PAGE, MAX_SECRET_BYTES, PRUNE_BATCH_RANGE, PlannedCommand, PlannedSecret, PlannedStep,
+    PruneReport, PruneRequest, Retention, RotationReport, RunDetail, RunPlan, ScheduleDetail, SchedulerConfig, SecretInfo,
+    SetSecret, SetSecretOutcome, SubmitRequest, TargetCheck, TargetOutcome, TargetPlan,
 };
 pub use lines::{Line, LineSplitter};
 pub use model::*;

@@ -122,6 +122,7 @@ mod tests {
             stream: Stream::Stdout,
             data: data.to_vec(),
             time: chrono::Utc::now(),
+            try_no: 1,
         }
     }
 

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::Error;
+pub use crate::rollout::{
+    Amount, Backoff, BatchSize, Batches, RetryOn, RetryPolicy, Strategy, Threshold, TryRecord,
+};
 
 /// The identifier of a run: a UUIDv7, so ids sort by creation time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -245,6 +248,107 @@ pub struct JobSpec {
     /// Notification rules of this job (see `docs/notifications.md`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<crate::engine::notify::NotifyRule>,
+    /// `parallel` (step by step over all targets, the default) or
+    /// `rolling` (all steps on a batch of targets, then the next batch).
+    #[serde(default, skip_serializing_if = "Strategy::is_parallel")]
+    pub strategy: Strategy,
+    /// Rolling batch sizes (default: one target at a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Batches>,
+    /// Wait between rolling batches.
+    #[serde(
+        default,
+        with = "crate::rollout::opt_pause",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pause: Option<Duration>,
+    /// Failed targets tolerated before no new target starts (rolling
+    /// default: 0; parallel default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<Threshold>,
+    /// The retry policy of steps without their own (idempotent steps only;
+    /// other steps retry only a failure to connect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Steps run on each target where the run failed (e.g. a rollback).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_failure: Vec<Step>,
+    /// Steps run on every target that started, whatever happened (also
+    /// after cancel and timeout).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finally: Vec<Step>,
+}
+
+/// Which list of a job a step belongs to. Step indices run through the
+/// three lists in order: `steps`, then `on_failure`, then `finally`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepPhase {
+    /// The job's steps.
+    Main,
+    /// A step of `on_failure`.
+    OnFailure,
+    /// A step of `finally`.
+    Finally,
+}
+
+impl StepPhase {
+    /// The name used in files and output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StepPhase::Main => "steps",
+            StepPhase::OnFailure => "on_failure",
+            StepPhase::Finally => "finally",
+        }
+    }
+}
+
+impl JobSpec {
+    /// The step with index `i` across `steps`, `on_failure` and `finally`.
+    pub fn step_at(&self, i: usize) -> Option<&Step> {
+        let n = self.steps.len();
+        let f = self.on_failure.len();
+        if i < n {
+            self.steps.get(i)
+        } else if i < n + f {
+            self.on_failure.get(i - n)
+        } else {
+            self.finally.get(i - n - f)
+        }
+    }
+
+    /// Which list step index `i` belongs to.
+    pub fn phase_of(&self, i: usize) -> StepPhase {
+        let n = self.steps.len();
+        if i < n {
+            StepPhase::Main
+        } else if i < n + self.on_failure.len() {
+            StepPhase::OnFailure
+        } else {
+            StepPhase::Finally
+        }
+    }
+
+    /// Where step index `i` is in a job file: `steps[2]`, `on_failure[0]`.
+    pub fn field_of(&self, i: usize) -> String {
+        let (n, f) = (self.steps.len(), self.on_failure.len());
+        match self.phase_of(i) {
+            StepPhase::Main => format!("steps[{i}]"),
+            StepPhase::OnFailure => format!("on_failure[{}]", i - n),
+            StepPhase::Finally => format!("finally[{}]", i - n - f),
+        }
+    }
+
+    /// Every step with its index and list, in index order.
+    pub fn all_steps(&self) -> impl Iterator<Item = (usize, StepPhase, &Step)> {
+        self.steps
+            .iter()
+            .map(|s| (StepPhase::Main, s))
+            .chain(self.on_failure.iter().map(|s| (StepPhase::OnFailure, s)))
+            .chain(self.finally.iter().map(|s| (StepPhase::Finally, s)))
+            .enumerate()
+            .map(|(i, (p, s))| (i, p, s))
+    }
 }
 
 fn default_targets() -> Vec<String> {
@@ -292,6 +396,9 @@ pub struct Step {
     /// executor: one that takes no limits refuses them rather than ignore them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub limits: BTreeMap<String, serde_json::Value>,
+    /// Retries of this step (overrides the job's `retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
 }
 
 /// The kinds of step.
@@ -556,6 +663,16 @@ pub struct StepResult {
     pub started_at: DateTime<Utc>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Which try of the step this is, from 1 (more with `retry`).
+    #[serde(default = "first_try")]
+    pub try_no: u32,
+    /// The earlier tries, oldest first (empty without retries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tries: Vec<TryRecord>,
+}
+
+fn first_try() -> u32 {
+    1
 }
 
 /// Which output stream a chunk came from.
@@ -610,6 +727,9 @@ pub struct LogChunk {
     pub data: Vec<u8>,
     /// When it was produced.
     pub time: DateTime<Utc>,
+    /// Which try of its step produced it (1 unless the step was retried).
+    #[serde(default = "first_try")]
+    pub try_no: u32,
 }
 
 /// Who does something: recorded on runs and in the audit log.

@@ -9,7 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::model::{Action, Connection, DEFAULT_CONCURRENCY, JobSpec, JobStatus, Step, Target};
+use crate::model::{
+    Action, Batches, Connection, DEFAULT_CONCURRENCY, JobSpec, JobStatus, RetryPolicy, Step,
+    Strategy, Target, Threshold,
+};
 use crate::store::ApplyBatch;
 use crate::template::{Quoting, Templates};
 
@@ -400,6 +403,20 @@ struct JobDoc {
     steps: Vec<StepDoc>,
     #[serde(default)]
     notify: Vec<crate::engine::notify::NotifyRule>,
+    #[serde(default)]
+    strategy: Strategy,
+    #[serde(default)]
+    batch: Option<Batches>,
+    #[serde(default, with = "crate::rollout::opt_pause")]
+    pause: Option<Duration>,
+    #[serde(default)]
+    max_failures: Option<Threshold>,
+    #[serde(default)]
+    retry: Option<RetryPolicy>,
+    #[serde(default)]
+    on_failure: Vec<StepDoc>,
+    #[serde(default)]
+    finally: Vec<StepDoc>,
 }
 
 #[derive(Deserialize)]
@@ -429,6 +446,8 @@ struct StepDoc {
     raw: bool,
     #[serde(default)]
     limits: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    retry: Option<RetryPolicy>,
 }
 
 #[derive(Deserialize)]
@@ -476,15 +495,22 @@ impl TargetDoc {
 
 impl JobDoc {
     fn into_spec(self, base: Option<&Path>) -> Result<JobSpec> {
-        let steps = self
-            .steps
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.into_step(i, base)
-                    .map_err(|e| e.within(&format!("steps[{i}]")))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Default names count through all three lists (`step-4` is the
+        // fourth step overall), like step indices do.
+        let mut index = 0;
+        let mut list = |docs: Vec<StepDoc>, field: &str| {
+            docs.into_iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    index += 1;
+                    s.into_step(index - 1, base)
+                        .map_err(|e| e.within(&format!("{field}[{i}]")))
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        let steps = list(self.steps, "steps")?;
+        let on_failure = list(self.on_failure, "on_failure")?;
+        let finally = list(self.finally, "finally")?;
         Ok(JobSpec {
             name: self.name,
             description: self.description,
@@ -501,6 +527,13 @@ impl JobDoc {
             secrets: self.secrets,
             steps,
             notify: check_notify(self.notify)?,
+            strategy: self.strategy,
+            batch: self.batch,
+            pause: self.pause,
+            max_failures: self.max_failures,
+            retry: self.retry,
+            on_failure,
+            finally,
         })
     }
 }
@@ -570,6 +603,7 @@ impl StepDoc {
             workdir: self.workdir,
             raw: self.raw,
             limits: self.limits,
+            retry: self.retry,
         })
     }
 }
@@ -643,9 +677,20 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
     if let Some(t) = spec.timeout {
         crate::duration::check_timeout(t).map_err(|m| Error::validation("timeout", m))?;
     }
+    check_rollout(spec)?;
     let mut names = BTreeSet::new();
-    for (i, step) in spec.steps.iter().enumerate() {
-        let here = |f: &str| format!("steps[{i}].{f}");
+    let (n, f) = (spec.steps.len(), spec.on_failure.len());
+    for (g, phase, step) in spec.all_steps() {
+        let i = match phase {
+            crate::model::StepPhase::Main => g,
+            crate::model::StepPhase::OnFailure => g - n,
+            crate::model::StepPhase::Finally => g - n - f,
+        };
+        let list = phase.as_str();
+        let here = |f: &str| format!("{list}[{i}].{f}");
+        if let Some(r) = &step.retry {
+            r.check().map_err(|m| Error::validation(here("retry"), m))?;
+        }
         if !names.insert(step.name.as_str()) {
             return Err(Error::validation(
                 here("name"),
@@ -732,6 +777,28 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
         if let Some(w) = &step.workdir {
             tpl(here("workdir"), w)?;
         }
+    }
+    Ok(())
+}
+
+/// Checks what single rollout values cannot: settings that only apply to
+/// the rolling strategy, and the job's retry policy.
+fn check_rollout(spec: &JobSpec) -> Result<()> {
+    if spec.strategy == Strategy::Parallel {
+        for (set, field) in [
+            (spec.batch.is_some(), "batch"),
+            (spec.pause.is_some(), "pause"),
+        ] {
+            if set {
+                return Err(Error::validation(
+                    field,
+                    "applies to `strategy: rolling` only (add it, or remove this setting)",
+                ));
+            }
+        }
+    }
+    if let Some(r) = &spec.retry {
+        r.check().map_err(|m| Error::validation("retry", m))?;
     }
     Ok(())
 }
@@ -1036,6 +1103,93 @@ steps:
         std::fs::write(&big, vec![b' '; MAX_FILE_BYTES as usize + 1]).unwrap();
         let e = load_path(&big).unwrap_err().to_string();
         assert!(e.contains("limit"), "{e}");
+    }
+
+    #[test]
+    fn bad_rollout_values_are_refused_at_their_line_and_column() {
+        let t = Templates::new();
+        for (yaml, at, what) in [
+            (
+                "strategy: rolling\nbatch: 0\n",
+                "t.yaml:5:8",
+                "out of range",
+            ),
+            ("strategy: rolling\nbatch: -3\n", "t.yaml:5:8", "negative"),
+            (
+                "strategy: rolling\nbatch: 150%\n",
+                "t.yaml:5:8",
+                "out of range",
+            ),
+            (
+                "strategy: rolling\nbatch: 99999999999\n",
+                "t.yaml:5:8",
+                "out of range",
+            ),
+            (
+                "strategy: rolling\nbatch: [1, 0%]\n",
+                "t.yaml:5:12",
+                "out of range",
+            ),
+            (
+                "strategy: rolling\nbatch: 2.5\n",
+                "t.yaml:5:8",
+                "whole number",
+            ),
+            ("strategy: sideways\n", "t.yaml:4:11", "unknown variant"),
+            ("strategy: rolling\npause: 2h\n", "t.yaml:5:8", "maximum"),
+            ("max_failures: -1\n", "t.yaml:4:15", "negative"),
+            ("max_failures: 101%\n", "t.yaml:4:15", "out of range"),
+            ("retry: {attempts: 0}\n", "t.yaml:4:", "attempts 0"),
+            ("retry: {attempts: 1000}\n", "t.yaml:4:", "attempts 1000"),
+            ("retry: {attempts: 3, delay: 5h}\n", "t.yaml:4:", "maximum"),
+            (
+                "retry: {attempts: 3, on: [sometimes]}\n",
+                "t.yaml:4:",
+                "sometimes",
+            ),
+            (
+                "retry: {attempts: 3, tries: 2}\n",
+                "t.yaml:4:",
+                "unknown field `tries`",
+            ),
+            ("rollout: fast\n", "t.yaml:4:", "unknown field `rollout`"),
+        ] {
+            let text = format!("kind: Job\nname: x\nsteps: [{{exec: a}}]\n{yaml}");
+            let e = parse_str(&text, "t.yaml", None).unwrap_err().to_string();
+            assert!(e.starts_with(at) && e.contains(what), "{yaml}: {e}");
+        }
+        // Step-level retries and cleanup steps are checked the same way.
+        let e = parse_str(
+            "kind: Job\nname: x\nsteps:\n  - exec: a\n    retry: {attempts: 101}\n",
+            "t.yaml",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("t.yaml:5:") && e.contains("attempts 101"),
+            "{e}"
+        );
+        let e = parse_str(
+            "kind: Job\nname: x\nsteps: [{exec: a}]\nfinally:\n  - exce: b\n",
+            "t.yaml",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("t.yaml:5:") && e.contains("exce"), "{e}");
+        // What only the whole job shows: a field path.
+        for (yaml, field) in [
+            ("batch: 2\n", "batch"),
+            ("pause: 5s\n", "pause"),
+            ("retry: {attempts: 3, delay: 10s, max_delay: 1s}\n", "retry"),
+            ("finally:\n  - name: a\n    exec: b\n", "finally[0].name"),
+        ] {
+            let text = format!("kind: Job\nname: x\nsteps: [{{name: a, exec: a}}]\n{yaml}");
+            let j = parse_str(&text, "t.yaml", None).unwrap().jobs.remove(0);
+            let e = validate_job(&j, &t).unwrap_err().to_string();
+            assert!(e.starts_with(field), "{yaml}: {e}");
+        }
     }
 
     #[test]

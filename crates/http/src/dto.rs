@@ -265,13 +265,18 @@ pub struct RunDetailView {
 
 impl From<RunDetail> for RunDetailView {
     fn from(d: RunDetail) -> Self {
-        let names: Vec<String> = d.run.spec.steps.iter().map(|s| s.name.clone()).collect();
+        let names: Vec<String> = d
+            .run
+            .spec
+            .all_steps()
+            .map(|(_, _, s)| s.name.clone())
+            .collect();
         Self {
             spec: serde_json::to_value(&d.run.spec).unwrap_or(Value::Null),
             results: d
                 .results
                 .into_iter()
-                .map(|r| StepResultView::new(r, &names))
+                .map(|r| StepResultView::new(r, &names, &d.run.spec))
                 .collect(),
             results_next: None,
             run: d.run.into(),
@@ -302,11 +307,22 @@ pub struct StepResultView {
     pub started_at: DateTime<Utc>,
     /// Ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Which list the step is in: `steps`, `on_failure` or `finally`.
+    pub phase: String,
+    /// Which try of the step this is (1 unless it was retried).
+    pub try_no: u32,
+    /// The earlier tries, oldest first (absent without retries).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub tries: Vec<opsconductor::TryRecord>,
 }
 
 impl StepResultView {
-    fn new(r: StepResult, names: &[String]) -> Self {
+    fn new(r: StepResult, names: &[String], spec: &opsconductor::JobSpec) -> Self {
         Self {
+            phase: spec.phase_of(r.step as usize).as_str().to_string(),
+            try_no: r.try_no,
+            tries: r.tries,
             step_name: names
                 .get(r.step as usize)
                 .cloned()
@@ -339,6 +355,8 @@ pub struct LogChunkView {
     pub data: String,
     /// When it was produced.
     pub time: DateTime<Utc>,
+    /// Which try of its step produced it (1 unless the step was retried).
+    pub try_no: u32,
 }
 
 impl From<LogChunk> for LogChunkView {
@@ -350,6 +368,7 @@ impl From<LogChunk> for LogChunkView {
             stream: c.stream.as_str().to_string(),
             data: String::from_utf8_lossy(&c.data).into_owned(),
             time: c.time,
+            try_no: c.try_no,
         }
     }
 }

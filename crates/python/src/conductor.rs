@@ -614,6 +614,39 @@ impl PyConductor {
         self.submitted(py, run, wait, check)
     }
 
+    /// The plan of a run of ``job`` — a dry run: strategy, batches, the
+    /// steps and each target's rendered commands (secrets by name only),
+    /// after every check ``run`` makes, with nothing queued or run. Returns
+    /// a ``dict`` (the REST API's ``POST /api/v1/jobs/{name}/plan`` shape).
+    #[pyo3(signature = (job, params = None, *, targets = None, version = None))]
+    fn plan<'py>(
+        &self,
+        py: Python<'py>,
+        job: String,
+        params: Option<&Bound<'_, PyAny>>,
+        targets: Option<&Bound<'_, PyAny>>,
+        version: Option<u32>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let params = match params {
+            Some(p) => convert::from_py(p, "params")?,
+            None => Value::Null,
+        };
+        let targets = targets
+            .filter(|t| !t.is_none())
+            .map(convert::selector)
+            .transpose()?;
+        let req = SubmitRequest {
+            job,
+            version,
+            params,
+            targets,
+        };
+        let plan = self
+            .engine
+            .block(py, self.engine.oc.plan(req, &self.engine.actor))?;
+        convert::to_py(py, &convert::json(&plan)?)
+    }
+
     /// Runs an ad-hoc command line with each target's shell and returns the
     /// run (listed under the job name ``exec``). The command is not a
     /// template. ``targets`` is a selector (default ``local``); ``timeout``

@@ -218,7 +218,7 @@ impl PyRun {
             .map(|r| {
                 let name = usize::try_from(r.step)
                     .ok()
-                    .and_then(|i| self.run.spec.steps.get(i))
+                    .and_then(|i| self.run.spec.step_at(i))
                     .map(|s| s.name.as_str())
                     .unwrap_or("");
                 build.call1((convert::to_py(py, &convert::json(r)?)?, name))

@@ -33,7 +33,8 @@ pub(crate) use job_columns;
 /// The columns `step_result` reads.
 macro_rules! step_columns {
     () => {
-        "run_id, step, target, status, exit_code, signal, error, attempt, started_at, finished_at"
+        "run_id, step, target, status, exit_code, signal, error, attempt, started_at, finished_at, \
+         try_no, tries"
     };
 }
 pub(crate) use step_columns;
@@ -41,7 +42,7 @@ pub(crate) use step_columns;
 /// The columns `log_chunk` reads.
 macro_rules! log_columns {
     () => {
-        "run_id, seq, step, target, stream, data, time"
+        "run_id, seq, step, target, stream, data, time, try_no"
     };
 }
 pub(crate) use log_columns;
@@ -197,6 +198,11 @@ macro_rules! row_decoders {
                 attempt: to_u32("attempt", get(row, "attempt")?)?,
                 started_at: from_micros(get(row, "started_at")?)?,
                 finished_at: from_micros_opt(get(row, "finished_at")?)?,
+                try_no: to_u32("try number", get(row, "try_no")?)?,
+                tries: match get::<Option<String>>(row, "tries")? {
+                    Some(_) => json(row, "tries")?,
+                    None => Vec::new(),
+                },
             })
         }
 
@@ -306,6 +312,7 @@ macro_rules! row_decoders {
                 stream: parsed(row, "stream")?,
                 data: get(row, "data")?,
                 time: from_micros(get(row, "time")?)?,
+                try_no: to_u32("try number", get(row, "try_no")?)?,
             })
         }
     };

@@ -3,6 +3,7 @@
 
 mod apply;
 mod jobs;
+mod plan;
 mod report;
 mod run;
 mod runs;

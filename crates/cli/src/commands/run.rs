@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// Show live progress, then each target's output as one block (instead of interleaved lines).
     #[arg(long, conflicts_with_all = ["follow", "detach"])]
     group: bool,
+    /// Print the plan (batches, steps per target, rendered commands with
+    /// secrets shown by name) without running anything.
+    #[arg(long, conflicts_with_all = ["follow", "detach", "group"])]
+    dry_run: bool,
 }
 
 /// `opsconductor exec`.
@@ -108,6 +112,11 @@ pub async fn run(oc: &Conductor, out: &Out, args: RunArgs) -> Result<u8, Error> 
         params: serde_json::Value::Object(params),
         targets: args.targets.map(|t| vec![t]),
     };
+    if args.dry_run {
+        let plan = oc.plan(req, &Actor::local_user()).await?;
+        super::plan::print_plan(out, &plan);
+        return Ok(exit::OK);
+    }
     // Listen before the run is queued, so that an interrupt at any moment
     // cancels it (and kills its processes) instead of killing only us and
     // leaving the run behind.

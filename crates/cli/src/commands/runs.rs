@@ -131,31 +131,51 @@ pub async fn runs_show(oc: &Conductor, out: &Out, id: &str) -> Result<u8, Error>
         kv("Worker:", format!("{w} (attempt {})", r.attempt));
     }
     println!();
-    let rows = d
-        .results
-        .iter()
-        .map(|x| {
-            let step = r
-                .spec
-                .steps
-                .get(x.step as usize)
-                .map(|s| s.name.as_str())
-                .unwrap_or("?");
-            vec![
-                format!("{}. {step}", x.step + 1),
+    // Cleanup steps say which list they are in; a retried step shows each
+    // earlier try on its own row above its latest one.
+    let mut rows = Vec::new();
+    for x in &d.results {
+        let step = r
+            .spec
+            .step_at(x.step as usize)
+            .map(|s| s.name.as_str())
+            .unwrap_or("?");
+        let phase = match r.spec.phase_of(x.step as usize) {
+            opsconductor::StepPhase::Main => String::new(),
+            p => format!(" [{}]", p.as_str()),
+        };
+        let name = |try_no: u32| {
+            let t = if x.try_no > 1 {
+                format!(" (try {try_no}/{})", x.try_no)
+            } else {
+                String::new()
+            };
+            format!("{}. {step}{phase}{t}", x.step + 1)
+        };
+        for t in &x.tries {
+            rows.push(vec![
+                name(t.try_no),
                 x.target.clone(),
-                out.step_status(x.status),
-                x.exit_code
-                    .map(|c| c.to_string())
-                    .or(x.signal.map(|s| format!("signal {s}")))
-                    .unwrap_or_default(),
-                x.finished_at
-                    .map(|f| human_duration(f - x.started_at))
-                    .unwrap_or_default(),
-                x.error.clone().unwrap_or_default(),
-            ]
-        })
-        .collect();
+                out.step_status(t.status),
+                t.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                human_duration(t.finished_at - t.started_at),
+                t.error.clone().unwrap_or_default(),
+            ]);
+        }
+        rows.push(vec![
+            name(x.try_no),
+            x.target.clone(),
+            out.step_status(x.status),
+            x.exit_code
+                .map(|c| c.to_string())
+                .or(x.signal.map(|s| format!("signal {s}")))
+                .unwrap_or_default(),
+            x.finished_at
+                .map(|f| human_duration(f - x.started_at))
+                .unwrap_or_default(),
+            x.error.clone().unwrap_or_default(),
+        ]);
+    }
     out.table(&["STEP", "TARGET", "STATUS", "EXIT", "TOOK", "ERROR"], rows);
     Ok(exit::OK)
 }

@@ -214,6 +214,19 @@ impl Conductor {
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(encode)?;
         doc.insert("steps".into(), serde_json::Value::Array(steps));
+        for (key, list) in [
+            ("on_failure", &job.spec.on_failure),
+            ("finally", &job.spec.finally),
+        ] {
+            if !list.is_empty() {
+                let docs = list
+                    .iter()
+                    .map(step_document)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(encode)?;
+                doc.insert(key.into(), serde_json::Value::Array(docs));
+            }
+        }
         serde_yaml_ng::to_string(&doc)
             .map_err(|e| Error::Internal(format!("encoding job '{name}' as YAML: {e}")))
     }

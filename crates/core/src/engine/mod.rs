@@ -5,6 +5,7 @@
 mod audit;
 mod auth;
 mod definitions;
+mod dry_run;
 mod local;
 pub mod notify;
 mod outcome;
@@ -17,6 +18,7 @@ mod secrets;
 mod targets;
 mod worker;
 
+pub use dry_run::{PlannedCommand, PlannedSecret, PlannedStep, RunPlan, TargetPlan};
 pub use local::LocalPolicy;
 pub use outcome::TargetOutcome;
 pub use runs::{

@@ -51,10 +51,8 @@ impl RunDetail {
 
     /// The result that failed `target`: the first one, by step, that neither
     /// succeeded nor was allowed to fail (`continue_on_error`).
-    pub fn failing_result(&self, target: &str) -> Option<&StepResult> {
-        self.results
-            .iter()
-            .filter(|r| r.target == target)
+    pub fn failing_result<'a>(&'a self, target: &'a str) -> Option<&'a StepResult> {
+        self.main_results(target)
             .filter(|r| !matches!(r.status, StepStatus::Succeeded | StepStatus::Skipped))
             .filter(|r| !self.tolerated(r))
             .min_by_key(|r| r.step)
@@ -70,7 +68,7 @@ impl RunDetail {
 
     fn target_status(&self, target: &str, run_over: bool) -> Option<StepStatus> {
         let steps = self.run.spec.steps.len();
-        let mine: Vec<_> = self.results.iter().filter(|r| r.target == target).collect();
+        let mine: Vec<_> = self.main_results(target).collect();
         let terminal = mine
             .iter()
             .filter(|r| r.status != StepStatus::Running)
@@ -104,10 +102,18 @@ impl RunDetail {
         Some(end - start)
     }
 
-    fn tolerated_error(&self, target: &str) -> Option<String> {
+    /// `target`'s results of the job's steps (not of `on_failure` and
+    /// `finally`, which clean up after the outcome and do not decide it).
+    fn main_results<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a StepResult> + Clone {
+        let steps = self.run.spec.steps.len();
         self.results
             .iter()
-            .filter(|x| x.target == target)
+            .filter(move |r| r.target == target && (r.step as usize) < steps)
+    }
+
+    fn tolerated_error(&self, target: &str) -> Option<String> {
+        self.main_results(target)
+            .filter(|x| x.status != StepStatus::Skipped)
             .find_map(|x| {
                 let name = self
                     .run

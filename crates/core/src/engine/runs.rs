@@ -118,6 +118,15 @@ pub struct LogPage {
     pub complete: bool,
 }
 
+/// A run that passed every check of [`Conductor::check_run`].
+pub(super) struct Checked {
+    pub id: RunId,
+    pub spec: JobSpec,
+    pub version: Option<u32>,
+    pub params: Value,
+    pub targets: Vec<crate::model::Target>,
+}
+
 /// The name ad-hoc runs are listed under.
 pub const ADHOC_JOB: &str = "exec";
 
@@ -185,7 +194,15 @@ impl Conductor {
                 workdir: None,
                 raw: true,
                 limits: Default::default(),
+                retry: None,
             }],
+            strategy: Default::default(),
+            batch: None,
+            pause: None,
+            max_failures: None,
+            retry: None,
+            on_failure: vec![],
+            finally: vec![],
         };
         self.enqueue(
             spec,
@@ -224,104 +241,15 @@ impl Conductor {
         all_targets: &[crate::model::Target],
         actor: &Actor,
     ) -> Result<(Run, Vec<crate::model::Target>)> {
-        let (version, author) = version.unzip();
-        let targets = selector::resolve(selector, all_targets)?;
-        let policy = self.local_policy();
-        policy.check_run(actor, &spec, &targets)?;
-        // A job version written by a role that may not reach the server's
-        // host is not run there by anyone else either (an operator editing
-        // a job an admin runs would otherwise borrow the admin's reach).
-        let users = self.inner.store.user_store();
-        if let Some(author) = author
-            && author != actor.name
-            && policy.reaches_host(&spec, &targets)
-            && let Some(u) = users.get_user(author).await?
-        {
-            policy.check_author(&spec.name, version.unwrap_or(0), &u.username, u.role)?;
-        }
-        self.inner
-            .check_secrets_exist(&spec.secrets, &targets)
+        let Checked {
+            id,
+            spec,
+            version,
+            params,
+            targets,
+        } = self
+            .check_run(spec, version, params, selector, all_targets, actor)
             .await?;
-        // Render every template for every target now, so a template error is
-        // the submitter's error, not a failed run later.
-        let id = RunId::new();
-        // Rendering is CPU work bounded by the template budget (fuel and
-        // output size); it runs on the blocking pool, never on the reactor.
-        let (inner, spec, targets, params) = {
-            let inner = self.inner.clone();
-            tokio::task::spawn_blocking(move || {
-                for t in &targets {
-                    for (i, step) in spec.steps.iter().enumerate() {
-                        let run = worker::RunView {
-                            id,
-                            spec: &spec,
-                            version,
-                            attempt: 1,
-                            params: &params,
-                        };
-                        worker::render_step(
-                            &inner.templates,
-                            step,
-                            worker::exec_quoting(&inner, t),
-                            &worker::template_context(&run, t),
-                        )
-                        .map_err(|e| match e {
-                            // Paths name their own field (`steps[1].copy.dest`).
-                            super::RenderError::Path(p) => Error::validation(
-                                format!("steps[{i}].{}", p.field),
-                                format!(
-                                    "{} (step '{}', target '{}')",
-                                    p.message, step.name, t.name
-                                ),
-                            ),
-                            super::RenderError::Template(m) => Error::validation(
-                                format!("steps[{i}] ({}) on target '{}'", step.name, t.name),
-                                m,
-                            ),
-                        })?;
-                    }
-                }
-                Ok::<_, Error>((inner, spec, targets, params))
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("rendering templates: {e}")))??
-        };
-        drop(inner);
-        for t in &targets {
-            for (i, step) in spec.steps.iter().enumerate() {
-                // What the target's executor cannot do is the submitter's
-                // error, not a failed run later.
-                if let Some(e) = self.inner.executors.get(t.connection.kind()) {
-                    let caps = e.capabilities();
-                    let missing = match step.action {
-                        Action::Script { .. } if !caps.script => Some("scripts"),
-                        Action::Copy { .. } if !caps.copy => Some("copies"),
-                        _ => None,
-                    };
-                    if let Some(what) = missing {
-                        return Err(Error::validation(
-                            format!("steps[{i}] ({}) on target '{}'", step.name, t.name),
-                            format!("{} targets cannot run {what}", e.kind()),
-                        ));
-                    }
-                }
-                if !step.limits.is_empty() {
-                    let kind = t.connection.kind();
-                    let checked = match self.inner.executors.get(kind) {
-                        Some(e) => e.check_step_limits(t, &step.limits),
-                        None => Err(format!(
-                            "this build has no executor for {kind} targets (enable the '{kind}' feature)"
-                        )),
-                    };
-                    checked.map_err(|m| {
-                        Error::validation(
-                            format!("steps[{i}] ({}).limits on target '{}'", step.name, t.name),
-                            m,
-                        )
-                    })?;
-                }
-            }
-        }
         let run = Run {
             id,
             job: spec.name.clone(),
@@ -371,6 +299,141 @@ impl Conductor {
             .audit_as(actor, "run.submit", format!("run:{}", run.id), detail)
             .await;
         Ok(run)
+    }
+
+    /// Everything `submit` checks before a run is queued (and a dry run
+    /// before it shows the plan): targets, the local-host policy, secrets,
+    /// every template of every step (cleanup steps included) on every
+    /// target, and what each target's executor can do.
+    pub(super) async fn check_run(
+        &self,
+        spec: JobSpec,
+        version: Option<(u32, &str)>,
+        params: Value,
+        selector: &[String],
+        all_targets: &[crate::model::Target],
+        actor: &Actor,
+    ) -> Result<Checked> {
+        let (version, author) = version.unzip();
+        let targets = selector::resolve(selector, all_targets)?;
+        let policy = self.local_policy();
+        policy.check_run(actor, &spec, &targets)?;
+        // A job version written by a role that may not reach the server's
+        // host is not run there by anyone else either (an operator editing
+        // a job an admin runs would otherwise borrow the admin's reach).
+        let users = self.inner.store.user_store();
+        if let Some(author) = author
+            && author != actor.name
+            && policy.reaches_host(&spec, &targets)
+            && let Some(u) = users.get_user(author).await?
+        {
+            policy.check_author(&spec.name, version.unwrap_or(0), &u.username, u.role)?;
+        }
+        self.inner
+            .check_secrets_exist(&spec.secrets, &targets)
+            .await?;
+        // Render every template for every target now, so a template error is
+        // the submitter's error, not a failed run later.
+        let id = RunId::new();
+        // Rendering is CPU work bounded by the template budget (fuel and
+        // output size); it runs on the blocking pool, never on the reactor.
+        let (inner, spec, targets, params) = {
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || {
+                for t in &targets {
+                    for (i, phase, step) in spec.all_steps() {
+                        let run = worker::RunView {
+                            id,
+                            spec: &spec,
+                            version,
+                            attempt: 1,
+                            params: &params,
+                        };
+                        worker::render_step(
+                            &inner.templates,
+                            step,
+                            worker::exec_quoting(&inner, t),
+                            &worker::context_for(&run, t, phase),
+                        )
+                        .map_err(|e| match e {
+                            // Paths name their own field (`steps[1].copy.dest`).
+                            super::RenderError::Path(p) => Error::validation(
+                                format!("{}.{}", spec.field_of(i), p.field),
+                                format!(
+                                    "{} (step '{}', target '{}')",
+                                    p.message, step.name, t.name
+                                ),
+                            ),
+                            super::RenderError::Template(m) => Error::validation(
+                                format!(
+                                    "{} ({}) on target '{}'",
+                                    spec.field_of(i),
+                                    step.name,
+                                    t.name
+                                ),
+                                m,
+                            ),
+                        })?;
+                    }
+                }
+                Ok::<_, Error>((inner, spec, targets, params))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("rendering templates: {e}")))??
+        };
+        drop(inner);
+        for t in &targets {
+            for (i, _, step) in spec.all_steps() {
+                // What the target's executor cannot do is the submitter's
+                // error, not a failed run later.
+                if let Some(e) = self.inner.executors.get(t.connection.kind()) {
+                    let caps = e.capabilities();
+                    let missing = match step.action {
+                        Action::Script { .. } if !caps.script => Some("scripts"),
+                        Action::Copy { .. } if !caps.copy => Some("copies"),
+                        _ => None,
+                    };
+                    if let Some(what) = missing {
+                        return Err(Error::validation(
+                            format!(
+                                "{} ({}) on target '{}'",
+                                spec.field_of(i),
+                                step.name,
+                                t.name
+                            ),
+                            format!("{} targets cannot run {what}", e.kind()),
+                        ));
+                    }
+                }
+                if !step.limits.is_empty() {
+                    let kind = t.connection.kind();
+                    let checked = match self.inner.executors.get(kind) {
+                        Some(e) => e.check_step_limits(t, &step.limits),
+                        None => Err(format!(
+                            "this build has no executor for {kind} targets (enable the '{kind}' feature)"
+                        )),
+                    };
+                    checked.map_err(|m| {
+                        Error::validation(
+                            format!(
+                                "{} ({}).limits on target '{}'",
+                                spec.field_of(i),
+                                step.name,
+                                t.name
+                            ),
+                            m,
+                        )
+                    })?;
+                }
+            }
+        }
+        Ok(Checked {
+            id,
+            spec,
+            version,
+            params,
+            targets,
+        })
     }
 
     /// Finds a run by full id or by a unique prefix of it (as people type).

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod jobs;
 pub mod notify;
 pub mod ops;
+pub mod plan;
 pub mod runs;
 pub mod schedules;
 pub mod secrets;
@@ -41,6 +42,7 @@ use crate::{auth as authn, middleware as mw};
         auth::login, auth::refresh, auth::logout, auth::me, auth::tokens, auth::create_token, auth::revoke_token,
         targets::list, targets::get_one, targets::put, targets::delete_one, targets::check, targets::host_key, targets::trust,
         jobs::list, jobs::get_one, jobs::versions, jobs::create, jobs::put, jobs::apply,
+        plan::plan,
         runs::list, runs::submit, runs::get_one, runs::cancel, runs::logs, runs::ws, runs::exec,
         secrets::list, secrets::get_one, secrets::put, secrets::delete_one, secrets::history,
         secrets::keys, secrets::rotate, secrets::retire,
@@ -107,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs", get(jobs::list).post(jobs::create))
         .route("/api/v1/jobs/{name}", get(jobs::get_one).put(jobs::put))
         .route("/api/v1/jobs/{name}/versions", get(jobs::versions))
+        .route("/api/v1/jobs/{name}/plan", post(plan::plan))
         .route("/api/v1/apply", post(jobs::apply))
         .route("/api/v1/runs", get(runs::list).post(runs::submit))
         .route("/api/v1/runs/{id}", get(runs::get_one))

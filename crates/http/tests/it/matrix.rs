@@ -139,6 +139,12 @@ fn cases() -> Vec<Case> {
         ),
         case(M::POST, "/api/v1/runs/{run}/cancel", None, Perm(P::Cancel)),
         case(
+            M::POST,
+            "/api/v1/jobs/hello/plan",
+            Some(json!({})),
+            Perm(P::Run),
+        ),
+        case(
             M::PUT,
             "/api/v1/jobs/j-{role}",
             Some(job("j-{role}")),

@@ -114,6 +114,14 @@ class Conductor:
         wait: bool = False,
         check: bool = False,
     ) -> Run: ...
+    def plan(
+        self,
+        job: str,
+        params: Optional[Mapping[str, Any]] = None,
+        *,
+        targets: Union[str, Sequence[str], None] = None,
+        version: Optional[int] = None,
+    ) -> dict[str, Any]: ...
     def exec(
         self,
         command: str,

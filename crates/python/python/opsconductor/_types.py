@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Dict, List, Literal, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 if TYPE_CHECKING:
     from typing_extensions import TypeAlias
@@ -506,6 +506,11 @@ class StepResult:
     """When it started."""
     finished_at: Optional[datetime]
     """When it ended (``None`` while running)."""
+    try_no: int = 1
+    """Which try of the step this is (1 unless the step was retried)."""
+    tries: Tuple[Mapping[str, Any], ...] = ()
+    """The earlier tries, oldest first: ``try_no``, ``status``,
+    ``exit_code``, ``error``, ``started_at``, ``finished_at``."""
 
     @property
     def ok(self) -> bool:
@@ -532,6 +537,8 @@ def _step_result_from_json(r: Mapping[str, Any], step_name: str) -> StepResult:
         attempt=r["attempt"],
         started_at=_req_time(r["started_at"]),
         finished_at=_time(r.get("finished_at")),
+        try_no=r.get("try_no", 1),
+        tries=tuple(r.get("tries", ())),
     )
 
 

@@ -145,6 +145,13 @@ pub async fn job_spec_round_trips_every_field(store: Arc<dyn Store>) -> Result<(
         secrets: vec!["deploy-key".into(), "api-token".into()],
         notify: vec![],
         steps: vec![exec, script, inline, from_file],
+        strategy: Default::default(),
+        batch: None,
+        pause: None,
+        max_failures: None,
+        retry: None,
+        on_failure: vec![],
+        finally: vec![],
     };
     store
         .apply(

@@ -43,6 +43,7 @@ pub async fn logs_read_back_in_seq_order(store: Arc<dyn Store>) -> Result<()> {
         stream: Stream::System,
         data: vec![0, 159, 146, 150, 255, b'\n', 0],
         time: at(123_456),
+        try_no: 1,
     };
     let err = LogChunk {
         seq: 12,
@@ -128,6 +129,8 @@ pub async fn logs_and_step_results_need_an_existing_run(store: Arc<dyn Store>) -
         attempt: 1,
         started_at: at(0),
         finished_at: Some(at(1)),
+        try_no: 1,
+        tries: vec![],
     };
     assert!(
         store.put_step_result(&result).await.is_err(),

@@ -194,6 +194,13 @@ pub fn job_spec(name: &str) -> JobSpec {
                 command: "echo hello".into(),
             },
         )],
+        strategy: Default::default(),
+        batch: None,
+        pause: None,
+        max_failures: None,
+        retry: None,
+        on_failure: vec![],
+        finally: vec![],
     }
 }
 
@@ -277,6 +284,7 @@ pub fn chunk(run: RunId, seq: u64, data: &str) -> LogChunk {
         stream: Stream::Stdout,
         data: data.as_bytes().to_vec(),
         time: at(i64::try_from(seq).unwrap_or(0)),
+        try_no: 1,
     }
 }
 

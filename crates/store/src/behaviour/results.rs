@@ -19,6 +19,8 @@ pub async fn step_results_upsert_and_order(store: Arc<dyn Store>) -> Result<()> 
         attempt: 1,
         started_at: at(1_000 + i64::from(step)),
         finished_at: None,
+        try_no: 1,
+        tries: vec![],
     };
     for (step, target) in [
         (1, "web-2"),
@@ -87,6 +89,8 @@ fn running_result(run: RunId, step: u32, target: &str) -> StepResult {
         attempt: 1,
         started_at: at(i64::from(step)),
         finished_at: None,
+        try_no: 1,
+        tries: vec![],
     }
 }
 
@@ -175,6 +179,8 @@ pub async fn guarded_result_batches_are_all_or_nothing(store: Arc<dyn Store>) ->
         attempt: run.attempt,
         started_at: at(1_000 + i64::from(step)),
         finished_at: None,
+        try_no: 1,
+        tries: vec![],
     };
     assert!(
         store.put_step_results_as("w1", &[]).await?,
@@ -239,6 +245,8 @@ pub async fn step_results_page_after_a_cursor(store: Arc<dyn Store>) -> Result<(
         attempt: 1,
         started_at: at(1_000),
         finished_at: Some(at(2_000)),
+        try_no: 1,
+        tries: vec![],
     };
     // Byte order: upper case before lower case, "web-10" before "web-2".
     let targets = ["Web", "web-1", "web-10", "web-2", "\u{e9}t\u{e9}"];

@@ -201,7 +201,7 @@ impl PostgresStore {
 
     const BACKEND: &'static str = "postgres";
 
-    /// Log chunks per `INSERT` statement (7 parameters each; PostgreSQL
+    /// Log chunks per `INSERT` statement (8 parameters each; PostgreSQL
     /// allows 65535).
     const LOG_ROWS_PER_INSERT: usize = 1000;
 

@@ -29,26 +29,36 @@ macro_rules! run_sql {
             use $crate::rows::{job_columns, log_columns, run_columns, step_columns, to_json};
             use $crate::sql::{Lock, run_write_error};
 
+            /// The earlier tries of a result for the `tries` column (NULL
+            /// when there are none, the common case).
+            fn tries_json(r: &StepResult) -> Result<Option<String>> {
+                if r.tries.is_empty() {
+                    return Ok(None);
+                }
+                to_json("earlier tries", &r.tries).map(Some)
+            }
+
             /// `step_results_page` limit when the caller passes 0.
             const DEFAULT_RESULT_LIMIT: usize = 1000;
 
             /// The guarded upsert of one step result: written only while
-            /// worker `$12` holds run `$11` at attempt `$8`.
+            /// worker `$14` holds run `$13` at attempt `$8`.
             const GUARDED_RESULT: &str = concat!(
                             "WITH owner AS (SELECT 1 FROM ",
                             $owner_rows,
-                            " WHERE id = $11 AND worker = $12 \
+                            " WHERE id = $13 AND worker = $14 \
                                AND attempt = $8 AND status = 'running'",
                             $owner_lock,
                             ") INSERT INTO step_results (",
                             step_columns!(),
-                            ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM owner \
+                            ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM owner \
                              WHERE TRUE \
                              ON CONFLICT (run_id, step, target) DO UPDATE SET \
                                status = excluded.status, exit_code = excluded.exit_code, \
                                signal = excluded.signal, error = excluded.error, \
                                attempt = excluded.attempt, started_at = excluded.started_at, \
-                               finished_at = excluded.finished_at"
+                               finished_at = excluded.finished_at, try_no = excluded.try_no, \
+                               tries = excluded.tries"
                         );
 
             impl $store {
@@ -148,12 +158,13 @@ macro_rules! run_sql {
                         concat!(
                             "INSERT INTO step_results (",
                             step_columns!(),
-                            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                              ON CONFLICT (run_id, step, target) DO UPDATE SET \
                                status = excluded.status, exit_code = excluded.exit_code, \
                                signal = excluded.signal, error = excluded.error, \
                                attempt = excluded.attempt, started_at = excluded.started_at, \
-                               finished_at = excluded.finished_at"
+                               finished_at = excluded.finished_at, try_no = excluded.try_no, \
+                               tries = excluded.tries"
                         )
                     };
                     let op = "recording a step result";
@@ -168,7 +179,9 @@ macro_rules! run_sql {
                         .bind(result.error.as_deref())
                         .bind(i64::from(result.attempt))
                         .bind(micros(result.started_at))
-                        .bind(result.finished_at.map(micros));
+                        .bind(result.finished_at.map(micros))
+                        .bind(i64::from(result.try_no))
+                        .bind(tries_json(result)?);
                     if let Some(worker) = owner {
                         q = q.bind(result.run_id.to_string()).bind(worker);
                     }
@@ -210,6 +223,7 @@ macro_rules! run_sql {
                             c.stream.as_str(),
                             c.data.as_slice(),
                             micros(c.time),
+                            i64::from(c.try_no),
                         ));
                     }
                     let op = "appending log chunks";
@@ -245,7 +259,8 @@ macro_rules! run_sql {
                                 .push_bind(c.3)
                                 .push_bind(c.4)
                                 .push_bind(c.5)
-                                .push_bind(c.6);
+                                .push_bind(c.6)
+                                .push_bind(c.7);
                         });
                         // A retried batch carries the same (run, seq): keep what is there.
                         q.push(" ON CONFLICT (run_id, seq) DO NOTHING");
@@ -703,6 +718,8 @@ macro_rules! run_sql {
                             .bind(i64::from(r.attempt))
                             .bind(micros(r.started_at))
                             .bind(r.finished_at.map(micros))
+                            .bind(i64::from(r.try_no))
+                            .bind(tries_json(r)?)
                             .bind(r.run_id.to_string())
                             .bind(worker)
                             .execute(&mut *tx)

@@ -169,7 +169,7 @@ impl SqliteStore {
 
     const BACKEND: &'static str = "sqlite";
 
-    /// Log chunks per `INSERT` statement (7 parameters each, far below
+    /// Log chunks per `INSERT` statement (8 parameters each, far below
     /// SQLite's limit).
     const LOG_ROWS_PER_INSERT: usize = 200;
 

@@ -611,6 +611,8 @@ async fn names_sort_bytewise_in_a_natural_language_database() -> TestResult {
                 attempt: 1,
                 started_at: now_ms(),
                 finished_at: None,
+                try_no: 1,
+                tries: vec![],
             })
             .await?;
     }

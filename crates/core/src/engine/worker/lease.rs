@@ -31,6 +31,9 @@ pub(crate) enum StopReason {
 /// A run's stop switch: the token its steps watch and why it was pulled.
 pub(crate) struct RunStop {
     token: CancellationToken,
+    /// Pulled for every reason but a cancel: what `on_failure` and
+    /// `finally` steps watch, since they must still run after a cancel.
+    hard: CancellationToken,
     reason: AtomicU8,
 }
 
@@ -38,6 +41,7 @@ impl RunStop {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             token: CancellationToken::new(),
+            hard: CancellationToken::new(),
             reason: AtomicU8::new(0),
         })
     }
@@ -49,6 +53,15 @@ impl RunStop {
             .reason
             .compare_exchange(0, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
         self.token.cancel();
+        if reason != StopReason::Cancel {
+            self.hard.cancel();
+        }
+    }
+
+    /// The token cleanup steps (`on_failure`, `finally`) watch: pulled when
+    /// the worker loses the run or shuts down, not by a cancel.
+    pub(crate) fn hard_token(&self) -> CancellationToken {
+        self.hard.clone()
     }
 
     pub(crate) fn reason(&self) -> Option<StopReason> {

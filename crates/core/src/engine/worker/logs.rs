@@ -88,6 +88,7 @@ impl LogWriter {
             stream: ev.stream,
             data,
             time: Utc::now(),
+            try_no: ev.try_no,
         });
     }
 

@@ -5,9 +5,12 @@
 
 mod lease;
 mod logs;
+pub(crate) mod plan;
 mod render;
+mod retry;
 mod run;
 mod step;
+mod strategy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +24,7 @@ use crate::model::Run;
 use crate::store::Claim;
 
 pub(crate) use lease::{RunStop, StopReason};
-pub(crate) use render::{Rendered, RunView, exec_quoting, render_step, template_context};
+pub(crate) use render::{Rendered, RunView, context_for, exec_quoting, render_step};
 pub(crate) use run::execute_run;
 
 use lease::after;

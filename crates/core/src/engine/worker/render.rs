@@ -7,10 +7,11 @@ use serde_json::{Value, json};
 
 use super::super::Inner;
 use crate::executor::Command;
-use crate::model::{Action, JobSpec, RunId, Step, Target};
+use crate::model::{Action, JobSpec, RunId, Step, StepPhase, Target};
 use crate::template::{Quoting, Templates};
 
 /// What a step becomes once its templates are rendered for one target.
+#[derive(Clone, Debug)]
 pub(crate) enum Rendered {
     Run {
         cmd: Command,
@@ -48,6 +49,24 @@ pub(crate) fn template_context(run: &RunView<'_>, target: &Target) -> Value {
         "run": { "id": run.id.to_string(), "attempt": run.attempt },
         "job": { "name": run.spec.name, "version": run.version },
     })
+}
+
+/// The variables of a step in `phase`: cleanup steps (`on_failure`,
+/// `finally`) also see `failure` — here an example one (the first step
+/// failed with exit code 1), for checking templates and for dry runs; the
+/// worker sets the target's real one.
+pub(crate) fn context_for(run: &RunView<'_>, target: &Target, phase: StepPhase) -> Value {
+    let mut ctx = template_context(run, target);
+    if phase != StepPhase::Main
+        && let Some(m) = ctx.as_object_mut()
+    {
+        let first = run.spec.steps.first().map(|s| s.name.as_str());
+        m.insert(
+            "failure".into(),
+            json!({"step": first, "index": 0, "status": "failed", "exit_code": 1, "error": "exit code 1"}),
+        );
+    }
+    ctx
 }
 
 /// How `exec` command lines are quoted on `target`: as its executor says.

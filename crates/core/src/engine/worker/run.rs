@@ -4,10 +4,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
 use chrono::Utc;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -17,7 +17,7 @@ use super::super::secrets::RunSecrets;
 use super::lease::{LeaseClock, RunStop, StopReason, Watchers, after};
 use super::logs::LogWriter;
 use super::persist;
-use super::step::{Outcome, StepEnd, step_on_target};
+use super::strategy::{self, Progress};
 use crate::bus::Event;
 use crate::executor::{OutputSink, Session};
 use crate::mask::Masker;
@@ -42,6 +42,8 @@ pub(crate) struct RunState {
     pub pending: std::sync::Mutex<Vec<StepResult>>,
     /// Step tasks of the current round that have not ended yet.
     pub in_flight: AtomicUsize,
+    /// Per target, how it failed, for the `failure` variable of cleanup steps.
+    pub failures: std::sync::Mutex<Vec<serde_json::Value>>,
 }
 
 /// How a run ended, to be recorded by its owner.
@@ -362,101 +364,74 @@ impl RunState {
             secrets: p.secrets,
             pending: std::sync::Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
+            failures: std::sync::Mutex::new(Vec::new()),
         })
     }
 
-    fn deadline_passed(&self) -> bool {
+    pub(crate) fn deadline_passed(&self) -> bool {
         self.run_deadline.is_some_and(|d| Instant::now() >= d)
     }
-}
 
-/// Where the targets of a run stand after the steps so far.
-struct Progress {
-    /// Targets that go on to the next step.
-    alive: Vec<bool>,
-    /// The run's error: the first failure (masked).
-    first_failure: Option<String>,
-    /// Every target that stopped did so on a time limit.
-    only_timeouts: bool,
-}
+    /// Sets what `failure` is in target `ti`'s cleanup steps.
+    pub(crate) fn set_failure(&self, ti: usize, failure: serde_json::Value) {
+        let mut f = match self.failures.lock() {
+            Ok(f) => f,
+            Err(p) => p.into_inner(),
+        };
+        if f.len() < self.run.targets.len() {
+            f.resize(self.run.targets.len(), serde_json::Value::Null);
+        }
+        f[ti] = failure;
+    }
 
-impl Progress {
-    /// Takes in how step `si` ended on target `ti`.
-    fn absorb(&mut self, st: &RunState, si: usize, ti: usize, end: StepEnd) {
-        let step = &st.run.spec.steps[si];
-        if end.outcome == Outcome::Ok || step.continue_on_error {
-            return;
-        }
-        self.alive[ti] = false;
-        if end.outcome != Outcome::TimedOut {
-            self.only_timeouts = false;
-        }
-        if self.first_failure.is_none() && end.outcome != Outcome::Cancelled {
-            let target = &st.run.targets[ti];
-            let why = end.why.unwrap_or_else(|| "failed".into());
-            // Stored as the run's error: masked like its output.
-            let why = st.secrets.masker.mask_str(&why);
-            self.first_failure = Some(format!("step '{}' on {target}: {why}", step.name));
-        }
+    /// What `failure` is in target `ti`'s cleanup steps.
+    pub(crate) fn failure_of(&self, ti: usize) -> serde_json::Value {
+        let f = match self.failures.lock() {
+            Ok(f) => f,
+            Err(p) => p.into_inner(),
+        };
+        f.get(ti)
+            .cloned()
+            .filter(|v| !v.is_null())
+            .unwrap_or_else(|| strategy::Failure::to_value(None))
     }
 }
 
-/// Runs every step on every target; returns the run's end, or `None` when
-/// nothing should be recorded.
+/// Runs every step on every target as the job's strategy says, then the
+/// cleanup steps; returns the run's end, or `None` when nothing should be
+/// recorded.
 async fn run_steps(state: Arc<RunState>) -> Option<RunEnd> {
-    let n = state.run.targets.len();
-    let mut progress = Progress {
-        alive: vec![true; n],
-        first_failure: None,
-        only_timeouts: true,
-    };
-    let concurrency = state.run.spec.concurrency.max(1);
-    for si in 0..state.run.spec.steps.len() {
-        if state.stop.is_stopped() || state.deadline_passed() {
-            break;
-        }
-        let live: Vec<usize> = (0..n).filter(|ti| progress.alive[*ti]).collect();
-        state.in_flight.store(live.len(), Ordering::SeqCst);
-        let ends: Vec<(usize, StepEnd)> = futures::stream::iter(live.into_iter().map(|ti| {
-            let st = state.clone();
-            async move {
-                let end = step_on_target(&st, si as u32, ti).await;
-                st.in_flight.fetch_sub(1, Ordering::SeqCst);
-                (ti, end)
-            }
-        }))
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-        for (ti, end) in ends {
-            progress.absorb(&state, si, ti, end);
-        }
-        if !progress.alive.iter().any(|a| *a) {
-            break;
-        }
-    }
+    let mut progress = Progress::new(state.run.targets.len());
+    strategy::run_batches(&state, &mut progress).await;
     state.flush_pending().await;
-    // Later steps of targets that stopped are recorded as skipped, for a complete picture.
-    if !state.stop.is_stopped() && progress.alive.iter().any(|a| !*a) {
-        record_skipped(&state, &progress.alive).await;
+    // Read before the cleanup steps, which may run past the run's deadline.
+    let timed_out = !state.stop.is_stopped() && state.deadline_passed();
+    strategy::run_cleanup(&state, &mut progress).await;
+    // Later steps of targets that stopped, and every step of targets the
+    // rollout never reached, are recorded as skipped, for a complete picture.
+    if !state.stop.is_stopped() && !timed_out {
+        record_skipped(&state, &progress).await;
     }
     for s in &state.sessions {
         if let Some(session) = s.lock().await.take() {
             session.close().await;
         }
     }
-    run_end(&state, progress)
+    run_end(&state, progress, timed_out)
 }
 
-/// Records every step without a result on a target that stopped as skipped.
-async fn record_skipped(state: &RunState, alive: &[bool]) {
+/// Records every main step without a result on a target that stopped or
+/// never started as skipped.
+async fn record_skipped(state: &RunState, progress: &Progress) {
     let recorded: HashSet<(u32, String)> = match state.inner.store.step_results(state.run.id).await
     {
         Ok(rs) => rs.into_iter().map(|r| (r.step, r.target)).collect(),
         Err(_) => Default::default(),
     };
     let steps = state.run.spec.steps.len() as u32;
-    for (ti, _) in alive.iter().enumerate().filter(|(_, a)| !**a) {
+    let stopped = (0..progress.targets.len())
+        .filter(|&ti| !progress.alive(ti) || !progress.targets[ti].started);
+    for ti in stopped {
         for si in 0..steps {
             let key = (si, state.run.targets[ti].clone());
             if recorded.contains(&key) {
@@ -474,6 +449,8 @@ async fn record_skipped(state: &RunState, alive: &[bool]) {
                 attempt: state.run.attempt,
                 started_at: now,
                 finished_at: Some(now),
+                try_no: 1,
+                tries: Vec::new(),
             };
             match state
                 .inner
@@ -493,7 +470,7 @@ async fn record_skipped(state: &RunState, alive: &[bool]) {
 
 /// The run's end from why its steps stopped and how they ended; `None`
 /// when this worker lost the run (it belongs to whoever rescues it).
-fn run_end(state: &RunState, progress: Progress) -> Option<RunEnd> {
+fn run_end(state: &RunState, progress: Progress, timed_out: bool) -> Option<RunEnd> {
     if state.stop.is_stopped() {
         return match state.stop.reason() {
             Some(StopReason::LeaseLost) | None => None,
@@ -508,7 +485,7 @@ fn run_end(state: &RunState, progress: Progress) -> Option<RunEnd> {
             }),
         };
     }
-    if state.deadline_passed() {
+    if timed_out {
         let limit = state
             .run
             .spec
@@ -520,13 +497,18 @@ fn run_end(state: &RunState, progress: Progress) -> Option<RunEnd> {
             error: Some(format!("the run's time limit ({limit}) was reached")),
         });
     }
+    if let Some(halted) = progress.halted {
+        let first = progress.first_failure.unwrap_or_default();
+        return Some(RunEnd::failed(format!("{halted}; first: {first}")));
+    }
     let status = match (&progress.first_failure, progress.only_timeouts) {
         (Some(_), true) => RunStatus::TimedOut,
         (Some(_), false) => RunStatus::Failed,
+        (None, _) if progress.cleanup_failure.is_some() => RunStatus::Failed,
         (None, _) => RunStatus::Succeeded,
     };
     Some(RunEnd {
         status,
-        error: progress.first_failure,
+        error: progress.first_failure.or(progress.cleanup_failure),
     })
 }

@@ -10,11 +10,15 @@ use tokio::time::Instant;
 
 use super::lease::{StopReason, after};
 use super::render::{RunView, exec_quoting, render_step, template_context};
+use super::retry::{self, Retries, Waited};
 use super::run::RunState;
 use super::{Rendered, persist};
 use crate::bus::Event;
 use crate::executor::{ExecError, ExitStatus, FileSpec, OutputSink, Session, StepContext};
-use crate::model::{AuditEvent, Step, StepResult, StepStatus, Stream, Target};
+use crate::model::{
+    AuditEvent, Step, StepPhase, StepResult, StepStatus, Stream, Target, TryRecord,
+};
+use crate::rollout::FailureKind;
 
 /// How one step ended on one target, as the run's loop sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,18 +33,51 @@ pub(crate) enum Outcome {
 pub(crate) struct StepEnd {
     pub outcome: Outcome,
     pub why: Option<String>,
+    /// The exit code, when the process exited.
+    pub exit_code: Option<i32>,
+    /// What kind of failure it was, for the retry policy.
+    pub kind: FailureKind,
 }
 
 impl StepEnd {
-    fn ok() -> Self {
+    pub(crate) fn ok() -> Self {
+        Self::new(Outcome::Ok, None)
+    }
+
+    pub(crate) fn new(outcome: Outcome, why: Option<String>) -> Self {
+        let kind = match outcome {
+            Outcome::TimedOut => FailureKind::Timeout,
+            _ => FailureKind::Other,
+        };
         Self {
-            outcome: Outcome::Ok,
-            why: None,
+            outcome,
+            why,
+            exit_code: None,
+            kind,
         }
     }
 
-    fn new(outcome: Outcome, why: Option<String>) -> Self {
-        Self { outcome, why }
+    fn exited(mut self, code: Option<i32>) -> Self {
+        self.exit_code = code;
+        if let (Outcome::Failed, Some(c)) = (self.outcome, code) {
+            self.kind = FailureKind::Exit(c);
+        }
+        self
+    }
+
+    fn of_kind(mut self, kind: FailureKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The stored status this end is recorded as.
+    fn status(&self) -> StepStatus {
+        match self.outcome {
+            Outcome::Ok => StepStatus::Succeeded,
+            Outcome::Failed => StepStatus::Failed,
+            Outcome::TimedOut => StepStatus::TimedOut,
+            Outcome::Cancelled => StepStatus::Cancelled,
+        }
     }
 }
 
@@ -54,6 +91,10 @@ pub(crate) struct StepOutcome<'a> {
     /// Stored masked, like the output.
     pub error: Option<String>,
     pub started: DateTime<Utc>,
+    /// Which try this is (1 without retries).
+    pub try_no: u32,
+    /// The earlier tries.
+    pub tries: Vec<TryRecord>,
 }
 
 impl RunState {
@@ -81,6 +122,8 @@ impl RunState {
             attempt: self.run.attempt,
             started_at: o.started,
             finished_at: (o.status != StepStatus::Running).then(Utc::now),
+            try_no: o.try_no,
+            tries: o.tries,
         };
         let mut batch = self.take_pending();
         if r.status != StepStatus::Running && self.in_flight.load(Ordering::SeqCst) <= 1 {
@@ -150,8 +193,8 @@ impl RunState {
     }
 }
 
-/// One step on one target while it runs: where its output goes and what
-/// it records.
+/// One try of one step on one target while it runs: where its output goes
+/// and what it records.
 struct StepRun<'a> {
     st: &'a RunState,
     si: u32,
@@ -159,64 +202,191 @@ struct StepRun<'a> {
     step: &'a Step,
     name: &'a str,
     out: OutputSink,
+    /// Which list the step is in: cleanup steps (`on_failure`, `finally`)
+    /// still run after a cancel or the run's deadline.
+    phase: StepPhase,
+    try_no: u32,
+    /// The earlier tries, recorded with this one.
+    tries: Vec<TryRecord>,
 }
 
-/// Runs step `si` on target `ti` (or settles it from an earlier attempt).
+/// What an earlier attempt of the run left of a step on a target.
+enum Resume {
+    /// It ended; nothing runs.
+    Settled(StepEnd),
+    /// It runs (again): try `try_no`, after `tries`.
+    Run { try_no: u32, tries: Vec<TryRecord> },
+}
+
+/// Longest a cleanup step (`on_failure`, `finally`) without a `timeout` of
+/// its own may run: it runs after the run's own deadline may have passed,
+/// so that deadline cannot bound it.
+pub(crate) const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Runs step `si` (an index across `steps`, `on_failure` and `finally`) on
+/// target `ti`, with its retries, or settles it from an earlier attempt.
 pub(crate) async fn step_on_target(st: &RunState, si: u32, ti: usize) -> StepEnd {
     let name = st.run.targets[ti].as_str();
-    let sr = StepRun {
+    let Some(step) = st.run.spec.step_at(si as usize) else {
+        return StepEnd::new(Outcome::Failed, Some(format!("no step {si}")));
+    };
+    let base = st.sink.for_step(si, name);
+    let retries = Retries::of(&st.run.spec, step);
+    let mut sr = StepRun {
         st,
         si,
         ti,
-        step: &st.run.spec.steps[si as usize],
+        step,
         name,
-        out: st.sink.for_step(si, name),
+        out: base.clone(),
+        phase: st.run.spec.phase_of(si as usize),
+        try_no: 1,
+        tries: Vec::new(),
     };
-    if let Some(end) = sr.resume().await {
-        return end;
+    match sr.resume(&retries).await {
+        Resume::Settled(end) => return end,
+        Resume::Run { try_no, tries } => {
+            sr.try_no = try_no;
+            sr.tries = tries;
+        }
     }
-    let started = Utc::now();
-    let Some(target) = st.targets[ti].clone() else {
-        return sr
-            .fail(started, format!("target '{name}' no longer exists"))
-            .await;
-    };
-    let view = RunView {
-        id: st.run.id,
-        spec: &st.run.spec,
-        version: st.run.job_version,
-        attempt: st.run.attempt,
-        params: &st.run.params,
-    };
-    let ctx = template_context(&view, &target);
-    let quoting = exec_quoting(&st.inner, &target);
-    let rendered = match render_step(&st.inner.templates, sr.step, quoting, &ctx) {
-        Ok(r) => r,
-        Err(m) => return sr.fail(started, format!("template error: {m}")).await,
-    };
-    sr.record(StepStatus::Running, None, None, started).await;
-    sr.run(target, rendered, started).await
+    loop {
+        sr.out = base.for_try(sr.try_no);
+        let started = Utc::now();
+        if sr.try_no > 1 {
+            sr.system(format!("try {} of {}\n", sr.try_no, retries.attempts()))
+                .await;
+        }
+        let end = sr.once(started).await;
+        let ended = Utc::now();
+        if end.outcome == Outcome::Ok || !retries.again(&end.kind, sr.try_no) {
+            return end;
+        }
+        let delay = retries.delay_before(sr.try_no + 1);
+        sr.system(format!(
+            "retrying in {} ({} of {} tries used)\n",
+            crate::duration::format(delay),
+            sr.try_no,
+            retries.attempts()
+        ))
+        .await;
+        let deadline = Limits::of(st, step, sr.phase).run;
+        match retry::wait(delay, &sr.token(), deadline).await {
+            Waited::Done => {}
+            Waited::Stopped => return end,
+            Waited::Deadline => {
+                sr.system("not retrying: the run's time limit comes first\n".into())
+                    .await;
+                return end;
+            }
+        }
+        sr.tries.push(TryRecord {
+            try_no: sr.try_no,
+            status: end.status(),
+            exit_code: end.exit_code,
+            error: end.why.as_ref().map(|e| st.secrets.masker.mask_str(e)),
+            started_at: started,
+            finished_at: ended,
+        });
+        sr.try_no += 1;
+    }
 }
 
 impl StepRun<'_> {
-    /// Settles the step from what an earlier attempt recorded, or says it
-    /// must run (`None`).
-    async fn resume(&self) -> Option<StepEnd> {
-        let prev = self.st.previous.get(&(self.si, self.name.to_string()))?;
+    /// One try: renders the step for the target, records it running, runs
+    /// it and records how it ended.
+    async fn once(&self, started: DateTime<Utc>) -> StepEnd {
+        let st = self.st;
+        let Some(target) = st.targets[self.ti].clone() else {
+            return self
+                .fail(started, format!("target '{}' no longer exists", self.name))
+                .await;
+        };
+        let view = RunView {
+            id: st.run.id,
+            spec: &st.run.spec,
+            version: st.run.job_version,
+            attempt: st.run.attempt,
+            params: &st.run.params,
+        };
+        let mut ctx = template_context(&view, &target);
+        if self.phase != StepPhase::Main
+            && let Some(m) = ctx.as_object_mut()
+        {
+            m.insert("failure".into(), st.failure_of(self.ti));
+        }
+        let quoting = exec_quoting(&st.inner, &target);
+        let rendered = match render_step(&st.inner.templates, self.step, quoting, &ctx) {
+            Ok(r) => r,
+            Err(m) => return self.fail(started, format!("template error: {m}")).await,
+        };
+        self.record(StepStatus::Running, None, None, started).await;
+        self.run(target, rendered, started).await
+    }
+
+    /// The token this step's executor watches: the run's stop switch, or
+    /// for cleanup steps the one a cancel does not pull.
+    fn token(&self) -> tokio_util::sync::CancellationToken {
+        match self.phase {
+            StepPhase::Main => self.st.stop.token(),
+            _ => self.st.stop.hard_token(),
+        }
+    }
+
+    /// Settles the step from what an earlier attempt of the run recorded,
+    /// or says which try runs next. A try that failed in a way its retry
+    /// policy retries is tried again (the worker stopped during the wait).
+    async fn resume(&self, retries: &Retries<'_>) -> Resume {
+        let Some(prev) = self.st.previous.get(&(self.si, self.name.to_string())) else {
+            return Resume::Run {
+                try_no: 1,
+                tries: Vec::new(),
+            };
+        };
+        let again = |kind: FailureKind| {
+            let mut tries = prev.tries.clone();
+            tries.push(TryRecord {
+                try_no: prev.try_no,
+                status: prev.status,
+                exit_code: prev.exit_code,
+                error: prev.error.clone(),
+                started_at: prev.started_at,
+                finished_at: prev.finished_at.unwrap_or_else(Utc::now),
+            });
+            retries.again(&kind, prev.try_no).then_some(Resume::Run {
+                try_no: prev.try_no + 1,
+                tries,
+            })
+        };
+        let settled = |e: StepEnd| Resume::Settled(e.exited(prev.exit_code));
         match prev.status {
-            StepStatus::Succeeded | StepStatus::Skipped => Some(StepEnd::ok()),
-            StepStatus::Failed | StepStatus::Interrupted => {
-                Some(StepEnd::new(Outcome::Failed, prev.error.clone()))
+            StepStatus::Succeeded | StepStatus::Skipped => settled(StepEnd::ok()),
+            StepStatus::Failed => {
+                let kind = match (prev.exit_code, prev.error.as_deref()) {
+                    (Some(c), _) => FailureKind::Exit(c),
+                    (None, Some(e)) if e.starts_with(CONNECT_PREFIX) => FailureKind::Connection,
+                    _ => FailureKind::Other,
+                };
+                again(kind)
+                    .unwrap_or_else(|| settled(StepEnd::new(Outcome::Failed, prev.error.clone())))
             }
-            StepStatus::TimedOut => Some(StepEnd::new(Outcome::TimedOut, prev.error.clone())),
-            StepStatus::Cancelled => Some(StepEnd::new(Outcome::Cancelled, None)),
+            StepStatus::Interrupted => settled(StepEnd::new(Outcome::Failed, prev.error.clone())),
+            StepStatus::TimedOut => again(FailureKind::Timeout)
+                .unwrap_or_else(|| settled(StepEnd::new(Outcome::TimedOut, prev.error.clone()))),
+            StepStatus::Cancelled => settled(StepEnd::new(Outcome::Cancelled, None)),
             StepStatus::Running if !self.step.idempotent => {
                 let why = "interrupted: its worker stopped while it ran, and the step is not marked idempotent, so it is not run again".to_string();
-                self.system(format!("{why}\n")).await;
+                let me = StepRun {
+                    try_no: prev.try_no,
+                    tries: prev.tries.clone(),
+                    out: self.out.clone(),
+                    ..*self
+                };
+                me.system(format!("{why}\n")).await;
                 let why = Some(why);
-                self.record(StepStatus::Interrupted, None, why.clone(), Utc::now())
+                me.record(StepStatus::Interrupted, None, why.clone(), Utc::now())
                     .await;
-                Some(StepEnd::new(Outcome::Failed, why))
+                Resume::Settled(StepEnd::new(Outcome::Failed, why))
             }
             StepStatus::Running => {
                 self.system(
@@ -224,7 +394,10 @@ impl StepRun<'_> {
                         .into(),
                 )
                 .await;
-                None
+                Resume::Run {
+                    try_no: prev.try_no,
+                    tries: prev.tries.clone(),
+                }
             }
         }
     }
@@ -249,6 +422,8 @@ impl StepRun<'_> {
                 exit,
                 error,
                 started,
+                try_no: self.try_no,
+                tries: self.tries.clone(),
             })
             .await;
     }
@@ -271,7 +446,12 @@ impl StepRun<'_> {
                 Ok(s) => *slot = Some(s),
                 Err(why) => {
                     drop(slot);
-                    return self.fail(started, why).await;
+                    // Before the command started: always safe to try again.
+                    let why = format!("{CONNECT_PREFIX}{why}");
+                    return self
+                        .fail(started, why)
+                        .await
+                        .of_kind(FailureKind::Connection);
                 }
             }
         }
@@ -279,7 +459,7 @@ impl StepRun<'_> {
             drop(slot);
             return self.fail(started, "no session".into()).await;
         };
-        let limits = Limits::of(self.st, self.step);
+        let limits = Limits::of(self.st, self.step, self.phase);
         // Fencing: never start a step once the lease may have run out (the
         // heartbeat task stops the run too, but it may not have run yet, e.g.
         // right after this process was paused).
@@ -299,7 +479,7 @@ impl StepRun<'_> {
                 env,
                 workdir,
                 deadline: limits.deadline,
-                cancel: self.st.stop.token(),
+                cancel: self.token(),
                 limits: self.step.limits.clone(),
                 lease_margin: Some(super::lease::lease_margin(&self.st.inner)),
             }
@@ -450,7 +630,7 @@ impl StepRun<'_> {
         }
         self.record(end.status, end.exit, end.why.clone(), started)
             .await;
-        StepEnd::new(end.outcome, end.why)
+        StepEnd::new(end.outcome, end.why).exited(end.exit.and_then(|e| e.code))
     }
 
     /// The step was stopped: record why, unless the run is no longer ours.
@@ -490,18 +670,25 @@ struct Limits {
     step: Option<Instant>,
     /// The earlier of the step's and the run's.
     deadline: Option<Instant>,
+    /// The run's deadline, when it applies to the step (not to cleanup
+    /// steps, which run after it).
+    run: Option<Instant>,
 }
 
 impl Limits {
-    fn of(st: &RunState, step: &Step) -> Self {
-        let own = step.timeout.map(after);
-        let deadline = match (own, st.run_deadline) {
+    fn of(st: &RunState, step: &Step, phase: StepPhase) -> Self {
+        let (own, run) = match phase {
+            StepPhase::Main => (step.timeout.map(after), st.run_deadline),
+            _ => (Some(after(step.timeout.unwrap_or(CLEANUP_TIMEOUT))), None),
+        };
+        let deadline = match (own, run) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         Self {
             step: own,
             deadline,
+            run,
         }
     }
 
@@ -511,11 +698,19 @@ impl Limits {
             (Some(t), _) if self.step == self.deadline => {
                 format!("the step's time limit ({})", crate::duration::format(t))
             }
+            (None, _) if self.run.is_none() => format!(
+                "the time limit of cleanup steps ({})",
+                crate::duration::format(CLEANUP_TIMEOUT)
+            ),
             (_, Some(t)) => format!("the run's time limit ({})", crate::duration::format(t)),
             _ => "the time limit".into(),
         }
     }
 }
+
+/// How a failure to open the target's session starts its error (rescue
+/// reads it back to know the failure was a connection's).
+const CONNECT_PREFIX: &str = "cannot reach the target: ";
 
 /// The file a `copy` step writes: its rendered content, or the bytes of its
 /// source file on the worker's host.
