@@ -267,6 +267,8 @@ pub struct OutputSink {
     tx: mpsc::Sender<OutputEvent>,
     step: u32,
     target: Arc<str>,
+    /// Also shown stdout as it passes, for step outputs (see [`crate::flow`]).
+    capture: Option<Arc<std::sync::Mutex<crate::flow::OutputCapture>>>,
 }
 
 impl OutputSink {
@@ -278,6 +280,7 @@ impl OutputSink {
                 tx,
                 step: 0,
                 target: Arc::from(""),
+                capture: None,
             },
             rx,
         )
@@ -289,7 +292,18 @@ impl OutputSink {
             tx: self.tx.clone(),
             step,
             target: Arc::from(target),
+            capture: None,
         }
+    }
+
+    /// The same sink, also showing stdout to `capture` as it passes (the
+    /// engine reads step outputs this way; executors need not know).
+    pub fn with_capture(
+        mut self,
+        capture: Arc<std::sync::Mutex<crate::flow::OutputCapture>>,
+    ) -> Self {
+        self.capture = Some(capture);
+        self
     }
 
     /// Sends a chunk; waits when the consumer is behind. Empty chunks are dropped.
@@ -297,6 +311,14 @@ impl OutputSink {
         let data = data.into();
         if data.is_empty() {
             return;
+        }
+        if stream == Stream::Stdout
+            && let Some(c) = &self.capture
+        {
+            match c.lock() {
+                Ok(mut c) => c.push(&data),
+                Err(p) => p.into_inner().push(&data),
+            }
         }
         // A closed receiver means nobody listens any more; output is dropped.
         let _ = self

@@ -12,6 +12,7 @@ pub use error::{Error, ErrorKind, Result};
 pub mod auth;
 pub mod bus;
 pub mod engine;
+pub mod flow;
 pub mod lines;
 pub mod mask;
 pub mod params;

@@ -180,9 +180,10 @@ pub fn parse_str(text: &str, source: &str, base: Option<&Path>) -> Result<ApplyB
             Some("Job") => {
                 let d = JobDoc::deserialize(doc).map_err(|e| yaml_error(source, i, &e))?;
                 let name = d.name.clone();
-                let job = d
+                let mut job = d
                     .into_spec(base)
                     .map_err(|e| e.within(&format!("{source}: job '{name}'")))?;
+                crate::flow::locate_steps(&mut job, text, source, i)?;
                 batch.jobs.push(job);
             }
             Some("Target") => {
@@ -199,6 +200,7 @@ pub fn parse_str(text: &str, source: &str, base: Option<&Path>) -> Result<ApplyB
             }
         }
     }
+    crate::flow::check_cycles(&batch.jobs, &[])?;
     Ok(batch)
 }
 
@@ -410,6 +412,16 @@ struct StepDoc {
     raw: bool,
     #[serde(default)]
     limits: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    when: Option<String>,
+    #[serde(default)]
+    outputs: Option<crate::model::OutputsMode>,
+    #[serde(default)]
+    job: Option<String>,
+    #[serde(default)]
+    params: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
+    targets: Option<OneOrMany>,
 }
 
 #[derive(Deserialize)]
@@ -491,10 +503,17 @@ impl StepDoc {
             self.exec.is_some(),
             self.script.is_some(),
             self.copy.is_some(),
+            self.job.is_some(),
         ];
         if set.iter().filter(|b| **b).count() != 1 {
             return Err(Error::invalid(
-                "a step needs exactly one of exec, script or copy",
+                "a step needs exactly one of exec, script, copy or job",
+            ));
+        }
+        if self.job.is_none() && (self.params.is_some() || self.targets.is_some()) {
+            return Err(Error::validation(
+                if self.params.is_some() { "params" } else { "targets" },
+                "only applies to job steps (`job: NAME`)",
             ));
         }
         if self.interpreter.is_some() && self.script.is_none() {
@@ -531,9 +550,19 @@ impl StepDoc {
                 src,
                 mode,
             }
+        } else if let Some(job) = self.job {
+            Action::Job {
+                job,
+                params: self.params.unwrap_or_default(),
+                targets: match self.targets {
+                    None => vec![],
+                    Some(OneOrMany::One(s)) => vec![s],
+                    Some(OneOrMany::Many(v)) => v,
+                },
+            }
         } else {
             return Err(Error::invalid(
-                "a step needs exactly one of exec, script or copy",
+                "a step needs exactly one of exec, script, copy or job",
             ));
         };
         Ok(Step {
@@ -550,6 +579,9 @@ impl StepDoc {
             workdir: self.workdir,
             raw: self.raw,
             limits: self.limits,
+            when: self.when,
+            outputs: self.outputs,
+            origin: Default::default(),
         })
     }
 }
@@ -675,6 +707,8 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
                     ));
                 }
             }
+            // Checked with the other flow rules (crate::flow::validate_job).
+            Action::Job { .. } => {}
         }
         for (k, v) in &step.env {
             if k.is_empty()
@@ -692,7 +726,7 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
             tpl(here("workdir"), w)?;
         }
     }
-    Ok(())
+    crate::flow::validate_job(spec, templates)
 }
 
 /// Checks a target definition.

@@ -16,7 +16,8 @@ use crate::common::corrupt;
 macro_rules! run_columns {
     () => {
         "id, job, job_version, spec, params, targets, status, requested_by, attempt, worker, \
-         lease_until, cancel_requested, error, created_at, started_at, finished_at, request_id"
+         lease_until, cancel_requested, error, created_at, started_at, finished_at, request_id, \
+         parent_run, parent_step, parent_target"
     };
 }
 pub(crate) use run_columns;
@@ -32,7 +33,8 @@ pub(crate) use job_columns;
 /// The columns `step_result` reads.
 macro_rules! step_columns {
     () => {
-        "run_id, step, target, status, exit_code, signal, error, attempt, started_at, finished_at"
+        "run_id, step, target, status, exit_code, signal, error, attempt, started_at, finished_at, \
+         outputs, children"
     };
 }
 pub(crate) use step_columns;
@@ -159,6 +161,14 @@ macro_rules! row_decoders {
                 started_at: from_micros_opt(get(row, "started_at")?)?,
                 finished_at: from_micros_opt(get(row, "finished_at")?)?,
                 request_id: get(row, "request_id")?,
+                parent: match get::<Option<String>>(row, "parent_run")? {
+                    Some(p) => Some(opsconductor_core::model::RunParent {
+                        run: run_id(&p)?,
+                        step: to_u32("parent step", get::<Option<i64>>(row, "parent_step")?.unwrap_or(0))?,
+                        target: get::<Option<String>>(row, "parent_target")?.unwrap_or_default(),
+                    }),
+                    None => None,
+                },
             })
         }
 
@@ -186,7 +196,22 @@ macro_rules! row_decoders {
                 attempt: to_u32("attempt", get(row, "attempt")?)?,
                 started_at: from_micros(get(row, "started_at")?)?,
                 finished_at: from_micros_opt(get(row, "finished_at")?)?,
+                outputs: opt_json(row, "outputs")?.unwrap_or_default(),
+                children: opt_json(row, "children")?.unwrap_or_default(),
             })
+        }
+
+        /// A nullable JSON column.
+        fn opt_json<T: serde::de::DeserializeOwned>(
+            row: &$row,
+            column: &str,
+        ) -> opsconductor_core::Result<Option<T>> {
+            let text: Option<String> = get(row, column)?;
+            text.map(|t| {
+                serde_json::from_str(&t)
+                    .map_err(|e| corrupt(&format!("JSON in column `{column}`"), e))
+            })
+            .transpose()
         }
 
         /// A row of `secret_columns!`.

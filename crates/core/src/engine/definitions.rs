@@ -28,6 +28,7 @@ impl Conductor {
             }
         }
         self.validate(batch)?;
+        self.check_job_calls(batch).await?;
         let items = self.inner.store.apply(batch, &actor.name).await?;
         for i in &items {
             if i.action != crate::store::ApplyAction::Unchanged {
@@ -317,6 +318,19 @@ fn step_document(step: &Step) -> serde_json::Result<serde_json::Value> {
             }
             copy.insert("mode".into(), format!("{mode:04o}").into());
             doc.insert("copy".into(), copy.into());
+        }
+        Action::Job {
+            job,
+            params,
+            targets,
+        } => {
+            doc.insert("job".into(), job.clone().into());
+            if !params.is_empty() {
+                doc.insert("params".into(), serde_json::to_value(params)?);
+            }
+            if !targets.is_empty() {
+                doc.insert("targets".into(), serde_json::to_value(targets)?);
+            }
         }
     }
     Ok(serde_json::Value::Object(doc))

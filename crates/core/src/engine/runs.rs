@@ -140,6 +140,7 @@ impl Conductor {
             params,
             &selector,
             actor,
+            None,
         )
         .await
     }
@@ -178,6 +179,9 @@ impl Conductor {
                 workdir: None,
                 raw: true,
                 limits: Default::default(),
+                when: None,
+                outputs: None,
+                origin: Default::default(),
             }],
         };
         self.enqueue(
@@ -186,17 +190,22 @@ impl Conductor {
             Value::Object(Default::default()),
             &req.targets,
             actor,
+            None,
         )
         .await
     }
 
-    async fn enqueue(
+    /// Queues a run of `spec` (a stored version, or an ad-hoc one) once
+    /// everything about it was checked; `parent` links a child run to the
+    /// `job:` step that started it.
+    pub(super) async fn enqueue(
         &self,
         spec: JobSpec,
         version: Option<(u32, &str)>,
         params: Value,
         selector: &[String],
         actor: &Actor,
+        parent: Option<crate::model::RunParent>,
     ) -> Result<Run> {
         let (version, author) = version.unzip();
         let targets = selector::resolve(selector, &self.all_targets().await?)?;
@@ -226,6 +235,10 @@ impl Conductor {
             tokio::task::spawn_blocking(move || {
                 for t in &targets {
                     for (i, step) in spec.steps.iter().enumerate() {
+                        // Outputs of earlier steps exist only while the run runs.
+                        if crate::flow::reads_run_facts(step, &inner.templates) {
+                            continue;
+                        }
                         let run = worker::RunView {
                             id,
                             spec: &spec,
@@ -314,6 +327,7 @@ impl Conductor {
             started_at: None,
             finished_at: None,
             request_id: actor.request_id.clone(),
+            parent,
         };
         // An ad-hoc command is recorded in the audit log, masked with the
         // secrets the run will hold (its targets' credentials).
@@ -327,6 +341,9 @@ impl Conductor {
         self.inner.publish(Event::Queued(run.id));
         let mut detail =
             serde_json::json!({"job": run.job, "version": run.job_version, "targets": run.targets});
+        if let (Some(p), Some(m)) = (&run.parent, detail.as_object_mut()) {
+            m.insert("parent".into(), serde_json::json!(p));
+        }
         if let (Some(c), Some(m)) = (command, detail.as_object_mut()) {
             m.insert("command".into(), Value::String(c));
         }

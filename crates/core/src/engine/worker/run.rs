@@ -40,6 +40,8 @@ pub(crate) struct RunState {
     pub pending: std::sync::Mutex<Vec<StepResult>>,
     /// Step tasks of the current round that have not ended yet.
     pub in_flight: AtomicUsize,
+    /// What later steps see of earlier ones (`steps.NAME`, `run.outputs`).
+    pub facts: super::outputs::Facts,
 }
 
 /// How a run ended, to be recorded by its owner.
@@ -326,6 +328,7 @@ impl RunState {
             let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
             after(limit.saturating_sub(elapsed))
         });
+        let facts = super::outputs::Facts::from_previous(&previous);
         Some(Self {
             inner,
             sessions: (0..run.targets.len()).map(|_| Mutex::new(None)).collect(),
@@ -340,6 +343,7 @@ impl RunState {
             secrets: p.secrets,
             pending: std::sync::Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
+            facts,
         })
     }
 
@@ -452,6 +456,8 @@ async fn record_skipped(state: &RunState, alive: &[bool]) {
                 attempt: state.run.attempt,
                 started_at: now,
                 finished_at: Some(now),
+                outputs: Default::default(),
+                children: Vec::new(),
             };
             match state
                 .inner

@@ -2,6 +2,7 @@
 //! the target's session, running the action, and recording how it ended.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
@@ -14,7 +15,7 @@ use super::run::RunState;
 use super::{Rendered, persist};
 use crate::bus::Event;
 use crate::executor::{ExecError, ExitStatus, FileSpec, OutputSink, Session, StepContext};
-use crate::model::{AuditEvent, Step, StepResult, StepStatus, Stream, Target};
+use crate::model::{Action, AuditEvent, Step, StepResult, StepStatus, Stream, Target};
 
 /// How one step ended on one target, as the run's loop sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,14 +33,14 @@ pub(crate) struct StepEnd {
 }
 
 impl StepEnd {
-    fn ok() -> Self {
+    pub(crate) fn ok() -> Self {
         Self {
             outcome: Outcome::Ok,
             why: None,
         }
     }
 
-    fn new(outcome: Outcome, why: Option<String>) -> Self {
+    pub(crate) fn new(outcome: Outcome, why: Option<String>) -> Self {
         Self { outcome, why }
     }
 }
@@ -54,6 +55,10 @@ pub(crate) struct StepOutcome<'a> {
     /// Stored masked, like the output.
     pub error: Option<String>,
     pub started: DateTime<Utc>,
+    /// What the step published (already masked; see `outputs.rs`).
+    pub outputs: BTreeMap<String, serde_json::Value>,
+    /// Child runs a `job:` step started.
+    pub children: Vec<crate::model::RunId>,
 }
 
 impl RunState {
@@ -81,7 +86,11 @@ impl RunState {
             attempt: self.run.attempt,
             started_at: o.started,
             finished_at: (o.status != StepStatus::Running).then(Utc::now),
+            outputs: o.outputs,
+            children: o.children,
         };
+        // Later steps' conditions and templates see it (`steps.NAME`).
+        self.facts.note(&r);
         let mut batch = self.take_pending();
         if r.status != StepStatus::Running && self.in_flight.load(Ordering::SeqCst) <= 1 {
             batch.push(r);
@@ -159,18 +168,28 @@ struct StepRun<'a> {
     step: &'a Step,
     name: &'a str,
     out: OutputSink,
+    /// The step's stdout as seen for outputs (exec and script steps).
+    capture: Option<Arc<std::sync::Mutex<crate::flow::OutputCapture>>>,
 }
 
 /// Runs step `si` on target `ti` (or settles it from an earlier attempt).
 pub(crate) async fn step_on_target(st: &RunState, si: u32, ti: usize) -> StepEnd {
     let name = st.run.targets[ti].as_str();
+    let step = &st.run.spec.steps[si as usize];
+    let capture = matches!(step.action, Action::Exec { .. } | Action::Script { .. })
+        .then(super::outputs::capture);
+    let out = st.sink.for_step(si, name);
     let sr = StepRun {
         st,
         si,
         ti,
-        step: &st.run.spec.steps[si as usize],
+        step,
         name,
-        out: st.sink.for_step(si, name),
+        out: match &capture {
+            Some(c) => out.with_capture(c.clone()),
+            None => out,
+        },
+        capture,
     };
     if let Some(end) = sr.resume().await {
         return end;
@@ -188,12 +207,34 @@ pub(crate) async fn step_on_target(st: &RunState, si: u32, ti: usize) -> StepEnd
         attempt: st.run.attempt,
         params: &st.run.params,
     };
-    let ctx = template_context(&view, &target);
+    let mut ctx = template_context(&view, &target);
+    st.facts.extend_context(&st.run.spec, name, &mut ctx);
+    if let Some(when) = &sr.step.when {
+        match st.inner.templates.condition(when, &ctx) {
+            Ok(true) => {}
+            Ok(false) => return sr.skip(started, when).await,
+            Err(m) => return sr.fail(started, format!("condition error: {m}")).await,
+        }
+    }
     let quoting = exec_quoting(&st.inner, &target);
     let rendered = match render_step(&st.inner.templates, sr.step, quoting, &ctx) {
         Ok(r) => r,
         Err(m) => return sr.fail(started, format!("template error: {m}")).await,
     };
+    if let Rendered::Job {
+        job,
+        params,
+        targets,
+    } = rendered
+    {
+        let call = super::child::Call {
+            job,
+            params,
+            targets,
+            started,
+        };
+        return super::child::run(st, si, name, call).await;
+    }
     sr.record(StepStatus::Running, None, None, started).await;
     sr.run(target, rendered, started).await
 }
@@ -210,7 +251,11 @@ impl StepRun<'_> {
             }
             StepStatus::TimedOut => Some(StepEnd::new(Outcome::TimedOut, prev.error.clone())),
             StepStatus::Cancelled => Some(StepEnd::new(Outcome::Cancelled, None)),
-            StepStatus::Running if !self.step.idempotent => {
+            // A `job:` step is always resumed: its child is found again, never
+            // started twice (see `child.rs`).
+            StepStatus::Running
+                if !self.step.idempotent && !matches!(self.step.action, Action::Job { .. }) =>
+            {
                 let why = "interrupted: its worker stopped while it ran, and the step is not marked idempotent, so it is not run again".to_string();
                 self.system(format!("{why}\n")).await;
                 let why = Some(why);
@@ -249,8 +294,19 @@ impl StepRun<'_> {
                 exit,
                 error,
                 started,
+                outputs: BTreeMap::new(),
+                children: Vec::new(),
             })
             .await;
+    }
+
+    /// Records the step `skipped` on this target: its condition was false.
+    async fn skip(&self, started: DateTime<Utc>, when: &str) -> StepEnd {
+        let why = format!("skipped: the condition `{}` is false", when.trim());
+        self.system(format!("{why}\n")).await;
+        self.record(StepStatus::Skipped, None, Some(why), started)
+            .await;
+        StepEnd::ok()
     }
 
     /// Fails the step before it ran: says why in its output and records it.
@@ -320,6 +376,8 @@ impl StepRun<'_> {
                 self.copy(session.as_ref(), &ctx(Vec::new(), None), file)
                     .await
             }
+            // Handled before a session is opened (`child.rs`).
+            Rendered::Job { .. } => Err(ExecError::Io("a job step has no session".into())),
         };
         drop(slot);
         self.out.finish().await;
@@ -405,7 +463,17 @@ impl StepRun<'_> {
         started: DateTime<Utc>,
         limits: &Limits,
     ) -> StepEnd {
-        let end = match result {
+        // Outputs of a step that exited (also with a failure: a later step
+        // with `continue_on_error` upstream may read them).
+        let published = match (&self.capture, &result) {
+            (Some(c), Ok(_)) => Some(super::outputs::finish_capture(
+                c,
+                self.step.outputs,
+                &self.st.secrets.masker,
+            )),
+            _ => None,
+        };
+        let mut end = match result {
             Ok(status) if status.success() => Ending {
                 status: StepStatus::Succeeded,
                 outcome: Outcome::Ok,
@@ -445,10 +513,34 @@ impl StepRun<'_> {
                 }
             }
         };
+        let outputs = match published {
+            Some(Ok(outputs)) => outputs,
+            // A step that succeeded but published outputs out of bounds fails:
+            // later steps would otherwise read half of what it meant.
+            Some(Err(why)) if end.status == StepStatus::Succeeded => {
+                let why = format!("outputs refused: {why}");
+                end.status = StepStatus::Failed;
+                end.outcome = Outcome::Failed;
+                end.line = Some(format!("error: {why}\n"));
+                end.why = Some(why);
+                BTreeMap::new()
+            }
+            _ => BTreeMap::new(),
+        };
         if let Some(line) = end.line {
             self.system(line).await;
         }
-        self.record(end.status, end.exit, end.why.clone(), started)
+        self.st
+            .record(StepOutcome {
+                step: self.si,
+                target: self.name,
+                status: end.status,
+                exit: end.exit,
+                error: end.why.clone(),
+                started,
+                outputs,
+                children: Vec::new(),
+            })
             .await;
         StepEnd::new(end.outcome, end.why)
     }
