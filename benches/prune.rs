@@ -54,6 +54,7 @@ fn run(spec: &opsconductor::JobSpec, status: RunStatus, age: chrono::Duration) -
         started_at: (status != RunStatus::Queued).then_some(t),
         finished_at: (status != RunStatus::Queued).then_some(t),
         request_id: None,
+        parent: None,
     }
 }
 

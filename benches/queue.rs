@@ -45,6 +45,7 @@ fn queued_run(spec: &opsconductor::JobSpec) -> Run {
         started_at: None,
         finished_at: None,
         request_id: None,
+        parent: None,
     }
 }
 

@@ -810,6 +810,8 @@ async fn put(env: &Env, run: &Run, step: u32, status: StepStatus) {
             attempt: run.attempt,
             started_at: now,
             finished_at: (status != StepStatus::Running).then_some(now),
+            outputs: Default::default(),
+            children: Vec::new(),
         })
         .await
         .unwrap();

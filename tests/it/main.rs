@@ -11,5 +11,6 @@
 )]
 
 mod engine;
+mod flow;
 mod lease;
 mod secrets;

@@ -128,6 +128,9 @@ pub async fn runs_show(oc: &Conductor, out: &Out, id: &str) -> Result<u8, Error>
     if let Some(w) = &r.worker {
         kv("Worker:", format!("{w} (attempt {})", r.attempt));
     }
+    if let Some(p) = super::flow::parent_line(&d) {
+        kv("Parent:", p);
+    }
     println!();
     let rows = d
         .results
@@ -155,6 +158,7 @@ pub async fn runs_show(oc: &Conductor, out: &Out, id: &str) -> Result<u8, Error>
         })
         .collect();
     out.table(&["STEP", "TARGET", "STATUS", "EXIT", "TOOK", "ERROR"], rows);
+    super::flow::print_flow(out, &d);
     Ok(exit::OK)
 }
 

@@ -90,6 +90,27 @@ pub struct RunDetail {
     pub results: Vec<StepResult>,
 }
 
+impl RunDetail {
+    /// The run's outputs by target (`run.outputs` in templates): each
+    /// target's step outputs merged in step order, a later step's key
+    /// replacing an earlier one's — from the results held here.
+    pub fn outputs(&self) -> std::collections::BTreeMap<String, serde_json::Map<String, Value>> {
+        let mut out: std::collections::BTreeMap<String, serde_json::Map<String, Value>> =
+            Default::default();
+        // Results are by step, then target: merging in order keeps step order.
+        let mut results: Vec<&StepResult> = self.results.iter().collect();
+        results.sort_by_key(|r| r.step);
+        for r in results {
+            if !r.outputs.is_empty() {
+                out.entry(r.target.clone())
+                    .or_default()
+                    .extend(r.outputs.clone());
+            }
+        }
+        out
+    }
+}
+
 /// A live stream of log chunks; ends when the run has ended and all output was delivered.
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk>> + Send>>;
 

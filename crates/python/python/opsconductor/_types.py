@@ -506,6 +506,11 @@ class StepResult:
     """When it started."""
     finished_at: Optional[datetime]
     """When it ended (``None`` while running)."""
+    outputs: Dict[str, Any] = field(default_factory=dict)
+    """Values the step published (``::output name=value`` lines or
+    ``outputs: json``), secrets masked."""
+    children: List[str] = field(default_factory=list)
+    """Ids of the child runs a ``job:`` step started on this target."""
 
     @property
     def ok(self) -> bool:
@@ -532,6 +537,8 @@ def _step_result_from_json(r: Mapping[str, Any], step_name: str) -> StepResult:
         attempt=r["attempt"],
         started_at=_req_time(r["started_at"]),
         finished_at=_time(r.get("finished_at")),
+        outputs=dict(r.get("outputs", {})),
+        children=list(r.get("children", [])),
     )
 
 

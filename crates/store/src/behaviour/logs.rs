@@ -128,6 +128,8 @@ pub async fn logs_and_step_results_need_an_existing_run(store: Arc<dyn Store>) -
         attempt: 1,
         started_at: at(0),
         finished_at: Some(at(1)),
+        outputs: Default::default(),
+        children: Vec::new(),
     };
     assert!(
         store.put_step_result(&result).await.is_err(),

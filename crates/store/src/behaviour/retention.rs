@@ -33,6 +33,8 @@ async fn run_with_data(store: &dyn Store, run: &Run, logs: u64) -> Result<()> {
             attempt: 1,
             started_at: at(1),
             finished_at: Some(at(2)),
+            outputs: Default::default(),
+            children: Vec::new(),
         })
         .await
 }

@@ -608,6 +608,8 @@ async fn names_sort_bytewise_in_a_natural_language_database() -> TestResult {
                 attempt: 1,
                 started_at: now_ms(),
                 finished_at: None,
+                outputs: Default::default(),
+                children: Vec::new(),
             })
             .await?;
     }

@@ -157,30 +157,61 @@ enum Waited {
     TimedOut,
 }
 
+/// Waits for the child to end. While nobody holds it — still queued, or
+/// its worker died (an expired lease) — this task claims it and executes
+/// it here, in the parent's slot: a child never waits for a free slot its
+/// own parent holds, and after a kill -9 of the worker that ran both, the
+/// parent's rescuer also rescues the child.
 async fn wait(st: &RunState, id: RunId, deadline: Option<Instant>) -> Waited {
     let mut rx = st.inner.bus.subscribe();
     let token = st.stop.token();
+    let until = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until);
     loop {
         match st.inner.store.get_run(id).await {
             Ok(Some(r)) if r.status.is_terminal() => return Waited::Ended(r.status, r.error),
-            Ok(Some(_)) => {}
+            Ok(Some(r)) => {
+                if let Some(run) = take_over(st, &r).await {
+                    // Boxed: a child run may itself have `job:` steps.
+                    let mut exec: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+                        Box::pin(super::execute_run(st.inner.clone(), run));
+                    tokio::select! {
+                        _ = &mut exec => {}
+                        _ = token.cancelled() => {
+                            // The parent's stop decides (see `stopped`); the
+                            // child's execution is let finish its own way.
+                            if st.stop.reason() != Some(StopReason::LeaseLost) {
+                                cancel_child_of(st, id).await;
+                            }
+                            (&mut exec).await;
+                            return Waited::Stopped(st.stop.reason());
+                        }
+                        _ = &mut until => {
+                            cancel_child_of(st, id).await;
+                            (&mut exec).await;
+                            return Waited::TimedOut;
+                        }
+                    }
+                    continue;
+                }
+            }
             Ok(None) => {
                 return Waited::Ended(
                     RunStatus::Failed,
                     Some("the child run no longer exists".into()),
                 );
             }
-            Err(e) => tracing::warn!(run = %st.run.id, child = %id, error = %e, "reading a child run failed; retrying"),
+            Err(e) => {
+                tracing::warn!(run = %st.run.id, child = %id, error = %e, "reading a child run failed; retrying")
+            }
         }
         let sleep = tokio::time::sleep(POLL);
         tokio::pin!(sleep);
-        let until = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(until);
         loop {
             tokio::select! {
                 _ = token.cancelled() => return Waited::Stopped(st.stop.reason()),
@@ -194,6 +225,40 @@ async fn wait(st: &RunState, id: RunId, deadline: Option<Instant>) -> Waited {
             }
         }
     }
+}
+
+/// Claims the child for this worker if nobody holds it: queued, or
+/// running under a lease that expired.
+async fn take_over(st: &RunState, child: &crate::model::Run) -> Option<crate::model::Run> {
+    if st.stop.is_stopped() || st.clock.fenced() {
+        return None;
+    }
+    let claim = crate::store::Claim {
+        worker: st.worker.clone(),
+        lease: st.inner.config.lease,
+        limit: 1,
+        only: Some(child.id),
+    };
+    let now = Utc::now();
+    let taken = match child.status {
+        RunStatus::Queued => st.inner.store.claim_queued(&claim).await,
+        RunStatus::Running if child.lease_until.is_some_and(|l| l < now) => {
+            st.inner.store.claim_expired(&claim, now).await
+        }
+        _ => return None,
+    };
+    let mut run = taken.ok()?.into_iter().next()?;
+    run.worker = Some(st.worker.clone());
+    st.inner.publish(Event::Updated(run.id));
+    Some(run)
+}
+
+/// Cancels the child of `st` (its parent's decision).
+async fn cancel_child_of(st: &RunState, id: RunId) {
+    let engine = Conductor {
+        inner: st.inner.clone(),
+    };
+    cancel_child(&engine, id, &st.run.requested_by).await;
 }
 
 /// The child ended: its status is the step's.
