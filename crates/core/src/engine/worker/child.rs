@@ -177,9 +177,7 @@ async fn wait(st: &RunState, id: RunId, deadline: Option<Instant>) -> Waited {
             Ok(Some(r)) if r.status.is_terminal() => return Waited::Ended(r.status, r.error),
             Ok(Some(r)) => {
                 if let Some(run) = take_over(st, &r).await {
-                    // Boxed: a child run may itself have `job:` steps.
-                    let mut exec: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-                        Box::pin(super::execute_run(st.inner.clone(), run));
+                    let mut exec = execute_boxed(st.inner.clone(), run);
                     tokio::select! {
                         _ = &mut exec => {}
                         _ = token.cancelled() => {
@@ -225,6 +223,16 @@ async fn wait(st: &RunState, id: RunId, deadline: Option<Instant>) -> Waited {
             }
         }
     }
+}
+
+/// A child's execution as a boxed future of a named type: a child run may
+/// itself have `job:` steps, so the future of `execute_run` contains this
+/// one, and only a named (not inferred) type ends that recursion.
+fn execute_boxed(
+    inner: std::sync::Arc<super::super::Inner>,
+    run: crate::model::Run,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(super::execute_run(inner, run))
 }
 
 /// Claims the child for this worker if nobody holds it: queued, or
