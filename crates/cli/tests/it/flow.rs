@@ -40,12 +40,9 @@ fn release_workflow_example_runs_its_child_jobs() {
         .arg(release_example())
         .assert()
         .success();
-    let a = env
-        .cmd(["run", "release", "-p", "version=1.4.2"])
+    env.cmd(["run", "release", "-p", "version=1.4.2"])
         .assert()
         .success();
-    let out = stdout_of(&a);
-    assert!(out.contains("released 1.4.2"), "{out}");
 
     let runs = env.runs();
     let by_job = |job: &str| -> Vec<&Value> { runs.iter().filter(|r| r["job"] == job).collect() };
@@ -55,6 +52,9 @@ fn release_workflow_example_runs_its_child_jobs() {
         assert_eq!(by_job(job)[0]["status"], "succeeded", "{job}");
     }
     let release = by_job("release")[0]["id"].as_str().unwrap().to_string();
+    let a = env.cmd(["runs", "logs", &release]).assert().success();
+    let logs = stdout_of(&a);
+    assert!(logs.contains("released 1.4.2"), "{logs}");
     let detail = show(&env, &release);
     // Each job step names its child; each child names its parent.
     for (step, job) in [(0, "backup"), (1, "deploy"), (2, "smoke-test")] {
