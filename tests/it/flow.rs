@@ -311,9 +311,19 @@ steps:
     let child = env.detail(call.children[0]).await;
     assert_eq!(child.run.job, "child-ok");
     assert_eq!(child.run.status, RunStatus::Succeeded);
-    assert_eq!(child.run.requested_by, "tester", "the child runs as the parent's requester");
-    let link = child.run.parent.clone().expect("the child names its parent");
-    assert_eq!((link.run, link.step, link.target.as_str()), (d.run.id, 0, "local"));
+    assert_eq!(
+        child.run.requested_by, "tester",
+        "the child runs as the parent's requester"
+    );
+    let link = child
+        .run
+        .parent
+        .clone()
+        .expect("the child names its parent");
+    assert_eq!(
+        (link.run, link.step, link.target.as_str()),
+        (d.run.id, 0, "local")
+    );
     assert_eq!(env.runs_of("child-ok").await.len(), 1);
 
     // Failure: the child's failure is the step's, and the parent stops there.
@@ -322,7 +332,10 @@ steps:
     let call = result(&d, 0, "local");
     assert_eq!(call.status, StepStatus::Failed);
     let why = call.error.as_deref().unwrap();
-    assert!(why.contains("ended failed") && why.contains("exit"), "{why}");
+    assert!(
+        why.contains("ended failed") && why.contains("exit"),
+        "{why}"
+    );
     let child = env.detail(call.children[0]).await;
     assert_eq!(child.run.status, RunStatus::Failed);
     assert_eq!(result(&d, 1, "local").status, StepStatus::Skipped);
@@ -359,11 +372,18 @@ steps:
     // Wait until the child's process runs.
     let start = Instant::now();
     while !mark.exists() {
-        assert!(start.elapsed() < Duration::from_secs(30), "the child never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the child never started"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     std::thread::sleep(Duration::from_millis(100));
-    let pid: i32 = std::fs::read_to_string(&mark).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&mark)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     env.oc.cancel(parent.id, &me()).await.unwrap();
     let done = env.oc.wait(parent.id, &me()).await.unwrap();
     assert_eq!(done.status, RunStatus::Cancelled);
@@ -413,29 +433,45 @@ async fn job_cycles_and_unknown_steps_are_refused_at_apply_with_their_place() {
         "kind: Job\nname: a\nsteps:\n  - name: s\n    job: b\n---\nkind: Job\nname: b\nsteps:\n  - name: s\n    job: a\n",
     )
     .await;
-    assert!(e.contains("jobs.yaml:5:10") && e.contains("a → b → a"), "{e}");
+    assert!(
+        e.contains("jobs.yaml:5:10") && e.contains("a → b → a"),
+        "{e}"
+    );
     // Itself.
     let e = refused("kind: Job\nname: me\nsteps:\n  - name: s\n    job: me\n").await;
     assert!(e.contains("jobs.yaml:5:10") && e.contains("me → me"), "{e}");
     // Through stored jobs: y calls x, then x is changed to call y.
-    env.apply("kind: Job\nname: x\nsteps:\n  - exec: 'true'\n").await;
+    env.apply("kind: Job\nname: x\nsteps:\n  - exec: 'true'\n")
+        .await;
     env.apply("kind: Job\nname: y\nsteps:\n  - job: x\n").await;
     let e = refused("kind: Job\nname: x\nsteps:\n  - name: back\n    job: y\n").await;
-    assert!(e.contains("jobs.yaml:5:10") && e.contains("x → y → x"), "{e}");
+    assert!(
+        e.contains("jobs.yaml:5:10") && e.contains("x → y → x"),
+        "{e}"
+    );
     // A job that does not exist.
     let e = refused("kind: Job\nname: z\nsteps:\n  - name: s\n    job: nope\n").await;
-    assert!(e.contains("jobs.yaml:5:10") && e.contains("'nope', which does not exist"), "{e}");
+    assert!(
+        e.contains("jobs.yaml:5:10") && e.contains("'nope', which does not exist"),
+        "{e}"
+    );
     // Unknown, later and unnamed steps in conditions and templates.
     let e = refused(
         "kind: Job\nname: w\nsteps:\n  - name: check\n    exec: 'true'\n  - name: go\n    when: \"{{ steps.chek.exit_code == 0 }}\"\n    exec: 'true'\n",
     )
     .await;
-    assert!(e.contains("jobs.yaml:7:11") && e.contains("no earlier step 'chek'"), "{e}");
+    assert!(
+        e.contains("jobs.yaml:7:11") && e.contains("no earlier step 'chek'"),
+        "{e}"
+    );
     let e = refused(
         "kind: Job\nname: w\nsteps:\n  - name: first\n    exec: echo {{ steps.second.outputs.x }}\n  - name: second\n    exec: 'true'\n",
     )
     .await;
-    assert!(e.contains("jobs.yaml:5:11") && e.contains("runs later"), "{e}");
+    assert!(
+        e.contains("jobs.yaml:5:11") && e.contains("runs later"),
+        "{e}"
+    );
     let e = refused(
         "kind: Job\nname: w\nsteps:\n  - name: a\n    exec: 'true'\n  - name: b\n    when: \"steps['a'].exit_code == 0\"\n    exec: 'true'\n",
     )

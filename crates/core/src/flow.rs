@@ -105,17 +105,15 @@ impl OutputCapture {
                         "an `::output` line is longer than {MAX_JSON_LINE} bytes"
                     ))
                 }
-                Some((name, value)) if self.pairs.len() <= MAX_OUTPUTS => {
-                    self.pairs.push((name.trim().to_string(), value.to_string()))
-                }
+                Some((name, value)) if self.pairs.len() <= MAX_OUTPUTS => self
+                    .pairs
+                    .push((name.trim().to_string(), value.to_string())),
                 Some(_) => {
                     self.refused = Some(format!("more than {MAX_OUTPUTS} outputs were published"))
                 }
                 None => {
-                    self.refused = Some(format!(
-                        "`{}` is not `::output name=value`",
-                        shorten(&text)
-                    ))
+                    self.refused =
+                        Some(format!("`{}` is not `::output name=value`", shorten(&text)))
                 }
             }
         }
@@ -353,8 +351,12 @@ fn step_templates(step: &Step) -> Vec<(&'static str, String)> {
 pub fn reads_run_facts(step: &Step, templates: &Templates) -> bool {
     step_templates(step).iter().any(|(_, text)| {
         templates.variables(text).is_ok_and(|vars| {
-            vars.iter()
-                .any(|v| v == "steps" || v.starts_with("steps.") || v == "run" || v.starts_with("run.outputs"))
+            vars.iter().any(|v| {
+                v == "steps"
+                    || v.starts_with("steps.")
+                    || v == "run"
+                    || v.starts_with("run.outputs")
+            })
         })
     })
 }
@@ -404,7 +406,9 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
                     Some(n) if earlier.contains(&n.as_str()) => {}
                     Some(n) => {
                         let why = if names.contains(&n.as_str()) {
-                            format!("`steps.{n}` refers to a step that runs later; only earlier steps have results")
+                            format!(
+                                "`steps.{n}` refers to a step that runs later; only earlier steps have results"
+                            )
                         } else if earlier.is_empty() {
                             format!("`steps.{n}`: there is no step '{n}' (this is the first step)")
                         } else {
@@ -420,9 +424,9 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
             Ok(())
         };
         if let Some(when) = &step.when {
-            let vars = templates
-                .condition_variables(when)
-                .map_err(|m| step_error(&spec.name, step, i, "when", format!("condition error: {m}")))?;
+            let vars = templates.condition_variables(when).map_err(|m| {
+                step_error(&spec.name, step, i, "when", format!("condition error: {m}"))
+            })?;
             check_refs("when", vars)?;
         }
         for (field, text) in step_templates(step) {
@@ -432,7 +436,9 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
             }
         }
         let is_job = matches!(step.action, Action::Job { .. });
-        if step.outputs.is_some() && !matches!(step.action, Action::Exec { .. } | Action::Script { .. }) {
+        if step.outputs.is_some()
+            && !matches!(step.action, Action::Exec { .. } | Action::Script { .. })
+        {
             return Err(step_error(
                 &spec.name,
                 step,
@@ -441,7 +447,12 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
                 "only exec and script steps print outputs".into(),
             ));
         }
-        if let Action::Job { job, params, targets } = &step.action {
+        if let Action::Job {
+            job,
+            params,
+            targets,
+        } = &step.action
+        {
             crate::spec::check_name("job", job)
                 .map_err(|e| step_error(&spec.name, step, i, "job", e.to_string()))?;
             let size = serde_json::to_string(params).map(|s| s.len()).unwrap_or(0);
@@ -464,13 +475,25 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
                     }
                 });
                 if let Some(m) = bad {
-                    return Err(step_error(&spec.name, step, i, "params", format!("params.{k}: template error: {m}")));
+                    return Err(step_error(
+                        &spec.name,
+                        step,
+                        i,
+                        "params",
+                        format!("params.{k}: template error: {m}"),
+                    ));
                 }
             }
             for t in targets {
-                templates
-                    .check(t)
-                    .map_err(|m| step_error(&spec.name, step, i, "targets", format!("template error: {m}")))?;
+                templates.check(t).map_err(|m| {
+                    step_error(
+                        &spec.name,
+                        step,
+                        i,
+                        "targets",
+                        format!("template error: {m}"),
+                    )
+                })?;
             }
         }
         if is_job
@@ -499,14 +522,20 @@ pub fn check_cycles(jobs: &[JobSpec], stored: &[JobSpec]) -> Result<()> {
     for j in stored {
         calls.insert(
             j.name.clone(),
-            called_jobs(j).into_iter().map(|(_, c)| c.to_string()).collect(),
+            called_jobs(j)
+                .into_iter()
+                .map(|(_, c)| c.to_string())
+                .collect(),
         );
     }
     // What is applied replaces what is stored.
     for j in jobs {
         calls.insert(
             j.name.clone(),
-            called_jobs(j).into_iter().map(|(_, c)| c.to_string()).collect(),
+            called_jobs(j)
+                .into_iter()
+                .map(|(_, c)| c.to_string())
+                .collect(),
         );
     }
     for j in jobs {
@@ -663,7 +692,11 @@ mod tests {
         let out = capture("::output a=1\nlog\n{\"b\": 2, \"a\": \"x\"}\n\n", true).unwrap();
         assert_eq!(out["a"], "x");
         assert_eq!(out["b"], 2);
-        assert!(capture("[1,2]\n", true).unwrap_err().contains("not a JSON object"));
+        assert!(
+            capture("[1,2]\n", true)
+                .unwrap_err()
+                .contains("not a JSON object")
+        );
         assert!(capture("", true).unwrap_err().contains("printed nothing"));
     }
 
@@ -676,9 +709,17 @@ mod tests {
             .collect();
         assert!(capture(&many, false).unwrap_err().contains("outputs"));
         let name = format!("::output {}=v\n", "n".repeat(MAX_OUTPUT_NAME + 1));
-        assert!(capture(&name, false).unwrap_err().contains("invalid output name"));
+        assert!(
+            capture(&name, false)
+                .unwrap_err()
+                .contains("invalid output name")
+        );
         assert!(capture("::output bad name=v\n", false).is_err());
-        assert!(capture("::output nothing\n", false).unwrap_err().contains("name=value"));
+        assert!(
+            capture("::output nothing\n", false)
+                .unwrap_err()
+                .contains("name=value")
+        );
         let total: String = (0..5)
             .map(|i| format!("::output k{i}={}\n", "y".repeat(MAX_OUTPUT_VALUE)))
             .collect();

@@ -512,7 +512,11 @@ impl StepDoc {
         }
         if self.job.is_none() && (self.params.is_some() || self.targets.is_some()) {
             return Err(Error::validation(
-                if self.params.is_some() { "params" } else { "targets" },
+                if self.params.is_some() {
+                    "params"
+                } else {
+                    "targets"
+                },
                 "only applies to job steps (`job: NAME`)",
             ));
         }

@@ -164,7 +164,10 @@ macro_rules! row_decoders {
                 parent: match get::<Option<String>>(row, "parent_run")? {
                     Some(p) => Some(opsconductor_core::model::RunParent {
                         run: run_id(&p)?,
-                        step: to_u32("parent step", get::<Option<i64>>(row, "parent_step")?.unwrap_or(0))?,
+                        step: to_u32(
+                            "parent step",
+                            get::<Option<i64>>(row, "parent_step")?.unwrap_or(0),
+                        )?,
                         target: get::<Option<String>>(row, "parent_target")?.unwrap_or_default(),
                     }),
                     None => None,

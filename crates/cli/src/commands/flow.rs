@@ -37,17 +37,31 @@ pub(super) fn print_flow(out: &Out, d: &RunDetail) {
                     serde_json::Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
-                println!("  {}. {} on {}: {k} = {v}", r.step + 1, name(r.step), r.target);
+                println!(
+                    "  {}. {} on {}: {k} = {v}",
+                    r.step + 1,
+                    name(r.step),
+                    r.target
+                );
             }
         }
     }
-    let with_children: Vec<_> = d.results.iter().filter(|r| !r.children.is_empty()).collect();
+    let with_children: Vec<_> = d
+        .results
+        .iter()
+        .filter(|r| !r.children.is_empty())
+        .collect();
     if !with_children.is_empty() {
         println!();
         println!("{}", out.bold("Child runs:"));
         for r in with_children {
             for c in &r.children {
-                println!("  {}. {} on {}: run {c}", r.step + 1, name(r.step), r.target);
+                println!(
+                    "  {}. {} on {}: run {c}",
+                    r.step + 1,
+                    name(r.step),
+                    r.target
+                );
             }
         }
     }

@@ -46,7 +46,11 @@ fn release_workflow_example_runs_its_child_jobs() {
 
     let runs = env.runs();
     let by_job = |job: &str| -> Vec<&Value> { runs.iter().filter(|r| r["job"] == job).collect() };
-    assert_eq!(runs.len(), 4, "the release and its three children: {runs:#?}");
+    assert_eq!(
+        runs.len(),
+        4,
+        "the release and its three children: {runs:#?}"
+    );
     for job in ["release", "backup", "deploy", "smoke-test"] {
         assert_eq!(by_job(job).len(), 1, "{job}");
         assert_eq!(by_job(job)[0]["status"], "succeeded", "{job}");
@@ -74,22 +78,37 @@ fn release_workflow_example_runs_its_child_jobs() {
     // `runs show` for people lists the child runs and the outputs.
     let a = env.cmd(["runs", "show", &release]).assert().success();
     let text = stdout_of(&a);
-    assert!(text.contains("Child runs:") && text.contains("Outputs:"), "{text}");
+    assert!(
+        text.contains("Child runs:") && text.contains("Outputs:"),
+        "{text}"
+    );
     assert!(text.contains("version = 1.4.2"), "{text}");
 
     // Skipping the backup: the step is `skipped` with the condition as reason
     // and no backup child is started.
-    env.cmd(["run", "release", "-p", "version=1.4.3", "-p", "skip_backup=true"])
-        .assert()
-        .success();
+    env.cmd([
+        "run",
+        "release",
+        "-p",
+        "version=1.4.3",
+        "-p",
+        "skip_backup=true",
+    ])
+    .assert()
+    .success();
     let runs = env.runs();
     assert_eq!(runs.iter().filter(|r| r["job"] == "backup").count(), 1);
-    let second = runs.iter().find(|r| r["job"] == "release" && r["id"] != release.as_str());
+    let second = runs
+        .iter()
+        .find(|r| r["job"] == "release" && r["id"] != release.as_str());
     let detail = show(&env, second.unwrap()["id"].as_str().unwrap());
     let skipped = results_of(&detail, 0);
     assert_eq!(skipped["status"], "skipped");
     assert!(
-        skipped["error"].as_str().unwrap().contains("not params.skip_backup"),
+        skipped["error"]
+            .as_str()
+            .unwrap()
+            .contains("not params.skip_backup"),
         "{skipped:#}"
     );
 }
@@ -162,7 +181,9 @@ steps:
         )
         .unwrap();
         oc.apply(&batch, &me).await.unwrap();
-        oc.submit(SubmitRequest::new("workflow"), &me).await.unwrap()
+        oc.submit(SubmitRequest::new("workflow"), &me)
+            .await
+            .unwrap()
     });
     let children = |oc: &opsconductor::Conductor| {
         rt.block_on(oc.runs(
@@ -198,7 +219,11 @@ steps:
     let _ = w2.kill();
     let _ = w2.wait();
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.error);
-    assert!(done.attempt >= 2, "the parent was rescued (attempt {})", done.attempt);
+    assert!(
+        done.attempt >= 2,
+        "the parent was rescued (attempt {})",
+        done.attempt
+    );
     let kids = children(&oc);
     assert_eq!(kids.len(), 1, "exactly one child run: {kids:#?}");
     assert_eq!(kids[0].status, RunStatus::Succeeded);

@@ -33,14 +33,21 @@ pub async fn step_outputs_and_children_round_trip(store: Arc<dyn Store>) -> Resu
     third.step = 2;
     assert!(store.put_step_results_as("w1", &[third.clone()]).await?);
     let back = store.step_results(run.id).await?;
-    assert_eq!(back, vec![result.clone(), second, third], "outputs and children must round-trip");
+    assert_eq!(
+        back,
+        vec![result.clone(), second, third],
+        "outputs and children must round-trip"
+    );
     // Replaced (not merged) by a later write of the same step and target.
     let mut cleared = result.clone();
     cleared.outputs.clear();
     cleared.children.clear();
     assert!(store.put_step_result_as("w1", &cleared).await?);
     let back = store.step_results(run.id).await?;
-    assert_eq!(back[0], cleared, "a later write replaces outputs and children");
+    assert_eq!(
+        back[0], cleared,
+        "a later write replaces outputs and children"
+    );
     Ok(())
 }
 
@@ -64,7 +71,10 @@ pub async fn one_child_run_per_parent_step_and_target(store: Arc<dyn Store>) -> 
         "the parent link must round-trip"
     );
     assert_eq!(
-        store.find_child_run(parent.id, 1, "local").await?.map(|r| r.id),
+        store
+            .find_child_run(parent.id, 1, "local")
+            .await?
+            .map(|r| r.id),
         Some(child.id)
     );
     assert!(store.find_child_run(parent.id, 0, "local").await?.is_none());
@@ -76,7 +86,10 @@ pub async fn one_child_run_per_parent_step_and_target(store: Arc<dyn Store>) -> 
         .await
         .expect_err("a second child for the same parent step and target must be refused");
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
-    assert!(store.get_run(twin.id).await?.is_none(), "nothing half-written");
+    assert!(
+        store.get_run(twin.id).await?.is_none(),
+        "nothing half-written"
+    );
     for l in [link(1, "web-1"), link(2, "local")] {
         let mut other = queued_run("deploy", at(3));
         other.parent = Some(l);

@@ -122,7 +122,10 @@ pub(crate) async fn run(st: &RunState, si: u32, name: &str, call: Call) -> StepE
     cs.system(if fresh {
         format!("started child run {id} of job '{}'\n", call.job)
     } else {
-        format!("waiting for child run {id} of job '{}' (started by an earlier attempt)\n", call.job)
+        format!(
+            "waiting for child run {id} of job '{}' (started by an earlier attempt)\n",
+            call.job
+        )
     })
     .await;
     // The link on the parent's side, before waiting: visible while it runs.

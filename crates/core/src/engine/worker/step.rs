@@ -263,6 +263,14 @@ impl StepRun<'_> {
                     .await;
                 Some(StepEnd::new(Outcome::Failed, why))
             }
+            StepStatus::Running if matches!(self.step.action, Action::Job { .. }) => {
+                self.system(
+                    "resuming: its worker stopped while it waited for its child run, which is found again, never started twice\n"
+                        .into(),
+                )
+                .await;
+                None
+            }
             StepStatus::Running => {
                 self.system(
                     "re-running: its worker stopped while it ran, and the step is idempotent\n"
