@@ -55,6 +55,7 @@ fn run(spec: &opsconductor::JobSpec, status: RunStatus, age: chrono::Duration) -
         finished_at: (status != RunStatus::Queued).then_some(t),
         request_id: None,
         schedule: None,
+        parent: None,
     }
 }
 

@@ -46,6 +46,7 @@ fn queued_run(spec: &opsconductor::JobSpec) -> Run {
         finished_at: None,
         request_id: None,
         schedule: None,
+        parent: None,
     }
 }
 

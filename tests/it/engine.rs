@@ -812,6 +812,8 @@ async fn put(env: &Env, run: &Run, step: u32, status: StepStatus) {
             finished_at: (status != StepStatus::Running).then_some(now),
             try_no: 1,
             tries: vec![],
+            outputs: Default::default(),
+            children: Vec::new(),
         })
         .await
         .unwrap();

@@ -11,8 +11,9 @@
 )]
 
 mod engine;
+mod flow;
 mod lease;
-mod schedules;
 mod notify;
 mod rollout;
+mod schedules;
 mod secrets;

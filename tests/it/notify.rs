@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
 use opsconductor::engine::notify::{
-    AttemptOutcome, ChannelSpec, DeliveryFilter, DeliveryStatus, EventInput, EventKind,
-    NotifyRule, NotifySettings, SmtpTls,
+    AttemptOutcome, ChannelSpec, DeliveryFilter, DeliveryStatus, EventInput, EventKind, NotifyRule,
+    NotifySettings, SmtpTls,
 };
 use opsconductor::{Actor, Conductor, Config, RunId, RunStatus, SetSecret, SubmitRequest};
 use opsconductor_store::testing::receivers::{HttpReceiver, Received, Reply, SmtpSink};
@@ -115,8 +115,12 @@ async fn run(oc: &Conductor, job: &str) -> (RunId, RunStatus) {
 /// HMAC-SHA256 over `timestamp.body` with the shared key, the timestamp is
 /// within the replay window (5 minutes).
 fn verify_signature(req: &Received) {
-    let ts = req.header("x-opsconductor-timestamp").expect("timestamp header");
-    let sig = req.header("x-opsconductor-signature").expect("signature header");
+    let ts = req
+        .header("x-opsconductor-timestamp")
+        .expect("timestamp header");
+    let sig = req
+        .header("x-opsconductor-signature")
+        .expect("signature header");
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SIGNING_KEY.as_bytes()).unwrap();
     mac.update(ts.as_bytes());
     mac.update(b".");
@@ -127,12 +131,21 @@ fn verify_signature(req: &Received) {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    assert!((now - ts.parse::<i64>().unwrap()).abs() < 300, "within the replay window");
+    assert!(
+        (now - ts.parse::<i64>().unwrap()).abs() < 300,
+        "within the replay window"
+    );
 }
 
 fn no_secret(what: &str, text: &str) {
-    assert!(!text.contains(SECRET), "the secret leaked into {what}: {text}");
-    assert!(!text.contains(SIGNING_KEY), "the signing key leaked into {what}");
+    assert!(
+        !text.contains(SECRET),
+        "the secret leaked into {what}: {text}"
+    );
+    assert!(
+        !text.contains(SIGNING_KEY),
+        "the signing key leaked into {what}"
+    );
 }
 
 async fn failed_run_reaches_every_channel(backend: Backend) {
@@ -215,7 +228,10 @@ notify:
     assert_eq!(ev["job"], "nightly");
     assert_eq!(ev["run"]["id"], id.to_string());
     assert_eq!(ev["run"]["status"], "failed");
-    assert_eq!(ev["run"]["url"], format!("https://ops.example.com/runs/{id}"));
+    assert_eq!(
+        ev["run"]["url"],
+        format!("https://ops.example.com/runs/{id}")
+    );
     assert_eq!(ev["run"]["targets"][0]["name"], "local");
     assert_eq!(ev["run"]["targets"][0]["exit_code"], 3);
     let tail: Vec<&str> = ev["run"]["log_tail"]
@@ -232,10 +248,21 @@ notify:
     // The Slack-format message.
     let msg = chat.wait_for(1, WAIT).await[0].json();
     let text = msg["text"].as_str().unwrap();
-    assert!(text.contains("nightly") && text.contains("failed"), "{text}");
-    assert!(text.contains(&format!("<https://ops.example.com/runs/{id}|")), "{text}");
+    assert!(
+        text.contains("nightly") && text.contains("failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("<https://ops.example.com/runs/{id}|")),
+        "{text}"
+    );
     let fields = msg["attachments"][0]["fields"].as_array().unwrap();
-    let field = |t: &str| fields.iter().find(|f| f["title"] == t).map(|f| f["value"].clone());
+    let field = |t: &str| {
+        fields
+            .iter()
+            .find(|f| f["title"] == t)
+            .map(|f| f["value"].clone())
+    };
     assert_eq!(field("Status"), Some(Value::from("failed")));
     assert_eq!(field("Job"), Some(Value::from("nightly")));
     assert_eq!(field("Targets"), Some(Value::from("local (failed)")));
@@ -250,7 +277,10 @@ notify:
     );
     assert_eq!(mail["content_type"], "multipart/alternative");
     let subject = mail["headers"]["subject"].as_str().unwrap();
-    assert!(subject.contains("run.failed") && subject.contains("nightly"), "{subject}");
+    assert!(
+        subject.contains("run.failed") && subject.contains("nightly"),
+        "{subject}"
+    );
     assert_eq!(
         mail["headers"]["message-id"].as_str().unwrap(),
         format!("<{}@opsconductor>", ev["id"].as_str().unwrap())
@@ -289,7 +319,9 @@ notify:
             )
             .await
             .unwrap();
-        if h.iter().all(|d| d.delivery.status == DeliveryStatus::Delivered) {
+        if h.iter()
+            .all(|d| d.delivery.status == DeliveryStatus::Delivered)
+        {
             for d in &h {
                 assert_eq!(d.attempts.len(), 1);
                 assert_eq!(d.attempts[0].outcome, AttemptOutcome::Delivered);
@@ -377,7 +409,10 @@ steps:
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     oc.cancel(r.id, &me()).await.unwrap();
-    assert_eq!(oc.wait(r.id, &me()).await.unwrap().status, RunStatus::Cancelled);
+    assert_eq!(
+        oc.wait(r.id, &me()).await.unwrap().status,
+        RunStatus::Cancelled
+    );
     want.push("run.cancelled");
     for kind in [
         EventKind::ScheduleMissed,
@@ -411,7 +446,11 @@ steps:
     kinds.sort();
     want.sort();
     assert_eq!(kinds, want);
-    let recovered = got.iter().find(|r| r.json()["type"] == "run.recovered").unwrap().json();
+    let recovered = got
+        .iter()
+        .find(|r| r.json()["type"] == "run.recovered")
+        .unwrap()
+        .json();
     assert_eq!(recovered["run"]["previous_status"], "failed");
     // Viewers cannot raise events.
     let viewer = Actor::user("v", opsconductor::auth::Role::Viewer, "test");
@@ -480,22 +519,42 @@ async fn retries_back_off_and_honour_retry_after() {
             (AttemptOutcome::Delivered, Some(200)),
         ]
     );
-    assert!(a[2].error.as_deref().unwrap().contains("timed out") || a[2].error.as_deref().unwrap().contains("timeout"), "{:?}", a[2].error);
-    assert!(a[2].latency_ms >= 1900, "the 2 s attempt timeout: {}", a[2].latency_ms);
+    assert!(
+        a[2].error.as_deref().unwrap().contains("timed out")
+            || a[2].error.as_deref().unwrap().contains("timeout"),
+        "{:?}",
+        a[2].error
+    );
+    assert!(
+        a[2].latency_ms >= 1900,
+        "the 2 s attempt timeout: {}",
+        a[2].latency_ms
+    );
     // Gaps between one attempt's end and the next one's start.
     let gap = |i: usize| {
         let end = a[i].at + chrono::Duration::milliseconds(a[i].latency_ms as i64);
         (a[i + 1].at - end).num_milliseconds()
     };
     let gaps: Vec<i64> = (0..4).map(gap).collect();
-    eprintln!("retry gaps (ms): {gaps:?}; attempts: {:?}", a.iter().map(|x| x.latency_ms).collect::<Vec<_>>());
+    eprintln!(
+        "retry gaps (ms): {gaps:?}; attempts: {:?}",
+        a.iter().map(|x| x.latency_ms).collect::<Vec<_>>()
+    );
     // Backoff base 200 ms: after attempt n the delay is in [base·2^(n-1)/2, base·2^(n-1)]
     // plus up to one poll (50 ms) and scheduling.
     for (i, g) in gaps.iter().take(3).enumerate() {
         let exp = 200i64 << i;
-        assert!(*g >= exp / 2 - 5 && *g <= exp + 400, "gap {i}: {g} ms (expected {}..{exp})", exp / 2);
+        assert!(
+            *g >= exp / 2 - 5 && *g <= exp + 400,
+            "gap {i}: {g} ms (expected {}..{exp})",
+            exp / 2
+        );
     }
-    assert!(gaps[3] >= 990 && gaps[3] <= 1600, "Retry-After: 1 honoured: {} ms", gaps[3]);
+    assert!(
+        gaps[3] >= 990 && gaps[3] <= 1600,
+        "Retry-After: 1 honoured: {} ms",
+        gaps[3]
+    );
 }
 
 /// `only_on_change`: notified on the first outcome and on each change,
@@ -568,7 +627,12 @@ async fn ssrf_guard_refuses_internal_destinations() {
     let t = oc.test_channel("by-name", &me()).await.unwrap();
     assert!(!t.delivered);
     assert!(t.error.as_deref().unwrap().contains("SSRF guard"), "{t:?}");
-    for bad in ["file:///etc/passwd", "ftp://example.com/x", "gopher://x", "http://user:pw@example.com/"] {
+    for bad in [
+        "file:///etc/passwd",
+        "ftp://example.com/x",
+        "gopher://x",
+        "http://user:pw@example.com/",
+    ] {
         let spec = ChannelSpec::Webhook {
             url: bad.into(),
             signing_secret: None,
@@ -598,7 +662,13 @@ async fn ssrf_guard_refuses_internal_destinations() {
             .unwrap();
         if h[0].delivery.status == DeliveryStatus::Failed {
             assert_eq!(h[0].attempts.len(), 1);
-            assert!(h[0].attempts[0].error.as_deref().unwrap().contains("SSRF guard"));
+            assert!(
+                h[0].attempts[0]
+                    .error
+                    .as_deref()
+                    .unwrap()
+                    .contains("SSRF guard")
+            );
             assert!(hooks.received().is_empty());
             return;
         }
@@ -708,7 +778,15 @@ async fn test_delivery_and_channel_validation() {
         assert!(e.to_string().contains(field), "{field}: {e}");
     }
     let e = oc
-        .set_channel("../bad", "", ChannelSpec::Slack { url: Some("https://x.example/".into()), url_secret: None }, &me())
+        .set_channel(
+            "../bad",
+            "",
+            ChannelSpec::Slack {
+                url: Some("https://x.example/".into()),
+                url_secret: None,
+            },
+            &me(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), opsconductor::ErrorKind::Validation);
@@ -716,7 +794,8 @@ async fn test_delivery_and_channel_validation() {
     let bad = "kind: Job\nname: j\nsteps:\n  - exec: 'true'\nnotify:\n  - on: [run.exploded]\n    channels: [hook]\n";
     let e = opsconductor::spec::parse_str(bad, "bad.yaml", None).unwrap_err();
     assert!(e.to_string().contains("bad.yaml"), "{e}");
-    let empty = "kind: Job\nname: j\nsteps:\n  - exec: 'true'\nnotify:\n  - on: []\n    channels: [hook]\n";
+    let empty =
+        "kind: Job\nname: j\nsteps:\n  - exec: 'true'\nnotify:\n  - on: []\n    channels: [hook]\n";
     let e = opsconductor::spec::parse_str(empty, "bad.yaml", None).unwrap_err();
     assert!(e.to_string().contains("notify[0]"), "{e}");
 }

@@ -605,6 +605,8 @@ async fn a_rescued_rolling_run_resumes_at_its_batch_without_rerunning_done_work(
                 finished_at: Some(now),
                 try_no: 1,
                 tries: vec![],
+                outputs: Default::default(),
+                children: vec![],
             })
             .await
             .unwrap();

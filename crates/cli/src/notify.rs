@@ -216,7 +216,9 @@ pub async fn notifications(oc: &Conductor, out: &Out, cmd: NotifyCmd) -> Result<
                             .unwrap_or_default(),
                         format!("{:?}", d.delivery.status).to_lowercase(),
                         d.attempts.len().to_string(),
-                        last.and_then(|a| a.code).map(|c| c.to_string()).unwrap_or_default(),
+                        last.and_then(|a| a.code)
+                            .map(|c| c.to_string())
+                            .unwrap_or_default(),
                         d.delivery.last_error.clone().unwrap_or_default(),
                         d.delivery.event_id.to_string(),
                     ]

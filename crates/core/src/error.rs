@@ -117,6 +117,8 @@ impl Error {
         match self {
             Error::Validation { field, message } => Error::Validation {
                 field: Some(match field {
+                    // Already placed inside `outer` (e.g. at `file:line:col: job 'x': …`).
+                    Some(f) if f.contains(outer) => f,
                     Some(f) if f.starts_with('[') => format!("{outer}{f}"),
                     Some(f) => format!("{outer}.{f}"),
                     None => outer.to_string(),

@@ -270,6 +270,8 @@ pub struct OutputSink {
     step: u32,
     target: Arc<str>,
     try_no: u32,
+    /// Also shown stdout as it passes, for step outputs (see [`crate::flow`]).
+    capture: Option<Arc<std::sync::Mutex<crate::flow::OutputCapture>>>,
 }
 
 impl OutputSink {
@@ -282,6 +284,7 @@ impl OutputSink {
                 step: 0,
                 target: Arc::from(""),
                 try_no: 1,
+                capture: None,
             },
             rx,
         )
@@ -293,6 +296,7 @@ impl OutputSink {
             tx: self.tx.clone(),
             step,
             target: Arc::from(target),
+            capture: None,
             try_no: 1,
         }
     }
@@ -306,11 +310,29 @@ impl OutputSink {
         }
     }
 
+    /// The same sink, also showing stdout to `capture` as it passes (the
+    /// engine reads step outputs this way; executors need not know).
+    pub fn with_capture(
+        mut self,
+        capture: Arc<std::sync::Mutex<crate::flow::OutputCapture>>,
+    ) -> Self {
+        self.capture = Some(capture);
+        self
+    }
+
     /// Sends a chunk; waits when the consumer is behind. Empty chunks are dropped.
     pub async fn write(&self, stream: Stream, data: impl Into<Bytes>) {
         let data = data.into();
         if data.is_empty() {
             return;
+        }
+        if stream == Stream::Stdout
+            && let Some(c) = &self.capture
+        {
+            match c.lock() {
+                Ok(mut c) => c.push(&data),
+                Err(p) => p.into_inner().push(&data),
+            }
         }
         // A closed receiver means nobody listens any more; output is dropped.
         let _ = self

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod bus;
 pub mod clock;
 pub mod engine;
+pub mod flow;
 pub mod lines;
 pub mod mask;
 pub mod params;
@@ -29,9 +30,10 @@ pub mod template;
 pub use engine::{
     AuditExport, AuditPage, AuditQuery, AuditVerification, Conductor, ConductorBuilder, Config,
     DEFAULT_PRUNE_BATCH, ExecRequest, LocalPolicy, LogPage, LogStream, Login, MAX_AUDIT_PAGE,
-    MAX_LOG_PAGE, MAX_RESULT_PAGE, MAX_SECRET_BYTES, PRUNE_BATCH_RANGE, PlannedCommand, PlannedSecret, PlannedStep,
-    PruneReport, PruneRequest, Retention, RotationReport, RunDetail, RunPlan, ScheduleDetail, SchedulerConfig, SecretInfo,
-    SetSecret, SetSecretOutcome, SubmitRequest, TargetCheck, TargetOutcome, TargetPlan,
+    MAX_LOG_PAGE, MAX_RESULT_PAGE, MAX_SECRET_BYTES, PRUNE_BATCH_RANGE, PlannedCommand,
+    PlannedSecret, PlannedStep, PruneReport, PruneRequest, Retention, RotationReport, RunDetail,
+    RunPlan, ScheduleDetail, SchedulerConfig, SecretInfo, SetSecret, SetSecretOutcome,
+    SubmitRequest, TargetCheck, TargetOutcome, TargetPlan,
 };
 pub use lines::{Line, LineSplitter};
 pub use model::*;

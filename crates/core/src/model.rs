@@ -399,6 +399,46 @@ pub struct Step {
     /// Retries of this step (overrides the job's `retry`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// A condition (`{{ expression }}`) evaluated per target just before the
+    /// step runs there; false records the step `skipped` with the condition
+    /// as the reason. See [`crate::flow`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// How the step publishes outputs besides `::output name=value` lines:
+    /// `json` parses its last stdout line as a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<OutputsMode>,
+    /// Where the step's fields were written (`file:line:col`), for errors
+    /// found after parsing (e.g. a `job:` cycle at apply). Never stored.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// How a step publishes outputs (see [`Step::outputs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputsMode {
+    /// The last non-empty stdout line is a JSON object of outputs.
+    Json,
+}
+
+/// Source positions of a step's fields (`field` → `file:line:col`), known
+/// only for a step just parsed from a file. Compares equal to any other:
+/// where a definition was written never makes two definitions differ.
+#[derive(Debug, Clone, Default)]
+pub struct Origin(pub BTreeMap<String, String>);
+
+impl PartialEq for Origin {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Origin {
+    /// `file:line:col` of `field`, if known.
+    pub fn of(&self, field: &str) -> Option<&str> {
+        self.0.get(field).map(String::as_str)
+    }
 }
 
 /// The kinds of step.
@@ -432,6 +472,19 @@ pub enum Action {
         #[serde(default = "default_mode")]
         mode: u32,
     },
+    /// Another job, run as a child run per target of this step (see
+    /// [`crate::flow`]); its final status is the step's result.
+    Job {
+        /// The job's name.
+        job: String,
+        /// Parameters of the child run; string values are templates
+        /// (rendered for the parent's target, not quoted).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        params: BTreeMap<String, serde_json::Value>,
+        /// The child's target selector (templates); default: the child job's own.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        targets: Vec<String>,
+    },
 }
 
 fn default_mode() -> u32 {
@@ -445,6 +498,7 @@ impl Action {
             Action::Exec { .. } => "exec",
             Action::Script { .. } => "script",
             Action::Copy { .. } => "copy",
+            Action::Job { .. } => "job",
         }
     }
 }
@@ -579,6 +633,23 @@ pub struct Run {
     /// The schedule that queued it and the nominal fire time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<crate::schedule::ScheduledFire>,
+    /// For a child run (a `job:` step of another run): the parent run, step
+    /// and target that started it. At most one child exists per parent
+    /// step × target (a unique index), so a rescued parent never starts a
+    /// second one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<RunParent>,
+}
+
+/// Which step of which run started a child run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunParent {
+    /// The parent run.
+    pub run: RunId,
+    /// Index of the `job:` step in the parent's spec.
+    pub step: u32,
+    /// The parent's target the step ran for.
+    pub target: String,
 }
 
 /// The state of one step on one target.
@@ -595,7 +666,8 @@ pub enum StepStatus {
     TimedOut,
     /// Stopped on request.
     Cancelled,
-    /// Not run, because an earlier step failed on this target.
+    /// Not run, because an earlier step failed on this target or its
+    /// `when` condition was false (the result's `error` says which).
     Skipped,
     /// Its worker died while it ran and it is not idempotent: not repeated.
     Interrupted,
@@ -655,7 +727,7 @@ pub struct StepResult {
     pub exit_code: Option<i32>,
     /// Signal number when the process was killed by one.
     pub signal: Option<i32>,
-    /// Why it failed, for people.
+    /// Why it failed (or, for a step skipped by its `when`, the condition), for people.
     pub error: Option<String>,
     /// Run attempt that produced this result.
     pub attempt: u32,
@@ -663,6 +735,14 @@ pub struct StepResult {
     pub started_at: DateTime<Utc>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Values the step published (`::output name=value` lines, or its last
+    /// stdout line with `outputs: json`), masked like the output and
+    /// bounded (see [`crate::flow`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, serde_json::Value>,
+    /// Child runs a `job:` step started on this target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<RunId>,
     /// Which try of the step this is, from 1 (more with `retry`).
     #[serde(default = "first_try")]
     pub try_no: u32,

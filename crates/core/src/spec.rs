@@ -184,9 +184,10 @@ pub fn parse_str(text: &str, source: &str, base: Option<&Path>) -> Result<ApplyB
             Some("Job") => {
                 let d = JobDoc::deserialize(doc).map_err(|e| yaml_error(source, i, &e))?;
                 let name = d.name.clone();
-                let job = d
+                let mut job = d
                     .into_spec(base)
                     .map_err(|e| e.within(&format!("{source}: job '{name}'")))?;
+                crate::flow::locate_steps(&mut job, text, source, i)?;
                 batch.jobs.push(job);
             }
             Some("Target") => {
@@ -218,6 +219,7 @@ pub fn parse_str(text: &str, source: &str, base: Option<&Path>) -> Result<ApplyB
             }
         }
     }
+    crate::flow::check_cycles(&batch.jobs, &[])?;
     Ok(batch)
 }
 
@@ -448,6 +450,15 @@ struct StepDoc {
     limits: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     retry: Option<RetryPolicy>,
+    when: Option<String>,
+    #[serde(default)]
+    outputs: Option<crate::model::OutputsMode>,
+    #[serde(default)]
+    job: Option<String>,
+    #[serde(default)]
+    params: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
+    targets: Option<OneOrMany>,
 }
 
 #[derive(Deserialize)]
@@ -544,10 +555,21 @@ impl StepDoc {
             self.exec.is_some(),
             self.script.is_some(),
             self.copy.is_some(),
+            self.job.is_some(),
         ];
         if set.iter().filter(|b| **b).count() != 1 {
             return Err(Error::invalid(
-                "a step needs exactly one of exec, script or copy",
+                "a step needs exactly one of exec, script, copy or job",
+            ));
+        }
+        if self.job.is_none() && (self.params.is_some() || self.targets.is_some()) {
+            return Err(Error::validation(
+                if self.params.is_some() {
+                    "params"
+                } else {
+                    "targets"
+                },
+                "only applies to job steps (`job: NAME`)",
             ));
         }
         if self.interpreter.is_some() && self.script.is_none() {
@@ -584,9 +606,19 @@ impl StepDoc {
                 src,
                 mode,
             }
+        } else if let Some(job) = self.job {
+            Action::Job {
+                job,
+                params: self.params.unwrap_or_default(),
+                targets: match self.targets {
+                    None => vec![],
+                    Some(OneOrMany::One(s)) => vec![s],
+                    Some(OneOrMany::Many(v)) => v,
+                },
+            }
         } else {
             return Err(Error::invalid(
-                "a step needs exactly one of exec, script or copy",
+                "a step needs exactly one of exec, script, copy or job",
             ));
         };
         Ok(Step {
@@ -604,12 +636,17 @@ impl StepDoc {
             raw: self.raw,
             limits: self.limits,
             retry: self.retry,
+            when: self.when,
+            outputs: self.outputs,
+            origin: Default::default(),
         })
     }
 }
 
 /// A job's `notify:` rules, bounded and checked (`notify[i].field: …`).
-fn check_notify(rules: Vec<crate::engine::notify::NotifyRule>) -> Result<Vec<crate::engine::notify::NotifyRule>> {
+fn check_notify(
+    rules: Vec<crate::engine::notify::NotifyRule>,
+) -> Result<Vec<crate::engine::notify::NotifyRule>> {
     use crate::engine::notify::MAX_RULES;
     if rules.len() > MAX_RULES {
         return Err(Error::validation(
@@ -761,6 +798,8 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
                     ));
                 }
             }
+            // Checked with the other flow rules (crate::flow::validate_job).
+            Action::Job { .. } => {}
         }
         for (k, v) in &step.env {
             if k.is_empty()
@@ -778,7 +817,7 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
             tpl(here("workdir"), w)?;
         }
     }
-    Ok(())
+    crate::flow::validate_job(spec, templates)
 }
 
 /// Checks what single rollout values cannot: settings that only apply to

@@ -170,6 +170,11 @@ pub trait RunStore: Send + Sync {
     async fn put_step_results_as(&self, worker: &str, results: &[StepResult]) -> Result<bool>;
     /// All results of a run, by step then target.
     async fn step_results(&self, id: RunId) -> Result<Vec<StepResult>>;
+    /// The child run a `job:` step started for (parent run, step, target),
+    /// if any. Backends MUST keep at most one run per such parent link
+    /// (`insert_run` of a second one fails with `Error::Conflict`), so a
+    /// rescued parent never starts a second child.
+    async fn find_child_run(&self, parent: RunId, step: u32, target: &str) -> Result<Option<Run>>;
     /// One page of a run's results in the order of
     /// [`step_results`](Self::step_results): those strictly after the
     /// `(step, target)` cursor `after` (from the start when `None`), at most

@@ -11,6 +11,7 @@
 //! bomb is a clear error, not minutes of CPU.
 
 mod contexts;
+mod when;
 
 use std::cell::RefCell;
 use std::sync::Arc;

@@ -220,6 +220,20 @@ pub struct RunView {
     pub finished_at: Option<DateTime<Utc>>,
     /// The `X-Request-Id` of the request that submitted it.
     pub request_id: Option<String>,
+    /// For a child run: the run, step and target (of the parent) that started it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<RunParentView>,
+}
+
+/// Which step of which run started a child run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunParentView {
+    /// The parent run's id.
+    pub run: String,
+    /// Index of the parent's `job:` step.
+    pub step: u32,
+    /// The parent's target the step ran for.
+    pub target: String,
 }
 
 impl From<Run> for RunView {
@@ -241,6 +255,11 @@ impl From<Run> for RunView {
             started_at: r.started_at,
             finished_at: r.finished_at,
             request_id: r.request_id,
+            parent: r.parent.map(|p| RunParentView {
+                run: p.run.to_string(),
+                step: p.step,
+                target: p.target,
+            }),
         }
     }
 }
@@ -261,6 +280,10 @@ pub struct RunDetailView {
     /// the next page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub results_next: Option<String>,
+    /// The run's outputs by target: each target's step outputs merged in
+    /// step order (a later step's key wins), from the results in this page.
+    #[schema(value_type = Object)]
+    pub outputs: Value,
 }
 
 impl From<RunDetail> for RunDetailView {
@@ -271,7 +294,9 @@ impl From<RunDetail> for RunDetailView {
             .all_steps()
             .map(|(_, _, s)| s.name.clone())
             .collect();
+        let outputs = serde_json::to_value(d.outputs()).unwrap_or(Value::Null);
         Self {
+            outputs,
             spec: serde_json::to_value(&d.run.spec).unwrap_or(Value::Null),
             results: d
                 .results
@@ -315,6 +340,13 @@ pub struct StepResultView {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<Object>)]
     pub tries: Vec<opsconductor::TryRecord>,
+    /// Values the step published (`::output name=value`, `outputs: json`), masked.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    #[schema(value_type = Object)]
+    pub outputs: serde_json::Map<String, Value>,
+    /// Child runs a `job:` step started on this target.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<String>,
 }
 
 impl StepResultView {
@@ -336,6 +368,8 @@ impl StepResultView {
             attempt: r.attempt,
             started_at: r.started_at,
             finished_at: r.finished_at,
+            outputs: r.outputs.into_iter().collect(),
+            children: r.children.iter().map(ToString::to_string).collect(),
         }
     }
 }

@@ -193,6 +193,21 @@ impl PyRun {
         Ok(self.fetch(py)?.run.error)
     }
 
+    /// For a child run (started by a ``job:`` step of another run): a dict
+    /// ``{"run": id, "step": index, "target": name}``; ``None`` otherwise.
+    #[getter]
+    fn parent<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        convert::to_py(py, &convert::json(&self.run.parent)?)
+    }
+
+    /// The run's outputs by target: ``{target: {name: value}}``, each
+    /// target's step outputs merged in step order (a later step's wins).
+    #[getter]
+    fn outputs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let d = self.fetch(py)?;
+        convert::to_py(py, &convert::json(&d.outputs())?)
+    }
+
     /// When a worker first started it (``None`` while queued).
     #[getter]
     fn started_at<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {

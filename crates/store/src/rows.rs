@@ -17,7 +17,7 @@ macro_rules! run_columns {
     () => {
         "id, job, job_version, spec, params, targets, status, requested_by, attempt, worker, \
          lease_until, cancel_requested, error, created_at, started_at, finished_at, request_id, \
-         schedule, fire_time"
+         schedule, fire_time, parent_run, parent_step, parent_target"
     };
 }
 pub(crate) use run_columns;
@@ -34,7 +34,7 @@ pub(crate) use job_columns;
 macro_rules! step_columns {
     () => {
         "run_id, step, target, status, exit_code, signal, error, attempt, started_at, finished_at, \
-         try_no, tries"
+         try_no, tries, outputs, children"
     };
 }
 pub(crate) use step_columns;
@@ -171,6 +171,17 @@ macro_rules! row_decoders {
                         )
                     })
                     .transpose()?,
+                parent: match get::<Option<String>>(row, "parent_run")? {
+                    Some(p) => Some(opsconductor_core::model::RunParent {
+                        run: run_id(&p)?,
+                        step: to_u32(
+                            "parent step",
+                            get::<Option<i64>>(row, "parent_step")?.unwrap_or(0),
+                        )?,
+                        target: get::<Option<String>>(row, "parent_target")?.unwrap_or_default(),
+                    }),
+                    None => None,
+                },
             })
         }
 
@@ -203,7 +214,22 @@ macro_rules! row_decoders {
                     Some(_) => json(row, "tries")?,
                     None => Vec::new(),
                 },
+                outputs: opt_json(row, "outputs")?.unwrap_or_default(),
+                children: opt_json(row, "children")?.unwrap_or_default(),
             })
+        }
+
+        /// A nullable JSON column.
+        fn opt_json<T: serde::de::DeserializeOwned>(
+            row: &$row,
+            column: &str,
+        ) -> opsconductor_core::Result<Option<T>> {
+            let text: Option<String> = get(row, column)?;
+            text.map(|t| {
+                serde_json::from_str(&t)
+                    .map_err(|e| corrupt(&format!("JSON in column `{column}`"), e))
+            })
+            .transpose()
         }
 
         /// A row of `secret_columns!`.

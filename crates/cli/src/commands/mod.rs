@@ -2,6 +2,7 @@
 //! calls and print the answers.
 
 mod apply;
+mod flow;
 mod jobs;
 mod plan;
 mod report;

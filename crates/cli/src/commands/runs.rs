@@ -130,6 +130,9 @@ pub async fn runs_show(oc: &Conductor, out: &Out, id: &str) -> Result<u8, Error>
     if let Some(w) = &r.worker {
         kv("Worker:", format!("{w} (attempt {})", r.attempt));
     }
+    if let Some(p) = super::flow::parent_line(&d) {
+        kv("Parent:", p);
+    }
     println!();
     // Cleanup steps say which list they are in; a retried step shows each
     // earlier try on its own row above its latest one.
@@ -177,6 +180,7 @@ pub async fn runs_show(oc: &Conductor, out: &Out, id: &str) -> Result<u8, Error>
         ]);
     }
     out.table(&["STEP", "TARGET", "STATUS", "EXIT", "TOOK", "ERROR"], rows);
+    super::flow::print_flow(out, &d);
     Ok(exit::OK)
 }
 

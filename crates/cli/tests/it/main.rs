@@ -16,6 +16,7 @@ mod common;
 /// The executors' Docker test image (built locally from busybox-static).
 #[path = "../../../executors/tests/it/support/docker.rs"]
 mod docker_support;
+mod flow;
 mod notify;
 mod processes;
 mod prune;

@@ -17,7 +17,10 @@ fn setup(env: &Env, url: &str) {
         .spawn()
         .and_then(|mut c| {
             use std::io::Write;
-            c.stdin.take().unwrap().write_all(b"whsec-cli-test-key-123")?;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"whsec-cli-test-key-123")?;
             c.wait()
         })
         .unwrap();
@@ -46,18 +49,43 @@ async fn channels_test_delivery_and_bad_files() {
     assert_eq!(list[0]["signing_secret"], "hook-key");
     let t = env.json(["notifications", "test", "hook"]);
     assert_eq!(t["delivered"], true, "{t}");
-    assert_eq!(r.wait_for(1, Duration::from_secs(10)).await[0].json()["type"], "notification.test");
+    assert_eq!(
+        r.wait_for(1, Duration::from_secs(10)).await[0].json()["type"],
+        "notification.test"
+    );
     // A channel that cannot deliver: non-zero exit, the reason on stderr.
     let f = env.write("dead.yaml", "kind: webhook\nurl: http://127.0.0.1:9/\n");
-    env.cmd(["notifications", "channels", "set", "dead", "-f"]).arg(&f).assert().success();
+    env.cmd(["notifications", "channels", "set", "dead", "-f"])
+        .arg(&f)
+        .assert()
+        .success();
     env.cmd(["notifications", "test", "dead"]).assert().code(1);
     // Bad files: the place is named, nothing stored.
     let bad = env.write("bad.yaml", "kind: webhook\nurl: ftp://x.example/\n");
-    let out = env.cmd(["notifications", "channels", "set", "bad", "-f"]).arg(&bad).assert().failure();
-    assert!(common::stderr_of(&out).contains("url"), "{}", common::stderr_of(&out));
-    let typo = env.write("typo.yaml", "kind: webhook\nurl: https://x.example/\nsigning_secret: k\nbogus: 1\n");
-    let out = env.cmd(["notifications", "channels", "set", "bad", "-f"]).arg(&typo).assert().failure();
-    assert!(common::stderr_of(&out).contains("typo.yaml"), "{}", common::stderr_of(&out));
+    let out = env
+        .cmd(["notifications", "channels", "set", "bad", "-f"])
+        .arg(&bad)
+        .assert()
+        .failure();
+    assert!(
+        common::stderr_of(&out).contains("url"),
+        "{}",
+        common::stderr_of(&out)
+    );
+    let typo = env.write(
+        "typo.yaml",
+        "kind: webhook\nurl: https://x.example/\nsigning_secret: k\nbogus: 1\n",
+    );
+    let out = env
+        .cmd(["notifications", "channels", "set", "bad", "-f"])
+        .arg(&typo)
+        .assert()
+        .failure();
+    assert!(
+        common::stderr_of(&out).contains("typo.yaml"),
+        "{}",
+        common::stderr_of(&out)
+    );
     let names: Vec<String> = env
         .json(["notifications", "channels", "list"])
         .as_array()
@@ -66,7 +94,9 @@ async fn channels_test_delivery_and_bad_files() {
         .map(|c| c["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["dead", "hook"]);
-    env.cmd(["notifications", "history", "--limit", "0"]).assert().failure();
+    env.cmd(["notifications", "history", "--limit", "0"])
+        .assert()
+        .failure();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +121,10 @@ async fn kill_9_mid_delivery_then_restart_delivers_the_same_event() {
     assert!(killed.success());
     let _ = a.wait();
     let mid = env.json(["notifications", "history", "--run", &run_id]);
-    assert_eq!(mid[0]["status"], "delivering", "held by the dead worker: {mid}");
+    assert_eq!(
+        mid[0]["status"], "delivering",
+        "held by the dead worker: {mid}"
+    );
 
     // Worker B takes it over once A's lease ends and delivers it.
     let started = std::time::Instant::now();
@@ -102,15 +135,28 @@ async fn kill_9_mid_delivery_then_restart_delivers_the_same_event() {
         .iter()
         .map(|x| x.header("x-opsconductor-event-id").unwrap())
         .collect();
-    assert_eq!(ids.len(), 1, "the same event id every time: exactly once after de-dup");
+    assert_eq!(
+        ids.len(),
+        1,
+        "the same event id every time: exactly once after de-dup"
+    );
     assert_eq!(all[0].body, first[0].body, "the same event");
-    assert!(all[1].header("x-opsconductor-signature").unwrap().starts_with("v1="));
+    assert!(
+        all[1]
+            .header("x-opsconductor-signature")
+            .unwrap()
+            .starts_with("v1=")
+    );
     assert!(common::wait_until(Duration::from_secs(20), || {
         env.json(["notifications", "history", "--run", &run_id])[0]["status"] == "delivered"
     }));
     let h = env.json(["notifications", "history", "--run", &run_id]);
     let attempts = h[0]["attempts"].as_array().unwrap();
-    assert_eq!(h[0]["attempts"].as_array().unwrap().len(), 1, "A's attempt died with it: {h}");
+    assert_eq!(
+        h[0]["attempts"].as_array().unwrap().len(),
+        1,
+        "A's attempt died with it: {h}"
+    );
     assert_eq!(attempts[0]["n"], 2, "B's is the second claim");
     assert_eq!(attempts[0]["code"], 200);
     eprintln!("kill -9 mid-delivery: re-delivered {takeover:?} after the restart");

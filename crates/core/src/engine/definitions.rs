@@ -35,6 +35,7 @@ impl Conductor {
             checked = self.check_schedules(batch, actor).await?;
             &checked
         };
+        self.check_job_calls(batch).await?;
         let items = self.inner.store.apply(batch, &actor.name).await?;
         if items.iter().any(|i| i.kind == "schedule") {
             // Wake the schedulers: a new or changed schedule may be due soon.
@@ -353,6 +354,19 @@ fn step_document(step: &Step) -> serde_json::Result<serde_json::Value> {
             }
             copy.insert("mode".into(), format!("{mode:04o}").into());
             doc.insert("copy".into(), copy.into());
+        }
+        Action::Job {
+            job,
+            params,
+            targets,
+        } => {
+            doc.insert("job".into(), job.clone().into());
+            if !params.is_empty() {
+                doc.insert("params".into(), serde_json::to_value(params)?);
+            }
+            if !targets.is_empty() {
+                doc.insert("targets".into(), serde_json::to_value(targets)?);
+            }
         }
     }
     Ok(serde_json::Value::Object(doc))

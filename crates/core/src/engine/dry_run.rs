@@ -180,6 +180,19 @@ fn plan_of(inner: &super::Inner, c: Checked) -> Result<RunPlan> {
         };
         let mut commands = Vec::new();
         for (i, phase, step) in spec.all_steps() {
+            // Outputs of earlier steps exist only while the run runs: such a
+            // step is shown unrendered.
+            if crate::flow::reads_run_facts(step, &inner.templates) {
+                commands.push(PlannedCommand {
+                    step: i as u32,
+                    command: format!(
+                        "(rendered when it runs: it reads earlier steps) {}",
+                        step.action.kind()
+                    ),
+                    env: Vec::new(),
+                });
+                continue;
+            }
             let rendered = worker::render_step(
                 &inner.templates,
                 step,
@@ -207,6 +220,21 @@ fn plan_of(inner: &super::Inner, c: Checked) -> Result<RunPlan> {
                     };
                     (text, env.into_iter().map(|(k, _)| k).collect())
                 }
+                worker::Rendered::Job {
+                    job,
+                    params,
+                    targets,
+                } => (
+                    format!(
+                        "run job {job} with params {params} on {}",
+                        if targets.is_empty() {
+                            "its own targets".to_string()
+                        } else {
+                            targets.join(", ")
+                        }
+                    ),
+                    Vec::new(),
+                ),
                 worker::Rendered::Copy {
                     dest,
                     content,

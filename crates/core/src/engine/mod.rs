@@ -4,6 +4,7 @@
 
 mod audit;
 mod auth;
+mod children;
 mod definitions;
 mod dry_run;
 mod local;

@@ -90,6 +90,27 @@ pub struct RunDetail {
     pub results: Vec<StepResult>,
 }
 
+impl RunDetail {
+    /// The run's outputs by target (`run.outputs` in templates): each
+    /// target's step outputs merged in step order, a later step's key
+    /// replacing an earlier one's — from the results held here.
+    pub fn outputs(&self) -> std::collections::BTreeMap<String, serde_json::Map<String, Value>> {
+        let mut out: std::collections::BTreeMap<String, serde_json::Map<String, Value>> =
+            Default::default();
+        // Results are by step, then target: merging in order keeps step order.
+        let mut results: Vec<&StepResult> = self.results.iter().collect();
+        results.sort_by_key(|r| r.step);
+        for r in results {
+            if !r.outputs.is_empty() {
+                out.entry(r.target.clone())
+                    .or_default()
+                    .extend(r.outputs.clone());
+            }
+        }
+        out
+    }
+}
+
 /// A live stream of log chunks; ends when the run has ended and all output was delivered.
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk>> + Send>>;
 
@@ -155,6 +176,7 @@ impl Conductor {
             params,
             &selector,
             actor,
+            None,
         )
         .await
     }
@@ -195,6 +217,9 @@ impl Conductor {
                 raw: true,
                 limits: Default::default(),
                 retry: None,
+                when: None,
+                outputs: None,
+                origin: Default::default(),
             }],
             strategy: Default::default(),
             batch: None,
@@ -210,22 +235,28 @@ impl Conductor {
             Value::Object(Default::default()),
             &req.targets,
             actor,
+            None,
         )
         .await
     }
 
-    async fn enqueue(
+    /// Queues a run of `spec` (a stored version, or an ad-hoc one) once
+    /// everything about it was checked; `parent` links a child run to the
+    /// `job:` step that started it.
+    pub(super) async fn enqueue(
         &self,
         spec: JobSpec,
         version: Option<(u32, &str)>,
         params: Value,
         selector: &[String],
         actor: &Actor,
+        parent: Option<crate::model::RunParent>,
     ) -> Result<Run> {
         let all = self.all_targets().await?;
-        let (run, targets) = self
+        let (mut run, targets) = self
             .prepare_run(spec, version, params, selector, &all, actor)
             .await?;
+        run.parent = parent;
         self.insert_prepared(run, &targets, actor).await
     }
 
@@ -269,6 +300,7 @@ impl Conductor {
             finished_at: None,
             request_id: actor.request_id.clone(),
             schedule: None,
+            parent: None,
         };
         Ok((run, targets))
     }
@@ -292,6 +324,9 @@ impl Conductor {
         self.inner.publish(Event::Queued(run.id));
         let mut detail =
             serde_json::json!({"job": run.job, "version": run.job_version, "targets": run.targets});
+        if let (Some(p), Some(m)) = (&run.parent, detail.as_object_mut()) {
+            m.insert("parent".into(), serde_json::json!(p));
+        }
         if let (Some(c), Some(m)) = (command, detail.as_object_mut()) {
             m.insert("command".into(), Value::String(c));
         }
@@ -342,6 +377,10 @@ impl Conductor {
             tokio::task::spawn_blocking(move || {
                 for t in &targets {
                     for (i, phase, step) in spec.all_steps() {
+                        // Outputs of earlier steps exist only while the run runs.
+                        if crate::flow::reads_run_facts(step, &inner.templates) {
+                            continue;
+                        }
                         let run = worker::RunView {
                             id,
                             spec: &spec,

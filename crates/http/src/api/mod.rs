@@ -148,7 +148,10 @@ pub fn router(state: AppState) -> Router {
                 .put(notify::put)
                 .delete(notify::delete_one),
         )
-        .route("/api/v1/notifications/channels/{name}/test", post(notify::test))
+        .route(
+            "/api/v1/notifications/channels/{name}/test",
+            post(notify::test),
+        )
         .route("/api/v1/notifications/deliveries", get(notify::history))
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/verify", get(audit::verify))

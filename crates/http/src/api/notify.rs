@@ -45,7 +45,8 @@ pub struct DeliveryList {
 }
 
 fn to_json<T: Serialize>(v: &T) -> ApiResult<serde_json::Value> {
-    serde_json::to_value(v).map_err(|e| ApiError::from(opsconductor::Error::Internal(e.to_string())))
+    serde_json::to_value(v)
+        .map_err(|e| ApiError::from(opsconductor::Error::Internal(e.to_string())))
 }
 
 /// List notification channels.
@@ -103,7 +104,8 @@ pub async fn put(
         Some(serde_json::Value::String(s)) => s,
         Some(_) => return Err(ApiError::invalid("description", "must be a string")),
     };
-    let spec: ChannelSpec = serde_json::from_value(v).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+    let spec: ChannelSpec =
+        serde_json::from_value(v).map_err(|e| ApiError::invalid("body", e.to_string()))?;
     let ch = state
         .inner
         .oc
@@ -180,7 +182,10 @@ pub async fn history(
     caller.require(Permission::Read)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit", format!("{limit} is out of range (1-1000)")));
+        return Err(ApiError::invalid(
+            "limit",
+            format!("{limit} is out of range (1-1000)"),
+        ));
     }
     let run = match q.run {
         Some(r) => Some(state.inner.oc.resolve_run_id(&r, &caller.actor).await?),

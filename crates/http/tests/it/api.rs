@@ -634,7 +634,41 @@ async fn runs(backend: Backend) {
     )
     .await;
     run_detail_pages_results(&srv).await;
+    run_detail_shows_outputs_skips_and_children(&srv).await;
     srv.stop().await;
+}
+
+/// The run detail carries what a `when`, step outputs and a `job:` step
+/// left: skipped reasons, outputs (per result and by target), child run
+/// ids on the parent's result and the parent link on the child.
+async fn run_detail_shows_outputs_skips_and_children(srv: &Srv) {
+    srv.job("kind: Job\nname: leaf\nsteps:\n  - {name: say, exec: 'echo ::output answer=42'}\n")
+        .await;
+    srv.job(
+        "kind: Job\nname: tree\nsteps:\n  - {name: call, job: leaf}\n  - {name: never, when: 'steps.call.outputs.answer == \"41\"', exec: 'true'}\n",
+    )
+    .await;
+    let id = srv.submit("tree", json!({})).await;
+    let d = srv.wait_run(&id).await;
+    assert_eq!(d["status"], "succeeded", "{d}");
+    let call = &d["results"][0];
+    assert_eq!(call["outputs"]["answer"], "42", "{d}");
+    assert_eq!(d["outputs"]["local"]["answer"], "42", "{d}");
+    let skipped = &d["results"][1];
+    assert_eq!(skipped["status"], "skipped");
+    assert!(
+        skipped["error"]
+            .as_str()
+            .expect("reason")
+            .contains("condition"),
+        "{skipped}"
+    );
+    let child = call["children"][0].as_str().expect("child id");
+    let c = json_of(srv.get(&format!("/api/v1/runs/{child}"), &srv.admin).await).await;
+    assert_eq!(c["job"], "leaf");
+    assert_eq!(c["parent"]["run"], id.as_str());
+    assert_eq!(c["parent"]["step"], 0);
+    assert_eq!(c["parent"]["target"], "local");
 }
 
 /// A large run's detail comes in pages of results (`results_limit`,

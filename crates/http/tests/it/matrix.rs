@@ -71,9 +71,24 @@ fn cases() -> Vec<Case> {
         case(M::GET, "/api/v1/secrets", None, Perm(P::Read)),
         case(M::GET, "/api/v1/secrets/s1", None, Perm(P::Read)),
         case(M::GET, "/api/v1/secrets/s1/history", None, Perm(P::Read)),
-        case(M::GET, "/api/v1/notifications/channels", None, Perm(P::Read)),
-        case(M::GET, "/api/v1/notifications/channels/s1", None, Perm(P::Read)),
-        case(M::GET, "/api/v1/notifications/deliveries", None, Perm(P::Read)),
+        case(
+            M::GET,
+            "/api/v1/notifications/channels",
+            None,
+            Perm(P::Read),
+        ),
+        case(
+            M::GET,
+            "/api/v1/notifications/channels/s1",
+            None,
+            Perm(P::Read),
+        ),
+        case(
+            M::GET,
+            "/api/v1/notifications/deliveries",
+            None,
+            Perm(P::Read),
+        ),
         case(
             M::PUT,
             "/api/v1/notifications/channels/c-{role}",
@@ -338,7 +353,11 @@ async fn fixtures(srv: &Srv) -> String {
     assert_eq!(r.status(), 201);
     let hook = json!({"kind": "webhook", "url": "http://127.0.0.1:9/"});
     let r = srv
-        .put("/api/v1/notifications/channels/s1", &srv.admin, hook.clone())
+        .put(
+            "/api/v1/notifications/channels/s1",
+            &srv.admin,
+            hook.clone(),
+        )
         .await;
     assert_eq!(r.status(), 200, "channel s1");
     for role in Role::ALL {

@@ -511,6 +511,11 @@ class StepResult:
     tries: Tuple[Mapping[str, Any], ...] = ()
     """The earlier tries, oldest first: ``try_no``, ``status``,
     ``exit_code``, ``error``, ``started_at``, ``finished_at``."""
+    outputs: Dict[str, Any] = field(default_factory=dict)
+    """Values the step published (``::output name=value`` lines or
+    ``outputs: json``), secrets masked."""
+    children: List[str] = field(default_factory=list)
+    """Ids of the child runs a ``job:`` step started on this target."""
 
     @property
     def ok(self) -> bool:
@@ -539,6 +544,8 @@ def _step_result_from_json(r: Mapping[str, Any], step_name: str) -> StepResult:
         finished_at=_time(r.get("finished_at")),
         try_no=r.get("try_no", 1),
         tries=tuple(r.get("tries", ())),
+        outputs=dict(r.get("outputs", {})),
+        children=list(r.get("children", [])),
     )
 
 

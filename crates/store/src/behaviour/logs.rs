@@ -131,6 +131,8 @@ pub async fn logs_and_step_results_need_an_existing_run(store: Arc<dyn Store>) -
         finished_at: Some(at(1)),
         try_no: 1,
         tries: vec![],
+        outputs: Default::default(),
+        children: Vec::new(),
     };
     assert!(
         store.put_step_result(&result).await.is_err(),

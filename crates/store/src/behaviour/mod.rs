@@ -23,6 +23,7 @@
 mod apply;
 mod audit;
 mod claims;
+mod flow;
 mod jobs;
 mod logs;
 mod notify;
@@ -37,6 +38,7 @@ mod users;
 pub use self::apply::*;
 pub use self::audit::*;
 pub use self::claims::*;
+pub use self::flow::*;
 pub use self::jobs::*;
 pub use self::logs::*;
 pub use self::notify::*;
@@ -117,6 +119,8 @@ macro_rules! store_behaviour_suite {
             step_results_page_walks_every_result_once,
             step_results_page_after_a_cursor,
             guarded_result_batches_are_all_or_nothing,
+            step_outputs_and_children_round_trip,
+            one_child_run_per_parent_step_and_target,
             logs_read_back_in_seq_order,
             log_append_of_an_existing_seq_is_a_no_op,
             last_log_seq,
@@ -250,6 +254,7 @@ pub fn queued_run(job: &str, created_at: DateTime<Utc>) -> Run {
         finished_at: None,
         request_id: None,
         schedule: None,
+        parent: None,
     }
 }
 

@@ -62,12 +62,19 @@ fn attempt(id: Uuid, n: u32, worker: &str, outcome: AttemptOutcome) -> Attempt {
 /// Channels are created, replaced, listed by name and deleted.
 pub async fn notify_channels_crud(store: Arc<dyn Store>) -> Result<()> {
     let ns = store.notify_store();
-    ns.put_channel(&webhook("b-hook", "https://b.example/x")).await?;
-    ns.put_channel(&webhook("a-hook", "https://a.example/x")).await?;
+    ns.put_channel(&webhook("b-hook", "https://b.example/x"))
+        .await?;
+    ns.put_channel(&webhook("a-hook", "https://a.example/x"))
+        .await?;
     let replaced = webhook("a-hook", "https://a.example/y");
     ns.put_channel(&replaced).await?;
     assert_eq!(ns.get_channel("a-hook").await?, Some(replaced));
-    let names: Vec<String> = ns.list_channels().await?.into_iter().map(|c| c.name).collect();
+    let names: Vec<String> = ns
+        .list_channels()
+        .await?
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
     assert_eq!(names, ["a-hook", "b-hook"]);
     assert!(ns.delete_channel("a-hook").await?);
     assert!(!ns.delete_channel("a-hook").await?);
@@ -82,7 +89,10 @@ pub async fn finish_run_notifying_is_guarded_and_atomic(store: Arc<dyn Store>) -
     store.insert_run(&queued_run("deploy", now_ms())).await?;
     let run = store.claim_queued(&claim("w1", 1)).await?.remove(0);
     let ev = Uuid::now_v7();
-    let ds = vec![delivery(Some(run.id), ev, "hook"), delivery(Some(run.id), ev, "mail")];
+    let ds = vec![
+        delivery(Some(run.id), ev, "hook"),
+        delivery(Some(run.id), ev, "mail"),
+    ];
     let f = |worker, attempt| FinishRun {
         id: run.id,
         worker,
@@ -91,13 +101,22 @@ pub async fn finish_run_notifying_is_guarded_and_atomic(store: Arc<dyn Store>) -
         error: Some("exit code 3"),
     };
     let ns = store.notify_store();
-    assert!(!ns.finish_run_notifying(&f("w2", 1), &ds).await?, "not the owner");
+    assert!(
+        !ns.finish_run_notifying(&f("w2", 1), &ds).await?,
+        "not the owner"
+    );
     let filter = DeliveryFilter {
         run: Some(run.id),
         ..DeliveryFilter::default()
     };
-    assert!(ns.list_deliveries(&filter).await?.is_empty(), "nothing written for a non-owner");
-    assert_eq!(store.get_run(run.id).await?.map(|r| r.status), Some(RunStatus::Running));
+    assert!(
+        ns.list_deliveries(&filter).await?.is_empty(),
+        "nothing written for a non-owner"
+    );
+    assert_eq!(
+        store.get_run(run.id).await?.map(|r| r.status),
+        Some(RunStatus::Running)
+    );
 
     assert!(ns.finish_run_notifying(&f("w1", 1), &ds).await?);
     let r = store.get_run(run.id).await?.expect("run");
@@ -106,11 +125,23 @@ pub async fn finish_run_notifying_is_guarded_and_atomic(store: Arc<dyn Store>) -
     assert!(r.finished_at.is_some() && r.lease_until.is_none());
     let stored = ns.list_deliveries(&filter).await?;
     assert_eq!(stored.len(), 2);
-    assert!(stored.iter().all(|d| d.event_id == ev && d.status == DeliveryStatus::Pending));
-    assert!(!ns.finish_run_notifying(&f("w1", 1), &ds).await?, "a second finish");
+    assert!(
+        stored
+            .iter()
+            .all(|d| d.event_id == ev && d.status == DeliveryStatus::Pending)
+    );
+    assert!(
+        !ns.finish_run_notifying(&f("w1", 1), &ds).await?,
+        "a second finish"
+    );
 
-    ns.enqueue_deliveries(&[delivery(Some(run.id), ev, "hook")]).await?;
-    assert_eq!(ns.list_deliveries(&filter).await?.len(), 2, "(event, channel) is unique");
+    ns.enqueue_deliveries(&[delivery(Some(run.id), ev, "hook")])
+        .await?;
+    assert_eq!(
+        ns.list_deliveries(&filter).await?.len(),
+        2,
+        "(event, channel) is unique"
+    );
     assert!(
         ns.finish_run_notifying(&f("w1", 1), &[]).await.is_ok(),
         "an empty outbox is fine"
@@ -137,19 +168,39 @@ pub async fn deliveries_are_claimed_once_retried_and_rescued(store: Arc<dyn Stor
     );
     let (a, b, c) = (a?, b?, c?);
     let ids: HashSet<Uuid> = a.iter().chain(&b).chain(&c).map(|d| d.id).collect();
-    assert_eq!(ids.len(), a.len() + b.len() + c.len(), "each delivery to one claimer");
+    assert_eq!(
+        ids.len(),
+        a.len() + b.len() + c.len(),
+        "each delivery to one claimer"
+    );
     assert_eq!(ids.len(), 20);
-    assert!(a.iter().all(|d| d.attempts == 1 && d.status == DeliveryStatus::Delivering));
+    assert!(
+        a.iter()
+            .all(|d| d.attempts == 1 && d.status == DeliveryStatus::Delivering)
+    );
     assert!(ns.claim_deliveries("d", lease, 8, now).await?.is_empty());
 
     // A retry: pending again, not due before its time.
     let d = &a[0];
     let later = Utc::now() + TimeDelta::seconds(30);
-    assert!(ns.record_attempt(&attempt(d.id, 1, "a", AttemptOutcome::Retry), DeliveryNext::RetryAt(later)).await?);
+    assert!(
+        ns.record_attempt(
+            &attempt(d.id, 1, "a", AttemptOutcome::Retry),
+            DeliveryNext::RetryAt(later)
+        )
+        .await?
+    );
     let got = ns.get_delivery(d.id).await?.expect("delivery");
     assert_eq!(got.status, DeliveryStatus::Pending);
-    assert_eq!(got.last_error.as_deref(), Some("the receiver answered HTTP 500"));
-    assert!(ns.claim_deliveries("d", lease, 50, Utc::now()).await?.is_empty());
+    assert_eq!(
+        got.last_error.as_deref(),
+        Some("the receiver answered HTTP 500")
+    );
+    assert!(
+        ns.claim_deliveries("d", lease, 50, Utc::now())
+            .await?
+            .is_empty()
+    );
     let again = ns
         .claim_deliveries("d", lease, 50, later + TimeDelta::seconds(1))
         .await?;
@@ -163,7 +214,10 @@ pub async fn deliveries_are_claimed_once_retried_and_rescued(store: Arc<dyn Stor
     assert!(got.delivered_at.is_some());
     let tries = ns.attempts(d.id).await?;
     assert_eq!(tries.iter().map(|t| t.n).collect::<Vec<_>>(), [1, 2]);
-    assert_eq!(tries[0], attempt(d.id, 1, "a", AttemptOutcome::Retry).with_at(tries[0].at));
+    assert_eq!(
+        tries[0],
+        attempt(d.id, 1, "a", AttemptOutcome::Retry).with_at(tries[0].at)
+    );
     assert_eq!(tries[1].code, Some(200));
 
     // A deliverer that died: its lease ends, another takes over.
@@ -172,11 +226,25 @@ pub async fn deliveries_are_claimed_once_retried_and_rescued(store: Arc<dyn Stor
     let rescued = ns.claim_deliveries("e", lease, 50, after_lease).await?;
     assert!(rescued.iter().any(|r| r.id == dead.id && r.attempts == 2));
     assert!(
-        !ns.record_attempt(&attempt(dead.id, 1, "b", AttemptOutcome::Delivered), DeliveryNext::Delivered).await?,
+        !ns.record_attempt(
+            &attempt(dead.id, 1, "b", AttemptOutcome::Delivered),
+            DeliveryNext::Delivered
+        )
+        .await?,
         "the old holder cannot move it on"
     );
-    assert_eq!(ns.attempts(dead.id).await?.len(), 1, "but its attempt is recorded");
-    assert!(ns.record_attempt(&attempt(dead.id, 2, "e", AttemptOutcome::Failed), DeliveryNext::GiveUp).await?);
+    assert_eq!(
+        ns.attempts(dead.id).await?.len(),
+        1,
+        "but its attempt is recorded"
+    );
+    assert!(
+        ns.record_attempt(
+            &attempt(dead.id, 2, "e", AttemptOutcome::Failed),
+            DeliveryNext::GiveUp
+        )
+        .await?
+    );
     assert_eq!(
         ns.get_delivery(dead.id).await?.map(|d| d.status),
         Some(DeliveryStatus::Failed)
@@ -216,7 +284,10 @@ pub async fn delivery_history_by_run_and_channel(store: Arc<dyn Store>) -> Resul
         ..DeliveryFilter::default()
     };
     assert_eq!(ns.list_deliveries(&one).await?.len(), 1);
-    assert_eq!(ns.list_deliveries(&DeliveryFilter::default()).await?.len(), 3);
+    assert_eq!(
+        ns.list_deliveries(&DeliveryFilter::default()).await?.len(),
+        3
+    );
     Ok(())
 }
 

@@ -21,6 +21,8 @@ pub async fn step_results_upsert_and_order(store: Arc<dyn Store>) -> Result<()> 
         finished_at: None,
         try_no: 1,
         tries: vec![],
+        outputs: Default::default(),
+        children: Vec::new(),
     };
     for (step, target) in [
         (1, "web-2"),
@@ -65,6 +67,8 @@ pub async fn step_results_upsert_and_order(store: Arc<dyn Store>) -> Result<()> 
         attempt: 2,
         started_at: at(5_000),
         finished_at: Some(at(6_789)),
+        outputs: Default::default(),
+        children: Vec::new(),
         ..result(1, "db")
     };
     store.put_step_result(&done).await?;
@@ -91,6 +95,8 @@ fn running_result(run: RunId, step: u32, target: &str) -> StepResult {
         finished_at: None,
         try_no: 1,
         tries: vec![],
+        outputs: Default::default(),
+        children: Vec::new(),
     }
 }
 
@@ -181,6 +187,8 @@ pub async fn guarded_result_batches_are_all_or_nothing(store: Arc<dyn Store>) ->
         finished_at: None,
         try_no: 1,
         tries: vec![],
+        outputs: Default::default(),
+        children: Vec::new(),
     };
     assert!(
         store.put_step_results_as("w1", &[]).await?,
@@ -247,6 +255,8 @@ pub async fn step_results_page_after_a_cursor(store: Arc<dyn Store>) -> Result<(
         finished_at: Some(at(2_000)),
         try_no: 1,
         tries: vec![],
+        outputs: Default::default(),
+        children: Vec::new(),
     };
     // Byte order: upper case before lower case, "web-10" before "web-2".
     let targets = ["Web", "web-1", "web-10", "web-2", "\u{e9}t\u{e9}"];

@@ -35,6 +35,8 @@ async fn run_with_data(store: &dyn Store, run: &Run, logs: u64) -> Result<()> {
             finished_at: Some(at(2)),
             try_no: 1,
             tries: vec![],
+            outputs: Default::default(),
+            children: Vec::new(),
         })
         .await
 }

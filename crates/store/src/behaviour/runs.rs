@@ -33,6 +33,7 @@ pub async fn run_round_trips_every_field(store: Arc<dyn Store>) -> Result<()> {
         finished_at: Some(at(80_123)),
         request_id: Some("req-7f3a".into()),
         schedule: None,
+        parent: None,
     };
     let mut bare = queued_run("exec", at(5));
     bare.job_version = None;

@@ -51,15 +51,32 @@ macro_rules! run_sql {
                             $owner_lock,
                             ") INSERT INTO step_results (",
                             step_columns!(),
-                            ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM owner \
+                            ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $15, $16 FROM owner \
                              WHERE TRUE \
                              ON CONFLICT (run_id, step, target) DO UPDATE SET \
                                status = excluded.status, exit_code = excluded.exit_code, \
                                signal = excluded.signal, error = excluded.error, \
                                attempt = excluded.attempt, started_at = excluded.started_at, \
                                finished_at = excluded.finished_at, try_no = excluded.try_no, \
-                               tries = excluded.tries"
+                               tries = excluded.tries, outputs = excluded.outputs, \
+                               children = excluded.children"
                         );
+
+            /// A result's outputs as stored: JSON, or NULL when there are none.
+            fn outputs_json(r: &StepResult) -> Result<Option<String>> {
+                if r.outputs.is_empty() {
+                    return Ok(None);
+                }
+                to_json("step outputs", &r.outputs).map(Some)
+            }
+
+            /// A result's child runs as stored: a JSON list, or NULL.
+            fn children_json(r: &StepResult) -> Result<Option<String>> {
+                if r.children.is_empty() {
+                    return Ok(None);
+                }
+                to_json("child runs", &r.children).map(Some)
+            }
 
             impl $store {
                 /// Takes runs with one of the backend's claim statements (see
@@ -110,7 +127,7 @@ macro_rules! run_sql {
                         "INSERT INTO runs (",
                         run_columns!(),
                         ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                         $15, $16, $17, $18, $19)"
+                         $15, $16, $17, $18, $19, $20, $21, $22)"
                     ))
                     .bind(run.id.to_string())
                     .bind(&run.job)
@@ -131,9 +148,18 @@ macro_rules! run_sql {
                     .bind(run.request_id.as_deref())
                     .bind(run.schedule.as_ref().map(|s| s.name.as_str()))
                     .bind(run.schedule.as_ref().and_then(|s| s.fire_time).map(micros))
+                    .bind(run.parent.as_ref().map(|p| p.run.to_string()))
+                    .bind(run.parent.as_ref().map(|p| i64::from(p.step)))
+                    .bind(run.parent.as_ref().map(|p| p.target.as_str()))
                     .execute(&mut *conn)
                     .await
                     .map_err(|e| match &e {
+                        sqlx::Error::Database(db) if db.is_unique_violation() && run.parent.is_some() => {
+                            Error::Conflict(format!(
+                                "run {} already exists, or its parent step already has a child run",
+                                run.id
+                            ))
+                        }
                         sqlx::Error::Database(db) if db.is_unique_violation() => {
                             Error::Conflict(format!("run {} already exists", run.id))
                         }
@@ -158,13 +184,14 @@ macro_rules! run_sql {
                         concat!(
                             "INSERT INTO step_results (",
                             step_columns!(),
-                            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                              ON CONFLICT (run_id, step, target) DO UPDATE SET \
                                status = excluded.status, exit_code = excluded.exit_code, \
                                signal = excluded.signal, error = excluded.error, \
                                attempt = excluded.attempt, started_at = excluded.started_at, \
                                finished_at = excluded.finished_at, try_no = excluded.try_no, \
-                               tries = excluded.tries"
+                               tries = excluded.tries, outputs = excluded.outputs, \
+                               children = excluded.children"
                         )
                     };
                     let op = "recording a step result";
@@ -182,9 +209,12 @@ macro_rules! run_sql {
                         .bind(result.finished_at.map(micros))
                         .bind(i64::from(result.try_no))
                         .bind(tries_json(result)?);
+                    // The flow columns follow the owner check's `$13`/`$14`
+                    // when there is one.
                     if let Some(worker) = owner {
                         q = q.bind(result.run_id.to_string()).bind(worker);
                     }
+                    q = q.bind(outputs_json(result)?).bind(children_json(result)?);
                     let done = q.execute(&self.pool).await.map_err(run_write_error(
                         op,
                         &[result.run_id],
@@ -722,6 +752,8 @@ macro_rules! run_sql {
                             .bind(tries_json(r)?)
                             .bind(r.run_id.to_string())
                             .bind(worker)
+                            .bind(outputs_json(r)?)
+                            .bind(children_json(r)?)
                             .execute(&mut *tx)
                             .await
                             .map_err(run_write_error(op, &[r.run_id], self.fail(op)))?;
@@ -762,6 +794,26 @@ macro_rules! run_sql {
                     .await
                     .map_err(self.fail("reading step results"))?;
                     rows.iter().map(rows::step_result).collect()
+                }
+
+                async fn find_child_run(
+                    &self,
+                    parent: RunId,
+                    step: u32,
+                    target: &str,
+                ) -> Result<Option<Run>> {
+                    let row = sqlx::query(concat!(
+                        "SELECT ",
+                        run_columns!(),
+                        " FROM runs WHERE parent_run = $1 AND parent_step = $2 AND parent_target = $3"
+                    ))
+                    .bind(parent.to_string())
+                    .bind(i64::from(step))
+                    .bind(target)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(self.fail("finding a child run"))?;
+                    row.as_ref().map(rows::run).transpose()
                 }
 
                 async fn step_results_page(

@@ -8,7 +8,11 @@
 //! names it (scripts/test.sh installs one), else `python3`. Missing, it is a
 //! failure with a message saying so, never a skip.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test fixtures: a panic is the failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test fixtures: a panic is the failure report"
+)]
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

@@ -613,6 +613,8 @@ async fn names_sort_bytewise_in_a_natural_language_database() -> TestResult {
                 finished_at: None,
                 try_no: 1,
                 tries: vec![],
+                outputs: Default::default(),
+                children: Vec::new(),
             })
             .await?;
     }

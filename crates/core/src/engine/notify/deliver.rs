@@ -10,10 +10,10 @@ use chrono::Utc;
 use futures::StreamExt;
 use serde_json::Value;
 
+use super::super::Inner;
 use super::render;
 use super::send::{self, Mail, Post, Sent};
 use super::types::{Attempt, AttemptOutcome, Channel, ChannelSpec, Delivery, DeliveryNext};
-use super::super::Inner;
 
 /// Deliveries claimed at once.
 const CLAIM_BATCH: usize = 16;
@@ -25,7 +25,10 @@ const CONCURRENCY: usize = 8;
 /// many deliverers retrying one receiver spread out.
 pub(crate) fn backoff(n: u32, base: Duration, max: Duration) -> Duration {
     let exp = base
-        .checked_mul(1u32.checked_shl(n.saturating_sub(1).min(30)).unwrap_or(u32::MAX))
+        .checked_mul(
+            1u32.checked_shl(n.saturating_sub(1).min(30))
+                .unwrap_or(u32::MAX),
+        )
         .unwrap_or(max)
         .min(max);
     let half = exp / 2;
@@ -39,12 +42,7 @@ pub(crate) fn backoff(n: u32, base: Duration, max: Duration) -> Duration {
 }
 
 /// What to do after an attempt.
-pub(crate) fn next_step(
-    d: &Delivery,
-    sent: &Sent,
-    base: Duration,
-    max: Duration,
-) -> DeliveryNext {
+pub(crate) fn next_step(d: &Delivery, sent: &Sent, base: Duration, max: Duration) -> DeliveryNext {
     match sent.outcome {
         AttemptOutcome::Delivered => DeliveryNext::Delivered,
         AttemptOutcome::Failed => DeliveryNext::GiveUp,
@@ -120,8 +118,8 @@ async fn deliver_one(inner: &Inner, worker: &str, d: Delivery) {
         },
     };
     // The attempt's time is when its send started: its end less its latency.
-    let at = Utc::now()
-        - chrono::Duration::from_std(sent.latency).unwrap_or(chrono::Duration::zero());
+    let at =
+        Utc::now() - chrono::Duration::from_std(sent.latency).unwrap_or(chrono::Duration::zero());
     let s = &inner.notify.settings;
     let next = next_step(&d, &sent, s.backoff_base, s.backoff_max);
     let masker = inner.notify_masker().await;
@@ -136,10 +134,19 @@ async fn deliver_one(inner: &Inner, worker: &str, d: Delivery) {
         error: sent.error.map(|e| masker.mask_str(&e)),
         worker: worker.to_string(),
     };
-    match inner.store.notify_store().record_attempt(&attempt, next).await {
+    match inner
+        .store
+        .notify_store()
+        .record_attempt(&attempt, next)
+        .await
+    {
         Ok(true) => {}
-        Ok(false) => tracing::warn!(delivery = %d.id, "a notification's lease ended before its attempt was recorded; another deliverer may send it again"),
-        Err(e) => tracing::warn!(delivery = %d.id, error = %e, "recording a notification attempt failed; it will be sent again after its lease"),
+        Ok(false) => {
+            tracing::warn!(delivery = %d.id, "a notification's lease ended before its attempt was recorded; another deliverer may send it again")
+        }
+        Err(e) => {
+            tracing::warn!(delivery = %d.id, error = %e, "recording a notification attempt failed; it will be sent again after its lease")
+        }
     }
 }
 
@@ -276,7 +283,13 @@ pub(crate) async fn send_to(
             };
             let subject = match subject {
                 Some(t) => match render::render(t, &payload, &masker) {
-                    Ok(s) => s.lines().next().unwrap_or_default().chars().take(200).collect(),
+                    Ok(s) => s
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(200)
+                        .collect(),
                     Err(e) => return failed(format!("subject: {e}")),
                 },
                 None => format!("[OpsConductor] {}", render::summary(&payload)),

@@ -121,7 +121,9 @@ impl NotifySettings {
                 "must be longer than notifications.timeout (and the timeout longer than zero)",
             ));
         }
-        if self.poll.is_zero() || self.backoff_base.is_zero() || self.backoff_max < self.backoff_base
+        if self.poll.is_zero()
+            || self.backoff_base.is_zero()
+            || self.backoff_max < self.backoff_base
         {
             return Err(Error::validation(
                 "notifications.backoff",
@@ -158,10 +160,7 @@ impl NotifyState {
         if let Some(c) = self.client.get() {
             return Ok(c.clone());
         }
-        let c = send::http_client(
-            self.settings.timeout,
-            self.settings.block_private_addresses,
-        )?;
+        let c = send::http_client(self.settings.timeout, self.settings.block_private_addresses)?;
         Ok(self.client.get_or_init(|| c).clone())
     }
 }
@@ -258,7 +257,11 @@ impl Inner {
                 .settings
                 .rules
                 .iter()
-                .filter(|r| EventKind::ALL.iter().any(|k| r.matches(*k, Some(&run.job), tags)))
+                .filter(|r| {
+                    EventKind::ALL
+                        .iter()
+                        .any(|k| r.matches(*k, Some(&run.job), tags))
+                })
                 .cloned(),
         );
         if rules.is_empty() {
@@ -365,7 +368,14 @@ impl Inner {
                 "run": run,
             });
             render::mask_json(&mut payload, &masker);
-            out.extend(self.deliveries_for(event_id, kind, Some(f.id), Some(&n.job), &payload, channels));
+            out.extend(self.deliveries_for(
+                event_id,
+                kind,
+                Some(f.id),
+                Some(&n.job),
+                &payload,
+                channels,
+            ));
         }
         Ok(out)
     }
@@ -486,7 +496,11 @@ impl Inner {
         let mut text = String::new();
         for c in &chunks {
             let data = String::from_utf8_lossy(&c.data);
-            let prefix = c.target.as_deref().map(|t| format!("[{t}] ")).unwrap_or_default();
+            let prefix = c
+                .target
+                .as_deref()
+                .map(|t| format!("[{t}] "))
+                .unwrap_or_default();
             for line in data.lines() {
                 text.push_str(&prefix);
                 text.push_str(line);
@@ -514,7 +528,9 @@ impl Inner {
             .secret_cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(e) = cache.sync(&records, |rec| ring.decrypt(&rec.id, "value", &rec.ciphertext)) {
+        if let Err(e) = cache.sync(&records, |rec| {
+            ring.decrypt(&rec.id, "value", &rec.ciphertext)
+        }) {
             tracing::warn!(error = %e, "cannot decrypt secrets to mask a notification");
         }
         cache.masker()
@@ -605,7 +621,14 @@ impl Conductor {
         }
         spec.check()?;
         for s in spec.secret_names() {
-            if self.inner.store.secret_store().get_secret(s).await?.is_none() {
+            if self
+                .inner
+                .store
+                .secret_store()
+                .get_secret(s)
+                .await?
+                .is_none()
+            {
                 return Err(Error::NotFound {
                     what: "secret",
                     name: s.to_string(),
@@ -656,7 +679,12 @@ impl Conductor {
             return Err(Error::not_found("channel", name));
         }
         self.inner
-            .audit_as(actor, "notify.channel.delete", format!("channel:{name}"), json!({}))
+            .audit_as(
+                actor,
+                "notify.channel.delete",
+                format!("channel:{name}"),
+                json!({}),
+            )
             .await;
         Ok(())
     }
@@ -713,7 +741,10 @@ impl Conductor {
         let mut out = Vec::new();
         for d in ns.list_deliveries(filter).await? {
             let attempts = ns.attempts(d.id).await?;
-            out.push(DeliveryInfo { delivery: d, attempts });
+            out.push(DeliveryInfo {
+                delivery: d,
+                attempts,
+            });
         }
         Ok(out)
     }

@@ -161,7 +161,9 @@ pub(crate) fn slack_message(event: &Value) -> Value {
     }
     let mut link = None;
     if let Some(run) = event.get("run").filter(|r| r.is_object()) {
-        fields.push(json!({"title": "Status", "value": s(run, &["status"]).unwrap_or("?"), "short": true}));
+        fields.push(
+            json!({"title": "Status", "value": s(run, &["status"]).unwrap_or("?"), "short": true}),
+        );
         if let Some(ms) = run.get("duration_ms").and_then(Value::as_u64) {
             fields.push(json!({"title": "Duration", "value": human_ms(ms), "short": true}));
         }
@@ -196,7 +198,10 @@ pub(crate) fn email_text(event: &Value) -> String {
     }
     if let Some(run) = event.get("run").filter(|r| r.is_object()) {
         out.push_str(&format!("Run:      {}\n", s(run, &["id"]).unwrap_or("?")));
-        out.push_str(&format!("Status:   {}\n", s(run, &["status"]).unwrap_or("?")));
+        out.push_str(&format!(
+            "Status:   {}\n",
+            s(run, &["status"]).unwrap_or("?")
+        ));
         if let Some(ms) = run.get("duration_ms").and_then(Value::as_u64) {
             out.push_str(&format!("Duration: {}\n", human_ms(ms)));
         }
@@ -263,7 +268,8 @@ mod tests {
         let ev = json!({"type": "run.failed", "job": "j", "run": {"error": "hunter2-secret"}});
         let out = render("{{ run.error }} {{ type }}", &ev, &m).unwrap();
         assert!(!out.contains("hunter2"), "{out}");
-        let bomb = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        let bomb =
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
         assert!(render(bomb, &ev, &m).is_err());
         assert!(check_template("{{ unclosed").is_err());
     }

@@ -136,9 +136,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if let Some(bad) = addrs.iter().find(|a| is_internal(a.ip())) {
                 return Err(format!(
                     "refused by the SSRF guard: '{host}' resolves to the internal address {}",
@@ -164,7 +163,8 @@ pub(crate) fn http_client(timeout: Duration, guard: bool) -> Result<reqwest::Cli
     if guard {
         b = b.dns_resolver(Arc::new(GuardedResolver));
     }
-    b.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
+    b.build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 /// What to POST.
@@ -194,12 +194,20 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
 pub(crate) async fn post(client: &reqwest::Client, p: Post<'_>) -> Sent {
     let started = Instant::now();
     let Ok(url) = reqwest::Url::parse(p.url) else {
-        return Sent::failed(AttemptOutcome::Failed, format!("bad URL '{}'", p.url), started);
+        return Sent::failed(
+            AttemptOutcome::Failed,
+            format!("bad URL '{}'", p.url),
+            started,
+        );
     };
     // Literal IP addresses never reach the resolver: check them here.
     if p.guard
         && let Some(host) = url.host_str()
-        && host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok()
+        && host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok()
         && let Err(e) = check_host(host, url.port_or_known_default().unwrap_or(443), true).await
     {
         return Sent::failed(AttemptOutcome::Failed, e, started);
@@ -312,8 +320,7 @@ pub(crate) async fn mail(m: Mail<'_>) -> Sent {
     let tls_params = || -> Result<TlsParameters, String> {
         let mut tb = TlsParameters::builder(m.host.to_string());
         if let Some(pem) = m.ca_pem {
-            let cert = Certificate::from_pem(pem.as_bytes())
-                .map_err(|e| format!("ca_pem: {e}"))?;
+            let cert = Certificate::from_pem(pem.as_bytes()).map_err(|e| format!("ca_pem: {e}"))?;
             tb = tb.add_root_certificate(cert);
         }
         tb.build_rustls().map_err(|e| format!("TLS settings: {e}"))
@@ -393,8 +400,18 @@ mod tests {
     #[test]
     fn internal_addresses() {
         for a in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-            "100.64.0.1", "::1", "fc00::1", "fe80::1", "::ffff:127.0.0.1", "224.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fc00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "224.0.0.1",
         ] {
             assert!(is_internal(a.parse().unwrap()), "{a}");
         }

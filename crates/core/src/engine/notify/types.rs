@@ -138,7 +138,8 @@ impl NotifyRule {
             }
         }
         for (i, c) in self.channels.iter().enumerate() {
-            crate::spec::check_name("channel", c).map_err(|e| e.within(&format!("channels[{i}]")))?;
+            crate::spec::check_name("channel", c)
+                .map_err(|e| e.within(&format!("channels[{i}]")))?;
         }
         Ok(())
     }
@@ -280,9 +281,13 @@ impl ChannelSpec {
     /// The secret names the channel uses.
     pub fn secret_names(&self) -> Vec<&str> {
         match self {
-            ChannelSpec::Webhook { signing_secret, .. } => signing_secret.as_deref().into_iter().collect(),
+            ChannelSpec::Webhook { signing_secret, .. } => {
+                signing_secret.as_deref().into_iter().collect()
+            }
             ChannelSpec::Slack { url_secret, .. } => url_secret.as_deref().into_iter().collect(),
-            ChannelSpec::Email { password_secret, .. } => password_secret.as_deref().into_iter().collect(),
+            ChannelSpec::Email {
+                password_secret, ..
+            } => password_secret.as_deref().into_iter().collect(),
         }
     }
 
@@ -304,7 +309,12 @@ impl ChannelSpec {
             crate::spec::check_name("secret", s)?;
         }
         match self {
-            ChannelSpec::Webhook { url, headers, template, .. } => {
+            ChannelSpec::Webhook {
+                url,
+                headers,
+                template,
+                ..
+            } => {
                 check_url("url", url)?;
                 if headers.len() > MAX_HEADERS {
                     return Err(Error::validation(
@@ -315,7 +325,8 @@ impl ChannelSpec {
                 for (k, v) in headers {
                     let name_ok = !k.is_empty()
                         && k.len() <= 128
-                        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                        && k.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
                     if !name_ok {
                         return Err(Error::validation(
                             format!("headers.{k}"),
@@ -323,7 +334,8 @@ impl ChannelSpec {
                         ));
                     }
                     if k.to_ascii_lowercase().starts_with("x-opsconductor-")
-                        || ["content-type", "content-length", "host"].contains(&k.to_ascii_lowercase().as_str())
+                        || ["content-type", "content-length", "host"]
+                            .contains(&k.to_ascii_lowercase().as_str())
                     {
                         return Err(Error::validation(
                             format!("headers.{k}"),
@@ -347,7 +359,17 @@ impl ChannelSpec {
                     "give exactly one of url or url_secret",
                 )),
             },
-            ChannelSpec::Email { host, to, from, subject, body, username, password_secret, ca_pem, .. } => {
+            ChannelSpec::Email {
+                host,
+                to,
+                from,
+                subject,
+                body,
+                username,
+                password_secret,
+                ca_pem,
+                ..
+            } => {
                 if host.is_empty() || host.len() > 253 || host.contains(['/', ' ', '@']) {
                     return Err(Error::validation("host", "a host name or IP address"));
                 }
@@ -359,8 +381,15 @@ impl ChannelSpec {
                 }
                 for (i, a) in to.iter().chain(std::iter::once(from)).enumerate() {
                     if a.len() > 254 || a.parse::<lettre::message::Mailbox>().is_err() {
-                        let field = if i == to.len() { "from".to_string() } else { format!("to[{i}]") };
-                        return Err(Error::validation(field, format!("'{a}' is not an e-mail address")));
+                        let field = if i == to.len() {
+                            "from".to_string()
+                        } else {
+                            format!("to[{i}]")
+                        };
+                        return Err(Error::validation(
+                            field,
+                            format!("'{a}' is not an e-mail address"),
+                        ));
                     }
                 }
                 if username.is_some() != password_secret.is_some() {
@@ -382,14 +411,20 @@ impl ChannelSpec {
 /// An outgoing URL must be http(s) with a host, and not too long.
 pub(crate) fn check_url(field: &str, url: &str) -> Result<()> {
     if url.len() > MAX_URL_BYTES {
-        return Err(Error::validation(field, format!("at most {MAX_URL_BYTES} bytes")));
+        return Err(Error::validation(
+            field,
+            format!("at most {MAX_URL_BYTES} bytes"),
+        ));
     }
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| Error::validation(field, format!("'{url}' is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(Error::validation(
             field,
-            format!("only http and https URLs are allowed, got '{}'", parsed.scheme()),
+            format!(
+                "only http and https URLs are allowed, got '{}'",
+                parsed.scheme()
+            ),
         ));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
@@ -448,9 +483,14 @@ impl DeliveryStatus {
 
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Pending, Self::Delivering, Self::Delivered, Self::Failed]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            Self::Pending,
+            Self::Delivering,
+            Self::Delivered,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 

@@ -3,8 +3,10 @@
 //! [`step`], templates in [`render`], the lease, heartbeat and cancel
 //! watcher in [`lease`], and the run's output in [`logs`].
 
+mod child;
 mod lease;
 mod logs;
+mod outputs;
 pub(crate) mod plan;
 mod render;
 mod retry;

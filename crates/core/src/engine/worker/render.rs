@@ -24,6 +24,12 @@ pub(crate) enum Rendered {
         src: Option<String>,
         mode: u32,
     },
+    /// A `job:` step: the child run's request (see `child.rs`).
+    Job {
+        job: String,
+        params: Value,
+        targets: Vec<String>,
+    },
 }
 
 /// Which run a step's templates are rendered for: everything of the run that
@@ -133,5 +139,44 @@ pub(crate) fn render_step(
             src: src.clone(),
             mode: *mode,
         },
+        Action::Job {
+            job,
+            params,
+            targets,
+        } => Rendered::Job {
+            job: job.clone(),
+            params: Value::Object(
+                params
+                    .iter()
+                    .map(|(k, v)| {
+                        render_json(v, &plain)
+                            .map(|v| (k.clone(), v))
+                            .map_err(|m| format!("params.{k}: {m}"))
+                    })
+                    .collect::<Result<_, String>>()?,
+            ),
+            targets: targets
+                .iter()
+                .map(|t| plain(t).map_err(|m| format!("targets: {m}")))
+                .collect::<Result<_, String>>()?,
+        },
+    })
+}
+
+/// Renders every string inside a JSON value (child parameters).
+fn render_json(v: &Value, r: &dyn Fn(&str) -> Result<String, String>) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) => Value::String(r(s)?),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| render_json(x, r))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| render_json(x, r).map(|x| (k.clone(), x)))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => other.clone(),
     })
 }

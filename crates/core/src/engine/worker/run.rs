@@ -44,6 +44,8 @@ pub(crate) struct RunState {
     pub in_flight: AtomicUsize,
     /// Per target, how it failed, for the `failure` variable of cleanup steps.
     pub failures: std::sync::Mutex<Vec<serde_json::Value>>,
+    /// What later steps see of earlier ones (`steps.NAME`, `run.outputs`).
+    pub facts: super::outputs::Facts,
 }
 
 /// How a run ended, to be recorded by its owner.
@@ -99,10 +101,9 @@ pub(crate) async fn execute_run(inner: Arc<Inner>, run: Run) {
     let notice = inner.run_notice(&run);
     async move {
         tracing::info!("run started");
-        let ended =
-            std::panic::AssertUnwindSafe(run_to_end(inner.clone(), run, notice.as_ref()))
-                .catch_unwind()
-                .await;
+        let ended = std::panic::AssertUnwindSafe(run_to_end(inner.clone(), run, notice.as_ref()))
+            .catch_unwind()
+            .await;
         if let Err(panic) = ended {
             let why = format!("internal error: {}", panic_message(panic.as_ref()));
             tracing::error!(run = %id, "{why}");
@@ -350,6 +351,7 @@ impl RunState {
             let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
             after(limit.saturating_sub(elapsed))
         });
+        let facts = super::outputs::Facts::from_previous(&previous);
         Some(Self {
             inner,
             sessions: (0..run.targets.len()).map(|_| Mutex::new(None)).collect(),
@@ -365,6 +367,7 @@ impl RunState {
             pending: std::sync::Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             failures: std::sync::Mutex::new(Vec::new()),
+            facts,
         })
     }
 
@@ -451,6 +454,8 @@ async fn record_skipped(state: &RunState, progress: &Progress) {
                 finished_at: Some(now),
                 try_no: 1,
                 tries: Vec::new(),
+                outputs: Default::default(),
+                children: Vec::new(),
             };
             match state
                 .inner

@@ -2,6 +2,7 @@
 //! the target's session, running the action, and recording how it ended.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
@@ -16,7 +17,7 @@ use super::{Rendered, persist};
 use crate::bus::Event;
 use crate::executor::{ExecError, ExitStatus, FileSpec, OutputSink, Session, StepContext};
 use crate::model::{
-    AuditEvent, Step, StepPhase, StepResult, StepStatus, Stream, Target, TryRecord,
+    Action, AuditEvent, Step, StepPhase, StepResult, StepStatus, Stream, Target, TryRecord,
 };
 use crate::rollout::FailureKind;
 
@@ -95,6 +96,10 @@ pub(crate) struct StepOutcome<'a> {
     pub try_no: u32,
     /// The earlier tries.
     pub tries: Vec<TryRecord>,
+    /// What the step published (already masked; see `outputs.rs`).
+    pub outputs: BTreeMap<String, serde_json::Value>,
+    /// Child runs a `job:` step started.
+    pub children: Vec<crate::model::RunId>,
 }
 
 impl RunState {
@@ -124,7 +129,11 @@ impl RunState {
             finished_at: (o.status != StepStatus::Running).then(Utc::now),
             try_no: o.try_no,
             tries: o.tries,
+            outputs: o.outputs,
+            children: o.children,
         };
+        // Later steps' conditions and templates see it (`steps.NAME`).
+        self.facts.note(&r);
         let mut batch = self.take_pending();
         if r.status != StepStatus::Running && self.in_flight.load(Ordering::SeqCst) <= 1 {
             batch.push(r);
@@ -208,6 +217,8 @@ struct StepRun<'a> {
     try_no: u32,
     /// The earlier tries, recorded with this one.
     tries: Vec<TryRecord>,
+    /// The step's stdout as seen for outputs (exec and script steps).
+    capture: Option<Arc<std::sync::Mutex<crate::flow::OutputCapture>>>,
 }
 
 /// What an earlier attempt of the run left of a step on a target.
@@ -242,6 +253,7 @@ pub(crate) async fn step_on_target(st: &RunState, si: u32, ti: usize) -> StepEnd
         phase: st.run.spec.phase_of(si as usize),
         try_no: 1,
         tries: Vec::new(),
+        capture: None,
     };
     match sr.resume(&retries).await {
         Resume::Settled(end) => return end,
@@ -251,7 +263,14 @@ pub(crate) async fn step_on_target(st: &RunState, si: u32, ti: usize) -> StepEnd
         }
     }
     loop {
-        sr.out = base.for_try(sr.try_no);
+        // Each try has its own output, and its own outputs (exec and
+        // script steps publish them on stdout).
+        sr.capture = matches!(step.action, Action::Exec { .. } | Action::Script { .. })
+            .then(super::outputs::capture);
+        sr.out = match &sr.capture {
+            Some(c) => base.for_try(sr.try_no).with_capture(c.clone()),
+            None => base.for_try(sr.try_no),
+        };
         let started = Utc::now();
         if sr.try_no > 1 {
             sr.system(format!("try {} of {}\n", sr.try_no, retries.attempts()))
@@ -315,11 +334,33 @@ impl StepRun<'_> {
         {
             m.insert("failure".into(), st.failure_of(self.ti));
         }
+        st.facts.extend_context(&st.run.spec, self.name, &mut ctx);
+        if let Some(when) = &self.step.when {
+            match st.inner.templates.condition(when, &ctx) {
+                Ok(true) => {}
+                Ok(false) => return self.skip(started, when).await,
+                Err(m) => return self.fail(started, format!("condition error: {m}")).await,
+            }
+        }
         let quoting = exec_quoting(&st.inner, &target);
         let rendered = match render_step(&st.inner.templates, self.step, quoting, &ctx) {
             Ok(r) => r,
             Err(m) => return self.fail(started, format!("template error: {m}")).await,
         };
+        if let Rendered::Job {
+            job,
+            params,
+            targets,
+        } = rendered
+        {
+            let call = super::child::Call {
+                job,
+                params,
+                targets,
+                started,
+            };
+            return super::child::run(st, self.si, self.name, call).await;
+        }
         self.record(StepStatus::Running, None, None, started).await;
         self.run(target, rendered, started).await
     }
@@ -374,12 +415,17 @@ impl StepRun<'_> {
             StepStatus::TimedOut => again(FailureKind::Timeout)
                 .unwrap_or_else(|| settled(StepEnd::new(Outcome::TimedOut, prev.error.clone()))),
             StepStatus::Cancelled => settled(StepEnd::new(Outcome::Cancelled, None)),
-            StepStatus::Running if !self.step.idempotent => {
+            // A `job:` step is always resumed: its child is found again, never
+            // started twice (see `child.rs`).
+            StepStatus::Running
+                if !self.step.idempotent && !matches!(self.step.action, Action::Job { .. }) =>
+            {
                 let why = "interrupted: its worker stopped while it ran, and the step is not marked idempotent, so it is not run again".to_string();
                 let me = StepRun {
                     try_no: prev.try_no,
                     tries: prev.tries.clone(),
                     out: self.out.clone(),
+                    capture: None,
                     ..*self
                 };
                 me.system(format!("{why}\n")).await;
@@ -387,6 +433,17 @@ impl StepRun<'_> {
                 me.record(StepStatus::Interrupted, None, why.clone(), Utc::now())
                     .await;
                 Resume::Settled(StepEnd::new(Outcome::Failed, why))
+            }
+            StepStatus::Running if matches!(self.step.action, Action::Job { .. }) => {
+                self.system(
+                    "resuming: its worker stopped while it waited for its child run, which is found again, never started twice\n"
+                        .into(),
+                )
+                .await;
+                Resume::Run {
+                    try_no: prev.try_no,
+                    tries: prev.tries.clone(),
+                }
             }
             StepStatus::Running => {
                 self.system(
@@ -424,8 +481,19 @@ impl StepRun<'_> {
                 started,
                 try_no: self.try_no,
                 tries: self.tries.clone(),
+                outputs: BTreeMap::new(),
+                children: Vec::new(),
             })
             .await;
+    }
+
+    /// Records the step `skipped` on this target: its condition was false.
+    async fn skip(&self, started: DateTime<Utc>, when: &str) -> StepEnd {
+        let why = format!("skipped: the condition `{}` is false", when.trim());
+        self.system(format!("{why}\n")).await;
+        self.record(StepStatus::Skipped, None, Some(why), started)
+            .await;
+        StepEnd::ok()
     }
 
     /// Fails the step before it ran: says why in its output and records it.
@@ -500,6 +568,8 @@ impl StepRun<'_> {
                 self.copy(session.as_ref(), &ctx(Vec::new(), None), file)
                     .await
             }
+            // Handled before a session is opened (`child.rs`).
+            Rendered::Job { .. } => Err(ExecError::Io("a job step has no session".into())),
         };
         drop(slot);
         self.out.finish().await;
@@ -585,7 +655,17 @@ impl StepRun<'_> {
         started: DateTime<Utc>,
         limits: &Limits,
     ) -> StepEnd {
-        let end = match result {
+        // Outputs of a step that exited (also with a failure: a later step
+        // with `continue_on_error` upstream may read them).
+        let published = match (&self.capture, &result) {
+            (Some(c), Ok(_)) => Some(super::outputs::finish_capture(
+                c,
+                self.step.outputs,
+                &self.st.secrets.masker,
+            )),
+            _ => None,
+        };
+        let mut end = match result {
             Ok(status) if status.success() => Ending {
                 status: StepStatus::Succeeded,
                 outcome: Outcome::Ok,
@@ -625,10 +705,36 @@ impl StepRun<'_> {
                 }
             }
         };
+        let outputs = match published {
+            Some(Ok(outputs)) => outputs,
+            // A step that succeeded but published outputs out of bounds fails:
+            // later steps would otherwise read half of what it meant.
+            Some(Err(why)) if end.status == StepStatus::Succeeded => {
+                let why = format!("outputs refused: {why}");
+                end.status = StepStatus::Failed;
+                end.outcome = Outcome::Failed;
+                end.line = Some(format!("error: {why}\n"));
+                end.why = Some(why);
+                BTreeMap::new()
+            }
+            _ => BTreeMap::new(),
+        };
         if let Some(line) = end.line {
             self.system(line).await;
         }
-        self.record(end.status, end.exit, end.why.clone(), started)
+        self.st
+            .record(StepOutcome {
+                step: self.si,
+                target: self.name,
+                status: end.status,
+                exit: end.exit,
+                error: end.why.clone(),
+                started,
+                try_no: self.try_no,
+                tries: self.tries.clone(),
+                outputs,
+                children: Vec::new(),
+            })
             .await;
         StepEnd::new(end.outcome, end.why).exited(end.exit.and_then(|e| e.code))
     }
