@@ -16,6 +16,7 @@ pub mod lines;
 pub mod mask;
 pub mod params;
 pub mod paths;
+pub mod policy;
 pub mod secrets;
 pub mod selector;
 pub mod spec;

@@ -10,5 +10,6 @@
     reason = "tests: a panic is the failure report, and printing is how a test explains itself"
 )]
 
+mod policy;
 mod template_quoting;
 mod tidy;
