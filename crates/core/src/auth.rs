@@ -83,6 +83,9 @@ pub enum Permission {
     ManageUsers,
     /// Change server settings.
     ManageSettings,
+    /// Approve or reject runs waiting for approval (the job's approver
+    /// list and the four-eyes rule apply on top).
+    Approve,
 }
 
 /// The permission matrix: for each permission, which roles hold it
@@ -98,6 +101,7 @@ pub const MATRIX: &[(Permission, [bool; 3])] = &[
     (Permission::ManageKeys, [false, false, true]),
     (Permission::ManageUsers, [false, false, true]),
     (Permission::ManageSettings, [false, false, true]),
+    (Permission::Approve, [false, true, true]),
 ];
 
 /// True if `role` holds `perm`.
@@ -134,6 +138,7 @@ fn describe(p: Permission) -> &'static str {
         Permission::ManageKeys => "manage master keys",
         Permission::ManageUsers => "manage users",
         Permission::ManageSettings => "change settings",
+        Permission::Approve => "approve or reject runs",
     }
 }
 

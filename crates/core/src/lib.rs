@@ -9,6 +9,7 @@ pub mod model;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result};
+pub mod approval;
 pub mod auth;
 pub mod bus;
 pub mod engine;

@@ -381,6 +381,8 @@ struct JobDoc {
     #[serde(default)]
     secrets: Vec<String>,
     steps: Vec<StepDoc>,
+    #[serde(default)]
+    approval: Option<crate::approval::ApprovalSpec>,
 }
 
 #[derive(Deserialize)]
@@ -481,6 +483,7 @@ impl JobDoc {
             timeout: self.timeout,
             secrets: self.secrets,
             steps,
+            approval: self.approval,
         })
     }
 }
@@ -601,6 +604,9 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
     }
     if let Some(t) = spec.timeout {
         crate::duration::check_timeout(t).map_err(|m| Error::validation("timeout", m))?;
+    }
+    if let Some(a) = &spec.approval {
+        a.check("approval")?;
     }
     let mut names = BTreeSet::new();
     for (i, step) in spec.steps.iter().enumerate() {

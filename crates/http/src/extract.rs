@@ -326,6 +326,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         let mut actor = Actor::user(&principal.username, principal.role, principal.via);
         actor.source = parts.extensions.get::<ClientIp>().map(|c| c.0.clone());
         actor.request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
+        // The login family is a UUIDv7 made when the password was entered:
+        // its time is the login's (refreshing a token keeps the family).
+        actor.login_at = principal
+            .family
+            .as_deref()
+            .and_then(|f| uuid::Uuid::parse_str(f).ok())
+            .and_then(|u| u.get_timestamp())
+            .and_then(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
+            });
         Ok(Self { principal, actor })
     }
 }

@@ -2,6 +2,7 @@
 //! stores definitions, submits runs, runs workers that claim them under a
 //! lease, and streams their logs.
 
+mod approvals;
 mod audit;
 mod auth;
 mod definitions;
@@ -14,6 +15,7 @@ mod secrets;
 mod targets;
 mod worker;
 
+pub use approvals::MAX_APPROVALS_PAGE;
 pub use local::LocalPolicy;
 pub use outcome::TargetOutcome;
 pub use runs::{
@@ -136,6 +138,7 @@ pub struct ConductorBuilder {
     keyring: Option<crate::secrets::Keyring>,
     local_policy: LocalPolicy,
     retention: Retention,
+    command_policy: crate::policy::Policy,
 }
 
 impl ConductorBuilder {
@@ -143,6 +146,13 @@ impl ConductorBuilder {
     /// `copy.src`); default: admin only. Trusted actors are not affected.
     pub fn local_policy(mut self, policy: LocalPolicy) -> Self {
         self.local_policy = policy;
+        self
+    }
+
+    /// The command policy that screens rendered commands at submit and job
+    /// text at apply (default: [`crate::policy::default_rules`]).
+    pub fn command_policy(mut self, policy: crate::policy::Policy) -> Self {
+        self.command_policy = policy;
         self
     }
 
@@ -261,6 +271,7 @@ impl ConductorBuilder {
                 bus,
                 templates: Templates::new(),
                 local_policy: std::sync::RwLock::new(self.local_policy),
+                command_policy: std::sync::RwLock::new(Arc::new(self.command_policy)),
                 config,
                 shutdown: CancellationToken::new(),
                 active: Mutex::new(HashMap::new()),
@@ -324,6 +335,8 @@ pub(crate) struct Inner {
     pub(crate) bus: Bus,
     pub(crate) templates: Templates,
     local_policy: std::sync::RwLock<LocalPolicy>,
+    /// The command policy screening every submit and apply.
+    command_policy: std::sync::RwLock<Arc<crate::policy::Policy>>,
     pub(crate) config: Config,
     pub(crate) shutdown: CancellationToken,
     /// Stop switches of the runs this process executes right now.
@@ -375,6 +388,7 @@ impl Conductor {
             keyring: None,
             local_policy: LocalPolicy::default(),
             retention: Retention::default(),
+            command_policy: crate::policy::Policy::default(),
         }
     }
 

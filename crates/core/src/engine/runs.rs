@@ -179,6 +179,7 @@ impl Conductor {
                 raw: true,
                 limits: Default::default(),
             }],
+            approval: None,
         };
         self.enqueue(
             spec,
@@ -221,9 +222,13 @@ impl Conductor {
         let id = RunId::new();
         // Rendering is CPU work bounded by the template budget (fuel and
         // output size); it runs on the blocking pool, never on the reactor.
-        let (inner, spec, targets, params) = {
+        let policy = self.command_policy();
+        let (inner, spec, targets, params, plan) = {
             let inner = self.inner.clone();
             tokio::task::spawn_blocking(move || {
+                // Every rendered text is screened by the command policy and
+                // goes into the plan approvers see (engine/approvals.rs).
+                let mut plan = super::approvals::PlanBuilder::new(policy, &spec, version, &params);
                 for t in &targets {
                     for (i, step) in spec.steps.iter().enumerate() {
                         let run = worker::RunView {
@@ -233,7 +238,7 @@ impl Conductor {
                             attempt: 1,
                             params: &params,
                         };
-                        worker::render_step(
+                        let rendered = worker::render_step(
                             &inner.templates,
                             step,
                             worker::exec_quoting(&inner, t),
@@ -253,9 +258,12 @@ impl Conductor {
                                 m,
                             ),
                         })?;
+                        plan.add(&spec, i, t, &rendered)?;
                     }
                 }
-                Ok::<_, Error>((inner, spec, targets, params))
+                let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+                let plan = plan.finish(&names);
+                Ok::<_, Error>((inner, spec, targets, params, plan))
             })
             .await
             .map_err(|e| Error::Internal(format!("rendering templates: {e}")))??
@@ -296,6 +304,7 @@ impl Conductor {
                 }
             }
         }
+        let gate = super::approvals::gate(&spec, &plan);
         let run = Run {
             id,
             job: spec.name.clone(),
@@ -303,7 +312,11 @@ impl Conductor {
             spec,
             params,
             targets: targets.iter().map(|t| t.name.clone()).collect(),
-            status: RunStatus::Queued,
+            status: if gate.is_some() {
+                RunStatus::WaitingApproval
+            } else {
+                RunStatus::Queued
+            },
             requested_by: actor.name.clone(),
             attempt: 0,
             worker: None,
@@ -323,8 +336,18 @@ impl Conductor {
             }
             _ => None,
         };
-        self.inner.store.insert_run(&run).await?;
-        self.inner.publish(Event::Queued(run.id));
+        match gate {
+            Some((gate, reasons)) => {
+                self.inner
+                    .insert_waiting(&run, gate, reasons, plan, actor)
+                    .await?;
+                self.inner.publish(Event::Updated(run.id));
+            }
+            None => {
+                self.inner.store.insert_run(&run).await?;
+                self.inner.publish(Event::Queued(run.id));
+            }
+        }
         let mut detail =
             serde_json::json!({"job": run.job, "version": run.job_version, "targets": run.targets});
         if let (Some(c), Some(m)) = (command, detail.as_object_mut()) {

@@ -180,6 +180,7 @@ pub fn job_spec(name: &str) -> JobSpec {
                 command: "echo hello".into(),
             },
         )],
+        approval: None,
     }
 }
 

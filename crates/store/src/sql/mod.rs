@@ -28,11 +28,13 @@
 //! are given to the macro as literals: `owner_lock` (after the owner check of
 //! a guarded write) and `refresh_lock` (after reading a refresh token).
 
+pub(crate) mod approvals;
 mod retention;
 mod runs;
 mod secrets;
 mod users;
 
+pub(crate) use approvals::approval_sql;
 pub(crate) use retention::{batch, count, finished_before, retention_sql};
 pub(crate) use runs::run_sql;
 pub(crate) use secrets::secret_sql;

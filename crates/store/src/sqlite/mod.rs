@@ -220,3 +220,6 @@ crate::sql::store_sql!(
     owner_lock = "",
     refresh_lock = ""
 );
+
+// Approval decisions: `BEGIN IMMEDIATE` already excludes every other writer.
+crate::sql::approval_sql!(SqliteStore, sqlx::Sqlite, row_lock = "");
