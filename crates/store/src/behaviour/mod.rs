@@ -21,6 +21,7 @@
 // One file per aggregate; every rule is re-exported here, so
 // `behaviour::<rule>` names it whatever file it lives in.
 mod apply;
+mod approvals;
 mod audit;
 mod claims;
 mod jobs;
@@ -33,6 +34,7 @@ mod targets;
 mod users;
 
 pub use self::apply::*;
+pub use self::approvals::*;
 pub use self::audit::*;
 pub use self::claims::*;
 pub use self::jobs::*;
@@ -129,6 +131,10 @@ macro_rules! store_behaviour_suite {
             prune_works_in_bounded_batches,
             prune_logs_before_runs,
             audit_prune_keeps_a_checkpoint,
+            approval_requests_round_trip_and_orphans_stay_hidden,
+            decisions_count_distinct_approvers_and_move_the_run,
+            expired_requests_end_the_run_and_the_sweep_is_guarded,
+            approval_races_with_expiry_and_cancel_have_one_outcome,
         }
     };
 }
