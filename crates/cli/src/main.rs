@@ -8,6 +8,7 @@
 )]
 
 mod admin;
+mod approvals;
 mod commands;
 mod output;
 mod prune;
@@ -115,6 +116,25 @@ enum Cmd {
     Worker(admin::WorkerArgs),
     /// Serve the REST API (users, tokens, live logs, audit) with workers in-process.
     Serve(serve::ServeArgs),
+    /// Runs waiting for approval: list them, show one's plan.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCmd),
+    /// Approve a run waiting for approval (never your own).
+    Approve {
+        /// Run id, or a unique prefix of it.
+        id: String,
+        /// Why (required when the job says `reason_required`).
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a run waiting for approval; it ends `rejected`.
+    Reject {
+        /// Run id, or a unique prefix of it.
+        id: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -271,6 +291,7 @@ fn reads_existing_state(cmd: &Cmd) -> bool {
         Cmd::Apply { .. } | Cmd::Run(_) | Cmd::Exec(_) | Cmd::Worker(_) | Cmd::Serve(_) => false,
         Cmd::Secrets(s) => !matches!(s, secrets::SecretsCmd::Set { .. }),
         Cmd::Runs(_) | Cmd::Jobs(_) | Cmd::Targets(_) | Cmd::Audit { .. } | Cmd::Prune(_) => true,
+        Cmd::Approvals(_) | Cmd::Approve { .. } | Cmd::Reject { .. } => true,
     }
 }
 
@@ -322,6 +343,12 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
         Cmd::Serve(_) => Err(Error::Internal("serve is dispatched before".into())),
         Cmd::Apply { files, dry_run } => commands::apply(&oc, out, &files, dry_run).await,
         Cmd::Run(args) => commands::run(&oc, out, args).await,
+        Cmd::Approvals(approvals::ApprovalsCmd::List { all, limit }) => {
+            approvals::list(&oc, out, all, limit).await
+        }
+        Cmd::Approvals(approvals::ApprovalsCmd::Show { id }) => approvals::show(&oc, out, &id).await,
+        Cmd::Approve { id, comment } => approvals::approve(&oc, out, &id, comment).await,
+        Cmd::Reject { id, reason } => approvals::reject(&oc, out, &id, reason).await,
         Cmd::Exec(args) => commands::exec(&oc, out, args).await,
         Cmd::Runs(RunsCmd::List { job, status, limit }) => {
             commands::runs_list(&oc, out, job, status, limit).await

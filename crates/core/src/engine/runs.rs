@@ -596,7 +596,8 @@ impl Conductor {
 
     /// Claims this one queued run and executes it in the calling task (the CLI
     /// runs what it submitted this way). If another worker already took it,
-    /// waits for it instead.
+    /// waits for it instead; a run waiting for approval is waited for until
+    /// it is approved (then executed here) or ends.
     pub async fn execute(&self, id: RunId) -> Result<Run> {
         let claim = crate::store::Claim {
             worker: self.inner.config.worker_name.clone(),
@@ -604,14 +605,19 @@ impl Conductor {
             limit: 1,
             only: Some(id),
         };
-        let claimed = self.inner.store.claim_queued(&claim).await?;
-        match claimed.into_iter().next() {
-            Some(run) => {
+        let mut rx = self.inner.bus.subscribe();
+        loop {
+            let claimed = self.inner.store.claim_queued(&claim).await?;
+            if let Some(run) = claimed.into_iter().next() {
                 self.inner.publish(Event::Updated(id));
                 worker::execute_run(self.inner.clone(), run).await;
-                self.get_run(id).await
+                return self.get_run(id).await;
             }
-            None => self.wait_run(id).await,
+            // A run waiting for approval is claimed once approved (or ends).
+            if self.inner.store.run_status(id).await? != Some(RunStatus::WaitingApproval) {
+                return self.wait_run(id).await;
+            }
+            self.wait_event(&mut rx, id, self.inner.config.poll).await;
         }
     }
 }
