@@ -135,7 +135,8 @@ async fn one_rejection_ends_the_run_and_cancel_ends_a_waiting_run() {
     let oc = open(&dir, 1).await;
     apply(&oc, &dir).await;
     let sub = Actor::new("sub");
-    let r1 = oc.submit(SubmitRequest::new("deploy"), &sub).await.unwrap();
+    let req = || SubmitRequest::new("deploy").params(json!({"version": "1"}));
+    let r1 = oc.submit(req(), &sub).await.unwrap();
     let e = oc.reject(r1.id, "  ".into(), &user("ann", Role::Admin)).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Validation, "{e}");
     let e = oc
@@ -147,7 +148,7 @@ async fn one_rejection_ends_the_run_and_cancel_ends_a_waiting_run() {
     assert_eq!(v.status, RunStatus::Rejected);
     let e = oc.approve(r1.id, None, &user("bob", Role::Admin)).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
-    let r2 = oc.submit(SubmitRequest::new("deploy"), &sub).await.unwrap();
+    let r2 = oc.submit(req(), &sub).await.unwrap();
     let c = oc.cancel(r2.id, &sub).await.unwrap();
     assert_eq!(c.status, RunStatus::Cancelled);
     assert_eq!(oc.approvals(true, 100, &sub).await.unwrap().len(), 0);

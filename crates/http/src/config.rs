@@ -88,6 +88,9 @@ pub struct ServerConfig {
     /// `[retention]` table; default: forever). With any set, the server prunes
     /// every `retention.interval`.
     pub retention: opsconductor::Retention,
+    /// The command policy file (TOML `policy_file`, `OPSC_POLICY_FILE`;
+    /// see docs/approvals.md). Default: the built-in rules.
+    pub policy_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -121,6 +124,7 @@ impl Default for ServerConfig {
             max_connections_per_ip: 256,
             local_allow_roles: vec![opsconductor::auth::Role::Admin],
             retention: opsconductor::Retention::default(),
+            policy_file: None,
         }
     }
 }
@@ -163,6 +167,7 @@ impl fmt::Debug for ServerConfig {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("local_allow_roles", &self.local_allow_roles)
             .field("retention", &self.retention)
+            .field("policy_file", &self.policy_file)
             .finish()
     }
 }
@@ -218,6 +223,7 @@ struct FileConfig {
     max_connections_per_ip: Option<usize>,
     local: Option<LocalSection>,
     retention: Option<RetentionFile>,
+    policy_file: Option<PathBuf>,
 }
 
 /// `[local]`: who may run steps on the server's own host.
@@ -361,6 +367,9 @@ impl ServerConfig {
         }
         if let Some(v) = file.max_connections_per_ip {
             c.max_connections_per_ip = v;
+        }
+        if let Some(v) = file.policy_file {
+            c.policy_file = Some(v);
         }
         if let Some(v) = file.local.and_then(|l| l.allow_roles) {
             c.local_allow_roles = parse_roles(&field("local.allow_roles"), &v)?;

@@ -214,6 +214,22 @@ impl Lazy {
         parse_json(&bytes, self.depth)
     }
 
+    /// Like [`Lazy::json`], but an empty body is `T::default()` (for
+    /// endpoints whose body is optional, e.g. an approval's comment).
+    pub async fn json_or_default<T: DeserializeOwned + Default>(self) -> Result<T, ApiError> {
+        let (parts, body) = self.req.into_parts();
+        if let Some(mt) = media_type(&parts)
+            && !is_json(&mt)
+        {
+            return Err(unsupported(&mt, "application/json"));
+        }
+        let bytes = read_body(Request::from_parts(parts, body), self.limit).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default());
+        }
+        parse_json(&bytes, self.depth)
+    }
+
     /// Reads a definition document: a JSON object, or YAML text (`application/yaml`).
     pub async fn document(self) -> Result<Document, ApiError> {
         let (parts, body) = self.req.into_parts();

@@ -1,6 +1,7 @@
 //! The routes of `/api/v1` (plus `/health`, `/ready`, `/metrics`) and the
 //! OpenAPI document generated from the handlers' annotations.
 
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod jobs;
@@ -44,6 +45,7 @@ use crate::{auth as authn, middleware as mw};
         secrets::keys, secrets::rotate, secrets::retire,
         users::list, users::create, users::get_one, users::update, users::password,
         audit::list, audit::verify,
+        approvals::list, approvals::get_one, approvals::approve, approvals::reject,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -56,6 +58,7 @@ use crate::{auth as authn, middleware as mw};
         (name = "users", description = "Users and roles"),
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "ops", description = "Health, readiness, metrics"),
+        (name = "approvals", description = "Runs waiting for approval and the decisions on them"),
     )
 )]
 pub struct ApiDoc;
@@ -133,6 +136,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/tokens/{id}", delete(auth::revoke_token))
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/verify", get(audit::verify))
+        .route("/api/v1/approvals", get(approvals::list))
+        .route("/api/v1/approvals/{id}", get(approvals::get_one))
+        .route("/api/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/api/v1/approvals/{id}/reject", post(approvals::reject))
         .route_layer(from_fn_with_state(state.clone(), mw::audit_refusals))
         .route_layer(from_fn_with_state(state.clone(), authn::require_auth));
     let public = Router::new()
