@@ -57,7 +57,15 @@ pub async fn list(oc: &Conductor, out: &Out, all: bool, limit: usize) -> Result<
         })
         .collect();
     out.table(
-        &["RUN", "JOB", "STATUS", "APPROVALS", "BY", "REQUESTED BY", "EXPIRES"],
+        &[
+            "RUN",
+            "JOB",
+            "STATUS",
+            "APPROVALS",
+            "BY",
+            "REQUESTED BY",
+            "EXPIRES",
+        ],
         rows,
     );
     Ok(exit::OK)
@@ -79,8 +87,17 @@ fn print_view(out: &Out, v: &ApprovalView) {
     println!("run:          {}", r.run_id);
     println!("job:          {}", r.job);
     println!("status:       {}", out.run_status(v.status));
-    println!("requested by: {} at {}", r.requested_by, local_time(r.created_at));
-    println!("approvers:    {} ({} of {})", r.approvers.describe(), v.approvals(), r.required);
+    println!(
+        "requested by: {} at {}",
+        r.requested_by,
+        local_time(r.created_at)
+    );
+    println!(
+        "approvers:    {} ({} of {})",
+        r.approvers.describe(),
+        v.approvals(),
+        r.required
+    );
     println!("expires:      {}", local_time(r.expires_at));
     println!("why:          {}", r.reasons.join(", "));
     println!("plan digest:  {}", r.plan_digest);

@@ -346,7 +346,9 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
         Cmd::Approvals(approvals::ApprovalsCmd::List { all, limit }) => {
             approvals::list(&oc, out, all, limit).await
         }
-        Cmd::Approvals(approvals::ApprovalsCmd::Show { id }) => approvals::show(&oc, out, &id).await,
+        Cmd::Approvals(approvals::ApprovalsCmd::Show { id }) => {
+            approvals::show(&oc, out, &id).await
+        }
         Cmd::Approve { id, comment } => approvals::approve(&oc, out, &id, comment).await,
         Cmd::Reject { id, reason } => approvals::reject(&oc, out, &id, reason).await,
         Cmd::Exec(args) => commands::exec(&oc, out, args).await,

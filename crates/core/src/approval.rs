@@ -180,7 +180,10 @@ impl std::str::FromStr for Decision {
         match s {
             "approve" => Ok(Decision::Approve),
             "reject" => Ok(Decision::Reject),
-            _ => Err(Error::validation("decision", format!("unknown decision '{s}'"))),
+            _ => Err(Error::validation(
+                "decision",
+                format!("unknown decision '{s}'"),
+            )),
         }
     }
 }

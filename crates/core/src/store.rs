@@ -270,11 +270,15 @@ pub trait ApprovalStore: Send + Sync {
     /// Stores the request of a run about to be inserted.
     async fn put_approval_request(&self, req: &crate::approval::ApprovalRequest) -> Result<()>;
     /// A run's request, if its run exists.
-    async fn approval_request(&self, run: RunId)
-    -> Result<Option<crate::approval::ApprovalRequest>>;
+    async fn approval_request(
+        &self,
+        run: RunId,
+    ) -> Result<Option<crate::approval::ApprovalRequest>>;
     /// A run's decisions, oldest first.
-    async fn approval_decisions(&self, run: RunId)
-    -> Result<Vec<crate::approval::ApprovalDecision>>;
+    async fn approval_decisions(
+        &self,
+        run: RunId,
+    ) -> Result<Vec<crate::approval::ApprovalDecision>>;
     /// Requests newest first with their run's status: only waiting ones
     /// if `waiting_only`; at most `limit` (1 to 1000).
     async fn list_approval_requests(

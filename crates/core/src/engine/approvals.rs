@@ -113,9 +113,12 @@ impl PlanBuilder {
         let (kind, interpreter, text, env) = match rendered {
             worker::Rendered::Run { cmd, env, .. } => match cmd {
                 Command::Shell(c) => ("exec", None, c.as_str(), env.as_slice()),
-                Command::Script { interpreter, body } => {
-                    ("script", Some(interpreter.as_str()), body.as_str(), env.as_slice())
-                }
+                Command::Script { interpreter, body } => (
+                    "script",
+                    Some(interpreter.as_str()),
+                    body.as_str(),
+                    env.as_slice(),
+                ),
             },
             worker::Rendered::Copy { content, .. } => {
                 ("copy", None, content.as_deref().unwrap_or(""), &[][..])
@@ -143,7 +146,9 @@ impl PlanBuilder {
         }
         let name = spec.steps.get(step).map(|s| s.name.as_str()).unwrap_or("");
         let entry = match rendered {
-            worker::Rendered::Copy { dest, src, mode, .. } => json!({
+            worker::Rendered::Copy {
+                dest, src, mode, ..
+            } => json!({
                 "step": step, "name": name, "target": target.name, "kind": kind,
                 "dest": dest, "src": src, "mode": format!("{mode:o}"), "content": text,
             }),
@@ -263,7 +268,10 @@ impl Inner {
             policy_hits: plan.hits,
             created_at: now,
         };
-        self.store.approval_store().put_approval_request(&req).await?;
+        self.store
+            .approval_store()
+            .put_approval_request(&req)
+            .await?;
         self.store.insert_run(run).await?;
         self.audit_as(
             actor,
@@ -404,7 +412,9 @@ impl Conductor {
     ) -> Result<ApprovalView> {
         actor.require(Permission::Approve)?;
         check_fresh_login(actor)?;
-        let reason = reason.map(|r| r.trim().to_string()).filter(|r| !r.is_empty());
+        let reason = reason
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty());
         if let Some(r) = &reason
             && (r.chars().count() > MAX_REASON
                 || r.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
@@ -466,12 +476,7 @@ impl Conductor {
             plan_digest: req.plan_digest.clone(),
             time: Utc::now(),
         };
-        let outcome = self
-            .inner
-            .store
-            .approval_store()
-            .decide(&d, d.time)
-            .await?;
+        let outcome = self.inner.store.approval_store().decide(&d, d.time).await?;
         let outcome_name = match outcome {
             DecideOutcome::Recorded { .. } => "recorded",
             DecideOutcome::Approved => "approved",

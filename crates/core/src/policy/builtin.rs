@@ -59,7 +59,8 @@ impl Builtin {
                 let hit = match self {
                     Builtin::RecursiveDeleteRoot => delete_root(&words),
                     Builtin::Mkfs => words.first().is_some_and(|p| {
-                        p.starts_with("mkfs") || matches!(p.as_str(), "mke2fs" | "mkdosfs" | "mkntfs")
+                        p.starts_with("mkfs")
+                            || matches!(p.as_str(), "mke2fs" | "mkdosfs" | "mkntfs")
                     }),
                     Builtin::BlockDeviceWrite => block_write(&words, c),
                     Builtin::RecursiveChmodRoot => chmod_root(&words),
@@ -166,7 +167,10 @@ pub(crate) fn is_root(path: &str) -> bool {
     if !path.starts_with('/') || path.contains(OPAQUE) {
         return false;
     }
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
     let mut stack: Vec<&str> = Vec::new();
     for (i, p) in parts.iter().enumerate() {
         if *p == ".." {
@@ -198,9 +202,9 @@ fn delete_root(words: &[String]) -> bool {
                 .take_while(|w| !w.starts_with('-') || *w == "-L" || *w == "-H" || *w == "-P")
                 .any(|w| is_root(w));
             let deletes = args.iter().any(|w| w == "-delete")
-                || args
-                    .windows(2)
-                    .any(|p| matches!(p[0].as_str(), "-exec" | "-execdir") && shell::basename(&p[1]) == "rm");
+                || args.windows(2).any(|p| {
+                    matches!(p[0].as_str(), "-exec" | "-execdir") && shell::basename(&p[1]) == "rm"
+                });
             starts_at_root && deletes
         }
         _ => false,
@@ -226,8 +230,8 @@ pub(crate) fn is_block_device(path: &str) -> bool {
         return false;
     };
     const PREFIXES: &[&str] = &[
-        "sd", "hd", "vd", "xvd", "nvme", "mmcblk", "md", "dm-", "mapper/", "disk/", "loop",
-        "nbd", "rbd", "sr", "zd", "bcache", "drbd", "root", "block/",
+        "sd", "hd", "vd", "xvd", "nvme", "mmcblk", "md", "dm-", "mapper/", "disk/", "loop", "nbd",
+        "rbd", "sr", "zd", "bcache", "drbd", "root", "block/",
     ];
     PREFIXES.iter().any(|p| dev.starts_with(p))
 }
@@ -329,9 +333,12 @@ fn unquoted(text: &str) -> String {
 }
 
 fn downloads(words: &[String]) -> bool {
-    words
-        .first()
-        .is_some_and(|p| matches!(p.as_str(), "curl" | "wget" | "fetch" | "aria2c" | "http" | "lwp-request"))
+    words.first().is_some_and(|p| {
+        matches!(
+            p.as_str(),
+            "curl" | "wget" | "fetch" | "aria2c" | "http" | "lwp-request"
+        )
+    })
 }
 
 fn interprets(words: &[String]) -> bool {
@@ -339,7 +346,16 @@ fn interprets(words: &[String]) -> bool {
         shell::is_shell(p)
             || matches!(
                 p.as_str(),
-                "python" | "python2" | "python3" | "perl" | "ruby" | "node" | "php" | "source" | "." | "eval"
+                "python"
+                    | "python2"
+                    | "python3"
+                    | "perl"
+                    | "ruby"
+                    | "node"
+                    | "php"
+                    | "source"
+                    | "."
+                    | "eval"
             )
     })
 }
@@ -380,7 +396,13 @@ fn shutdown(words: &[String]) -> bool {
         "systemctl" => args.iter().any(|a| {
             matches!(
                 a.as_str(),
-                "reboot" | "poweroff" | "halt" | "kexec" | "soft-reboot" | "reboot.target" | "poweroff.target"
+                "reboot"
+                    | "poweroff"
+                    | "halt"
+                    | "kexec"
+                    | "soft-reboot"
+                    | "reboot.target"
+                    | "poweroff.target"
             )
         }),
         _ => false,
@@ -393,7 +415,9 @@ mod tests {
 
     #[test]
     fn roots() {
-        for r in ["/", "//", "/.", "/./", "/*", "/usr/..", "/../", "/*/", "/**"] {
+        for r in [
+            "/", "//", "/.", "/./", "/*", "/usr/..", "/../", "/*/", "/**",
+        ] {
             assert!(is_root(r), "{r}");
         }
         for r in ["/tmp", "/tmp/*", "./", "*", "/home/x/..x", "/.git"] {

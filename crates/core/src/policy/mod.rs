@@ -339,7 +339,13 @@ impl Policy {
                         ));
                     }
                     let words = s.command.len() + s.flags.len() + s.args.len();
-                    if words > 100 || s.command.iter().chain(&s.flags).chain(&s.args).any(|w| w.len() > 200) {
+                    if words > 100
+                        || s.command
+                            .iter()
+                            .chain(&s.flags)
+                            .chain(&s.args)
+                            .any(|w| w.len() > 200)
+                    {
                         return Err(Error::validation(
                             format!("{at}.shell"),
                             "too large (at most 100 words of 200 bytes)",
@@ -602,17 +608,27 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_rule() {
-        let e = Policy::from_yaml("rules:\n  - name: Bad Name\n    action: deny\n    regex: x\n", "p.yaml")
-            .unwrap_err()
-            .to_string();
+        let e = Policy::from_yaml(
+            "rules:\n  - name: Bad Name\n    action: deny\n    regex: x\n",
+            "p.yaml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("rules[7].name"), "{e}");
-        let e = Policy::from_yaml("rules:\n  - name: x\n    action: deny\n    regex: '('\n", "p.yaml")
+        let e = Policy::from_yaml(
+            "rules:\n  - name: x\n    action: deny\n    regex: '('\n",
+            "p.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("regex"), "{e}");
+        let e = Policy::from_yaml("disable: [nope]\n", "p.yaml")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("regex"), "{e}");
-        let e = Policy::from_yaml("disable: [nope]\n", "p.yaml").unwrap_err().to_string();
         assert!(e.contains("not a default rule"), "{e}");
-        let e = Policy::from_yaml("bogus: 1\n", "p.yaml").unwrap_err().to_string();
+        let e = Policy::from_yaml("bogus: 1\n", "p.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("p.yaml:1:1"), "{e}");
     }
 }

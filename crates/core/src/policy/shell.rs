@@ -196,16 +196,15 @@ impl<'a> Lexer<'a> {
         let mut cur = RawCommand::default();
         let mut word: Option<RawWord> = None;
         let mut pending_redirect: Option<String> = None;
-        let finish_word = |word: &mut Option<RawWord>,
-                           cur: &mut RawCommand,
-                           pending: &mut Option<String>| {
-            if let Some(w) = word.take() {
-                match pending.take() {
-                    Some(op) => cur.redirects.push((op, w)),
-                    None => cur.words.push(w),
+        let finish_word =
+            |word: &mut Option<RawWord>, cur: &mut RawCommand, pending: &mut Option<String>| {
+                if let Some(w) = word.take() {
+                    match pending.take() {
+                        Some(op) => cur.redirects.push((op, w)),
+                        None => cur.words.push(w),
+                    }
                 }
-            }
-        };
+            };
         let end_command = |cur: &mut RawCommand, out: &mut Vec<RawCommand>, pipe: bool| {
             let mut c = std::mem::take(cur);
             c.pipe = pipe;
@@ -561,8 +560,18 @@ pub(crate) fn normalize(words: &[String]) -> Vec<String> {
             "timeout" => &["-s", "-k", "--signal", "--kill-after"],
             "stdbuf" => &["-i", "-o", "-e"],
             "xargs" => &[
-                "-I", "-n", "-P", "-d", "-a", "-E", "-L", "-s", "--max-args", "--max-procs",
-                "--delimiter", "--arg-file",
+                "-I",
+                "-n",
+                "-P",
+                "-d",
+                "-a",
+                "-E",
+                "-L",
+                "-s",
+                "--max-args",
+                "--max-procs",
+                "--delimiter",
+                "--arg-file",
             ],
             "command" | "exec" | "chrt" | "taskset" | "flock" => &[],
             _ => break,
@@ -617,15 +626,13 @@ pub(crate) fn inner_script(cmd: &[String]) -> Option<String> {
     match first.as_str() {
         "eval" => Some(rest.join(" ")),
         "su" | "runuser" => {
-            let i = rest
-                .iter()
-                .position(|a| a == "-c" || a == "--command")?;
+            let i = rest.iter().position(|a| a == "-c" || a == "--command")?;
             rest.get(i + 1).cloned()
         }
         s if is_shell(s) => {
-            let i = rest.iter().position(|a| {
-                a.starts_with('-') && !a.starts_with("--") && a.contains('c')
-            })?;
+            let i = rest
+                .iter()
+                .position(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c'))?;
             rest.get(i + 1).cloned()
         }
         _ => None,
@@ -653,7 +660,10 @@ mod tests {
 
     #[test]
     fn quotes_escapes_and_wrappers() {
-        assert_eq!(words("sudo -u root \"r\"'m' -\\rf /")[0], ["rm", "-rf", "/"]);
+        assert_eq!(
+            words("sudo -u root \"r\"'m' -\\rf /")[0],
+            ["rm", "-rf", "/"]
+        );
         assert_eq!(words("a && /bin/rm x | b")[1], ["rm", "x"]);
         assert_eq!(words("X=/ ; rm -rf $X")[1], ["rm", "-rf", "/"]);
         assert_eq!(words("rm -rf \"${D:?}/\"*")[0][2], format!("{OPAQUE}/*"));

@@ -387,7 +387,10 @@ fn shutdown_needs_approval_only_on_production_targets() {
     for line in shutdowns() {
         assert_eq!(
             screen_on(&p, line, &prod),
-            [("shutdown-production".to_string(), PolicyAction::RequireApproval)],
+            [(
+                "shutdown-production".to_string(),
+                PolicyAction::RequireApproval
+            )],
             "{line}"
         );
         assert!(screen_on(&p, line, &staging).is_empty(), "{line}");
@@ -407,7 +410,11 @@ fn at_least_100_ordinary_commands_are_not_flagged() {
             (!hits.is_empty()).then(|| format!("{line:?} → {hits:?}"))
         })
         .collect();
-    assert!(flagged.is_empty(), "false positives:\n{}", flagged.join("\n"));
+    assert!(
+        flagged.is_empty(),
+        "false positives:\n{}",
+        flagged.join("\n")
+    );
 }
 
 #[test]
@@ -430,16 +437,16 @@ fn script_bodies_are_screened_line_by_line_and_other_languages_only_by_regex() {
     assert_eq!(hits[0].target.as_deref(), Some("local"));
     // The step's environment is what the variable holds at run time.
     let env = [("DIR".to_string(), "/srv/app".to_string())];
-    let s2 = Subject {
-        env: &env,
-        ..s
-    };
+    let s2 = Subject { env: &env, ..s };
     assert!(p.screen(&s2, "rm -rf \"$DIR\"").is_empty());
     let py = Subject {
         interpreter: Some("python3"),
         ..s
     };
-    assert!(p.screen(&py, "import os\nos.system('echo rm -rf /')").is_empty());
+    assert!(
+        p.screen(&py, "import os\nos.system('echo rm -rf /')")
+            .is_empty()
+    );
 }
 
 #[test]
@@ -491,7 +498,8 @@ fn hostile_policy_files_are_refused_with_a_clear_error() {
         "rules:\n  - name: x\n    action: deny\n    regex: '{}'\n",
         "a".repeat(5000)
     );
-    let huge_class = "rules:\n  - name: x\n    action: deny\n    regex: '\\w{1000}\\w{1000}\\w{1000}'\n";
+    let huge_class =
+        "rules:\n  - name: x\n    action: deny\n    regex: '\\w{1000}\\w{1000}\\w{1000}'\n";
     let many: String = std::iter::once("rules:\n".to_string())
         .chain((0..600).map(|i| format!("  - {{name: r{i}, action: warn, regex: x}}\n")))
         .collect();
@@ -500,7 +508,10 @@ fn hostile_policy_files_are_refused_with_a_clear_error() {
         (huge_class, "regex"),
         (many.as_str(), "at most 500"),
         ("rules:\n  - {name: x, action: deny}\n", "exactly one of"),
-        ("rules:\n  - {name: x, action: nuke, regex: x}\n", "policy.yaml:2"),
+        (
+            "rules:\n  - {name: x, action: nuke, regex: x}\n",
+            "policy.yaml:2",
+        ),
         (
             "rules:\n  - {name: x, action: deny, regex: x, scope: {kinds: [http]}}\n",
             "unknown step kind",
@@ -509,9 +520,14 @@ fn hostile_policy_files_are_refused_with_a_clear_error() {
             "rules:\n  - {name: x, action: deny, regex: x}\n  - {name: x, action: deny, regex: y}\n",
             "defined twice",
         ),
-        ("rules:\n  - {name: x, action: deny, shell: {command: []}}\n", "at least one program"),
+        (
+            "rules:\n  - {name: x, action: deny, shell: {command: []}}\n",
+            "at least one program",
+        ),
     ] {
-        let e = Policy::from_yaml(text, "policy.yaml").unwrap_err().to_string();
+        let e = Policy::from_yaml(text, "policy.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(want), "{want}: {e}");
     }
 }

@@ -126,7 +126,11 @@ pub async fn list(
     let views = state
         .inner
         .oc
-        .approvals(!q.all.unwrap_or(false), q.limit.unwrap_or(50), &caller.actor)
+        .approvals(
+            !q.all.unwrap_or(false),
+            q.limit.unwrap_or(50),
+            &caller.actor,
+        )
         .await?;
     Ok(Json(ApprovalList {
         items: views.into_iter().map(Into::into).collect(),
@@ -148,7 +152,9 @@ pub async fn get_one(
 ) -> ApiResult<Json<ApprovalDto>> {
     caller.require(Permission::Read)?;
     let id = state.inner.oc.resolve_run_id(&id, &caller.actor).await?;
-    Ok(Json(state.inner.oc.approval(id, &caller.actor).await?.into()))
+    Ok(Json(
+        state.inner.oc.approval(id, &caller.actor).await?.into(),
+    ))
 }
 
 /// Approve a waiting run (never your own; once per person; password

@@ -75,7 +75,10 @@ pub async fn approval_requests_round_trip_and_orphans_stay_hidden(
         store.claim_queued(&claim("w", 10)).await?.is_empty(),
         "a waiting run must never be claimed"
     );
-    assert_eq!(store.get_run(run.id).await?.map(|r| r.status), Some(RunStatus::WaitingApproval));
+    assert_eq!(
+        store.get_run(run.id).await?.map(|r| r.status),
+        Some(RunStatus::WaitingApproval)
+    );
     Ok(())
 }
 
@@ -87,14 +90,22 @@ pub async fn decisions_count_distinct_approvers_and_move_the_run(
     let a = store.approval_store();
     let (run, _) = waiting(&store, 2, later()).await?;
     let first = decision(run.id, "alice", Decision::Approve);
-    assert_eq!(a.decide(&first, now_ms()).await?, DecideOutcome::Recorded { approvals: 1 });
     assert_eq!(
-        a.decide(&decision(run.id, "ALICE", Decision::Approve), now_ms()).await?,
+        a.decide(&first, now_ms()).await?,
+        DecideOutcome::Recorded { approvals: 1 }
+    );
+    assert_eq!(
+        a.decide(&decision(run.id, "ALICE", Decision::Approve), now_ms())
+            .await?,
         DecideOutcome::AlreadyDecided
     );
-    assert_eq!(store.run_status(run.id).await?, Some(RunStatus::WaitingApproval));
     assert_eq!(
-        a.decide(&decision(run.id, "bob", Decision::Approve), now_ms()).await?,
+        store.run_status(run.id).await?,
+        Some(RunStatus::WaitingApproval)
+    );
+    assert_eq!(
+        a.decide(&decision(run.id, "bob", Decision::Approve), now_ms())
+            .await?,
         DecideOutcome::Approved
     );
     assert_eq!(store.run_status(run.id).await?, Some(RunStatus::Queued));
@@ -102,16 +113,22 @@ pub async fn decisions_count_distinct_approvers_and_move_the_run(
     assert_eq!(decisions.len(), 2);
     assert_eq!(decisions[0], first);
     assert_eq!(
-        a.decide(&decision(run.id, "carol", Decision::Reject), now_ms()).await?,
+        a.decide(&decision(run.id, "carol", Decision::Reject), now_ms())
+            .await?,
         DecideOutcome::NotWaiting(RunStatus::Queued)
     );
     let claimed = store.claim_queued(&claim("w", 10)).await?;
-    assert_eq!(claimed.iter().map(|r| r.id).collect::<Vec<_>>(), vec![run.id]);
+    assert_eq!(
+        claimed.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![run.id]
+    );
 
     let (run2, _) = waiting(&store, 2, later()).await?;
-    a.decide(&decision(run2.id, "alice", Decision::Approve), now_ms()).await?;
+    a.decide(&decision(run2.id, "alice", Decision::Approve), now_ms())
+        .await?;
     assert_eq!(
-        a.decide(&decision(run2.id, "bob", Decision::Reject), now_ms()).await?,
+        a.decide(&decision(run2.id, "bob", Decision::Reject), now_ms())
+            .await?,
         DecideOutcome::Rejected
     );
     let r = store.get_run(run2.id).await?.unwrap();
@@ -120,7 +137,10 @@ pub async fn decisions_count_distinct_approvers_and_move_the_run(
     assert!(r.error.unwrap_or_default().contains("rejected by bob"));
     assert!(store.claim_queued(&claim("w", 10)).await?.is_empty());
     let e = a
-        .decide(&decision(RunId::new(), "alice", Decision::Approve), now_ms())
+        .decide(
+            &decision(RunId::new(), "alice", Decision::Approve),
+            now_ms(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
@@ -136,7 +156,8 @@ pub async fn expired_requests_end_the_run_and_the_sweep_is_guarded(
     let t0 = now_ms();
     let (late, _) = waiting(&store, 1, t0).await?;
     assert_eq!(
-        a.decide(&decision(late.id, "alice", Decision::Approve), t0).await?,
+        a.decide(&decision(late.id, "alice", Decision::Approve), t0)
+            .await?,
         DecideOutcome::Expired
     );
     assert_eq!(store.run_status(late.id).await?, Some(RunStatus::Expired));
@@ -146,16 +167,29 @@ pub async fn expired_requests_end_the_run_and_the_sweep_is_guarded(
     let (decided, _) = waiting(&store, 1, t0).await?;
     let (fresh, _) = waiting(&store, 1, later()).await?;
     let (cancelled, _) = waiting(&store, 1, t0).await?;
-    a.decide(&decision(decided.id, "bob", Decision::Approve), t0 - TimeDelta::milliseconds(1))
-        .await?;
+    a.decide(
+        &decision(decided.id, "bob", Decision::Approve),
+        t0 - TimeDelta::milliseconds(1),
+    )
+    .await?;
     let c = store.request_cancel(cancelled.id).await?.unwrap();
-    assert_eq!(c.status, RunStatus::Cancelled, "cancel ends a waiting run at once");
+    assert_eq!(
+        c.status,
+        RunStatus::Cancelled,
+        "cancel ends a waiting run at once"
+    );
     let swept = a.expire_approvals(t0, 100).await?;
     assert_eq!(swept, vec![due.id]);
     assert_eq!(store.run_status(due.id).await?, Some(RunStatus::Expired));
     assert_eq!(store.run_status(decided.id).await?, Some(RunStatus::Queued));
-    assert_eq!(store.run_status(fresh.id).await?, Some(RunStatus::WaitingApproval));
-    assert_eq!(store.run_status(cancelled.id).await?, Some(RunStatus::Cancelled));
+    assert_eq!(
+        store.run_status(fresh.id).await?,
+        Some(RunStatus::WaitingApproval)
+    );
+    assert_eq!(
+        store.run_status(cancelled.id).await?,
+        Some(RunStatus::Cancelled)
+    );
     assert!(a.expire_approvals(t0, 100).await?.is_empty());
     assert_eq!(a.list_approval_requests(true, 100).await?.len(), 1);
     assert_eq!(a.list_approval_requests(false, 100).await?.len(), 5);
@@ -201,12 +235,24 @@ pub async fn approval_races_with_expiry_and_cancel_have_one_outcome(
             DecideOutcome::Approved => {
                 assert!(!expired, "run {id} approved and expired");
                 assert_eq!(status, Some(RunStatus::Queued));
-                assert_eq!(store.approval_store().approval_decisions(id).await?.len(), 1);
+                assert_eq!(
+                    store.approval_store().approval_decisions(id).await?.len(),
+                    1
+                );
             }
             DecideOutcome::NotWaiting(RunStatus::Expired) => {
-                assert!(expired, "run {id}: refused as expired but nobody expired it");
+                assert!(
+                    expired,
+                    "run {id}: refused as expired but nobody expired it"
+                );
                 assert_eq!(status, Some(RunStatus::Expired));
-                assert!(store.approval_store().approval_decisions(id).await?.is_empty());
+                assert!(
+                    store
+                        .approval_store()
+                        .approval_decisions(id)
+                        .await?
+                        .is_empty()
+                );
             }
             other => panic!("run {id}: unexpected outcome {other:?}"),
         }
