@@ -50,6 +50,19 @@ async fn waiting(
     Ok((run, req))
 }
 
+/// The error of a call that must fail.
+fn must_fail<T: std::fmt::Debug>(r: Result<T>, what: &str) -> Error {
+    match r {
+        Err(e) => e,
+        Ok(v) => panic!("{what}: expected an error, got {v:?}"),
+    }
+}
+
+/// The value of an option that must be there.
+fn must<T>(v: Option<T>, what: &str) -> T {
+    v.unwrap_or_else(|| panic!("{what}: missing"))
+}
+
 fn later() -> DateTime<Utc> {
     now_ms() + TimeDelta::hours(1)
 }
@@ -67,7 +80,7 @@ pub async fn approval_requests_round_trip_and_orphans_stay_hidden(
     assert!(a.list_approval_requests(false, 10).await?.is_empty());
     let (run, req) = waiting(&store, 2, later()).await?;
     assert_eq!(a.approval_request(run.id).await?.as_ref(), Some(&req));
-    let e = a.put_approval_request(&req).await.unwrap_err();
+    let e = must_fail(a.put_approval_request(&req).await, "a second request");
     assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
     let listed = a.list_approval_requests(true, 10).await?;
     assert_eq!(listed, vec![(req.clone(), RunStatus::WaitingApproval)]);
@@ -131,18 +144,19 @@ pub async fn decisions_count_distinct_approvers_and_move_the_run(
             .await?,
         DecideOutcome::Rejected
     );
-    let r = store.get_run(run2.id).await?.unwrap();
+    let r = must(store.get_run(run2.id).await?, "the rejected run");
     assert_eq!(r.status, RunStatus::Rejected);
     assert!(r.finished_at.is_some());
     assert!(r.error.unwrap_or_default().contains("rejected by bob"));
     assert!(store.claim_queued(&claim("w", 10)).await?.is_empty());
-    let e = a
-        .decide(
+    let e = must_fail(
+        a.decide(
             &decision(RunId::new(), "alice", Decision::Approve),
             now_ms(),
         )
-        .await
-        .unwrap_err();
+        .await,
+        "a decision on a missing run",
+    );
     assert_eq!(e.kind(), ErrorKind::NotFound);
     Ok(())
 }
@@ -172,7 +186,10 @@ pub async fn expired_requests_end_the_run_and_the_sweep_is_guarded(
         t0 - TimeDelta::milliseconds(1),
     )
     .await?;
-    let c = store.request_cancel(cancelled.id).await?.unwrap();
+    let c = must(
+        store.request_cancel(cancelled.id).await?,
+        "the cancelled run",
+    );
     assert_eq!(
         c.status,
         RunStatus::Cancelled,
@@ -275,7 +292,7 @@ pub async fn approval_races_with_expiry_and_cancel_have_one_outcome(
     }
     for t in tasks {
         let (id, d, c) = t.await.map_err(|e| Error::Internal(e.to_string()))?;
-        let (d, c) = (d?, c?.unwrap());
+        let (d, c) = (d?, must(c?, "the cancelled run"));
         let decisions = store.approval_store().approval_decisions(id).await?;
         match d {
             // Approved first: the cancel then met a queued run.

@@ -138,14 +138,14 @@ macro_rules! approval_sql {
                     limit: usize,
                 ) -> Result<Vec<(ApprovalRequest, RunStatus)>> {
                     let limit = i64::try_from(limit.clamp(1, 1000)).unwrap_or(1000);
-                    let rows = sqlx::query(concat!(
+                    let rows = sqlx::query(
                         "SELECT r.status AS run_status, a.run_id, a.job, a.requested_by, \
                            a.required, a.approvers, a.reason_required, a.expires_at, \
                            a.plan_digest, a.plan, a.reasons, a.policy_hits, a.created_at \
                          FROM approval_requests a JOIN runs r ON r.id = a.run_id \
                          WHERE (NOT $1 OR r.status = 'waiting_approval') \
-                         ORDER BY a.created_at DESC, a.run_id DESC LIMIT $2"
-                    ))
+                         ORDER BY a.created_at DESC, a.run_id DESC LIMIT $2",
+                    )
                     .bind(waiting_only)
                     .bind(limit)
                     .fetch_all(&self.pool)
