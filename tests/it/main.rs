@@ -10,6 +10,7 @@
     reason = "tests: a panic is the failure report, and printing is how a test explains itself"
 )]
 
+mod approvals;
 mod engine;
 mod flow;
 mod lease;

@@ -8,6 +8,7 @@
 )]
 
 mod admin;
+mod approvals;
 mod commands;
 mod notify;
 mod output;
@@ -123,6 +124,25 @@ enum Cmd {
     /// Notification channels, test deliveries and delivery history.
     #[command(subcommand)]
     Notifications(notify::NotifyCmd),
+    /// Runs waiting for approval: list them, show one's plan.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCmd),
+    /// Approve a run waiting for approval (never your own).
+    Approve {
+        /// Run id, or a unique prefix of it.
+        id: String,
+        /// Why (required when the job says `reason_required`).
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a run waiting for approval; it ends `rejected`.
+    Reject {
+        /// Run id, or a unique prefix of it.
+        id: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -284,6 +304,7 @@ fn reads_existing_state(cmd: &Cmd) -> bool {
         Cmd::Runs(_) | Cmd::Jobs(_) | Cmd::Targets(_) | Cmd::Audit { .. } | Cmd::Prune(_) => true,
         Cmd::Schedules(_) => true,
         Cmd::Notifications(_) => true,
+        Cmd::Approvals(_) | Cmd::Approve { .. } | Cmd::Reject { .. } => true,
     }
 }
 
@@ -340,6 +361,14 @@ async fn dispatch(cli: Cli, out: &output::Out) -> Result<u8, Error> {
         Cmd::Serve(_) => Err(Error::Internal("serve is dispatched before".into())),
         Cmd::Apply { files, dry_run } => commands::apply(&oc, out, &files, dry_run).await,
         Cmd::Run(args) => commands::run(&oc, out, args).await,
+        Cmd::Approvals(approvals::ApprovalsCmd::List { all, limit }) => {
+            approvals::list(&oc, out, all, limit).await
+        }
+        Cmd::Approvals(approvals::ApprovalsCmd::Show { id }) => {
+            approvals::show(&oc, out, &id).await
+        }
+        Cmd::Approve { id, comment } => approvals::approve(&oc, out, &id, comment).await,
+        Cmd::Reject { id, reason } => approvals::reject(&oc, out, &id, reason).await,
         Cmd::Exec(args) => commands::exec(&oc, out, args).await,
         Cmd::Runs(RunsCmd::List {
             job,

@@ -68,8 +68,9 @@ impl Out {
         let style = match s {
             RunStatus::Succeeded => "\x1b[32m",
             RunStatus::Failed | RunStatus::TimedOut => "\x1b[31m",
-            RunStatus::Cancelled => "\x1b[33m",
+            RunStatus::Cancelled | RunStatus::Rejected | RunStatus::Expired => "\x1b[33m",
             RunStatus::Queued | RunStatus::Running => "\x1b[36m",
+            RunStatus::WaitingApproval => "\x1b[35m",
         };
         self.paint(style, s.as_str())
     }

@@ -150,6 +150,9 @@ pub fn config(args: &ServeArgs, database_url: &str) -> Result<ServerConfig, Erro
         c.local_allow_roles =
             opsconductor_http::config::parse_roles("OPSC_LOCAL_ALLOW_ROLES", &names)?;
     }
+    if let Some(p) = env("OPSC_POLICY_FILE") {
+        c.policy_file = Some(PathBuf::from(p));
+    }
     if let Some(p) = env("OPSC_ADMIN_PASSWORD") {
         c.admin_password = Some(p);
     }

@@ -85,6 +85,9 @@ pub enum Permission {
     ManageSettings,
     /// Create, change, pause, resume and delete schedules.
     ManageSchedules,
+    /// Approve or reject runs waiting for approval (the job's approver
+    /// list and the four-eyes rule apply on top).
+    Approve,
 }
 
 /// The permission matrix: for each permission, which roles hold it
@@ -101,6 +104,7 @@ pub const MATRIX: &[(Permission, [bool; 3])] = &[
     (Permission::ManageUsers, [false, false, true]),
     (Permission::ManageSettings, [false, false, true]),
     (Permission::ManageSchedules, [false, true, true]),
+    (Permission::Approve, [false, true, true]),
 ];
 
 /// True if `role` holds `perm`.
@@ -138,6 +142,7 @@ fn describe(p: Permission) -> &'static str {
         Permission::ManageUsers => "manage users",
         Permission::ManageSettings => "change settings",
         Permission::ManageSchedules => "manage schedules",
+        Permission::Approve => "approve or reject runs",
     }
 }
 

@@ -10,6 +10,7 @@ pub mod rollout;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result};
+pub mod approval;
 pub mod auth;
 pub mod bus;
 pub mod clock;
@@ -22,6 +23,7 @@ pub mod paths;
 pub mod schedule;
 mod schedule_doc;
 pub use schedule_doc::parse_instant;
+pub mod policy;
 pub mod secrets;
 pub mod selector;
 pub mod spec;

@@ -245,6 +245,9 @@ pub struct JobSpec {
     pub secrets: Vec<String>,
     /// The steps, run in order.
     pub steps: Vec<Step>,
+    /// Runs wait for approval before anything runs (see `docs/approvals.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::approval::ApprovalSpec>,
     /// Notification rules of this job (see `docs/notifications.md`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<crate::engine::notify::NotifyRule>,
@@ -536,17 +539,26 @@ pub enum RunStatus {
     Cancelled,
     /// A time limit was reached.
     TimedOut,
+    /// Waiting for approvers; no worker takes it until approved.
+    WaitingApproval,
+    /// An approver rejected it; nothing ran.
+    Rejected,
+    /// Nobody approved it in time; nothing ran.
+    Expired,
 }
 
 impl RunStatus {
     /// All statuses, for validation and help texts.
-    pub const ALL: [RunStatus; 6] = [
+    pub const ALL: [RunStatus; 9] = [
         RunStatus::Queued,
         RunStatus::Running,
         RunStatus::Succeeded,
         RunStatus::Failed,
         RunStatus::Cancelled,
         RunStatus::TimedOut,
+        RunStatus::WaitingApproval,
+        RunStatus::Rejected,
+        RunStatus::Expired,
     ];
 
     /// The lower-case name used everywhere.
@@ -558,12 +570,18 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
             RunStatus::TimedOut => "timed_out",
+            RunStatus::WaitingApproval => "waiting_approval",
+            RunStatus::Rejected => "rejected",
+            RunStatus::Expired => "expired",
         }
     }
 
     /// True once the run can no longer change.
     pub fn is_terminal(&self) -> bool {
-        !matches!(self, RunStatus::Queued | RunStatus::Running)
+        !matches!(
+            self,
+            RunStatus::Queued | RunStatus::Running | RunStatus::WaitingApproval
+        )
     }
 }
 
@@ -833,6 +851,11 @@ pub struct Actor {
     /// The request id, propagated to runs and audit events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// When this user last entered their password (the start of the login
+    /// the request belongs to; `None` for API tokens and trusted actors).
+    /// Approving needs a recent one (`approval::FRESH_LOGIN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_at: Option<DateTime<Utc>>,
 }
 
 impl Actor {
@@ -844,6 +867,7 @@ impl Actor {
             via: None,
             source: None,
             request_id: None,
+            login_at: None,
         }
     }
 
@@ -855,6 +879,7 @@ impl Actor {
             via: Some(via.into()),
             source: None,
             request_id: None,
+            login_at: None,
         }
     }
 

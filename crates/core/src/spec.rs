@@ -419,6 +419,7 @@ struct JobDoc {
     on_failure: Vec<StepDoc>,
     #[serde(default)]
     finally: Vec<StepDoc>,
+    approval: Option<crate::approval::ApprovalSpec>,
 }
 
 #[derive(Deserialize)]
@@ -545,6 +546,7 @@ impl JobDoc {
             retry: self.retry,
             on_failure,
             finally,
+            approval: self.approval,
         })
     }
 }
@@ -715,6 +717,9 @@ pub fn validate_job(spec: &JobSpec, templates: &Templates) -> Result<()> {
         crate::duration::check_timeout(t).map_err(|m| Error::validation("timeout", m))?;
     }
     check_rollout(spec)?;
+    if let Some(a) = &spec.approval {
+        a.check("approval")?;
+    }
     let mut names = BTreeSet::new();
     let (n, f) = (spec.steps.len(), spec.on_failure.len());
     for (g, phase, step) in spec.all_steps() {

@@ -265,6 +265,8 @@ pub trait Store: TargetStore + JobStore + RunStore + LogStore {
     /// The backend's retention operations (pruning old data).
     fn retention_store(&self) -> &dyn RetentionStore;
 
+    /// The backend's approval requests and decisions.
+    fn approval_store(&self) -> &dyn ApprovalStore;
     /// The backend's schedules and fire records.
     fn schedule_store(&self) -> &dyn ScheduleStore;
     /// The backend's notification channels and outbox.
@@ -333,6 +335,53 @@ pub struct FinishRun<'a> {
     pub status: RunStatus,
     /// Why it failed.
     pub error: Option<&'a str>,
+}
+
+/// Approval requests and decisions (see `crate::approval`).
+///
+/// Rules every backend MUST follow (the suite checks each):
+/// - `put_approval_request` is written before its run is inserted
+///   `waiting_approval`; a request whose run does not exist is never listed.
+/// - `decide` reads the run, checks it is `waiting_approval` and its
+///   request has not expired, records the decision (unique per run and
+///   approver) and moves the run (`queued` once enough distinct approvals,
+///   `rejected` on a rejection, `expired` past the expiry) in one
+///   transaction that excludes every other decision, cancel or expiry of
+///   that run: of racing decisions, cancels and expiries exactly one
+///   outcome holds, from any number of processes.
+/// - `expire_approvals` moves waiting runs past their expiry to `expired`
+///   in one guarded statement (a run decided meanwhile is never touched)
+///   and returns them.
+/// - `request_cancel` of a waiting run ends it `cancelled` at once.
+#[async_trait]
+pub trait ApprovalStore: Send + Sync {
+    /// Stores the request of a run about to be inserted.
+    async fn put_approval_request(&self, req: &crate::approval::ApprovalRequest) -> Result<()>;
+    /// A run's request, if its run exists.
+    async fn approval_request(
+        &self,
+        run: RunId,
+    ) -> Result<Option<crate::approval::ApprovalRequest>>;
+    /// A run's decisions, oldest first.
+    async fn approval_decisions(
+        &self,
+        run: RunId,
+    ) -> Result<Vec<crate::approval::ApprovalDecision>>;
+    /// Requests newest first with their run's status: only waiting ones
+    /// if `waiting_only`; at most `limit` (1 to 1000).
+    async fn list_approval_requests(
+        &self,
+        waiting_only: bool,
+        limit: usize,
+    ) -> Result<Vec<(crate::approval::ApprovalRequest, RunStatus)>>;
+    /// Records a decision and moves the run, atomically (see the rules).
+    async fn decide(
+        &self,
+        decision: &crate::approval::ApprovalDecision,
+        now: DateTime<Utc>,
+    ) -> Result<crate::approval::DecideOutcome>;
+    /// Ends waiting runs whose request expired at `now` (at most `limit`).
+    async fn expire_approvals(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<RunId>>;
 }
 
 /// How much old data a prune would remove (or removed).

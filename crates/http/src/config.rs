@@ -91,6 +91,9 @@ pub struct ServerConfig {
     /// Notifications (the `[notifications]` table): global rules, public
     /// URL, retry time, and the SSRF guard — on by default for servers.
     pub notifications: opsconductor::engine::notify::NotifySettings,
+    /// The command policy file (TOML `policy_file`, `OPSC_POLICY_FILE`;
+    /// see docs/approvals.md). Default: the built-in rules.
+    pub policy_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +131,7 @@ impl Default for ServerConfig {
                 block_private_addresses: true,
                 ..Default::default()
             },
+            policy_file: None,
         }
     }
 }
@@ -171,6 +175,7 @@ impl fmt::Debug for ServerConfig {
             .field("local_allow_roles", &self.local_allow_roles)
             .field("retention", &self.retention)
             .field("notifications", &self.notifications)
+            .field("policy_file", &self.policy_file)
             .finish()
     }
 }
@@ -226,6 +231,7 @@ struct FileConfig {
     max_connections_per_ip: Option<usize>,
     local: Option<LocalSection>,
     retention: Option<RetentionFile>,
+    policy_file: Option<PathBuf>,
     notifications: Option<NotificationsFile>,
 }
 
@@ -383,6 +389,9 @@ impl ServerConfig {
         }
         if let Some(v) = file.max_connections_per_ip {
             c.max_connections_per_ip = v;
+        }
+        if let Some(v) = file.policy_file {
+            c.policy_file = Some(v);
         }
         if let Some(v) = file.local.and_then(|l| l.allow_roles) {
             c.local_allow_roles = parse_roles(&field("local.allow_roles"), &v)?;

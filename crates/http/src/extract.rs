@@ -214,6 +214,22 @@ impl Lazy {
         parse_json(&bytes, self.depth)
     }
 
+    /// Like [`Lazy::json`], but an empty body is `T::default()` (for
+    /// endpoints whose body is optional, e.g. an approval's comment).
+    pub async fn json_or_default<T: DeserializeOwned + Default>(self) -> Result<T, ApiError> {
+        let (parts, body) = self.req.into_parts();
+        if let Some(mt) = media_type(&parts)
+            && !is_json(&mt)
+        {
+            return Err(unsupported(&mt, "application/json"));
+        }
+        let bytes = read_body(Request::from_parts(parts, body), self.limit).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default());
+        }
+        parse_json(&bytes, self.depth)
+    }
+
     /// Reads a definition document: a JSON object, or YAML text (`application/yaml`).
     pub async fn document(self) -> Result<Document, ApiError> {
         let (parts, body) = self.req.into_parts();
@@ -326,6 +342,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         let mut actor = Actor::user(&principal.username, principal.role, principal.via);
         actor.source = parts.extensions.get::<ClientIp>().map(|c| c.0.clone());
         actor.request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
+        // The login family is a UUIDv7 made when the password was entered:
+        // its time is the login's (refreshing a token keeps the family).
+        actor.login_at = principal
+            .family
+            .as_deref()
+            .and_then(|f| uuid::Uuid::parse_str(f).ok())
+            .and_then(|u| u.get_timestamp())
+            .and_then(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
+            });
         Ok(Self { principal, actor })
     }
 }

@@ -131,6 +131,19 @@ pub async fn start_with(oc: Conductor, config: ServerConfig) -> Result<Running> 
     oc.set_local_policy(opsconductor::LocalPolicy {
         allow_roles: config.local_allow_roles.clone(),
     });
+    // The command policy: the admin's file, else the built-in rules.
+    if let Some(path) = &config.policy_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::validation(
+                "policy_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        oc.set_command_policy(opsconductor::policy::Policy::from_yaml(
+            &text,
+            &path.display().to_string(),
+        )?);
+    }
     let state = AppState::new(oc.clone(), &config, &secret)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(rustls_config(cert, key)?),

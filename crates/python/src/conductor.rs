@@ -689,6 +689,22 @@ impl PyConductor {
         Ok(self.run_handle(detail.run))
     }
 
+    /// Approval requests, newest first (as dicts): only runs waiting for
+    /// approval unless ``all``; at most ``limit`` (1-1000).
+    #[pyo3(signature = (all = false, limit = 50))]
+    fn approvals<'py>(
+        &self,
+        py: Python<'py>,
+        all: bool,
+        limit: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let v = self.engine.block(
+            py,
+            self.engine.oc.approvals(!all, limit, &self.engine.actor),
+        )?;
+        convert::to_py(py, &convert::json(&v)?)
+    }
+
     /// Runs, newest first: optionally only of one ``job`` and in some
     /// ``status``\ (es), or of one ``schedule``, at most ``limit``.
     #[pyo3(signature = (job = None, status = None, limit = 50, schedule = None))]

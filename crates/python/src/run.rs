@@ -320,6 +320,34 @@ impl PyRun {
         Ok(())
     }
 
+    /// Approves this run, which waits for approval (never your own run;
+    /// once per person). Returns the approval request with its decisions.
+    #[pyo3(signature = (comment = None))]
+    fn approve<'py>(
+        &self,
+        py: Python<'py>,
+        comment: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let v = self.engine.block(
+            py,
+            self.engine
+                .oc
+                .approve(self.run.id, comment, &self.engine.actor),
+        )?;
+        convert::to_py(py, &convert::json(&v)?)
+    }
+
+    /// Rejects this run, which waits for approval; it ends ``rejected``.
+    fn reject<'py>(&self, py: Python<'py>, reason: String) -> PyResult<Bound<'py, PyAny>> {
+        let v = self.engine.block(
+            py,
+            self.engine
+                .oc
+                .reject(self.run.id, reason, &self.engine.actor),
+        )?;
+        convert::to_py(py, &convert::json(&v)?)
+    }
+
     /// The run's output as ``LogLine``s, live: the iterator blocks (GIL
     /// released, Ctrl-C honoured) until the next line and ends when the run
     /// has ended and every line was delivered. ``after`` skips the chunks up

@@ -185,6 +185,9 @@ async fn drive(
             run.targets.len()
         ));
     }
+    if run.status == opsconductor::RunStatus::WaitingApproval && !out.json {
+        crate::approvals::note_waiting(oc, out, id).await;
+    }
     let exec = {
         let oc = oc.clone();
         tokio::spawn(async move { oc.execute(id).await })

@@ -11,6 +11,7 @@
 )]
 
 mod apply;
+mod approvals;
 mod cluster;
 mod common;
 /// The executors' Docker test image (built locally from busybox-static).

@@ -83,9 +83,19 @@ impl Conductor {
                 return Err(defined_twice("target", &t.name, None));
             }
         }
+        let policy = self.command_policy();
         for j in &batch.jobs {
             spec::validate_job(j, &self.inner.templates)
                 .map_err(|e| e.within(&format!("job '{}'", j.name)))?;
+            // The job's own text against the command policy: a `deny` is
+            // refused now (submit screens the rendered text again).
+            if let Some(hit) = policy
+                .screen_job(j)
+                .into_iter()
+                .find(|h| h.action == crate::policy::PolicyAction::Deny)
+            {
+                return Err(hit.refusal(j).within(&format!("job '{}'", j.name)));
+            }
             if !seen.insert(("job", j.name.as_str())) {
                 return Err(defined_twice("job", &j.name, None));
             }

@@ -2,6 +2,7 @@
 //! stores definitions, submits runs, runs workers that claim them under a
 //! lease, and streams their logs.
 
+mod approvals;
 mod audit;
 mod auth;
 mod children;
@@ -19,6 +20,7 @@ mod secrets;
 mod targets;
 mod worker;
 
+pub use approvals::MAX_APPROVALS_PAGE;
 pub use dry_run::{PlannedCommand, PlannedSecret, PlannedStep, RunPlan, TargetPlan};
 pub use local::LocalPolicy;
 pub use outcome::TargetOutcome;
@@ -147,6 +149,7 @@ pub struct ConductorBuilder {
     retention: Retention,
     scheduler: SchedulerConfig,
     notify: notify::NotifySettings,
+    command_policy: crate::policy::Policy,
 }
 
 impl ConductorBuilder {
@@ -169,6 +172,13 @@ impl ConductorBuilder {
     /// `copy.src`); default: admin only. Trusted actors are not affected.
     pub fn local_policy(mut self, policy: LocalPolicy) -> Self {
         self.local_policy = policy;
+        self
+    }
+
+    /// The command policy that screens rendered commands at submit and job
+    /// text at apply (default: [`crate::policy::default_rules`]).
+    pub fn command_policy(mut self, policy: crate::policy::Policy) -> Self {
+        self.command_policy = policy;
         self
     }
 
@@ -291,6 +301,7 @@ impl ConductorBuilder {
                 bus,
                 templates: Templates::new(),
                 local_policy: std::sync::RwLock::new(self.local_policy),
+                command_policy: std::sync::RwLock::new(Arc::new(self.command_policy)),
                 config,
                 shutdown: CancellationToken::new(),
                 active: Mutex::new(HashMap::new()),
@@ -356,6 +367,8 @@ pub(crate) struct Inner {
     pub(crate) bus: Bus,
     pub(crate) templates: Templates,
     local_policy: std::sync::RwLock<LocalPolicy>,
+    /// The command policy screening every submit and apply.
+    command_policy: std::sync::RwLock<Arc<crate::policy::Policy>>,
     pub(crate) config: Config,
     pub(crate) shutdown: CancellationToken,
     /// Stop switches of the runs this process executes right now.
@@ -413,6 +426,7 @@ impl Conductor {
             retention: Retention::default(),
             scheduler: SchedulerConfig::default(),
             notify: notify::NotifySettings::default(),
+            command_policy: crate::policy::Policy::default(),
         }
     }
 

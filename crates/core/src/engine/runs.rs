@@ -146,7 +146,17 @@ pub(super) struct Checked {
     pub version: Option<u32>,
     pub params: Value,
     pub targets: Vec<crate::model::Target>,
+    /// What approvers see (and the command policy's findings).
+    pub plan: super::approvals::Plan,
 }
+
+/// Why a prepared run waits for approval: the approval it needs, the
+/// reasons (`job`, `policy`) and the frozen plan approvers see.
+pub(crate) type Gate = (
+    crate::approval::ApprovalSpec,
+    Vec<String>,
+    super::approvals::Plan,
+);
 
 /// The name ad-hoc runs are listed under.
 pub const ADHOC_JOB: &str = "exec";
@@ -228,6 +238,7 @@ impl Conductor {
             retry: None,
             on_failure: vec![],
             finally: vec![],
+            approval: None,
         };
         self.enqueue(
             spec,
@@ -253,11 +264,11 @@ impl Conductor {
         parent: Option<crate::model::RunParent>,
     ) -> Result<Run> {
         let all = self.all_targets().await?;
-        let (mut run, targets) = self
+        let (mut run, targets, gate) = self
             .prepare_run(spec, version, params, selector, &all, actor)
             .await?;
         run.parent = parent;
-        self.insert_prepared(run, &targets, actor).await
+        self.insert_prepared(run, &targets, gate, actor).await
     }
 
     /// Everything `submit` checks and renders, up to a `queued` run that is
@@ -271,16 +282,18 @@ impl Conductor {
         selector: &[String],
         all_targets: &[crate::model::Target],
         actor: &Actor,
-    ) -> Result<(Run, Vec<crate::model::Target>)> {
+    ) -> Result<(Run, Vec<crate::model::Target>, Option<Gate>)> {
         let Checked {
             id,
             spec,
             version,
             params,
             targets,
+            plan,
         } = self
             .check_run(spec, version, params, selector, all_targets, actor)
             .await?;
+        let gate = super::approvals::gate(&spec, &plan);
         let run = Run {
             id,
             job: spec.name.clone(),
@@ -288,7 +301,11 @@ impl Conductor {
             spec,
             params,
             targets: targets.iter().map(|t| t.name.clone()).collect(),
-            status: RunStatus::Queued,
+            status: if gate.is_some() {
+                RunStatus::WaitingApproval
+            } else {
+                RunStatus::Queued
+            },
             requested_by: actor.name.clone(),
             attempt: 0,
             worker: None,
@@ -302,7 +319,8 @@ impl Conductor {
             schedule: None,
             parent: None,
         };
-        Ok((run, targets))
+        let gate = gate.map(|(g, reasons)| (g, reasons, plan));
+        Ok((run, targets, gate))
     }
 
     /// Stores a prepared run, wakes workers and records `run.submit`.
@@ -310,6 +328,7 @@ impl Conductor {
         &self,
         run: Run,
         targets: &[crate::model::Target],
+        gate: Option<Gate>,
         actor: &Actor,
     ) -> Result<Run> {
         // An ad-hoc command is recorded in the audit log, masked with the
@@ -320,8 +339,18 @@ impl Conductor {
             }
             _ => None,
         };
-        self.inner.store.insert_run(&run).await?;
-        self.inner.publish(Event::Queued(run.id));
+        match gate {
+            Some((gate, reasons, plan)) => {
+                self.inner
+                    .insert_waiting(&run, gate, reasons, plan, actor)
+                    .await?;
+                self.inner.publish(Event::Updated(run.id));
+            }
+            None => {
+                self.inner.store.insert_run(&run).await?;
+                self.inner.publish(Event::Queued(run.id));
+            }
+        }
         let mut detail =
             serde_json::json!({"job": run.job, "version": run.job_version, "targets": run.targets});
         if let (Some(p), Some(m)) = (&run.parent, detail.as_object_mut()) {
@@ -372,9 +401,13 @@ impl Conductor {
         let id = RunId::new();
         // Rendering is CPU work bounded by the template budget (fuel and
         // output size); it runs on the blocking pool, never on the reactor.
-        let (inner, spec, targets, params) = {
+        let policy = self.command_policy();
+        let (inner, spec, targets, params, plan) = {
             let inner = self.inner.clone();
             tokio::task::spawn_blocking(move || {
+                // Every rendered text is screened by the command policy and
+                // goes into the plan approvers see (engine/approvals.rs).
+                let mut plan = super::approvals::PlanBuilder::new(policy, &spec, version, &params);
                 for t in &targets {
                     for (i, phase, step) in spec.all_steps() {
                         // Outputs of earlier steps exist only while the run runs.
@@ -388,7 +421,7 @@ impl Conductor {
                             attempt: 1,
                             params: &params,
                         };
-                        worker::render_step(
+                        let rendered = worker::render_step(
                             &inner.templates,
                             step,
                             worker::exec_quoting(&inner, t),
@@ -413,9 +446,12 @@ impl Conductor {
                                 m,
                             ),
                         })?;
+                        plan.add(&spec, i, t, &rendered)?;
                     }
                 }
-                Ok::<_, Error>((inner, spec, targets, params))
+                let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+                let plan = plan.finish(&names);
+                Ok::<_, Error>((inner, spec, targets, params, plan))
             })
             .await
             .map_err(|e| Error::Internal(format!("rendering templates: {e}")))??
@@ -472,6 +508,7 @@ impl Conductor {
             version,
             params,
             targets,
+            plan,
         })
     }
 
@@ -718,7 +755,8 @@ impl Conductor {
 
     /// Claims this one queued run and executes it in the calling task (the CLI
     /// runs what it submitted this way). If another worker already took it,
-    /// waits for it instead.
+    /// waits for it instead; a run waiting for approval is waited for until
+    /// it is approved (then executed here) or ends.
     pub async fn execute(&self, id: RunId) -> Result<Run> {
         let claim = crate::store::Claim {
             worker: self.inner.config.worker_name.clone(),
@@ -726,14 +764,19 @@ impl Conductor {
             limit: 1,
             only: Some(id),
         };
-        let claimed = self.inner.store.claim_queued(&claim).await?;
-        match claimed.into_iter().next() {
-            Some(run) => {
+        let mut rx = self.inner.bus.subscribe();
+        loop {
+            let claimed = self.inner.store.claim_queued(&claim).await?;
+            if let Some(run) = claimed.into_iter().next() {
                 self.inner.publish(Event::Updated(id));
                 worker::execute_run(self.inner.clone(), run).await;
-                self.get_run(id).await
+                return self.get_run(id).await;
             }
-            None => self.wait_run(id).await,
+            // A run waiting for approval is claimed once approved (or ends).
+            if self.inner.store.run_status(id).await? != Some(RunStatus::WaitingApproval) {
+                return self.wait_run(id).await;
+            }
+            self.wait_event(&mut rx, id, self.inner.config.poll).await;
         }
     }
 }

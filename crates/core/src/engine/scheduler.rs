@@ -210,7 +210,7 @@ impl Conductor {
                 let busy = active.get(&s.spec.name).cloned().unwrap_or_default();
                 let waiting = pending.get(&s.spec.name).map_or(0, Vec::len);
                 batch.push(
-                    self.decide(s, now, &busy, waiting, &all_targets, &mut jobs, &mut report)
+                    self.decide_fire(s, now, &busy, waiting, &all_targets, &mut jobs, &mut report)
                         .await,
                 );
             }
@@ -280,7 +280,7 @@ impl Conductor {
         clippy::too_many_arguments,
         reason = "the tick's shared state, passed down once"
     )]
-    async fn decide(
+    async fn decide_fire(
         &self,
         s: &Schedule,
         now: DateTime<Utc>,
@@ -452,7 +452,7 @@ impl Conductor {
             .clone()
             .unwrap_or_else(|| job.spec.targets.clone());
         let author = job.created_by.clone();
-        let (mut run, _) = self
+        let (mut run, _, gate) = self
             .prepare_run(
                 job.spec,
                 Some((job.version, author.as_str())),
@@ -462,6 +462,18 @@ impl Conductor {
                 actor,
             )
             .await?;
+        if gate.is_some() {
+            // A scheduled run has no submitter to wait on; until schedules
+            // can queue runs for approval, such a fire is refused (audited
+            // as a failed fire) rather than run without the approval.
+            return Err(crate::Error::validation(
+                "schedule",
+                format!(
+                    "job '{}' needs approval (its `approval` or a command-policy rule); scheduled runs of such jobs are not supported yet",
+                    run.job
+                ),
+            ));
+        }
         run.schedule = Some(ScheduledFire {
             name: s.spec.name.clone(),
             fire_time,
@@ -497,6 +509,7 @@ pub(crate) fn schedule_actor(s: &Schedule) -> Actor {
         via: Some(format!("schedule:{}", s.spec.name)),
         source: None,
         request_id: None,
+        login_at: None,
     }
 }
 

@@ -10,6 +10,7 @@
     reason = "tests: a panic is the failure report, and printing is how a test explains itself"
 )]
 
+mod policy;
 mod schedule_time;
 mod template_quoting;
 mod tidy;

@@ -1,6 +1,7 @@
 //! The routes of `/api/v1` (plus `/health`, `/ready`, `/metrics`) and the
 //! OpenAPI document generated from the handlers' annotations.
 
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod jobs;
@@ -51,6 +52,7 @@ use crate::{auth as authn, middleware as mw};
         schedules::list, schedules::get_one, schedules::next, schedules::pause, schedules::resume,
         schedules::run_now, schedules::delete_one,
         notify::list, notify::get_one, notify::put, notify::delete_one, notify::test, notify::history,
+        approvals::list, approvals::get_one, approvals::approve, approvals::reject,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -65,6 +67,7 @@ use crate::{auth as authn, middleware as mw};
         (name = "schedules", description = "Cron schedules of jobs (created with /api/v1/apply)"),
         (name = "notifications", description = "Notification channels and delivery history"),
         (name = "ops", description = "Health, readiness, metrics"),
+        (name = "approvals", description = "Runs waiting for approval and the decisions on them"),
     )
 )]
 pub struct ApiDoc;
@@ -164,6 +167,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/schedules/{name}/pause", post(schedules::pause))
         .route("/api/v1/schedules/{name}/resume", post(schedules::resume))
         .route("/api/v1/schedules/{name}/run-now", post(schedules::run_now))
+        .route("/api/v1/approvals", get(approvals::list))
+        .route("/api/v1/approvals/{id}", get(approvals::get_one))
+        .route("/api/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/api/v1/approvals/{id}/reject", post(approvals::reject))
         .route_layer(from_fn_with_state(state.clone(), mw::audit_refusals))
         .route_layer(from_fn_with_state(state.clone(), authn::require_auth));
     let public = Router::new()

@@ -255,6 +255,31 @@ fn cases() -> Vec<Case> {
             Some(json!({"new_password": "another long password"})),
             Perm(P::ManageUsers),
         ),
+        case(M::GET, "/api/v1/approvals", None, Perm(P::Read)),
+        Case {
+            // `{run}` needed no approval: allowed callers learn that (404)
+            // only after the permission check.
+            allowed_status: Some(404),
+            ..case(M::GET, "/api/v1/approvals/{run}", None, Perm(P::Read))
+        },
+        Case {
+            allowed_status: Some(404),
+            ..case(
+                M::POST,
+                "/api/v1/approvals/{run}/approve",
+                Some(json!({"comment": "ok"})),
+                Perm(P::Approve),
+            )
+        },
+        Case {
+            allowed_status: Some(404),
+            ..case(
+                M::POST,
+                "/api/v1/approvals/{run}/reject",
+                Some(json!({"reason": "no"})),
+                Perm(P::Approve),
+            )
+        },
         // Last: logging out ends this login.
         case(M::POST, "/api/v1/auth/logout", None, Any),
     ]

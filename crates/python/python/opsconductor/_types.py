@@ -35,7 +35,8 @@ __all__ = [
 ]
 
 RunStatus: TypeAlias = Literal[
-    "queued", "running", "succeeded", "failed", "cancelled", "timed_out"
+    "queued", "running", "succeeded", "failed", "cancelled", "timed_out",
+    "waiting_approval", "rejected", "expired",
 ]
 """A run's state: ``queued`` → ``running`` → one of the final four."""
 

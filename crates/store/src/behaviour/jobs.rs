@@ -152,6 +152,15 @@ pub async fn job_spec_round_trips_every_field(store: Arc<dyn Store>) -> Result<(
         retry: None,
         on_failure: vec![],
         finally: vec![],
+        approval: Some(opsconductor_core::approval::ApprovalSpec {
+            required: 2,
+            approvers: opsconductor_core::approval::Approvers {
+                roles: vec![],
+                users: vec!["alice".into(), "bob".into()],
+            },
+            expires: Some(Duration::from_secs(7200)),
+            reason_required: true,
+        }),
     };
     store
         .apply(

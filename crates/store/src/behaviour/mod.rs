@@ -21,6 +21,7 @@
 // One file per aggregate; every rule is re-exported here, so
 // `behaviour::<rule>` names it whatever file it lives in.
 mod apply;
+mod approvals;
 mod audit;
 mod claims;
 mod flow;
@@ -36,6 +37,7 @@ mod targets;
 mod users;
 
 pub use self::apply::*;
+pub use self::approvals::*;
 pub use self::audit::*;
 pub use self::claims::*;
 pub use self::flow::*;
@@ -146,6 +148,10 @@ macro_rules! store_behaviour_suite {
             finish_run_notifying_is_guarded_and_atomic,
             deliveries_are_claimed_once_retried_and_rescued,
             delivery_history_by_run_and_channel,
+            approval_requests_round_trip_and_orphans_stay_hidden,
+            decisions_count_distinct_approvers_and_move_the_run,
+            expired_requests_end_the_run_and_the_sweep_is_guarded,
+            approval_races_with_expiry_and_cancel_have_one_outcome,
         }
     };
 }
@@ -205,6 +211,7 @@ pub fn job_spec(name: &str) -> JobSpec {
         retry: None,
         on_failure: vec![],
         finally: vec![],
+        approval: None,
     }
 }
 

@@ -288,3 +288,7 @@ crate::sql::store_sql!(
     owner_rows = "runs",
     refresh_lock = " FOR UPDATE OF t, f"
 );
+
+// Approval decisions lock the run row for update: a decision, a cancel and
+// an expiry of the same run exclude each other.
+crate::sql::approval_sql!(PostgresStore, sqlx::Postgres, row_lock = " FOR UPDATE");

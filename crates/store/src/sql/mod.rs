@@ -33,6 +33,7 @@
 //! them from the table would walk the spec's overflow pages on every step
 //! of a long job; PostgreSQL keeps large values out of line, so `runs`.
 
+pub(crate) mod approvals;
 mod notify;
 mod retention;
 mod runs;
@@ -40,6 +41,7 @@ mod schedules;
 mod secrets;
 mod users;
 
+pub(crate) use approvals::approval_sql;
 pub(crate) use notify::{delivery_columns, due_deliveries, notify_sql};
 pub(crate) use retention::{batch, count, finished_before, retention_sql};
 pub(crate) use runs::run_sql;

@@ -700,10 +700,13 @@ macro_rules! run_sql {
                     // statement decides and changes.
                     let row = sqlx::query(concat!(
                         "UPDATE runs SET \
-                           finished_at = CASE WHEN status = 'queued' THEN $1 ELSE finished_at END, \
-                           cancel_requested = CASE WHEN status IN ('queued', 'running') THEN TRUE \
+                           finished_at = CASE WHEN status IN ('queued', 'waiting_approval') THEN $1 \
+                                              ELSE finished_at END, \
+                           cancel_requested = CASE WHEN status IN ('queued', 'running', \
+                                                   'waiting_approval') THEN TRUE \
                                                    ELSE cancel_requested END, \
-                           status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END \
+                           status = CASE WHEN status IN ('queued', 'waiting_approval') \
+                                         THEN 'cancelled' ELSE status END \
                          WHERE id = $2 RETURNING ",
                         run_columns!()
                     ))
@@ -908,6 +911,10 @@ macro_rules! run_sql {
                 }
 
                 fn retention_store(&self) -> &dyn RetentionStore {
+                    self
+                }
+
+                fn approval_store(&self) -> &dyn opsconductor_core::store::ApprovalStore {
                     self
                 }
 

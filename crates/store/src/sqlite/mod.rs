@@ -221,3 +221,6 @@ crate::sql::store_sql!(
     owner_rows = "runs INDEXED BY runs_owner",
     refresh_lock = ""
 );
+
+// Approval decisions: `BEGIN IMMEDIATE` already excludes every other writer.
+crate::sql::approval_sql!(SqliteStore, sqlx::Sqlite, row_lock = "");

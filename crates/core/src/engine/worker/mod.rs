@@ -145,6 +145,10 @@ async fn idle(inner: &Inner, rx: &mut tokio::sync::broadcast::Receiver<Event>) -
 
 /// Claims runs whose lease expired (their worker died), logging each.
 async fn rescue(inner: &Inner, worker: &str, claim: &Claim) -> Vec<Run> {
+    // Approval requests past their expiry end here too (no lease involved).
+    if let Err(e) = inner.sweep_expired_approvals().await {
+        tracing::warn!(worker = %worker, error = %e, "expiring approval requests failed; retrying");
+    }
     match inner.store.claim_expired(claim, Utc::now()).await {
         Ok(runs) => {
             for r in &runs {
