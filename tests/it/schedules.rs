@@ -330,10 +330,10 @@ async fn a_version_pin_runs_that_version() {
     e.apply(&JOB.replace("\"true\"", "\"echo v2\""))
         .await
         .unwrap();
-    e.apply(&format!(
+    e.apply(
         "kind: Schedule\nname: pinned\njob: tick\nversion: 1\ncron: \"0 * * * *\"\n---\n\
-         kind: Schedule\nname: latest\njob: tick\ncron: \"0 * * * *\"\n"
-    ))
+         kind: Schedule\nname: latest\njob: tick\ncron: \"0 * * * *\"\n",
+    )
     .await
     .unwrap();
     e.tick_at("2026-03-01T10:00:00Z").await;

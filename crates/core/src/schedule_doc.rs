@@ -12,12 +12,18 @@ use crate::schedule::{
     MisfirePolicy, OverlapPolicy, ScheduleDef, ScheduleSpec, Source, parse_cron, parse_timezone,
 };
 
+/// A line and column, from 1.
+pub(crate) type LineCol = (usize, usize);
+
+/// Where a document starts and where each of its values starts.
+pub(crate) type DocPositions = (LineCol, BTreeMap<String, LineCol>);
+
 /// Where each document of `text` starts and where each mapping value in it
 /// starts (dotted paths, `[i]` for sequence items), lines and columns from
 /// 1; a quoted scalar's position is its first character inside the quotes.
 /// The text was already checked by `spec::check_yaml` (bounded), so this
 /// pass is linear; a syntax error just ends the index early.
-pub(crate) fn positions(text: &str) -> Vec<((usize, usize), BTreeMap<String, (usize, usize)>)> {
+pub(crate) fn positions(text: &str) -> Vec<DocPositions> {
     use libyaml_safer::EventData as E;
     let mut input = text.as_bytes();
     let mut parser = libyaml_safer::Parser::new();
@@ -25,9 +31,8 @@ pub(crate) fn positions(text: &str) -> Vec<((usize, usize), BTreeMap<String, (us
     let mut docs = Vec::new();
     let mut frames: Vec<Frame> = Vec::new();
     let mut path: Vec<String> = Vec::new();
-    let mut current: Option<((usize, usize), BTreeMap<String, (usize, usize)>)> = None;
-    loop {
-        let Ok(event) = parser.parse() else { break };
+    let mut current: Option<DocPositions> = None;
+    while let Ok(event) = parser.parse() {
         let pos = (
             event.start_mark.line as usize + 1,
             event.start_mark.column as usize + 1,

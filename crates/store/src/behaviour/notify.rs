@@ -119,7 +119,10 @@ pub async fn finish_run_notifying_is_guarded_and_atomic(store: Arc<dyn Store>) -
     );
 
     assert!(ns.finish_run_notifying(&f("w1", 1), &ds).await?);
-    let r = store.get_run(run.id).await?.expect("run");
+    let r = store
+        .get_run(run.id)
+        .await?
+        .ok_or_else(|| opsconductor_core::Error::Internal("the run is missing".into()))?;
     assert_eq!(r.status, RunStatus::Failed);
     assert_eq!(r.error.as_deref(), Some("exit code 3"));
     assert!(r.finished_at.is_some() && r.lease_until.is_none());
@@ -190,7 +193,10 @@ pub async fn deliveries_are_claimed_once_retried_and_rescued(store: Arc<dyn Stor
         )
         .await?
     );
-    let got = ns.get_delivery(d.id).await?.expect("delivery");
+    let got = ns
+        .get_delivery(d.id)
+        .await?
+        .ok_or_else(|| opsconductor_core::Error::Internal("the delivery is missing".into()))?;
     assert_eq!(got.status, DeliveryStatus::Pending);
     assert_eq!(
         got.last_error.as_deref(),
@@ -209,7 +215,10 @@ pub async fn deliveries_are_claimed_once_retried_and_rescued(store: Arc<dyn Stor
     let mut ok = attempt(d.id, 2, "d", AttemptOutcome::Delivered);
     ok.code = Some(200);
     assert!(ns.record_attempt(&ok, DeliveryNext::Delivered).await?);
-    let got = ns.get_delivery(d.id).await?.expect("delivery");
+    let got = ns
+        .get_delivery(d.id)
+        .await?
+        .ok_or_else(|| opsconductor_core::Error::Internal("the delivery is missing".into()))?;
     assert_eq!(got.status, DeliveryStatus::Delivered);
     assert!(got.delivered_at.is_some());
     let tries = ns.attempts(d.id).await?;

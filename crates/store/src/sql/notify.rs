@@ -144,12 +144,11 @@ macro_rules! notify_sql {
                 })
             }
 
-            const INSERT_DELIVERY: &str = concat!(
+            const INSERT_DELIVERY: &str =
                 "INSERT INTO notify_deliveries (id, event_id, kind, run_id, job, channel, payload, \
                    status, attempts, next_at, give_up_at, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9, $10) \
-                 ON CONFLICT (event_id, channel) DO NOTHING"
-            );
+                 ON CONFLICT (event_id, channel) DO NOTHING";
 
             impl $store {
                 /// Inserts deliveries inside a transaction.
