@@ -334,7 +334,12 @@ impl StepRun<'_> {
         {
             m.insert("failure".into(), st.failure_of(self.ti));
         }
-        st.facts.extend_context(&st.run.spec, self.name, &mut ctx);
+        // What earlier steps did costs a pass over every recorded step:
+        // only steps that read it pay (a long job stays linear).
+        if self.step.when.is_some() || crate::flow::reads_run_facts(self.step, &st.inner.templates)
+        {
+            st.facts.extend_context(&st.run.spec, self.name, &mut ctx);
+        }
         if let Some(when) = &self.step.when {
             match st.inner.templates.condition(when, &ctx) {
                 Ok(true) => {}
