@@ -155,10 +155,9 @@ steps:
 /// (`benches/steps.rs` measures it at 1,000, 3,000 and 10,000 steps); this
 /// prints the time per step it saw.
 async fn many_steps_keep_their_lease(backend: Backend) {
-    // 3,000 in the test command (a step costs ~10-60 ms in a debug build on
-    // 2 cores, and the cost still grows with the job's length: the fork per
-    // step, see docs/server.md "Long jobs"); `OPSC_TEST_STEPS=10000` runs
-    // the 10,000.
+    // 3,000 in the test command, to keep CI short (about 10 ms a step in a
+    // debug build on 2 cores, flat in the job's length);
+    // `OPSC_TEST_STEPS=10000` runs the 10,000.
     let steps: usize = std::env::var("OPSC_TEST_STEPS")
         .ok()
         .and_then(|v| v.parse().ok())
