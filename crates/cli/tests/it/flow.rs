@@ -84,8 +84,8 @@ fn release_workflow_example_runs_its_child_jobs() {
     );
     assert!(text.contains("version = 1.4.2"), "{text}");
 
-    // Skipping the backup: the step is `skipped` with the condition as reason
-    // and no backup child is started.
+    // A false condition leaves out the backup: the step is recorded `skipped`
+    // with the condition as reason, and no backup child is started.
     env.cmd([
         "run",
         "release",
